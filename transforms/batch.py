@@ -116,6 +116,14 @@ class _Column:
             table.append(nxt)
         return table
 
+    def flat_sparse(self, op: str, levels: int) -> np.ndarray:
+        """Levels 0..levels of the sparse table laid end to end (level j starts at j * n)."""
+        key = ("flat", op)
+        cached = self._cache.get(key)
+        if cached is None or cached[0] < levels:
+            cached = self._cache[key] = (levels, np.concatenate(self.sparse(op, levels)[: levels + 1]))
+        return cached[1]
+
     def lifting(self, levels: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """Moments of blocks [i, i + 2^j) for j <= levels (blocks clipped at the end)."""
         table = self._cache.get("lift")
@@ -137,19 +145,16 @@ def _levels_for(length: np.ndarray) -> int:
 
 def _range_min_max(col: _Column, op: str, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     length = hi - lo
-    table = col.sparse(op, _levels_for(length))
-    out = np.full(len(lo), np.nan)
+    flat = col.flat_sparse(op, _levels_for(length))
+    size = len(col.raw)
     has = length > 0
     j = np.zeros(len(lo), dtype="int64")
-    j[has] = np.floor(np.log2(length[has])).astype("int64")
-    reduce = np.minimum if op == "min" else np.maximum
-    for level in np.unique(j[has]):
-        sel = has & (j == level)
-        arr = table[level]
-        a = arr[lo[sel]]
-        b = arr[hi[sel] - (1 << int(level))]
-        out[sel] = reduce(a, b)
-    out[np.isinf(out)] = np.nan
+    j[has] = np.log2(length[has]).astype("int64")
+    base = j * size
+    a = flat[np.where(has, base + lo, 0)]
+    b = flat[np.where(has, base + hi - (1 << j), 0)]
+    out = np.minimum(a, b) if op == "min" else np.maximum(a, b)
+    out[~has | np.isinf(out)] = np.nan
     return out
 
 
@@ -251,7 +256,7 @@ def compute_batch(specs, events: pd.DataFrame, queries: pd.DataFrame | None = No
             start = window_start(q_ts, spec.window_ms, spec.hop_ms)
             lo = np.searchsorted(ekey, qbase + (start - base), side="left")
         out[spec.name] = _evaluate(spec, columns, events, order, s_ts, lo, hi, ent_start, q_ts)
-    values = pd.DataFrame(out)
+    values = pd.DataFrame(out, copy=False)
     return BatchResult(values=values, rejects=rejects, accepted=accepted)
 
 

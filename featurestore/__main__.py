@@ -1,0 +1,5 @@
+"""``python -m featurestore``."""
+
+from featurestore.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,85 @@
+"""The ``featurestore`` command line: subcommands are registered by the modules in COMMAND_MODULES."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import pydantic
+
+from featurestore import __version__
+from featurestore.exceptions import ConfigurationError, FeatureStoreError
+from featurestore.logging import configure_logging
+from featurestore.settings import Settings
+
+__all__ = ["COMMAND_MODULES", "build_parser", "common_options", "load_settings", "main"]
+
+# Each module has `register(subparsers)` adding its subcommands; a leaf parser sets
+# `handler=<callable(args) -> int>` with set_defaults.
+COMMAND_MODULES: tuple[str, ...] = ("featurestore.dev.commands",)
+
+
+def common_options(suppress: bool = True) -> argparse.ArgumentParser:
+    """Parent parser with the global options, for ``parents=[...]`` so they also work after a subcommand.
+
+    With *suppress*, unset options leave the value parsed earlier (by the main parser) alone.
+    """
+    default = argparse.SUPPRESS if suppress else None
+    parser = argparse.ArgumentParser(add_help=False)
+    group = parser.add_argument_group("global options")
+    group.add_argument("--state-dir", type=Path, default=default,
+                       help="folder for local state and the embedded stack (env FEATURESTORE_STATE_DIR, "
+                            "default .featurestore)")
+    group.add_argument("--log-level", default=argparse.SUPPRESS if suppress else
+                       os.environ.get("FEATURESTORE_LOG_LEVEL", "WARNING"),
+                       type=str.upper, choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="log level (default WARNING)")
+    group.add_argument("--log-json", action="store_true", default=argparse.SUPPRESS if suppress else False,
+                       help="log structured JSON lines")
+    return parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full parser, with the subcommands of every module in COMMAND_MODULES."""
+    parser = argparse.ArgumentParser(
+        prog="featurestore", parents=[common_options(suppress=False)],
+        description="Streaming feature store: Kafka events -> windowed features -> Redis and PostgreSQL.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module_name in COMMAND_MODULES:
+        importlib.import_module(module_name).register(subparsers)
+    return parser
+
+
+def load_settings(args: argparse.Namespace) -> Settings:
+    """Settings from the environment, with command line overrides (``--state-dir``)."""
+    overrides = {}
+    if getattr(args, "state_dir", None) is not None:
+        overrides["state_dir"] = args.state_dir
+    try:
+        return Settings(**overrides)
+    except pydantic.ValidationError as exc:
+        raise ConfigurationError(f"invalid settings: {exc}") from exc
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code (2 for feature store errors)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    configure_logging(args.log_level, json=args.log_json)
+    handler = getattr(args, "handler", None)
+    if handler is None:  # a command group without its subcommand
+        parser.parse_args([*(argv if argv is not None else sys.argv[1:]), "--help"])
+        return 2
+    try:
+        return int(handler(args) or 0)
+    except FeatureStoreError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,332 @@
+"""The embedded dev stack: real Kafka-protocol, Redis and PostgreSQL servers as child processes.
+
+All state lives under ``<state_dir>/stack/``: server data, one log file per
+server and ``stack.json`` recording pids, ports, URLs and start times, so that
+``up``, ``status`` and ``down`` work across separate CLI invocations.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import fcntl
+import json
+import logging
+import os
+import signal
+import subprocess
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from featurestore.dev.servers import SERVERS, ServerSpec, free_port, port_answers
+from featurestore.exceptions import StackError
+from featurestore.settings import Settings
+
+__all__ = ["EmbeddedStack", "StackInfo", "ServerRecord", "resolve_servers"]
+
+logger = logging.getLogger(__name__)
+
+STATE_VERSION = 1
+_POLL_S = 0.2
+# Popen objects of servers started by this process, so they are reaped (no zombies) when they exit.
+_CHILDREN: dict[int, subprocess.Popen] = {}
+
+
+@dataclass
+class ServerRecord:
+    """One running server as recorded in stack.json."""
+
+    name: str
+    pid: int
+    port: int
+    url: str
+    started_at: str
+    log: str
+    proc_start: int | None = None  # /proc start time, guards against pid reuse
+
+
+@dataclass
+class StackInfo:
+    """Connection details of a running embedded stack."""
+
+    kafka_bootstrap: str
+    redis_url: str
+    postgres_dsn: str
+    state_dir: str
+    started_at: str
+    servers: dict[str, ServerRecord] = field(default_factory=dict)
+
+    def pids(self) -> dict[str, int]:
+        """Server name -> recorded pid."""
+        return {name: rec.pid for name, rec in self.servers.items()}
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+# --- process helpers ----------------------------------------------------------
+
+def _proc_stat(pid: int) -> tuple[str, int] | None:
+    """(state, start time in clock ticks) of *pid* from /proc, or None if unavailable."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = raw[raw.rfind(")") + 2:].split()
+    return fields[0], int(fields[19])
+
+
+def _is_running(pid: int, proc_start: int | None = None) -> bool:
+    """True if *pid* is a live (non-zombie) process, and the same one when *proc_start* is given."""
+    child = _CHILDREN.get(pid)
+    if child is not None and child.poll() is not None:
+        _CHILDREN.pop(pid, None)
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # exists, owned by another user
+    stat = _proc_stat(pid)
+    if stat is None:
+        return True  # no /proc: trust kill(0)
+    state, start = stat
+    if state in ("Z", "X"):  # exited; an init that does not reap leaves it as a zombie
+        return False
+    return proc_start is None or start == proc_start
+
+
+def _children(pid: int) -> list[int]:
+    """Direct children of *pid* (Linux /proc only; empty elsewhere)."""
+    kids = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            raw = (entry / "stat").read_text()
+        except OSError:
+            continue
+        if int(raw[raw.rfind(")") + 2:].split()[1]) == pid:
+            kids.append(int(entry.name))
+    return kids
+
+
+def _wait_gone(pid: int, proc_start: int | None, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while _is_running(pid, proc_start):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def _signal(pid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, sig)
+
+
+def _stop_process(rec: ServerRecord, spec: ServerSpec) -> None:
+    """Stop exactly the recorded process (and, for postgres, wait for its children)."""
+    if not _is_running(rec.pid, rec.proc_start):
+        logger.info("%s (pid %s) already stopped", rec.name, rec.pid)
+        return
+    kids = _children(rec.pid) if spec.kill_children else []
+    logger.info("stopping %s (pid %s) with %s", rec.name, rec.pid, signal.Signals(spec.stop_signal).name)
+    _signal(rec.pid, spec.stop_signal)
+    if not _wait_gone(rec.pid, rec.proc_start, spec.stop_timeout_s):
+        logger.warning("%s (pid %s) did not stop in %.0f s; killing", rec.name, rec.pid, spec.stop_timeout_s)
+        _signal(rec.pid, signal.SIGKILL)
+        if not _wait_gone(rec.pid, rec.proc_start, 5.0):
+            raise StackError(f"could not stop {rec.name} (pid {rec.pid})")
+    for kid in kids:
+        kid_stat = _proc_stat(kid)
+        kid_start = kid_stat[1] if kid_stat else None
+        if not _wait_gone(kid, kid_start, 5.0):
+            _signal(kid, signal.SIGKILL)
+            _wait_gone(kid, kid_start, 5.0)
+
+
+def _log_tail(path: str | Path, lines: int = 15) -> str:
+    try:
+        text = Path(path).read_text(errors="replace")
+    except OSError:
+        return "(no log)"
+    return "\n".join(text.splitlines()[-lines:])
+
+
+# --- the stack ------------------------------------------------------------------
+
+class EmbeddedStack:
+    """Real Kafka-protocol, Redis and PostgreSQL servers on free loopback ports, state under ``<state_dir>/stack``."""
+
+    def __init__(self, state_dir: str | os.PathLike[str] = ".featurestore") -> None:
+        self.state_dir = Path(state_dir).absolute()
+        self.folder = self.state_dir / "stack"
+        self.state_file = self.folder / "stack.json"
+
+    # state file
+    @contextlib.contextmanager
+    def _lock(self) -> Iterator[None]:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with open(self.folder / ".lock", "w") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def _load(self) -> tuple[str | None, dict[str, ServerRecord]]:
+        try:
+            data = json.loads(self.state_file.read_text())
+        except FileNotFoundError:
+            return None, {}
+        except (OSError, ValueError) as exc:
+            raise StackError(f"cannot read {self.state_file}: {exc}") from exc
+        records = {name: ServerRecord(**rec) for name, rec in data.get("servers", {}).items()}
+        return data.get("started_at"), records
+
+    def _save(self, started_at: str, records: dict[str, ServerRecord]) -> None:
+        data = {"version": STATE_VERSION, "started_at": started_at,
+                "servers": {name: asdict(rec) for name, rec in records.items()}}
+        tmp = self.state_file.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(data, indent=2) + "\n")
+        os.replace(tmp, self.state_file)
+
+    def _info(self, started_at: str, records: dict[str, ServerRecord]) -> StackInfo:
+        return StackInfo(kafka_bootstrap=records["kafka"].url, redis_url=records["redis"].url,
+                         postgres_dsn=records["postgres"].url, state_dir=str(self.state_dir),
+                         started_at=started_at, servers=dict(records))
+
+    def info(self) -> StackInfo | None:
+        """The recorded stack, or None when none is recorded (says nothing about health)."""
+        started_at, records = self._load()
+        if started_at is None or set(records) != set(SERVERS):
+            return None
+        return self._info(started_at, records)
+
+    # lifecycle
+    def up(self, timeout: float = 60) -> StackInfo:
+        """Start the servers that are not running and wait until all three answer; idempotent."""
+        with self._lock():
+            started_at, records = self._load()
+            started_at = started_at or _now()
+            started: dict[str, subprocess.Popen] = {}
+            for name, spec in SERVERS.items():
+                rec = records.get(name)
+                if rec is not None and _is_running(rec.pid, rec.proc_start):
+                    continue
+                if rec is not None:
+                    logger.warning("%s (pid %s) is no longer running; restarting it", name, rec.pid)
+                proc, port = self._start(spec)
+                started[name] = proc
+                records[name] = rec = ServerRecord(
+                    name=name, pid=proc.pid, port=port, url=spec.url(port),
+                    started_at=_now(), log=str(self.folder / f"{name}.log"),
+                    proc_start=(_proc_stat(proc.pid) or (None, None))[1],
+                )
+                logger.info("started %s (pid %s) on port %s", name, rec.pid, rec.port)
+            self._save(started_at, records)  # recorded before waiting, so `down` can always clean up
+            try:
+                self._wait_healthy(records, started, time.monotonic() + timeout)
+            except BaseException:
+                for name in started:
+                    with contextlib.suppress(StackError):
+                        _stop_process(records.pop(name), SERVERS[name])
+                if records:
+                    self._save(started_at, records)
+                else:
+                    self.state_file.unlink(missing_ok=True)
+                raise
+            return self._info(started_at, records)
+
+    def _start(self, spec: ServerSpec) -> tuple[subprocess.Popen, int]:
+        port = free_port()
+        log = self.folder / f"{spec.name}.log"
+        with open(log, "a") as handle:
+            handle.write(f"--- {_now()} starting {spec.name} on port {port}\n")
+        try:
+            proc = spec.start(port, self.folder, log)
+        except (OSError, subprocess.SubprocessError) as exc:
+            raise StackError(f"could not start {spec.name}: {exc}\n{_log_tail(log)}") from exc
+        _CHILDREN[proc.pid] = proc
+        return proc, port
+
+    def _wait_healthy(self, records: dict[str, ServerRecord], started: dict[str, subprocess.Popen],
+                      deadline: float) -> None:
+        pending = dict(records)
+        last_error: dict[str, str] = {}
+        while pending:
+            for name, rec in list(pending.items()):
+                proc = started.get(name)
+                if proc is not None and proc.poll() is not None:
+                    raise StackError(f"{name} exited with code {proc.returncode} while starting; "
+                                     f"log {rec.log}:\n{_log_tail(rec.log)}")
+                if not port_answers(rec.port, timeout=0.5):
+                    last_error[name] = f"port {rec.port} not answering"
+                    continue
+                try:
+                    SERVERS[name].check(rec.url)
+                except Exception as exc:  # noqa: BLE001 - any failure means "not ready yet"
+                    last_error[name] = f"{type(exc).__name__}: {exc}"
+                    continue
+                del pending[name]
+            if not pending:
+                return
+            if time.monotonic() >= deadline:
+                details = "; ".join(f"{n}: {last_error.get(n, '?')}" for n in pending)
+                raise StackError(f"embedded stack not ready in time ({details}); logs in {self.folder}")
+            time.sleep(_POLL_S)
+
+    def status(self) -> dict[str, dict[str, Any]]:
+        """Per server: pid, port, url, healthy (answers a real protocol request) and a detail line."""
+        _, records = self._load()
+        result: dict[str, dict[str, Any]] = {}
+        for name, spec in SERVERS.items():
+            rec = records.get(name)
+            if rec is None:
+                result[name] = {"pid": None, "port": None, "url": None, "healthy": False, "detail": "not started"}
+                continue
+            entry = {"pid": rec.pid, "port": rec.port, "url": rec.url, "healthy": False}
+            if not _is_running(rec.pid, rec.proc_start):
+                entry["detail"] = f"process {rec.pid} is not running"
+            else:
+                try:
+                    entry["detail"] = spec.check(rec.url)
+                    entry["healthy"] = True
+                except Exception as exc:  # noqa: BLE001 - reported, not raised
+                    entry["detail"] = f"{type(exc).__name__}: {exc}"
+            result[name] = entry
+        return result
+
+    def down(self) -> list[str]:
+        """Stop exactly the recorded processes, remove stack.json; returns the names that were recorded."""
+        with self._lock():
+            _, records = self._load()
+            errors = []
+            for name in reversed(list(SERVERS)):
+                rec = records.get(name)
+                if rec is None:
+                    continue
+                try:
+                    _stop_process(rec, SERVERS[name])
+                    _CHILDREN.pop(rec.pid, None)
+                except StackError as exc:
+                    errors.append(str(exc))
+            self.state_file.unlink(missing_ok=True)
+            if errors:
+                raise StackError("; ".join(errors))
+            return list(records)
+
+
+def resolve_servers(settings: Settings, timeout: float = 60) -> Settings:
+    """Settings with every server named: unchanged if all three are set, else filled from the embedded stack."""
+    if not settings.uses_embedded():
+        return settings
+    info = EmbeddedStack(settings.state_dir).up(timeout=timeout)
+    return settings.with_servers(
+        kafka=None if settings.kafka_bootstrap_servers else info.kafka_bootstrap,
+        redis_url=None if settings.redis_url else info.redis_url,
+        postgres_dsn=None if settings.postgres_dsn else info.postgres_dsn,
+    )

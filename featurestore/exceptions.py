@@ -1,0 +1,51 @@
+"""Exception hierarchy of the feature store; every error raised on purpose derives from FeatureStoreError."""
+
+from __future__ import annotations
+
+__all__ = [
+    "FeatureStoreError",
+    "ConfigurationError",
+    "StackError",
+    "DefinitionError",
+    "RegistryError",
+    "UnknownNameError",
+    "InvalidInputError",
+    "StoreUnavailableError",
+]
+
+
+class FeatureStoreError(Exception):
+    """Root of all feature store errors."""
+
+
+class ConfigurationError(FeatureStoreError):
+    """Settings or environment are missing or inconsistent."""
+
+
+class StackError(FeatureStoreError):
+    """The embedded dev stack could not start or stop."""
+
+
+class DefinitionError(FeatureStoreError):
+    """A feature, view, entity or service definition is invalid."""
+
+
+class RegistryError(FeatureStoreError):
+    """The registry of applied definitions could not be read or written."""
+
+
+class UnknownNameError(FeatureStoreError, KeyError):
+    """An unknown feature, view, service or entity name was requested."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0]) if self.args else ""
+
+
+class InvalidInputError(FeatureStoreError, ValueError):
+    """Input data (events, entity rows, arguments) failed validation."""
+
+
+class StoreUnavailableError(FeatureStoreError):
+    """An online or offline store could not be reached; the operation may be retried."""
+
+    retryable = True

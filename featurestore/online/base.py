@@ -1,0 +1,40 @@
+"""The online store contract shared by the worker, the backfill and the client."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class OnlineRecord:
+    """What the online store keeps for one (view version, entity).
+
+    ``state`` is ``ViewState.to_bytes()``; ``values`` the encoded feature values
+    as of ``watermark`` (the entity's latest event time), exact for any request
+    time before ``valid_until`` (when the oldest non-empty tile leaves a
+    window); past it the reader re-evaluates ``state``.
+    """
+
+    view_key: str  # project, view name and version, e.g. "default:customer_stats:v2"
+    key: str
+    state: bytes
+    values: bytes
+    watermark: int
+    valid_until: int | None
+    ttl_ms: int | None
+
+
+class OnlineStore(Protocol):
+    """Backends implement these; ``commit`` is atomic and fenced by offsets."""
+
+    def commit(self, records: list[OnlineRecord], group: str | None,
+               offsets: dict[str, tuple[int, int]], epoch: str | None = None) -> int: ...
+
+    def load_states(self, view_key: str, keys: list[str]) -> dict[str, bytes | None]: ...
+
+    def load_offsets(self, group: str) -> dict[str, int]: ...
+
+    def read_values(self, items: list[tuple[str, str]]) -> list[tuple[bytes | None, int | None, int | None]]: ...
+
+    def load_state(self, view_key: str, key: str) -> bytes | None: ...

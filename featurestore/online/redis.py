@@ -1,0 +1,159 @@
+"""Redis backend of the online store (redis-py with hiredis).
+
+Layout, for project ``p``:
+
+* ``fs:{view_key}:{entity}`` — hash: ``s`` state, ``v`` values as of ``w``
+  (watermark, ms), ``u`` valid-until (ms); expires ``ttl + TTL_GRACE_MS`` after
+  its last write (expiry in event time is decided by the reader);
+* ``fs:p:offsets:{group}`` — hash ``topic:partition`` -> last applied offset;
+* ``fs:p:epoch`` — marker written when the store is initialised; when it is
+  missing the server lost its data (restart without persistence).
+
+A commit writes every state of a micro-batch and the partitions' offsets in
+one Lua script, only if the stored offsets still equal what the writer read
+(compare-and-set): a worker that lost its partitions to another cannot
+overwrite newer state.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import redis
+
+from .base import OnlineRecord
+
+logger = logging.getLogger(__name__)
+
+TTL_GRACE_MS = 3_600_000
+
+_COMMIT = """
+if ARGV[1] ~= '' and redis.call('GET', KEYS[2]) ~= ARGV[1] then return -1 end
+local n = tonumber(ARGV[2])
+local i = 3
+for p = 1, n do
+  local cur = redis.call('HGET', KEYS[1], ARGV[i])
+  if (cur or '-1') ~= ARGV[i + 1] then return 0 end
+  i = i + 3
+end
+i = 3
+for p = 1, n do
+  redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 2])
+  i = i + 3
+end
+for k = 3, #KEYS do
+  redis.call('HSET', KEYS[k], 's', ARGV[i], 'v', ARGV[i + 1], 'w', ARGV[i + 2], 'u', ARGV[i + 3])
+  local ttl = tonumber(ARGV[i + 4])
+  if ttl > 0 then redis.call('PEXPIRE', KEYS[k], ttl) else redis.call('PERSIST', KEYS[k]) end
+  i = i + 5
+end
+return 1
+"""
+
+
+class RedisOnlineStore:
+    """Online store on one Redis database; ``url`` may be redis:// or rediss:// with auth and db."""
+
+    def __init__(self, client: redis.Redis, project: str):
+        self.client = client
+        self.project = project
+        self._commit = client.register_script(_COMMIT)
+
+    @classmethod
+    def from_url(cls, url: str, project: str) -> "RedisOnlineStore":
+        return cls(redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5), project)
+
+    # -- keys ------------------------------------------------------------------
+    def view_key(self, view: str, version: int) -> str:
+        return f"{self.project}:{view}:v{version}"
+
+    @staticmethod
+    def entity_key(view_key: str, key: str) -> str:
+        return f"fs:{view_key}:{key}"
+
+    def offsets_key(self, group: str) -> str:
+        return f"fs:{self.project}:offsets:{group}"
+
+    @property
+    def epoch_key(self) -> str:
+        return f"fs:{self.project}:epoch"
+
+    # -- lost-data marker ----------------------------------------------------
+    def ensure_epoch(self, epoch: str) -> str:
+        """Set the marker if absent; return the marker now stored."""
+        self.client.set(self.epoch_key, epoch, nx=True)
+        return self.client.get(self.epoch_key).decode()
+
+    def epoch(self) -> str | None:
+        value = self.client.get(self.epoch_key)
+        return None if value is None else value.decode()
+
+    # -- writing -----------------------------------------------------------------
+    def commit(self, records: list[OnlineRecord], group: str | None, offsets: dict[str, tuple[int, int]],
+               epoch: str | None = None) -> int:
+        """Write ``records`` and advance ``offsets`` ({"topic:partition": (expected, new)}) atomically.
+
+        Returns 1 on success; 0 (writing nothing) when a stored offset differs
+        from the expected one (another writer got there first); -1 when
+        ``epoch`` is given and the store's marker differs (the server lost its data).
+        """
+        keys = [self.offsets_key(group or "_none"), self.epoch_key]
+        args: list = [epoch or "", len(offsets)]
+        for name, (expected, new) in offsets.items():
+            args += [name, str(expected), str(new)]
+        for rec in records:
+            keys.append(self.entity_key(rec.view_key, rec.key))
+            ttl = 0 if rec.ttl_ms is None else rec.ttl_ms + TTL_GRACE_MS
+            args += [rec.state, rec.values, rec.watermark, -1 if rec.valid_until is None else rec.valid_until, ttl]
+        return int(self._commit(keys=keys, args=args))
+
+    # -- reading -----------------------------------------------------------------
+    def load_offsets(self, group: str) -> dict[str, int]:
+        raw = self.client.hgetall(self.offsets_key(group))
+        return {k.decode(): int(v) for k, v in raw.items()}
+
+    def load_states(self, view_key: str, keys: list[str]) -> dict[str, bytes | None]:
+        pipe = self.client.pipeline(transaction=False)
+        for key in keys:
+            pipe.hget(self.entity_key(view_key, key), "s")
+        return dict(zip(keys, pipe.execute()))
+
+    def load_state(self, view_key: str, key: str) -> bytes | None:
+        return self.client.hget(self.entity_key(view_key, key), "s")
+
+    def load_state_many(self, items: list[tuple[str, str]]) -> list[bytes | None]:
+        pipe = self.client.pipeline(transaction=False)
+        for view_key, key in items:
+            pipe.hget(self.entity_key(view_key, key), "s")
+        return pipe.execute()
+
+    def read_values(self, items: list[tuple[str, str]]) -> list[tuple[bytes | None, int | None, int | None]]:
+        """(values, watermark, valid_until) for each (view_key, entity) in one round trip."""
+        pipe = self.client.pipeline(transaction=False)
+        for view_key, key in items:
+            pipe.hmget(self.entity_key(view_key, key), "v", "w", "u")
+        out = []
+        for values, wm, until in pipe.execute():
+            if values is None:
+                out.append((None, None, None))
+            else:
+                u = int(until)
+                out.append((values, int(wm), None if u < 0 else u))
+        return out
+
+    def delete_view(self, view_key: str) -> int:
+        """Remove every entity of one view version (SCAN + UNLINK); returns the count."""
+        n = 0
+        for batch in self._scan_batches(f"fs:{view_key}:*"):
+            n += self.client.unlink(*batch)
+        return n
+
+    def _scan_batches(self, pattern: str, size: int = 500):
+        batch = []
+        for key in self.client.scan_iter(match=pattern, count=size):
+            batch.append(key)
+            if len(batch) >= size:
+                yield batch
+                batch = []
+        if batch:
+            yield batch

@@ -1,0 +1,86 @@
+"""`featurestore dev up|status|down` as a user runs it: separate processes sharing a state folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def _cli(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    return subprocess.run([sys.executable, "-m", "featurestore", *args], capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+def _gone(pid: int) -> bool:
+    """True when *pid* no longer runs.
+
+    os.kill(pid, 0) raising is the usual proof; a zombie (state Z) also counts, because the
+    servers were orphaned when the `dev up` process exited, and an init that does not reap
+    orphans (as in some sandboxes) leaves exited processes as zombies.
+    """
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat[stat.rfind(")") + 2] in "ZX"
+
+
+def test_dev_up_status_down(tmp_path: Path) -> None:
+    state = str(tmp_path / "state")
+    up = _cli("dev", "up", "--state-dir", state)
+    try:
+        assert up.returncode == 0, up.stderr
+        assert "export FEATURESTORE_KAFKA_BOOTSTRAP_SERVERS=" in up.stdout
+        assert "export FEATURESTORE_POSTGRES_DSN=" in up.stdout
+
+        status = _cli("dev", "status", "--json", "--state-dir", state)
+        assert status.returncode == 0, status.stdout + status.stderr
+        report = json.loads(status.stdout)
+        assert set(report) == {"kafka", "redis", "postgres"}
+        assert all(entry["healthy"] for entry in report.values()), report
+
+        recorded = json.loads((Path(state) / "stack" / "stack.json").read_text())
+        pids = {name: rec["pid"] for name, rec in recorded["servers"].items()}
+        assert pids == {name: entry["pid"] for name, entry in report.items()}
+
+        again = _cli("dev", "up", "--state-dir", state)  # idempotent: same processes
+        assert again.returncode == 0, again.stderr
+        assert json.loads((Path(state) / "stack" / "stack.json").read_text())["servers"] == recorded["servers"]
+    finally:
+        down = _cli("dev", "down", "--state-dir", state)
+    assert down.returncode == 0, down.stderr
+    assert not (Path(state) / "stack" / "stack.json").exists()
+    for name, pid in pids.items():
+        assert _gone(pid), f"{name} (pid {pid}) still running after `dev down`"
+
+    after = _cli("dev", "status", "--state-dir", state)
+    assert after.returncode != 0
+    assert "not started" in after.stdout
+
+
+def test_cli_reports_feature_store_errors_without_traceback(tmp_path: Path) -> None:
+    env_project = {"FEATURESTORE_PROJECT": "Not-Valid"}
+    proc = subprocess.run([sys.executable, "-m", "featurestore", "dev", "status", "--state-dir", str(tmp_path)],
+                          capture_output=True, text=True, timeout=60,
+                          env={**os.environ, **env_project,
+                               "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT),
+                                                                           os.environ.get("PYTHONPATH")]))})
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error: ")
+    assert "project" in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -1,0 +1,107 @@
+"""docker-compose.yml only runs `featurestore` subcommands that the CLI has."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from featurestore.cli import build_parser
+
+COMPOSE_FILE = Path(__file__).resolve().parents[1] / "docker-compose.yml"
+APP_SERVICES = {"apply", "worker", "producer", "backfill"}
+
+
+def _load_compose(text: str) -> dict[str, Any]:
+    try:
+        import yaml
+    except ImportError:
+        return _tiny_compose_parser(text)
+    return yaml.safe_load(text)
+
+
+def _tiny_compose_parser(text: str) -> dict[str, Any]:
+    """Just enough YAML for this file: service names, `build`, `entrypoint` and flow-list `command`s."""
+    services: dict[str, dict[str, Any]] = {}
+    in_services = False
+    current: dict[str, Any] | None = None
+    pending_key: str | None = None
+    buffer = ""
+    for line in text.splitlines():
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        indent = len(line) - len(line.lstrip())
+        if indent == 0:
+            in_services = line.startswith("services:")
+            current = None
+            continue
+        if not in_services:
+            continue
+        if indent == 2 and line.rstrip().endswith(":"):
+            current = services.setdefault(line.strip()[:-1], {})
+            continue
+        if current is None:
+            continue
+        if pending_key:  # continuation of a multi-line flow list
+            buffer += " " + line.strip()
+            if buffer.rstrip().endswith("]"):
+                current[pending_key] = _flow_list(buffer)
+                pending_key = None
+            continue
+        match = re.match(r"^ {4}(build|command|entrypoint):\s*(.*)$", line)
+        if match:
+            key, value = match.groups()
+            if value.startswith("[") and not value.rstrip().endswith("]"):
+                pending_key, buffer = key, value
+            elif value.startswith("["):
+                current[key] = _flow_list(value)
+            else:
+                current[key] = value.strip().strip("'\"")
+    return {"services": services}
+
+
+def _flow_list(text: str) -> list[str]:
+    return [item.strip().strip("'\"") for item in text.strip()[1:-1].split(",") if item.strip()]
+
+
+def _featurestore_subcommands(compose: dict[str, Any]) -> dict[str, str]:
+    """Service -> the `featurestore` subcommand it runs (the image's entrypoint is `featurestore`)."""
+    used = {}
+    for name, service in compose["services"].items():
+        command = service.get("command")
+        if isinstance(command, str):
+            command = command.split()
+        if not command:
+            continue
+        if command[0] == "featurestore":
+            used[name] = command[1]
+        elif "build" in service and "entrypoint" not in service:
+            used[name] = command[0]
+    return used
+
+
+def _parser_subcommands() -> set[str]:
+    parser = build_parser()
+    for action in parser._actions:  # argparse has no public accessor for subcommands
+        if action.__class__.__name__ == "_SubParsersAction":
+            return set(action.choices)
+    return set()
+
+
+def test_compose_file_has_the_expected_services() -> None:
+    compose = _load_compose(COMPOSE_FILE.read_text())
+    assert {"kafka", "kafka-init", "redis", "postgres", *APP_SERVICES} <= set(compose["services"])
+    assert set(_featurestore_subcommands(compose)) == APP_SERVICES
+
+
+def test_tiny_parser_agrees_with_yaml() -> None:
+    text = COMPOSE_FILE.read_text()
+    assert _featurestore_subcommands(_tiny_compose_parser(text)) == _featurestore_subcommands(_load_compose(text))
+
+
+def test_compose_runs_only_existing_subcommands() -> None:
+    used = _featurestore_subcommands(_load_compose(COMPOSE_FILE.read_text()))
+    available = _parser_subcommands()
+    missing = {service: sub for service, sub in used.items() if sub not in available}
+    assert not missing, (f"docker-compose.yml runs featurestore subcommands the CLI lacks: {missing}; "
+                         f"the CLI has {sorted(available)}")

@@ -1,0 +1,361 @@
+"""The streaming worker: Kafka -> validate -> transforms -> PostgreSQL + Redis, exactly-once effects.
+
+Per micro-batch, in this order:
+
+1. decode (orjson) and validate each record; bad ones become dead letters;
+2. apply the valid events to the cached per-entity states (``SourceProcessor``);
+   late or repeated events become dead letters too;
+3. write the accepted events to the PostgreSQL event log: an idempotent upsert
+   keyed by (partition, offset), so a replay cannot duplicate a row;
+4. send the dead letters (original bytes, reason, topic, partition, offset);
+5. commit the new states together with each partition's last applied offset
+   in ONE Redis script, only if the stored offsets are still the ones this
+   worker read (compare-and-set fencing) and the store's epoch marker is ours;
+6. commit the Kafka offsets (for lag monitoring and as a fallback start point).
+
+A crash anywhere replays from the offsets in Redis: records at or below them
+are skipped, the rest are applied once; PostgreSQL ignores rows it already has.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import orjson
+import pandas as pd
+import redis
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.consumer.subscription_state import ConsumerRebalanceListener
+from kafka.errors import KafkaError
+from kafka.structs import OffsetAndMetadata
+
+from featurestore.definitions import EventSource
+from featurestore.exceptions import StoreUnavailableError
+from featurestore.online import RedisOnlineStore
+from featurestore.schema import validator_for
+from transforms import ViewState
+
+from .metrics import ProbeServer, WorkerMetrics
+from .processor import PreparedView, SourceProcessor
+from .retry import Retry
+
+logger = logging.getLogger(__name__)
+
+#: Errors of the stores that are worth retrying (the batch is re-run from scratch).
+RETRYABLE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, redis.exceptions.BusyLoadingError,
+             OSError, asyncio.TimeoutError, StoreUnavailableError, KafkaError)
+
+SHUTDOWN_GRACE_S = 30
+
+
+@dataclass
+class WorkerConfig:
+    """Knobs of one worker process."""
+
+    group: str
+    dead_letter_topic: str = "features-dead-letter"
+    batch_size: int = 5000
+    poll_timeout_ms: int = 200
+    metrics_port: int | None = 9108
+    session_timeout_ms: int = 6000
+    heartbeat_interval_ms: int = 1000
+    kafka_options: dict = field(default_factory=dict)
+
+
+@dataclass
+class _Pending:
+    """Valid events of one source in a batch, with where they came from."""
+
+    events: list = field(default_factory=list)
+    where: list = field(default_factory=list)  # (partition, offset, raw record)
+
+
+class _Rebalance(ConsumerRebalanceListener):
+    def __init__(self, worker: "Worker"):
+        self.worker = worker
+
+    def on_partitions_revoked(self, revoked):
+        self.worker.on_revoked(revoked)
+
+    def on_partitions_assigned(self, assigned):
+        self.worker.on_assigned(assigned)
+
+
+class Worker:
+    """One worker process; several with the same ``group`` share the partitions."""
+
+    def __init__(self, views: list[PreparedView], online: RedisOnlineStore, offline, config: WorkerConfig):
+        self.views = views
+        self.online = online
+        self.offline = offline
+        self.config = config
+        self.metrics = WorkerMetrics()
+        self.sources: dict[str, EventSource] = {}
+        by_source: dict[str, list[PreparedView]] = defaultdict(list)
+        for pv in views:
+            self.sources[pv.view.source.topic] = pv.view.source
+            by_source[pv.view.source.name].append(pv)
+        self.processors = {name: SourceProcessor(pvs, online) for name, pvs in by_source.items()}
+        self.applied: dict[str, int] = {}
+        self.stopping = False
+        self.stop_deadline: float | None = None
+        self.loop = asyncio.new_event_loop()
+        self.epoch = online.ensure_epoch(uuid.uuid4().hex)
+        self.retry = Retry(RETRYABLE, should_stop=self._past_deadline)
+        self.consumer: KafkaConsumer | None = None
+        self.producer: KafkaProducer | None = None
+        self.probes: ProbeServer | None = None
+        self.batches = 0
+
+    # -- lifecycle -------------------------------------------------------------
+    def start(self) -> None:
+        opts = self.config.kafka_options
+        self.consumer = KafkaConsumer(
+            group_id=self.config.group, enable_auto_commit=False, auto_offset_reset="earliest",
+            session_timeout_ms=self.config.session_timeout_ms, heartbeat_interval_ms=self.config.heartbeat_interval_ms,
+            max_poll_records=self.config.batch_size, max_partition_fetch_bytes=4 * 1024 * 1024,
+            reconnect_backoff_max_ms=2000, **opts)
+        self.consumer.subscribe(sorted(self.sources), listener=_Rebalance(self))
+        self.producer = KafkaProducer(linger_ms=5, acks="all", retries=5, **opts)
+        if self.config.metrics_port is not None:
+            self.probes = ProbeServer(self.metrics, port=self.config.metrics_port).start()
+
+    def request_stop(self, *_args) -> None:
+        """SIGTERM/SIGINT: finish the batch in flight, commit, leave the group."""
+        if not self.stopping:
+            logger.info("stop requested: finishing the batch in flight")
+        self.stopping = True
+        self.stop_deadline = time.monotonic() + SHUTDOWN_GRACE_S
+        self.metrics.alive = False
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, self.request_stop)
+        signal.signal(signal.SIGINT, self.request_stop)
+
+    def _past_deadline(self) -> bool:
+        return self.stop_deadline is not None and time.monotonic() > self.stop_deadline
+
+    def close(self) -> None:
+        if self.consumer is not None:
+            self.consumer.close(autocommit=False)  # leaves the group: partitions move at once
+        if self.producer is not None:
+            self.producer.flush(10)
+            self.producer.close(5)
+        if self.probes is not None:
+            self.probes.stop()
+        self.loop.close()
+
+    def run(self, until=None) -> int:
+        """Poll and process until stopped (or ``until()`` returns True); returns the exit code."""
+        self.start()
+        try:
+            while not self.stopping:
+                batch = self.consumer.poll(timeout_ms=self.config.poll_timeout_ms)
+                self.metrics.ready = True
+                if batch:
+                    self.retry.call(lambda: self.process(batch), on_error=self._after_failure)
+                    self.batches += 1
+                elif self.batches % 50 == 0:
+                    self._update_lag()
+                if until is not None and until(self):
+                    break
+            return 0
+        finally:
+            self.close()
+
+    # -- rebalance ----------------------------------------------------------------
+    def on_revoked(self, revoked) -> None:
+        for processor in self.processors.values():
+            processor.invalidate()
+        for tp in revoked:
+            self.applied.pop(f"{tp.topic}:{tp.partition}", None)
+
+    def on_assigned(self, assigned) -> None:
+        for processor in self.processors.values():
+            processor.invalidate()
+        stored = self.online.load_offsets(self.config.group)
+        for tp in assigned:
+            name = f"{tp.topic}:{tp.partition}"
+            if name in stored:
+                self.applied[name] = stored[name]
+                self.consumer.seek(tp, stored[name] + 1)
+            else:
+                self.applied.pop(name, None)
+        logger.info("assigned %s", sorted(f"{tp.topic}:{tp.partition}" for tp in assigned))
+
+    def _after_failure(self, exc: BaseException) -> None:
+        self.metrics.retries.labels(type(exc).__name__).inc()
+        for processor in self.processors.values():
+            processor.invalidate()
+
+    # -- one micro-batch ------------------------------------------------------------
+    def process(self, batch) -> None:
+        started = time.perf_counter()
+        pending: dict[str, _Pending] = defaultdict(_Pending)
+        dead: list[tuple] = []
+        advance: dict[str, int] = {}
+        for tp, records in batch.items():
+            name = f"{tp.topic}:{tp.partition}"
+            done = self.applied.get(name, -1)
+            source = self.sources[tp.topic]
+            validate = validator_for(source)
+            for rec in records:
+                if rec.offset <= done:
+                    continue  # already applied before a crash or a rebalance
+                advance[name] = rec.offset
+                raw = rec.value
+                if raw is None or len(raw) > source.max_message_bytes:
+                    dead.append((rec, "oversize" if raw else "empty_message",
+                                 f"message of {len(raw or b'')} bytes exceeds {source.max_message_bytes}" if raw else "no value"))
+                    continue
+                try:
+                    obj = orjson.loads(raw)
+                except orjson.JSONDecodeError as exc:
+                    dead.append((rec, "malformed_json", str(exc)))
+                    continue
+                result = validate(obj)
+                if not result.ok:
+                    dead.append((rec, result.reason, result.detail))
+                    continue
+                p = pending[source.name]
+                p.events.append(result)
+                p.where.append((tp.partition, rec.offset, rec))
+        if not advance:
+            return
+        records, offline_frames = [], []
+        for source_name, p in pending.items():
+            online_records, refused = self.processors[source_name].apply(p.events)
+            records += online_records
+            for idx, rej in refused.items():
+                dead.append((p.where[idx][2], rej.reason, rej.detail))
+            offline_frames.append((source_name, self._event_frame(p, refused)))
+        for source_name, frame in offline_frames:
+            if len(frame):
+                self.loop.run_until_complete(self.offline.write_events(self._source(source_name), frame))
+        self._send_dead_letters(dead)
+        offsets = {name: (self.applied.get(name, -1), off) for name, off in advance.items()}
+        result = self.online.commit(records, self.config.group, offsets, self.epoch)
+        if result == 0:
+            self.metrics.fenced.inc()
+            logger.warning("commit fenced: another worker advanced %s; reloading", sorted(advance))
+            self._resync()
+            return
+        if result == -1:
+            logger.error("the online store lost its data (epoch marker changed): rebuilding from the event log")
+            self.rebuild_from_event_log()
+            return
+        self.applied.update(advance)
+        self._commit_kafka(advance)
+        self._observe(pending, dead, started)
+
+    def _source(self, name: str) -> EventSource:
+        return next(s for s in self.sources.values() if s.name == name)
+
+    @staticmethod
+    def _event_frame(p: _Pending, refused: dict) -> pd.DataFrame:
+        keep = [i for i in range(len(p.events)) if i not in refused]
+        frame = pd.DataFrame([p.events[i].values for i in keep])
+        frame["__partition"] = [p.where[i][0] for i in keep]
+        frame["__offset"] = [p.where[i][1] for i in keep]
+        frame["__key"] = [p.events[i].key for i in keep]
+        frame["__ts"] = [p.events[i].ts_ms for i in keep]
+        frame["__event_id"] = [p.events[i].event_id for i in keep]
+        return frame
+
+    def _send_dead_letters(self, dead: list[tuple]) -> None:
+        if not dead:
+            return
+        futures = []
+        for rec, reason, detail in dead:
+            headers = [("reason", reason.encode()), ("detail", detail.encode()[:1000]),
+                       ("source_topic", rec.topic.encode()), ("partition", str(rec.partition).encode()),
+                       ("offset", str(rec.offset).encode())]
+            futures.append(self.producer.send(self.config.dead_letter_topic, value=rec.value or b"",
+                                              key=rec.key, headers=headers))
+            self.metrics.dead_letters.labels(reason).inc()
+        self.producer.flush(30)
+        for f in futures:
+            f.get(timeout=30)  # raise (and retry the batch) if a dead letter was not written
+
+    def _commit_kafka(self, advance: dict[str, int]) -> None:
+        offsets = {}
+        for name, off in advance.items():
+            topic, part = name.rsplit(":", 1)
+            offsets[TopicPartition(topic, int(part))] = OffsetAndMetadata(off + 1, "", -1)
+        try:
+            self.consumer.commit(offsets)
+        except KafkaError as exc:  # the Redis offsets are authoritative; this is informational
+            logger.warning("kafka offset commit failed (%s); redis offsets stay authoritative", exc)
+
+    def _resync(self) -> None:
+        for processor in self.processors.values():
+            processor.invalidate()
+        stored = self.online.load_offsets(self.config.group)
+        for tp in self.consumer.assignment():
+            name = f"{tp.topic}:{tp.partition}"
+            if name in stored:
+                self.applied[name] = stored[name]
+                self.consumer.seek(tp, stored[name] + 1)
+
+    def _observe(self, pending, dead, started) -> None:
+        now_ms = time.time() * 1000
+        for source_name, p in pending.items():
+            self.metrics.events.labels(self._source(source_name).topic).inc(len(p.events))
+            newest = max((e.ts_ms for e in p.events), default=None)
+            if newest is not None:
+                for pv in self.processors[source_name].views:
+                    self.metrics.freshness.labels(pv.view.name).set(max(0.0, (now_ms - newest) / 1000))
+        self.metrics.batch_seconds.observe(time.perf_counter() - started)
+
+    def _update_lag(self) -> None:
+        assigned = list(self.consumer.assignment())
+        if not assigned:
+            return
+        try:
+            ends = self.consumer.end_offsets(assigned)
+        except KafkaError:
+            return
+        for tp in assigned:
+            position = self.applied.get(f"{tp.topic}:{tp.partition}", -1) + 1
+            self.metrics.lag.labels(tp.topic, str(tp.partition)).set(max(0, ends.get(tp, 0) - position))
+
+    # -- recovery when Redis lost its data --------------------------------------------
+    def rebuild_from_event_log(self) -> None:
+        """Recompute the states of the assigned partitions from the PostgreSQL event log."""
+        self.epoch = self.online.ensure_epoch(uuid.uuid4().hex)
+        assigned = list(self.consumer.assignment())
+        stored = self.online.load_offsets(self.config.group)
+        for source_name, processor in self.processors.items():
+            processor.invalidate()
+            source = self._source(source_name)
+            parts = [tp.partition for tp in assigned if tp.topic == source.topic]
+            if not parts:
+                continue
+            events = self.loop.run_until_complete(self.offline.load_events(source, partitions=parts))
+            records, offsets = self._rebuilt_records(processor, source, events, stored)
+            if self.online.commit(records, self.config.group, offsets, self.epoch) != 1:
+                raise StoreUnavailableError("could not commit the rebuilt state; retrying")
+        self._resync()
+
+    def _rebuilt_records(self, processor, source, events: pd.DataFrame, stored):
+        records, offsets = [], {}
+        if len(events):
+            last = events.groupby("partition", sort=False)["offset"].max()
+            for part, off in last.items():
+                name = f"{source.topic}:{int(part)}"
+                offsets[name] = (stored.get(name, -1), int(off))
+        for bt in (bt for pv in processor.views for bt in pv.view.batch_transforms()):
+            events[bt.column] = bt.apply(events).to_numpy()
+        for pv in processor.views:
+            for key, group in events.groupby("key", sort=False):
+                state = ViewState(pv.specs, pv.lateness_ms)
+                rows = group.to_dict("records")
+                state.apply([(r["ts"], r, r.get("event_id")) for r in rows])
+                records.append(SourceProcessor.record(pv, str(key), state))
+        return records, offsets

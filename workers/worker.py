@@ -90,10 +90,11 @@ class _Rebalance(ConsumerRebalanceListener):
 class Worker:
     """One worker process; several with the same ``group`` share the partitions."""
 
-    def __init__(self, views: list[PreparedView], online: RedisOnlineStore, offline, config: WorkerConfig):
+    def __init__(self, views: list[PreparedView], online: RedisOnlineStore, offline_factory, config: WorkerConfig):
+        """``offline_factory``: a coroutine function returning the offline store; it is
+        created inside this worker's own event loop (asyncpg pools are bound to one)."""
         self.views = views
         self.online = online
-        self.offline = offline
         self.config = config
         self.metrics = WorkerMetrics()
         self.sources: dict[str, EventSource] = {}
@@ -106,12 +107,14 @@ class Worker:
         self.stopping = False
         self.stop_deadline: float | None = None
         self.loop = asyncio.new_event_loop()
+        self.offline = self.loop.run_until_complete(offline_factory())
         self.epoch = online.ensure_epoch(uuid.uuid4().hex)
         self.retry = Retry(RETRYABLE, should_stop=self._past_deadline)
         self.consumer: KafkaConsumer | None = None
         self.producer: KafkaProducer | None = None
         self.probes: ProbeServer | None = None
         self.batches = 0
+        self.records_done = 0  # records committed by this process (applied or dead-lettered)
 
     # -- lifecycle -------------------------------------------------------------
     def start(self) -> None:
@@ -149,6 +152,7 @@ class Worker:
             self.producer.close(5)
         if self.probes is not None:
             self.probes.stop()
+        self.loop.run_until_complete(self.offline.close())
         self.loop.close()
 
     def run(self, until=None) -> int:
@@ -200,6 +204,7 @@ class Worker:
         pending: dict[str, _Pending] = defaultdict(_Pending)
         dead: list[tuple] = []
         advance: dict[str, int] = {}
+        n_new = 0
         for tp, records in batch.items():
             name = f"{tp.topic}:{tp.partition}"
             done = self.applied.get(name, -1)
@@ -209,6 +214,7 @@ class Worker:
                 if rec.offset <= done:
                     continue  # already applied before a crash or a rebalance
                 advance[name] = rec.offset
+                n_new += 1
                 raw = rec.value
                 if raw is None or len(raw) > source.max_message_bytes:
                     dead.append((rec, "oversize" if raw else "empty_message",
@@ -251,6 +257,7 @@ class Worker:
             self.rebuild_from_event_log()
             return
         self.applied.update(advance)
+        self.records_done += n_new
         self._commit_kafka(advance)
         self._observe(pending, dead, started)
 

@@ -1,0 +1,126 @@
+"""``featurestore worker``, ``produce`` and ``get``: the streaming side of the command line."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+from ..cli import common_options, load_settings
+from ..exceptions import InvalidInputError
+from ..runtime import open_runtime
+
+logger = logging.getLogger(__name__)
+
+
+def register(subparsers) -> None:
+    common = common_options()
+    p = subparsers.add_parser("worker", parents=[common], help="consume events and keep features up to date")
+    p.add_argument("--repo", help="feature repository (file or folder); default: the bundled example")
+    p.add_argument("--views", nargs="*", help="only these feature views (default: all)")
+    p.add_argument("--group", help="consumer group (default featurestore-<project>)")
+    p.add_argument("--dead-letter-topic", default="features-dead-letter")
+    p.add_argument("--batch-size", type=int, default=5000)
+    p.add_argument("--metrics-port", type=int, default=9108, help="Prometheus /metrics, /healthz, /readyz (0: off)")
+    p.add_argument("--exit-when-idle", type=float, default=None, metavar="SECONDS",
+                   help="stop after this long without new records (for demos and batch-like runs)")
+    p.set_defaults(handler=run_worker)
+
+    p = subparsers.add_parser("produce", parents=[common], help="send events to a source's topic")
+    p.add_argument("--repo")
+    p.add_argument("--source", required=True)
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--file", help=".jsonl, .csv or .parquet events")
+    g.add_argument("--generate", type=int, metavar="N", help="generate N demo transactions")
+    p.add_argument("--customers", type=int, default=1000)
+    p.add_argument("--days", type=float, default=7.0)
+    p.add_argument("--rate", type=float, default=None, help="events per second (default: as fast as possible)")
+    p.add_argument("--partitions", type=int, default=4, help="partitions when the topic is created")
+    p.set_defaults(handler=run_produce)
+
+    p = subparsers.add_parser("get", parents=[common], help="print an online feature vector")
+    p.add_argument("--repo")
+    p.add_argument("--entity", action="append", required=True, metavar="KEY=VALUE")
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--service")
+    g.add_argument("--features", nargs="+", metavar="VIEW:FEATURE")
+    p.add_argument("--request", action="append", default=[], metavar="NAME=VALUE", help="request data for on-demand features")
+    p.set_defaults(handler=run_get)
+
+
+def run_worker(args) -> int:
+    from workers.processor import prepare_view
+    from workers.worker import Worker, WorkerConfig
+
+    rt = open_runtime(load_settings(args), args.repo)
+    versions = rt.versions()
+    names = args.views or list(rt.repo.views)
+    views = [prepare_view(rt.repo.view(n), versions[n], rt.project) for n in names]
+    config = WorkerConfig(group=args.group or f"featurestore-{rt.project}", dead_letter_topic=args.dead_letter_topic,
+                          batch_size=args.batch_size, metrics_port=args.metrics_port or None,
+                          kafka_options=rt.kafka_options())
+    worker = Worker(views, rt.online(), rt.offline, config)
+    worker.install_signal_handlers()
+    until = None
+    if args.exit_when_idle is not None:
+        state = {"seen": -1, "since": time.monotonic()}
+
+        def until(w):
+            if w.records_done != state["seen"]:
+                state["seen"], state["since"] = w.records_done, time.monotonic()
+            return time.monotonic() - state["since"] > args.exit_when_idle
+
+    logger.info("worker starting: views %s, group %s", names, config.group)
+    code = worker.run(until=until)
+    print(json.dumps({"records": worker.records_done, "batches": worker.batches}))
+    return code
+
+
+def run_produce(args) -> int:
+    from workers.producer import ensure_topic, generate_transactions, produce, read_events
+
+    rt = open_runtime(load_settings(args), args.repo)
+    source = rt.repo.source(args.source)
+    events = read_events(args.file) if args.file else generate_transactions(args.generate, args.customers, args.days)
+    opts = rt.kafka_options()
+    ensure_topic(opts.pop("bootstrap_servers"), source.topic, args.partitions, **opts)
+    n = produce(source, events, rt.kafka_options(), rate=args.rate)
+    print(json.dumps({"topic": source.topic, "events": n}))
+    return 0
+
+
+def _pairs(items: list[str], what: str) -> dict[str, str]:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise InvalidInputError(f"{what} {item!r} must look like NAME=VALUE")
+        out[key] = value
+    return out
+
+
+def run_get(args) -> int:
+    from ..client import FeatureStore
+
+    rt = open_runtime(load_settings(args), args.repo)
+    store = FeatureStore(rt.repo, rt.online(), rt.versions(), rt.project)
+    row = _pairs(args.entity, "--entity")
+    request = {k: [float(v) if _is_number(v) else v] for k, v in _pairs(args.request, "--request").items()}
+    if args.service:
+        for odfv in rt.repo.service(args.service).odfvs():
+            for name in odfv.request_schema:
+                request.setdefault(name, [0.0])
+    resp = store.get_online_features([row], features=args.features, feature_service=args.service,
+                                     request_data=request or None)
+    out = {name: {"value": values[0], "status": resp.statuses.get(name, ["key"])[0]}
+           for name, values in resp.columns.items()}
+    print(json.dumps(out, indent=2, default=str))
+    return 0
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False

@@ -1,0 +1,71 @@
+"""Wiring for commands: resolved settings, the loaded repository, the stores and the view versions."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from pathlib import Path
+
+from .dev.stack import resolve_servers
+from .exceptions import ConfigurationError
+from .online import RedisOnlineStore
+from .repo import Repository, load_repo
+from .settings import Settings
+
+DEFAULT_REPO = Path(__file__).resolve().parent.parent / "examples" / "repo.py"
+PG_SCHEMA = "public"
+
+
+@dataclass
+class Runtime:
+    """Everything a command needs; ``settings`` name real servers (embedded ones started if unset)."""
+
+    settings: Settings
+    repo: Repository
+
+    @property
+    def project(self) -> str:
+        return self.settings.project
+
+    @property
+    def redis_url(self) -> str:
+        return self.settings.redis_url.get_secret_value()
+
+    @property
+    def postgres_dsn(self) -> str:
+        return self.settings.postgres_dsn.get_secret_value()
+
+    def kafka_options(self) -> dict:
+        return self.settings.kafka_client_options()
+
+    def online(self) -> RedisOnlineStore:
+        return RedisOnlineStore.from_url(self.redis_url, self.project)
+
+    async def offline(self):
+        from .offline.postgres import PostgresOfflineStore
+
+        return await PostgresOfflineStore.create(self.postgres_dsn, self.project, PG_SCHEMA)
+
+    async def registry(self, offline):
+        from .registry import Registry
+
+        return Registry(offline.pool, self.project, PG_SCHEMA)
+
+    def versions(self) -> dict[str, int]:
+        """The registered version of each view of the repository whose definition matches."""
+        async def go():
+            offline = await self.offline()
+            try:
+                registry = await self.registry(offline)
+                return {name: await registry.version_of(name, view.fingerprint()) for name, view in self.repo.views.items()}
+            finally:
+                await offline.close()
+
+        return asyncio.run(go())
+
+
+def open_runtime(settings: Settings, repo_path: str | Path | None) -> Runtime:
+    path = Path(repo_path) if repo_path else DEFAULT_REPO
+    if not path.exists():
+        raise ConfigurationError(f"feature repository {path} does not exist (pass --repo PATH)")
+    return Runtime(resolve_servers(settings), load_repo(path))

@@ -1,0 +1,88 @@
+"""Shared pieces of the worker tests: a small feature repository on a unique topic, and a reference."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections import defaultdict
+
+import orjson
+
+from featurestore.definitions import Activity, Aggregate, Entity, EventSource, FeatureView, Latest
+from featurestore.offline.postgres import PostgresOfflineStore
+from featurestore.online import RedisOnlineStore
+from transforms import ViewState
+from workers.processor import prepare_view
+from workers.worker import Worker, WorkerConfig
+
+T0 = 1_767_225_600_000
+
+
+def make_view(topic: str, lateness: str = "5m") -> FeatureView:
+    customer = Entity(name="customer", join_key="customer_id")
+    source = EventSource(
+        name="txns", topic=topic,
+        schema={"transaction_id": "string", "customer_id": "string", "amount": "float64", "event_time": "timestamp"},
+        timestamp_field="event_time", entity_field="customer_id", event_id_field="transaction_id",
+        allowed_lateness=lateness)
+    return FeatureView(name="stats", entity=customer, source=source, ttl="30d", features=[
+        Aggregate("spend_1h", "amount", "sum", "1h"),
+        Aggregate("n_24h", "amount", "count", "24h"),
+        Aggregate("avg_7d", "amount", "mean", "7d"),
+        Aggregate("max_1h", "amount", "max", "1h", hop=1),
+        Aggregate("total", "amount", "sum"),
+        Activity("events_1h", "count_events", "1h"),
+        Latest("last_amount", "amount"),
+    ])
+
+
+def make_events(n: int, customers: int = 20, seed: int = 1) -> list[dict]:
+    import random
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        out.append({"transaction_id": f"t{i}", "customer_id": f"C{rng.randrange(customers):03d}",
+                    "amount": round(rng.uniform(1, 300), 2),
+                    "event_time": T0 + i * 20_000 - rng.randrange(0, 120_000)})
+    return out
+
+
+def reference_values(view: FeatureView, events: list[dict]) -> dict[str, dict]:
+    """Per customer: ViewState fed that customer's events in production order, at its watermark."""
+    specs = view.agg_specs()
+    states: dict[str, ViewState] = defaultdict(lambda: ViewState(specs, view.source.allowed_lateness))
+    for e in events:
+        states[e["customer_id"]].apply([(e["event_time"], e, e["transaction_id"])])
+    return {k: s.evaluate(s.watermark) for k, s in states.items()}
+
+
+def online_values(client, project: str, view: FeatureView, version: int = 1) -> dict[str, dict]:
+    specs = view.agg_specs()
+    out = {}
+    for key in client.scan_iter(match=f"fs:{project}:{view.name}:v{version}:*"):
+        values = client.hget(key, "v")
+        out[key.decode().rsplit(":", 1)[1]] = dict(zip([s.name for s in specs], orjson.loads(values)))
+    return out
+
+
+def build_worker(servers, view, project, group, schema, **config) -> Worker:
+    online = RedisOnlineStore.from_url(servers.redis_url, project)
+    pv = prepare_view(view, 1, project)
+
+    async def offline():
+        store = await PostgresOfflineStore.create(servers.postgres_dsn, project, schema)
+        await store.migrate([view.source], [view])
+        return store
+
+    cfg = WorkerConfig(group=group, metrics_port=None, kafka_options={"bootstrap_servers": servers.kafka_bootstrap},
+                       **config)
+    return Worker([pv], online, offline, cfg)
+
+
+def run_until(worker: Worker, n_records: int, timeout: float = 60.0) -> threading.Thread:
+    import time
+    deadline = time.monotonic() + timeout
+    thread = threading.Thread(target=worker.run, kwargs={
+        "until": lambda w: w.records_done >= n_records or time.monotonic() > deadline}, daemon=True)
+    thread.start()
+    return thread

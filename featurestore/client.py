@@ -59,6 +59,7 @@ class FeatureStore:
         self.registry = registry
         self.versions = versions
         self.project = project
+        self._plans: dict = {}
 
     # -- resolving what was asked ------------------------------------------------------
     def resolve(self, features=None, feature_service: str | FeatureService | None = None) -> list[FeatureRef]:
@@ -98,6 +99,17 @@ class FeatureStore:
         Output columns are feature names (``view__feature`` with ``full_names`` or on collision).
         """
         rows = entity_rows.to_dict("records") if isinstance(entity_rows, pd.DataFrame) else list(entity_rows)
+        plan_key = (tuple(features) if features is not None else None, feature_service if isinstance(feature_service, (str, type(None))) else id(feature_service))
+        plan = self._plans.get(plan_key)
+        if plan is None:
+            plan = self._plans[plan_key] = self._plan(features, feature_service)
+        refs, needed, reads, views = plan
+        keys = [[self._entity_key(view, row, i) for i, row in enumerate(rows)] for view in views]
+        results = read_views(self.online, reads, keys, at_ms)
+        return self._assemble(rows, refs, needed, results, request_data, full_names)
+
+    def _plan(self, features, feature_service):
+        """What one request shape reads (cached per shape: resolution is not on the hot path)."""
         refs = self.resolve(features, feature_service)
         needed: dict[str, list[str]] = {}
         for ref in refs:
@@ -108,19 +120,21 @@ class FeatureStore:
                     needed.setdefault(view, [])
                     if feature not in needed[view]:
                         needed[view].append(feature)
-        reads, keys = [], []
+        reads, views = [], []
         for view_name, feats in needed.items():
             view = self.repo.views[view_name]
-            keys.append([self._entity_key(view, row, i) for i, row in enumerate(rows)])
+            views.append(view)
             reads.append(ViewRead(self._view_key(view), tuple(view.agg_specs()), view.source.allowed_lateness,
                                   view.ttl, list(dict.fromkeys(feats)), {f: view.feature(f).default for f in feats}))
-        results = read_views(self.online, reads, keys, at_ms)
-        return self._assemble(rows, refs, needed, results, request_data, full_names)
+        return refs, needed, reads, views
 
     def _entity_key(self, view: FeatureView, row: dict, index: int) -> str:
         join_key = view.entity.join_key
-        if join_key not in row or row[join_key] is None:
+        value = row.get(join_key)
+        if value is None:
             raise InvalidInputError(f"entity row {index} lacks the join key {join_key!r} of feature view {view.name!r}")
+        if type(value) is str and view.entity.key_type == "string":
+            return value
         try:
             return str(view.entity.value_type.coerce(row[join_key]))
         except ValueError as exc:

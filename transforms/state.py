@@ -25,10 +25,10 @@ FORMAT_VERSION = 1
 REJECT_LATE = "late"
 REJECT_DUPLICATE = "duplicate_event_id"
 
-MOMENT_FUNCTIONS = frozenset({"sum", "count", "mean", "var", "stddev"})
+MOMENT_FUNCTIONS = frozenset({"sum", "mean", "var", "stddev"})  # count needs only COUNT
 EXTREME_FUNCTIONS = frozenset({"min", "max"})
 POSITIONAL_FUNCTIONS = frozenset({"first", "last"})
-SIMPLE_FUNCTIONS = MOMENT_FUNCTIONS | EXTREME_FUNCTIONS | POSITIONAL_FUNCTIONS | {"count_events", "events_per_minute"}
+SIMPLE_FUNCTIONS = MOMENT_FUNCTIONS | EXTREME_FUNCTIONS | POSITIONAL_FUNCTIONS | {"count", "count_events", "events_per_minute"}
 
 # Tile layout: one flat list per tile (cheap to update, compact in JSON).
 N_EVENTS, COUNT, TOTAL, MEAN, M2, LO, HI, F_TS, F_SEQ, F_VAL, L_TS, L_SEQ, L_VAL = range(13)

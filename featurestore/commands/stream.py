@@ -38,6 +38,18 @@ def register(subparsers) -> None:
     p.add_argument("--partitions", type=int, default=4, help="partitions when the topic is created")
     p.set_defaults(handler=run_produce)
 
+    p = subparsers.add_parser("backfill", parents=[common], help="rebuild a view's history with the same transforms")
+    p.add_argument("--repo")
+    p.add_argument("--view", required=True)
+    p.add_argument("--source", choices=["files", "postgres"], default="files")
+    p.add_argument("--start", help="first event time to write (ISO-8601 or epoch ms); earlier events still feed windows")
+    p.add_argument("--end", help="last event time to read (ISO-8601 or epoch ms)")
+    p.add_argument("--online", action="store_true", help="also write each entity's final state to the online store")
+    p.add_argument("--shards", type=int, default=1)
+    p.add_argument("--shard", type=int, default=0)
+    p.add_argument("--strict", action="store_true", help="fail (exit 1) when any row is rejected")
+    p.set_defaults(handler=run_backfill_cmd)
+
     p = subparsers.add_parser("get", parents=[common], help="print an online feature vector")
     p.add_argument("--repo")
     p.add_argument("--entity", action="append", required=True, metavar="KEY=VALUE")
@@ -124,3 +136,37 @@ def _is_number(text: str) -> bool:
         return True
     except ValueError:
         return False
+
+
+def _time_ms(text: str | None) -> int | None:
+    if text is None:
+        return None
+    from ..types import parse_timestamp
+
+    return int(text) if text.isdigit() else parse_timestamp(text)
+
+
+def run_backfill_cmd(args) -> int:
+    import asyncio
+
+    from workers.backfill import run_backfill
+    from workers.processor import prepare_view
+
+    if not 0 <= args.shard < args.shards:
+        raise InvalidInputError(f"--shard {args.shard} must be in [0, --shards {args.shards})")
+    rt = open_runtime(load_settings(args), args.repo)
+    pv = prepare_view(rt.repo.view(args.view), rt.versions()[args.view], rt.project)
+
+    async def go():
+        offline = await rt.offline()
+        try:
+            return await run_backfill(pv, offline, rt.online(), args.source, _time_ms(args.start), _time_ms(args.end),
+                                      args.shards, args.shard, args.online)
+        finally:
+            await offline.close()
+
+    report = asyncio.run(go())
+    print(json.dumps(report.as_dict(), indent=2))
+    for r in report.rejects[:20]:
+        print(f"rejected {r['location']}: {r['reason']}: {r['detail']}")
+    return 1 if args.strict and report.rejects else 0

@@ -1,0 +1,115 @@
+"""Online read latency on the embedded Redis (or FEATURESTORE_REDIS_URL); prints JSON.
+
+* 1 entity x 50 features (5 views x 10), 10k reads: p50/p99 of ``get_online_features``
+  against raw redis-py pipelined HMGET of the same five keys (the floor);
+* 100 entities x 50 features: p50/p99 (1,000 reads);
+* the same single-entity read past ``valid_until`` (the state is re-evaluated at the request time).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+
+import numpy as np
+
+from featurestore.client import FeatureStore
+from featurestore.definitions import Aggregate, Entity, EventSource, FeatureView
+from featurestore.online import RedisOnlineStore
+from featurestore.repo import Repository
+from featurestore.schema import validator_for
+from featurestore.settings import Settings
+from workers.processor import SourceProcessor, prepare_view
+
+T0 = 1_767_225_600_000
+FUNCS = ("sum", "count", "mean", "min", "max")
+
+
+def build_repo() -> Repository:
+    customer = Entity(name="customer", join_key="customer_id")
+    source = EventSource(name="txns", topic="bench", schema={"customer_id": "string", "amount": "float64",
+                                                             "event_time": "timestamp"},
+                         timestamp_field="event_time", entity_field="customer_id")
+    repo = Repository(path=None)
+    for v, window in enumerate(("1h", "6h", "24h", "7d", "30d")):
+        feats = [Aggregate(f"{f}_{window}_{i}", "amount", f, window) for i in range(2) for f in FUNCS]
+        view = FeatureView(name=f"view{v}", entity=customer, source=source, features=feats, ttl="90d")
+        repo.views[view.name] = view
+    return repo
+
+
+def percentiles(samples: list[float]) -> dict:
+    arr = np.array(samples) * 1000
+    return {"p50_ms": round(float(np.percentile(arr, 50)), 4), "p99_ms": round(float(np.percentile(arr, 99)), 4),
+            "n": len(samples)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--reads", type=int, default=10_000)
+    parser.add_argument("--entities", type=int, default=1000)
+    args = parser.parse_args()
+    settings = Settings()
+    if settings.redis_url is None:
+        from featurestore.dev.stack import resolve_servers
+        settings = resolve_servers(settings.model_copy(update={"state_dir": tempfile.mkdtemp(prefix="fsbench-")}))
+    project = f"bench{int(time.time())}"
+    online = RedisOnlineStore.from_url(settings.redis_url.get_secret_value(), project)
+    repo = build_repo()
+    versions = {name: 1 for name in repo.views}
+    views = [prepare_view(v, 1, project) for v in repo.views.values()]
+    processor = SourceProcessor(views, online)
+    validate = validator_for(next(iter(repo.views.values())).source)
+    rng = np.random.default_rng(1)
+    events = [validate({"customer_id": f"C{int(c):05d}", "amount": float(a), "event_time": int(T0 + i * 1000)})
+              for i, (c, a) in enumerate(zip(rng.integers(0, args.entities, 50_000), rng.lognormal(3, 1, 50_000)))]
+    for lo in range(0, len(events), 5000):
+        records, _ = processor.apply(events[lo:lo + 5000])
+        online.commit(records, None, {})
+    last = events[-1].ts_ms
+    store = FeatureStore(repo, online, versions, project)
+    features = [f"{v.name}:{f}" for v in repo.views.values() for f in v.feature_names]
+    keys = [f"C{i:05d}" for i in range(args.entities)]
+
+    def timed_reads(fn, n):
+        out = []
+        for i in range(n):
+            start = time.perf_counter()
+            fn(i)
+            out.append(time.perf_counter() - start)
+        return out
+
+    at = last + 1000
+    ours = timed_reads(lambda i: store.get_online_features([{"customer_id": keys[i % len(keys)]}], features=features,
+                                                           at_ms=at), args.reads)
+    client = online.client
+
+    def raw(i):
+        pipe = client.pipeline(transaction=False)
+        for v in views:
+            pipe.hmget(f"fs:{v.view_key}:{keys[i % len(keys)]}", "v", "w", "u")
+        pipe.execute()
+
+    floor = timed_reads(raw, args.reads)
+    rows = [{"customer_id": k} for k in keys[:100]]
+    hundred = timed_reads(lambda i: store.get_online_features(rows, features=features, at_ms=at), 1000)
+    late = timed_reads(lambda i: store.get_online_features([{"customer_id": keys[i % len(keys)]}], features=features,
+                                                           at_ms=last + 40 * 86_400_000 // 2), 1000)
+    one, base = percentiles(ours), percentiles(floor)
+    report = {
+        "features": len(features), "views": len(views), "entities_in_store": args.entities,
+        "read_1_entity": one, "raw_hmget_floor": base,
+        "ratio_p99_vs_floor": round(one["p99_ms"] / base["p99_ms"], 2),
+        "goal_1_entity": "p99 < 0.5 ms and within 2x the raw read",
+        "meets_goal_1_entity": one["p99_ms"] < 0.5 and one["p99_ms"] <= 2 * base["p99_ms"],
+        "read_100_entities": percentiles(hundred), "goal_100_entities": "p99 < 3 ms",
+        "meets_goal_100": percentiles(hundred)["p99_ms"] < 3,
+        "read_1_entity_after_windows_moved": percentiles(late),
+    }
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -146,6 +146,8 @@ class Worker:
 
     def close(self) -> None:
         if self.consumer is not None:
+            if self.applied:
+                self._commit_kafka_sync()
             self.consumer.close(autocommit=False)  # leaves the group: partitions move at once
         if self.producer is not None:
             self.producer.flush(10)
@@ -295,10 +297,20 @@ class Worker:
         for name, off in advance.items():
             topic, part = name.rsplit(":", 1)
             offsets[TopicPartition(topic, int(part))] = OffsetAndMetadata(off + 1, "", -1)
+        try:  # asynchronous: the Redis offsets are authoritative, this one is informational
+            self.consumer.commit_async(offsets)
+        except KafkaError as exc:
+            logger.warning("kafka offset commit failed (%s); redis offsets stay authoritative", exc)
+
+    def _commit_kafka_sync(self) -> None:
+        offsets = {}
+        for name, off in self.applied.items():
+            topic, part = name.rsplit(":", 1)
+            offsets[TopicPartition(topic, int(part))] = OffsetAndMetadata(off + 1, "", -1)
         try:
             self.consumer.commit(offsets)
-        except KafkaError as exc:  # the Redis offsets are authoritative; this is informational
-            logger.warning("kafka offset commit failed (%s); redis offsets stay authoritative", exc)
+        except KafkaError as exc:
+            logger.warning("final kafka offset commit failed: %s", exc)
 
     def _resync(self) -> None:
         for processor in self.processors.values():

@@ -212,7 +212,7 @@ def compute_batch(specs, events: pd.DataFrame, queries: pd.DataFrame | None = No
     n = len(events)
     ev_ts = events["ts"].to_numpy(dtype="int64")
     all_keys = events["key"] if queries is None else pd.concat([events["key"], queries["key"]], ignore_index=True)
-    codes_all, uniques = pd.factorize(all_keys, sort=False)
+    codes_all, uniques = pd.factorize(all_keys, sort=True)  # rows come out sorted by key
     ev_codes = codes_all[:n].astype("int64")
     ids = events[id_column].to_numpy(dtype=object) if id_column else None
     accepted, reasons = accept_events(ev_codes, ev_ts, ids, lateness_ms)

@@ -145,8 +145,10 @@ def _levels_for(length: np.ndarray) -> int:
 
 def _range_min_max(col: _Column, op: str, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     length = hi - lo
-    flat = col.flat_sparse(op, _levels_for(length))
     size = len(col.raw)
+    if size == 0:
+        return np.full(len(lo), np.nan)
+    flat = col.flat_sparse(op, _levels_for(length))
     has = length > 0
     j = np.zeros(len(lo), dtype="int64")
     j[has] = np.log2(length[has]).astype("int64")
@@ -297,6 +299,10 @@ def _evaluate(spec: AggSpec, columns, events, order, s_ts, lo, hi, ent_start, q_
 def _positional(fn: str, n: int, col: _Column, lo: np.ndarray, hi: np.ndarray):
     next_valid, prev_valid = col.neighbours()
     size = len(col.raw)
+    if size == 0:
+        empty = np.empty(len(lo), dtype=object)
+        empty[:] = [[] for _ in range(len(lo))] if fn == "last_n" else None
+        return empty
     raw = col.raw.astype(object) if col.raw.dtype.kind == "f" else col.raw
     if fn == "first":
         idx = next_valid[np.minimum(lo, max(size - 1, 0))] if size else lo

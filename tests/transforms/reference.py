@@ -13,10 +13,8 @@ Semantics implemented (API.md):
 * accept: an event is "late" when ts < watermark - lateness, watermark = max ts
   of the earlier ACCEPTED events of the same entity (arrival order); with ids, an
   event whose id equals the id of an earlier accepted event of the same entity is
-  "duplicate_event_id".  API.md does not say which reason wins when both hold
-  (a redelivery arriving after the watermark moved past ts + lateness); this
-  reference checks "late" first (the only order that works with an id set kept
-  for the lateness horizon only).  A ``None`` id never matches.
+  "duplicate_event_id".  The late check comes first (API.md: a redelivery older
+  than the lateness horizon is "late").  A ``None`` id never matches.
 * value as of t: window (w, h) covers ts in [floor((t - w) / h) * h, t] (both
   ends included); lifetime covers ts <= t.  Nulls (None, NaN) are skipped by
   column aggregations and still count for count_events.  Order for
@@ -199,24 +197,29 @@ def _to_python(v):
     return v
 
 
-def value_matches(expected, got, scale: float = 1.0, *, nan_is_null: bool = False, function: str = "") -> bool:
+#: Functions whose batch column is object dtype (null = None); the others are float (null = NaN) or int64.
+OBJECT_FUNCTIONS = ("first", "last", "last_n")
+
+
+def value_matches(expected, got, scale: float = 1.0, *, batch: bool = False, function: str = "") -> bool:
     """``expected`` (reference, plain Python) vs ``got`` (implementation).
 
     Floats: math.isclose(rel_tol=1e-9, abs_tol=1e-9 * scale) (scale squared for var).
-    None must be None (``nan_is_null`` also lets NaN / pd.NA stand for null, for DataFrame cells).
+    Null: streaming must give None.  A batch DataFrame cell (``batch=True``) must give
+    None for first/last/last_n and NaN for the float functions (API.md).
     Lists elementwise.  Integers exactly (an integral float is accepted for an int).
     """
     got = _to_python(got)
     if expected is None:
-        if got is None:
-            return True
-        return nan_is_null and isinstance(got, float) and math.isnan(got)
+        if not batch or function in OBJECT_FUNCTIONS or not function:
+            return got is None
+        return isinstance(got, float) and math.isnan(got)
     if got is None:
         return False
     if isinstance(expected, list):
         if not isinstance(got, list) or len(got) != len(expected):
             return False
-        return all(value_matches(e, g, scale, nan_is_null=False) for e, g in zip(expected, got))
+        return all(value_matches(e, g, scale) for e, g in zip(expected, got))
     if isinstance(expected, bool) or isinstance(got, bool) or isinstance(expected, str) or isinstance(got, str):
         return type(expected) is type(got) and expected == got
     if isinstance(expected, int) and not isinstance(expected, bool):
@@ -232,14 +235,14 @@ def value_matches(expected, got, scale: float = 1.0, *, nan_is_null: bool = Fals
     return expected == got
 
 
-def mismatches(specs, expected: dict, got: dict, scale: float = 1.0, *, nan_is_null: bool = False) -> list[str]:
+def mismatches(specs, expected: dict, got: dict, scale: float = 1.0, *, batch: bool = False) -> list[str]:
     """Human-readable list of the names whose values differ (empty = all equal)."""
     out = []
     for s in specs:
         if s.name not in got:
             out.append(f"{s.name}: missing from result")
             continue
-        if not value_matches(expected[s.name], got[s.name], scale, nan_is_null=nan_is_null, function=s.function):
+        if not value_matches(expected[s.name], got[s.name], scale, batch=batch, function=s.function):
             out.append(f"{s.name} ({s.function}, w={s.window_ms}, h={s.hop_ms}): expected {expected[s.name]!r}, got {got[s.name]!r}")
     return out
 

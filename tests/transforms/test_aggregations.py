@@ -54,10 +54,10 @@ def row_values(res_values, specs, i):
     return {s.name: res_values[s.name].iloc[i] for s in specs}
 
 
-def check_values(specs, expected, got, where, *, nan_is_null):
+def check_values(specs, expected, got, where, *, batch):
     bad = [f"{n}: expected {expected[n]!r}, got {got.get(n, '<missing>')!r}"
            for n in expected if n not in got or not value_matches(
-               expected[n], got[n], 1.0, nan_is_null=nan_is_null,
+               expected[n], got[n], 1.0, batch=batch,
                function=next(s.function for s in specs if s.name == n))]
     assert not bad, f"{where}:\n  " + "\n  ".join(bad)
 
@@ -73,7 +73,7 @@ def run_batch(case: Case, *, id_column=ID):
     assert [int(x) for x in res.values["ts"]] == [T0 + t for _, t in queries]
     for i, q in enumerate(queries):
         check_values(case.specs, case.expected[q], row_values(res.values, case.specs, i),
-                     f"batch key={q[0]!r} t=T0+{q[1]}", nan_is_null=True)
+                     f"batch key={q[0]!r} t=T0+{q[1]}", batch=True)
     got_rejects = sorted((int(r), str(reason)) for r, reason in zip(res.rejects["row"], res.rejects["reason"]))
     assert got_rejects == sorted(case.rejects)
     accepted = np.asarray(res.accepted, dtype=bool)
@@ -106,7 +106,7 @@ def run_streaming(case: Case):
         for (k, t), exp in sorted(case.expected.items()):
             if k == key and (wm is None or T0 + t >= wm):
                 check_values(case.specs, exp, state.evaluate(T0 + t), f"streaming key={key!r} t=T0+{t}",
-                             nan_is_null=False)
+                             batch=False)
         offs = [off for _, off, *_ in mine]
         if offs == sorted(offs) and not case.rejects:
             inc = ViewState(case.specs, lateness_ms=case.lateness)
@@ -118,7 +118,7 @@ def run_streaming(case: Case):
                 assert inc.apply(todo) == []
                 done += len(todo)
                 check_values(case.specs, exp, inc.evaluate(T0 + t), f"incremental streaming key={key!r} t=T0+{t}",
-                             nan_is_null=False)
+                             batch=False)
     assert sorted(reject_rows) == sorted(case.rejects)
 
 
@@ -211,7 +211,7 @@ def test_unknown_key_query_gives_empty_values():
     run_batch(case)
     state = ViewState(ALL_1H, lateness_ms=0)
     assert state.watermark is None
-    check_values(ALL_1H, empties(ALL_1H), state.evaluate(T0), "empty state", nan_is_null=False)
+    check_values(ALL_1H, empties(ALL_1H), state.evaluate(T0), "empty state", batch=False)
 
 
 # --------------------------------------------------------------------------- events after t sharing t's tile
@@ -299,7 +299,7 @@ def test_late_rejection_streaming_details():
     assert REJECT_LATE == "late"
     assert isinstance(rej[0].detail, str)
     assert state.watermark == T0 + 12 * M
-    check_values(ORDER_SPECS, AT_12M, state.evaluate(T0 + 12 * M), "after late", nan_is_null=False)
+    check_values(ORDER_SPECS, AT_12M, state.evaluate(T0 + 12 * M), "after late", batch=False)
 
 
 @pytest.mark.parametrize("lateness", [0, 1, S])
@@ -354,7 +354,7 @@ def test_duplicate_across_batches_and_none_ids_streaming():
     rej = state.apply([(T0 + 11 * M, {"x": 2.0}, None), (T0 + 10 * M, {"x": 1.0}, "e1"),
                        (T0 + 11 * M, {"x": 2.0}, None)])
     assert [(r.index, r.reason) for r in rej] == [(1, REJECT_DUPLICATE)]
-    check_values(DUP_SPECS, dict(sum=5.0, n=3, distinct=2), state.evaluate(T0 + 12 * M), "dups", nan_is_null=False)
+    check_values(DUP_SPECS, dict(sum=5.0, n=3, distinct=2), state.evaluate(T0 + 12 * M), "dups", batch=False)
 
 
 # --------------------------------------------------------------------------- nulls
@@ -386,7 +386,7 @@ def test_missing_column_in_streaming_event_is_null():
     state.apply([(T0, {"y": 1.0}, None), (T0 + M, {"x": 1.0}, None), (T0 + 2 * M, {}, None),
                  (T0 + 3 * M, {"x": 3.0}, None), (T0 + 4 * M, {"y": 2.0}, None)])
     check_values(NULL_SPECS, dict(NULL_EXPECTED, sum_y=3.0, count_y=2), state.evaluate(T0 + 5 * M), "missing",
-                 nan_is_null=False)
+                 batch=False)
 
 
 def test_string_column_for_non_numeric_functions():
@@ -412,9 +412,9 @@ def test_to_bytes_round_trip():
     assert restored.watermark == state.watermark == T0 + 12 * M
     for t in (12 * M, 30 * M, 67 * M, 68 * M + 1, 2 * H, 90 * D):
         a, b = state.evaluate(T0 + t), restored.evaluate(T0 + t)
-        check_values(specs, a, b, f"round trip t=T0+{t}", nan_is_null=False)
+        check_values(specs, a, b, f"round trip t=T0+{t}", batch=False)
     check_values(specs, dict(sum=8.5, count=3, n=5, last2=[5.5, 1.0], sum_y=3.0, sum_life=8.5),
-                 restored.evaluate(T0 + 12 * M), "restored", nan_is_null=False)
+                 restored.evaluate(T0 + 12 * M), "restored", batch=False)
     # rules survive the round trip: a redelivery and a late event are still rejected
     more = [(T0 + 9 * M, {"x": 5.5, "y": 3.0}, "e"), (T0 + 7 * M - 1, {"x": 100.0}, "z"),
             (T0 + 13 * M, {"x": 4.0}, "f")]
@@ -423,14 +423,14 @@ def test_to_bytes_round_trip():
     assert r1 == r2 == [(0, REJECT_DUPLICATE), (1, REJECT_LATE)]
     for t in (13 * M, 70 * M):
         check_values(specs, state.evaluate(T0 + t), restored.evaluate(T0 + t), f"after more t={t}",
-                     nan_is_null=False)
+                     batch=False)
     # and again through bytes
     again = ViewState.from_bytes(specs, restored.to_bytes(), lateness_ms=5 * M)
-    check_values(specs, state.evaluate(T0 + 13 * M), again.evaluate(T0 + 13 * M), "twice", nan_is_null=False)
-    check_values(specs, dict(sum=12.5, n=6), again.evaluate(T0 + 13 * M), "twice values", nan_is_null=False)
+    check_values(specs, state.evaluate(T0 + 13 * M), again.evaluate(T0 + 13 * M), "twice", batch=False)
+    check_values(specs, dict(sum=12.5, n=6), again.evaluate(T0 + 13 * M), "twice values", batch=False)
     empty = ViewState.from_bytes(specs, ViewState(specs, lateness_ms=0).to_bytes(), lateness_ms=0)
     assert empty.watermark is None
-    check_values(specs, empties(specs), empty.evaluate(T0), "empty round trip", nan_is_null=False)
+    check_values(specs, empties(specs), empty.evaluate(T0), "empty round trip", batch=False)
 
 
 def test_evaluate_before_watermark_raises():
@@ -443,7 +443,7 @@ def test_evaluate_before_watermark_raises():
     # evaluate does not disturb the state: a far-future read then a read at the watermark
     state.evaluate(T0 + 365 * D)
     check_values(ALL_1H, dict(sum=3.0, n=2, first=2.0, last=1.0, ssl=0.0), state.evaluate(T0 + 10 * M), "after far read",
-                 nan_is_null=False)
+                 batch=False)
 
 
 # --------------------------------------------------------------------------- 1 s and 90 d windows, lifetime
@@ -520,7 +520,7 @@ def test_batch_as_of_each_event():
                 dict(sum=30.0, n=4, last=8.0, ssl=0.0), dict(sum=30.0, n=4, last=8.0, ssl=0.0),
                 dict(sum=1.0, n=1, last=1.0, ssl=0.0)]
     for i, exp in enumerate(expected):
-        check_values(specs, exp, row_values(v, specs, i), f"as-of row {i}", nan_is_null=True)
+        check_values(specs, exp, row_values(v, specs, i), f"as-of row {i}", batch=True)
 
 
 def test_batch_as_of_each_event_row_order():
@@ -544,3 +544,56 @@ def test_batch_with_no_events_at_all():
     run_batch(case)
     res = compute_batch(specs, df, queries=None, lateness_ms=0)
     assert len(res.values) == 0 and len(res.rejects) == 0 and len(res.accepted) == 0
+
+
+def test_batch_null_representation_and_dtypes():
+    """API.md: NaN in float columns, None in object columns (first/last/last_n), counts int64."""
+    specs = [AggSpec(f, f, "x", window_ms=H) for f in ("sum", "mean", "min", "max", "var", "stddev")] + [
+        AggSpec("first", "first", "x", window_ms=H), AggSpec("last", "last", "x", window_ms=H),
+        AggSpec("last_n", "last_n", "x", window_ms=H, n=2), AggSpec("count", "count", "x", window_ms=H),
+        AggSpec("count_distinct", "count_distinct", "x", window_ms=H), AggSpec("count_events", "count_events"),
+        AggSpec("events_per_minute", "events_per_minute", window_ms=H),
+        AggSpec("seconds_since_last", "seconds_since_last")]
+    df = events_frame([e(0, 1.0), e(M, NAN)], ["x"], ids=False)
+    q = pd.DataFrame({"key": ["k", "k", "other"], "ts": np.array([T0 + 30 * S, T0 + 3 * H, T0], dtype=np.int64)})
+    v = compute_batch(specs, df, queries=q, lateness_ms=0).values
+    for name in ("sum", "mean", "min", "max", "var", "stddev", "events_per_minute", "seconds_since_last"):
+        assert v[name].dtype == np.float64, name
+    for name in ("count", "count_distinct", "count_events"):
+        assert v[name].dtype == np.int64, name
+    for name in ("first", "last", "last_n"):
+        assert v[name].dtype == object, name
+    # row 1: window emptied; row 2: unknown key
+    for i in (1, 2):
+        for name in ("mean", "min", "max", "var", "stddev"):
+            assert math.isnan(v[name].iloc[i]), (name, i)
+        assert v["first"].iloc[i] is None and v["last"].iloc[i] is None and list(v["last_n"].iloc[i]) == []
+        assert v["sum"].iloc[i] == 0.0 and v["count"].iloc[i] == 0 and v["events_per_minute"].iloc[i] == 0.0
+    assert math.isnan(v["var"].iloc[0]) and v["mean"].iloc[0] == 1.0  # one value: var null
+    assert v["seconds_since_last"].iloc[1] == 3 * 3600 - 60 and math.isnan(v["seconds_since_last"].iloc[2])
+    assert v["count_events"].iloc[1] == 2 and v["count_events"].iloc[2] == 0
+
+
+def test_batch_rows_follow_the_queries():
+    """One row per query, in the order of the queries frame (unsorted, repeated, unknown keys)."""
+    specs = [AggSpec("n", "count_events"), AggSpec("s", "sum", "x", window_ms=H)]
+    events = [e(0, 1.0, "a"), e(M, 2.0, "b"), e(2 * M, 4.0, "a")]
+    queries = [("b", 5 * M), ("a", M), ("zz", 0), ("a", 3 * M), ("a", M), ("b", 0)]
+    df = events_frame(events, ["x"], ids=False)
+    qdf = pd.DataFrame({"key": [k for k, _ in queries], "ts": np.array([T0 + t for _, t in queries], dtype=np.int64)})
+    v = compute_batch(specs, df, queries=qdf, lateness_ms=0).values
+    assert [(k, int(t) - T0) for k, t in zip(v["key"], v["ts"])] == queries
+    assert list(v["n"]) == [1, 1, 0, 2, 1, 0]
+    assert list(v["s"]) == [2.0, 1.0, 0.0, 5.0, 1.0, 0.0]
+
+
+def test_batch_reject_rows_are_positions_not_index_labels():
+    specs = [AggSpec("n", "count_events"), AggSpec("s", "sum", "x")]
+    events = [e(10 * M, 1.0, "a", "i1"), e(0, 2.0, "a", "i2"), e(11 * M, 4.0, "a", "i3"), e(11 * M, 4.0, "a", "i3")]
+    df = events_frame(events, ["x"], ids=True)
+    df.index = [70, 30, 90, 10]  # e.g. a filtered / shuffled frame
+    res = compute_batch(specs, df, queries=None, lateness_ms=5 * M, id_column=ID)
+    got = sorted((int(r), str(x)) for r, x in zip(res.rejects["row"], res.rejects["reason"]))
+    assert got == [(1, REJECT_LATE), (3, REJECT_DUPLICATE)]
+    assert list(np.asarray(res.accepted, dtype=bool)) == [True, False, True, False]
+    assert list(res.values["n"]) == [1, 2] and list(res.values["s"]) == [1.0, 5.0]

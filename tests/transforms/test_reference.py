@@ -230,3 +230,12 @@ def test_accepted_by_entity_keeps_arrival_order():
 )
 def test_value_matches(expected, got, ok):
     assert value_matches(expected, got, 1.0) is ok
+
+
+@pytest.mark.parametrize(
+    "function,got,ok",
+    [("mean", float("nan"), True), ("mean", None, False), ("first", None, True), ("first", float("nan"), False),
+     ("last", None, True), ("seconds_since_last", float("nan"), True), ("var", 0.0, False)],
+)
+def test_value_matches_batch_nulls(function, got, ok):
+    assert value_matches(None, got, 1.0, batch=True, function=function) is ok

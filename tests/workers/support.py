@@ -18,13 +18,14 @@ from workers.worker import Worker, WorkerConfig
 T0 = 1_767_225_600_000
 
 
-def make_view(topic: str, lateness: str = "5m") -> FeatureView:
+def make_view(topic: str, lateness: str = "5m", **source_options) -> FeatureView:
+    """``source_options``: more EventSource fields (e.g. ``max_message_bytes``)."""
     customer = Entity(name="customer", join_key="customer_id")
     source = EventSource(
         name="txns", topic=topic,
         schema={"transaction_id": "string", "customer_id": "string", "amount": "float64", "event_time": "timestamp"},
         timestamp_field="event_time", entity_field="customer_id", event_id_field="transaction_id",
-        allowed_lateness=lateness)
+        allowed_lateness=lateness, **source_options)
     return FeatureView(name="stats", entity=customer, source=source, ttl="30d", features=[
         Aggregate("spend_1h", "amount", "sum", "1h"),
         Aggregate("n_24h", "amount", "count", "24h"),

@@ -142,6 +142,7 @@ def _prepare_pgdata(pgdata: Path) -> str | None:
         user = POSTGRES_OS_USER
         ensure_user_exists(user)
         ensure_prefix_permissions(pgdata)
+        ensure_prefix_permissions(POSTGRES_BIN_PATH)  # the venv may sit under a private (0700) folder
         ensure_folder_permissions(POSTGRES_BIN_PATH, stat.S_IRGRP | stat.S_IROTH | stat.S_IXGRP | stat.S_IXOTH)
         ensure_folder_permissions(POSTGRES_BIN_PATH.parent / "lib", stat.S_IRGRP | stat.S_IROTH)
         entry = pwd.getpwnam(user)

@@ -87,14 +87,18 @@ class _TileGroup:
             if tile[L_TS] is None or (ts, seq) > (tile[L_TS], tile[L_SEQ]):
                 tile[L_TS], tile[L_SEQ], tile[L_VAL] = ts, seq, value
 
-    def merged(self, k_lo: int | None, k_hi: int | None) -> list:
-        """One partial for the tiles with ``k_lo <= k <= k_hi`` (all when None)."""
+    def merged(self, k_lo: int | None, k_hi: int | None) -> tuple[list, int | None]:
+        """One partial for the tiles with ``k_lo <= k <= k_hi`` (all when None),
+        and the index of the oldest non-empty tile among them."""
         out = _new_tile()
+        oldest = None
         for k, tile in self.tiles.items():
             if k_lo is not None and not (k_lo <= k <= k_hi):
                 continue
+            if tile[N_EVENTS] and (oldest is None or k < oldest):
+                oldest = k
             _merge_into(out, tile)
-        return out
+        return out, oldest
 
     def prune(self, watermark: int) -> None:
         if not self.hop or not self.tiles:
@@ -125,35 +129,55 @@ def _group_key(spec: AggSpec) -> tuple[str | None, int | None]:
     return column, spec.hop_ms
 
 
+@dataclass(frozen=True)
+class _Layout:
+    """What a spec set needs, computed once per spec set (not per entity)."""
+
+    groups: tuple  # ((column, hop), functions, reach)
+    distinct: tuple
+    last_n: tuple
+
+
+_LAYOUTS: dict[tuple, _Layout] = {}
+
+
+def _layout(specs: tuple) -> _Layout:
+    layout = _LAYOUTS.get(specs)
+    if layout is not None:
+        return layout
+    functions: dict[tuple, set[str]] = {}
+    reach: dict[tuple, int] = {}
+    for spec in specs:
+        if spec.function in SIMPLE_FUNCTIONS:
+            key = _group_key(spec)
+            functions.setdefault(key, set()).add(spec.function)
+            if spec.window_ms is not None:
+                reach[key] = max(reach.get(key, 0), spec.window_ms)
+    layout = _Layout(tuple((k, frozenset(f), reach.get(k)) for k, f in functions.items()),
+                     tuple(s for s in specs if s.function == "count_distinct"),
+                     tuple(s for s in specs if s.function == "last_n"))
+    if len(_LAYOUTS) < 1024:
+        _LAYOUTS[specs] = layout
+    return layout
+
+
 class ViewState:
     """Per-entity state of a set of ``AggSpec`` s sharing one event source."""
 
     def __init__(self, specs: list[AggSpec] | tuple[AggSpec, ...], lateness_ms: int = 0):
-        self.specs = tuple(specs)
+        self.specs = specs if isinstance(specs, tuple) else tuple(specs)
         self.lateness_ms = int(lateness_ms)
         self.watermark: int | None = None
         self.seq = 0
         self.ids: dict[str, int] = {}
-        self.groups: dict[tuple, _TileGroup] = {}
-        self.distinct: dict[str, dict] = {}  # spec name -> {value: latest ts}
-        self.last_n: dict[str, list] = {}  # spec name -> [[ts, seq, value], ...] oldest first
-        functions: dict[tuple, set[str]] = {}
-        reach: dict[tuple, int] = {}
-        for spec in self.specs:
-            if spec.function == "count_distinct":
-                self.distinct[spec.name] = {}
-            elif spec.function == "last_n":
-                self.last_n[spec.name] = []
-            elif spec.function in SIMPLE_FUNCTIONS:
-                key = _group_key(spec)
-                functions.setdefault(key, set()).add(spec.function)
-                if spec.window_ms is not None:
-                    reach[key] = max(reach.get(key, 0), spec.window_ms)
-        for key, funcs in functions.items():
-            self.groups[key] = _TileGroup(key[0], key[1], funcs, reach.get(key))
+        layout = _layout(self.specs)
+        self.groups: dict[tuple, _TileGroup] = {
+            key: _TileGroup(key[0], key[1], funcs, reach) for key, funcs, reach in layout.groups}
+        self.distinct: dict[str, dict] = {s.name: {} for s in layout.distinct}  # value -> latest ts
+        self.last_n: dict[str, list] = {s.name: [] for s in layout.last_n}  # [[ts, seq, value], ...] oldest first
         self._group_list = list(self.groups.values())
-        self._distinct_specs = [s for s in self.specs if s.function == "count_distinct"]
-        self._last_n_specs = [s for s in self.specs if s.function == "last_n"]
+        self._distinct_specs = layout.distinct
+        self._last_n_specs = layout.last_n
 
     # -- applying events -------------------------------------------------
     def apply(self, events) -> list[Rejection]:
@@ -219,68 +243,62 @@ class ViewState:
     # -- reading -----------------------------------------------------------
     def evaluate(self, t: int) -> dict:
         """Every feature as of ``t`` (epoch ms); ``t`` must be at or after the watermark."""
-        if self.watermark is not None and t < self.watermark:
-            raise ValueError(f"streaming state can be evaluated only at or after its watermark {self.watermark}, not at {t}")
-        out = {}
-        merged_cache: dict[tuple, list] = {}
-        for spec in self.specs:
-            out[spec.name] = self._value(spec, t, merged_cache)
-        return out
-
-    def _value(self, spec: AggSpec, t: int, cache: dict):
-        fn = spec.function
-        start = None if spec.window_ms is None else window_start(t, spec.window_ms, spec.hop_ms)
-        if fn == "seconds_since_last":
-            return None if self.watermark is None else (t - self.watermark) / 1000
-        if fn == "count_distinct":
-            seen = self.distinct[spec.name]
-            return len(seen) if start is None else sum(1 for ts in seen.values() if ts >= start)
-        if fn == "last_n":
-            return [v for ts, _, v in self.last_n[spec.name] if start is None or ts >= start]
-        key = _group_key(spec)
-        bounds = (None, None) if start is None else (start // spec.hop_ms, t // spec.hop_ms)
-        tile = cache.get((key, bounds))
-        if tile is None:
-            tile = cache[(key, bounds)] = self.groups[key].merged(*bounds)
-        if fn == "first":
-            return tile[F_VAL]
-        if fn == "last":
-            return tile[L_VAL]
-        if not tile[N_EVENTS] and fn in EMPTY_VALUES:
-            return EMPTY_VALUES[fn]
-        return finalize(fn, n_events=tile[N_EVENTS], count=tile[COUNT], total=tile[TOTAL], mean=tile[MEAN],
-                        m2=tile[M2], lo=tile[LO], hi=tile[HI], window_ms=spec.window_ms)
+        return self.snapshot(t)[0]
 
     def valid_until(self) -> int | None:
         """Earliest time after the watermark at which some windowed value may change
         without a new event (a non-empty tile leaves its window); None if never."""
         if self.watermark is None:
             return None
+        return self.snapshot(self.watermark)[1]
+
+    def snapshot(self, t: int) -> tuple[dict, int | None]:
+        """(every feature as of ``t``, the earliest later time at which a value may change
+        without a new event — when the oldest non-empty tile of some window leaves it)."""
+        if self.watermark is not None and t < self.watermark:
+            raise ValueError(f"streaming state can be evaluated only at or after its watermark {self.watermark}, not at {t}")
+        out = {}
+        cache: dict[tuple, tuple] = {}
         horizon = None
         for spec in self.specs:
-            if spec.window_ms is None:
-                continue
-            start = window_start(self.watermark, spec.window_ms, spec.hop_ms)
-            times = self._event_times_from(spec, start)
-            if times is None:
-                continue
-            oldest = min(times, default=None)
-            if oldest is None:
-                continue
-            change = (oldest // spec.hop_ms + 1) * spec.hop_ms + spec.window_ms
-            horizon = change if horizon is None else min(horizon, change)
-        return horizon
+            value, change = self._value(spec, t, cache)
+            out[spec.name] = value
+            if change is not None and (horizon is None or change < horizon):
+                horizon = change
+        return out, horizon
 
-    def _event_times_from(self, spec: AggSpec, start: int):
-        if spec.function == "count_distinct":
-            return [ts for ts in self.distinct[spec.name].values() if ts >= start]
-        if spec.function == "last_n":
-            return [ts for ts, _, _ in self.last_n[spec.name] if ts >= start]
-        if spec.function == "seconds_since_last":
-            return None
-        group = self.groups[_group_key(spec)]
-        k_lo = start // spec.hop_ms
-        return [k * spec.hop_ms for k, tile in group.tiles.items() if k >= k_lo and tile[N_EVENTS]]
+    def _value(self, spec: AggSpec, t: int, cache: dict):
+        fn = spec.function
+        w = spec.window_ms
+        start = None if w is None else window_start(t, w, spec.hop_ms)
+        if fn == "seconds_since_last":
+            return (None if self.watermark is None else (t - self.watermark) / 1000), None
+        if fn == "count_distinct" or fn == "last_n":
+            if fn == "count_distinct":
+                times = [ts for ts in self.distinct[spec.name].values() if start is None or ts >= start]
+                value = len(times)
+            else:
+                items = [(ts, v) for ts, _, v in self.last_n[spec.name] if start is None or ts >= start]
+                value, times = [v for _, v in items], [ts for ts, _ in items]
+            change = None
+            if w is not None and times:
+                change = (min(times) // spec.hop_ms + 1) * spec.hop_ms + w
+            return value, change
+        key = _group_key(spec)
+        bounds = (None, None) if start is None else (start // spec.hop_ms, t // spec.hop_ms)
+        hit = cache.get((key, bounds))
+        if hit is None:
+            hit = cache[(key, bounds)] = self.groups[key].merged(*bounds)
+        tile, oldest = hit
+        change = None if (w is None or oldest is None) else (oldest + 1) * spec.hop_ms + w
+        if fn == "first":
+            return tile[F_VAL], change
+        if fn == "last":
+            return tile[L_VAL], change
+        if not tile[N_EVENTS] and fn in EMPTY_VALUES:
+            return EMPTY_VALUES[fn], change
+        return finalize(fn, n_events=tile[N_EVENTS], count=tile[COUNT], total=tile[TOTAL], mean=tile[MEAN],
+                        m2=tile[M2], lo=tile[LO], hi=tile[HI], window_ms=w), change
 
     # -- persistence ---------------------------------------------------------
     def to_bytes(self) -> bytes:

@@ -53,7 +53,8 @@ def add_derived_columns(views: list[PreparedView], events: list[ValidEvent]) -> 
     transforms = [bt for pv in views for bt in pv.view.batch_transforms()]
     if not transforms or not events:
         return
-    frame = pd.DataFrame([e.values for e in events])
+    inputs = dict.fromkeys(c for bt in transforms for c in bt.inputs)
+    frame = pd.DataFrame({c: [e.values.get(c) for e in events] for c in inputs})
     for bt in transforms:
         column = bt.apply(frame).tolist()
         for event, value in zip(events, column):
@@ -79,11 +80,16 @@ class SourceProcessor:
 
     def apply(self, events: list[ValidEvent]) -> tuple[list[OnlineRecord], dict[int, Rejection]]:
         """Apply events (arrival order); returns the records to commit and the refused events by index."""
+        touched, refused = self.update(events)
+        return self.records(touched), refused
+
+    def update(self, events: list[ValidEvent]) -> tuple[list[tuple[PreparedView, str, ViewState]], dict[int, Rejection]]:
+        """Phase 1: apply events to the states; returns the touched states and the refused events."""
         add_derived_columns(self.views, events)
         by_key: dict[str, list[int]] = {}
         for i, event in enumerate(events):
             by_key.setdefault(str(event.key), []).append(i)
-        records: list[OnlineRecord] = []
+        touched = []
         refused: dict[int, Rejection] = {}
         for pv in self.views:
             states = self._states(pv, list(by_key))
@@ -92,15 +98,20 @@ class SourceProcessor:
                 rejections = state.apply([(events[i].ts_ms, events[i].values, events[i].event_id) for i in idxs])
                 for r in rejections:
                     refused.setdefault(idxs[r.index], r)
-                records.append(self.record(pv, key, state))
-        return records, refused
+                touched.append((pv, key, state))
+        return touched, refused
+
+    def records(self, touched) -> list[OnlineRecord]:
+        """Phase 2: the online records (state, values as of the watermark, valid-until) of touched states."""
+        return [self.record(pv, key, state) for pv, key, state in touched]
 
     @staticmethod
     def record(pv: PreparedView, key: str, state: ViewState) -> OnlineRecord:
         wm = state.watermark
-        values = encode_values(pv.specs, state.evaluate(wm)) if wm is not None else b"null"
-        return OnlineRecord(pv.view_key, key, state.to_bytes(), values, -1 if wm is None else wm,
-                            state.valid_until(), pv.ttl_ms)
+        if wm is None:
+            return OnlineRecord(pv.view_key, key, state.to_bytes(), b"null", -1, None, pv.ttl_ms)
+        values, until = state.snapshot(wm)
+        return OnlineRecord(pv.view_key, key, state.to_bytes(), encode_values(pv.specs, values), wm, until, pv.ttl_ms)
 
     def _states(self, pv: PreparedView, keys: list[str]) -> dict[str, ViewState]:
         states = self.cache[pv.view_key]

@@ -22,11 +22,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import threading
 import time
 import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
 
+import asyncpg
 import orjson
 import pandas as pd
 import redis
@@ -47,9 +49,14 @@ from .retry import Retry
 
 logger = logging.getLogger(__name__)
 
-#: Errors of the stores that are worth retrying (the batch is re-run from scratch).
+#: Errors of the stores that are worth retrying (the batch is re-run from scratch).  For
+#: PostgreSQL: a lost connection (class 08), a server starting up or recovering (57P03),
+#: shutting down (57P01/57P02) or out of connection slots (53300).
 RETRYABLE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, redis.exceptions.BusyLoadingError,
-             OSError, asyncio.TimeoutError, StoreUnavailableError, KafkaError)
+             OSError, asyncio.TimeoutError, StoreUnavailableError, KafkaError,
+             asyncpg.exceptions.PostgresConnectionError, asyncpg.exceptions.CannotConnectNowError,
+             asyncpg.exceptions.AdminShutdownError, asyncpg.exceptions.CrashShutdownError,
+             asyncpg.exceptions.TooManyConnectionsError)
 
 SHUTDOWN_GRACE_S = 30
 
@@ -106,9 +113,16 @@ class Worker:
         self.applied: dict[str, int] = {}
         self.stopping = False
         self.stop_deadline: float | None = None
+        # asyncpg runs in a loop of its own thread, so PostgreSQL writes overlap the CPU work of a batch.
         self.loop = asyncio.new_event_loop()
-        self.offline = self.loop.run_until_complete(offline_factory())
-        self.epoch = online.ensure_epoch(uuid.uuid4().hex)
+        self._loop_thread = threading.Thread(target=self.loop.run_forever, name="offline-io", daemon=True)
+        self._loop_thread.start()
+        self.offline = self._run(offline_factory())
+        candidate = uuid.uuid4().hex
+        self.epoch = online.ensure_epoch(candidate)
+        # The marker was missing: a new store, or one that lost its data while no worker ran
+        # (Kafka may still hold committed offsets): rebuild from the event log before the first batch.
+        self.rebuild_pending = self.epoch == candidate
         self.retry = Retry(RETRYABLE, should_stop=self._past_deadline)
         self.consumer: KafkaConsumer | None = None
         self.producer: KafkaProducer | None = None
@@ -154,7 +168,9 @@ class Worker:
             self.producer.close(5)
         if self.probes is not None:
             self.probes.stop()
-        self.loop.run_until_complete(self.offline.close())
+        self._run(self.offline.close())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._loop_thread.join(5)
         self.loop.close()
 
     def run(self, until=None) -> int:
@@ -202,6 +218,8 @@ class Worker:
 
     # -- one micro-batch ------------------------------------------------------------
     def process(self, batch) -> None:
+        if self.rebuild_pending:  # a rebuild failed half way (or never ran): finish it first
+            self.rebuild_from_event_log()
         started = time.perf_counter()
         pending: dict[str, _Pending] = defaultdict(_Pending)
         dead: list[tuple] = []
@@ -236,19 +254,23 @@ class Worker:
                 p.where.append((tp.partition, rec.offset, rec))
         if not advance:
             return
-        records, offline_frames = [], []
+        touched, writes = [], []
         for source_name, p in pending.items():
-            online_records, refused = self.processors[source_name].apply(p.events)
-            records += online_records
+            processor = self.processors[source_name]
+            states, refused = processor.update(p.events)
+            touched.append((processor, states))
             for idx, rej in refused.items():
                 dead.append((p.where[idx][2], rej.reason, rej.detail))
-            offline_frames.append((source_name, self._event_frame(p, refused)))
-        for source_name, frame in offline_frames:
-            if len(frame):
-                self.loop.run_until_complete(self.offline.write_events(self._source(source_name), frame))
+            frame = self._event_frame(p, refused)
+            if len(frame):  # starts now, in the I/O thread, while the records are built below
+                writes.append(self._submit(self.offline.write_events(self._source(source_name), frame)))
+        records = [r for processor, states in touched for r in processor.records(states)]
+        for write in writes:
+            write.result()
         self._send_dead_letters(dead)
         offsets = {name: (self.applied.get(name, -1), off) for name, off in advance.items()}
         result = self.online.commit(records, self.config.group, offsets, self.epoch)
+        if any(n.endswith(":3") for n in offsets): logger.warning("DEBUG commit %s -> %s", {n: o for n, o in offsets.items() if n.endswith(":3")}, result)
         if result == 0:
             self.metrics.fenced.inc()
             logger.warning("commit fenced: another worker advanced %s; reloading", sorted(advance))
@@ -262,6 +284,13 @@ class Worker:
         self.records_done += n_new
         self._commit_kafka(advance)
         self._observe(pending, dead, started)
+
+    def _run(self, coro):
+        """Run a coroutine in the I/O loop and wait for it."""
+        return self._submit(coro).result()
+
+    def _submit(self, coro):
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
 
     def _source(self, name: str) -> EventSource:
         return next(s for s in self.sources.values() if s.name == name)
@@ -346,7 +375,11 @@ class Worker:
 
     # -- recovery when Redis lost its data --------------------------------------------
     def rebuild_from_event_log(self) -> None:
-        """Recompute the states of the assigned partitions from the PostgreSQL event log."""
+        """Recompute the states of the assigned partitions from the PostgreSQL event log.
+
+        ``rebuild_pending`` stays set until it succeeds: a retried batch rebuilds first
+        instead of committing on top of the empty states under the new epoch marker."""
+        self.rebuild_pending = True
         self.epoch = self.online.ensure_epoch(uuid.uuid4().hex)
         assigned = list(self.consumer.assignment())
         stored = self.online.load_offsets(self.config.group)
@@ -356,11 +389,16 @@ class Worker:
             parts = [tp.partition for tp in assigned if tp.topic == source.topic]
             if not parts:
                 continue
-            events = self.loop.run_until_complete(self.offline.load_events(source, partitions=parts))
+            events = self._run(self.offline.load_events(source, partitions=parts))
+            if not len(events):
+                continue
             records, offsets = self._rebuilt_records(processor, source, events, stored)
             if self.online.commit(records, self.config.group, offsets, self.epoch) != 1:
                 raise StoreUnavailableError("could not commit the rebuilt state; retrying")
+        logger.warning("DEBUG before resync applied=%s stored=%s", self.applied, self.online.load_offsets(self.config.group))
         self._resync()
+        logger.warning("DEBUG after resync applied=%s", self.applied)
+        self.rebuild_pending = False
 
     def _rebuilt_records(self, processor, source, events: pd.DataFrame, stored):
         records, offsets = [], {}

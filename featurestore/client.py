@@ -1,16 +1,37 @@
-"""``FeatureStore``: the client ML code uses to read features online and build training sets."""
+"""``FeatureStore``: the client ML code uses to read features online, build training sets,
+push events computed elsewhere and materialize the offline store into the online one.
+
+Two ways to get one:
+
+* ``FeatureStore.connect(repo_path=None, settings=None)`` (alias ``from_repo``): resolves the
+  servers from ``FEATURESTORE_*`` settings (``featurestore.runtime.open_runtime``, which starts
+  the embedded stack when none is configured), loads the repository, looks up each view's
+  registered version, and opens PostgreSQL pools itself (one per event loop: a private loop for
+  the synchronous methods, the caller's loop for the ``a*`` coroutines);
+* ``FeatureStore(repo, online, versions, project, offline=..., registry=...)`` with stores the
+  caller built (``offline`` is then used on the loop its pool was created on).
+"""
 
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
 
+import numpy as np
 import pandas as pd
 
-from .definitions import FeatureService, FeatureView
-from .exceptions import InvalidInputError, UnknownNameError
+from .definitions import EventSource, FeatureService, FeatureView
+from .exceptions import ConfigurationError, InvalidInputError, RegistryError, StoreUnavailableError, UnknownNameError
 from .online.reader import PRESENT, ViewRead, read_views
 from .repo import Repository
+
+PUSH_TARGETS = ("online", "offline", "online_and_offline")
+#: Partition of the event log rows written by ``push`` (Kafka partitions are >= 0).
+PUSH_PARTITION = -1
 
 
 @dataclass
@@ -25,8 +46,37 @@ class OnlineResponse:
         """Feast-like: {column: [value per entity row]} (join keys included)."""
         return dict(self.columns)
 
-    def to_df(self) -> pd.DataFrame:
-        return pd.DataFrame(self.columns)
+    def to_df(self, statuses: bool = False, event_times: bool = False) -> pd.DataFrame:
+        """One row per entity row; with ``statuses`` a ``<feature>__status`` column (present /
+        missing / expired) and with ``event_times`` a ``<feature>__event_time`` column (epoch ms
+        of the view's latest event, None for on-demand features and missing values) follow
+        each feature column."""
+        if not statuses and not event_times:
+            return pd.DataFrame(self.columns)
+        out: dict[str, list] = {}
+        for name, values in self.columns.items():
+            out[name] = values
+            if name in self.statuses:
+                if statuses:
+                    out[f"{name}__status"] = self.statuses[name]
+                if event_times:
+                    out[f"{name}__event_time"] = pd.array(self.event_times[name], dtype="Int64")
+        return pd.DataFrame(out)
+
+
+@dataclass
+class PushResult:
+    """What ``push`` wrote: ``rows`` valid rows given; ``online_records`` (view, entity) states
+    committed; ``offline_rows`` rows appended to the event log; ``refused``: rows the views'
+    states refused (``row`` index label, ``reason`` late / duplicate_event_id, ``detail``), as
+    the worker would dead-letter them; ``skipped_existing``: rows not appended to the event log
+    because an event with the same (entity key, event id) is already there."""
+
+    rows: int
+    online_records: int = 0
+    offline_rows: int = 0
+    refused: pd.DataFrame = field(default_factory=lambda: pd.DataFrame({"row": [], "reason": [], "detail": []}))
+    skipped_existing: int = 0
 
 
 @dataclass(frozen=True)
@@ -52,7 +102,7 @@ class FeatureStore:
     """
 
     def __init__(self, repo: Repository, online, versions: dict[str, int], project: str = "default", offline=None,
-                 registry=None):
+                 registry=None, *, postgres_dsn: str | None = None, pg_schema: str = "public"):
         self.repo = repo
         self.online = online
         self.offline = offline
@@ -60,6 +110,112 @@ class FeatureStore:
         self.versions = versions
         self.project = project
         self._plans: dict = {}
+        self._clashes: dict = {}
+        self._dsn = postgres_dsn
+        self._pg_schema = pg_schema
+        self._loop: asyncio.AbstractEventLoop | None = None  # private loop of the synchronous methods
+        self._lock = threading.Lock()
+        self._pools: dict[Any, tuple[Any, Any]] = {}  # event loop -> (offline store, registry) opened here
+        #: Seconds spent per step by the last ``get_historical_features`` (load, compute, ...).
+        self.last_timings: dict[str, float] = {}
+
+    # -- connecting ---------------------------------------------------------------------
+    @classmethod
+    def connect(cls, repo_path=None, settings=None, *, repo: Repository | None = None) -> "FeatureStore":
+        """A store wired to the servers of ``settings`` (default: ``FEATURESTORE_*`` variables;
+        the embedded stack is started when none is set) for the repository at ``repo_path``
+        (default: the bundled example) or ``repo``.  Each view reads the registered version
+        whose definition matches the repository; a view not applied raises on use."""
+        from .runtime import PG_SCHEMA, open_runtime
+        from .settings import Settings
+
+        rt = open_runtime(settings if settings is not None else Settings(), repo_path)
+        if repo is not None:
+            rt.repo = repo
+        store = cls(rt.repo, rt.online(), {}, rt.project, postgres_dsn=rt.postgres_dsn, pg_schema=PG_SCHEMA)
+        store.versions = store._run(store.aresolve_versions())
+        return store
+
+    from_repo = connect
+
+    async def aresolve_versions(self) -> dict[str, int]:
+        """Registered version of each view whose definition matches the repository (views not
+        applied, or changed since ``apply``, are left out)."""
+        _, registry = await self._stores()
+        versions = {}
+        for name, view in self.repo.views.items():
+            try:
+                versions[name] = await registry.version_of(name, view.fingerprint())
+            except RegistryError:
+                continue
+        return versions
+
+    async def _stores(self) -> tuple[Any, Any]:
+        """(offline store, registry) usable on the running event loop."""
+        if self._dsn is None:
+            if self.offline is None:
+                raise ConfigurationError("this FeatureStore has no offline store: use FeatureStore.connect(...) "
+                                         "or pass offline=PostgresOfflineStore")
+            if self.registry is None:
+                from .registry import Registry
+
+                self.registry = Registry.for_store(self.offline)
+            return self.offline, self.registry
+        loop = asyncio.get_running_loop()
+        hit = self._pools.get(loop)
+        if hit is None:
+            from .offline.postgres import PostgresOfflineStore
+            from .registry import Registry
+
+            offline = await PostgresOfflineStore.create(self._dsn, self.project, self._pg_schema)
+            for source in self.repo.sources.values():
+                offline.register_source(source)
+            hit = self._pools[loop] = (offline, Registry.for_store(offline))
+        return hit
+
+    def _run(self, coro):
+        """Run a coroutine for a synchronous method: on the loop of a caller-given pool, else on
+        the private loop (from a worker thread when called inside a running loop, e.g. Jupyter)."""
+        pool_loop = getattr(getattr(self.offline, "pool", None), "_loop", None) if self._dsn is None else None
+        with self._lock:
+            if pool_loop is not None and not pool_loop.is_closed():
+                loop = pool_loop
+            else:
+                if self._loop is None or self._loop.is_closed():
+                    self._loop = asyncio.new_event_loop()
+                loop = self._loop
+            try:
+                asyncio.get_running_loop()
+            except RuntimeError:
+                return loop.run_until_complete(coro)
+            if loop is pool_loop and loop.is_running():
+                coro.close()
+                raise InvalidInputError("called from inside the event loop of the offline store: "
+                                        "await the a* coroutine instead (e.g. aget_historical_features)")
+            with ThreadPoolExecutor(1) as pool:
+                return pool.submit(loop.run_until_complete, coro).result()
+
+    def close(self) -> None:
+        """Close the pools this store opened (not those passed in) and its private loop."""
+        with self._lock:
+            if self._loop is not None and not self._loop.is_closed():
+                own = self._pools.pop(self._loop, None)
+                if own is not None:
+                    self._loop.run_until_complete(own[0].close())
+                self._loop.close()
+            self._loop = None
+
+    async def aclose(self) -> None:
+        """Close the pool this store opened on the running loop."""
+        own = self._pools.pop(asyncio.get_running_loop(), None)
+        if own is not None:
+            await own[0].close()
+
+    def __enter__(self) -> "FeatureStore":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     # -- resolving what was asked ------------------------------------------------------
     def resolve(self, features=None, feature_service: str | FeatureService | None = None) -> list[FeatureRef]:
@@ -143,7 +299,9 @@ class FeatureStore:
     def _assemble(self, rows, refs, needed, results, request_data, full_names) -> OnlineResponse:
         view_index = {name: i for i, name in enumerate(needed)}
         names = [r.feature for r in refs]
-        clash = {n for n in names if names.count(n) > 1}
+        clash = self._clashes.get(id(refs))
+        if clash is None:
+            clash = self._clashes[id(refs)] = {n for n in set(names) if names.count(n) > 1}
         columns: dict[str, list] = {}
         statuses: dict[str, list] = {}
         times: dict[str, list] = {}
@@ -170,14 +328,215 @@ class FeatureStore:
         return OnlineResponse(columns, statuses, times)
 
     # -- offline --------------------------------------------------------------------------
-    def get_historical_features(self, entity_df: pd.DataFrame, features=None, feature_service=None) -> pd.DataFrame:
+    def get_historical_features(self, entity_df: pd.DataFrame, features=None, feature_service=None,
+                                full_feature_names: bool = False) -> pd.DataFrame:
         """Point-in-time correct values for each (entity, event_timestamp) row: exactly what the
         online store serves at that time had every event up to it arrived."""
+        return self._run(self.aget_historical_features(entity_df, features, feature_service, full_feature_names))
+
+    async def aget_historical_features(self, entity_df: pd.DataFrame, features=None, feature_service=None,
+                                       full_feature_names: bool = False) -> pd.DataFrame:
+        """``get_historical_features`` on the running event loop."""
         from .historical import get_historical_features
 
         refs = self.resolve(features, feature_service)
-        return asyncio.run(get_historical_features(self.offline, self.repo, self.registry, entity_df,
-                                                   [(r.view, r.feature) for r in refs]))
+        offline, registry = await self._stores()
+        timings: dict[str, float] = {}
+        out = await get_historical_features(offline, self.repo, registry, entity_df,
+                                            [(r.view, r.feature) for r in refs], full_feature_names,
+                                            timings=timings)
+        self.last_timings = timings
+        return out
+
+    # -- push ----------------------------------------------------------------------------------
+    def push(self, source_name: str, df: pd.DataFrame, to: str = "online") -> PushResult:
+        """Write events computed elsewhere (a PushSource) for source ``source_name``.
+
+        ``df``: one event per row with the source's schema fields.  Every row is validated
+        (``featurestore.schema.validate_frame``) first; if any is invalid, ``InvalidInputError``
+        lists each bad row (index label, reason, detail) and NOTHING is written.
+
+        ``to="online"``: the events go through the worker's path (``SourceProcessor``: states
+        loaded from Redis, lateness and duplicate ids decided per entity, one atomic commit of
+        every touched (view, entity) state).  ``to="offline"``: appended to the PostgreSQL event
+        log (partition -1, offsets from a per-source sequence, so arrival order is push order);
+        ``materialize`` or a later push brings them online.  ``to="online_and_offline"``: as the
+        worker does, states are computed first, the events the states accepted are appended to
+        the event log, then the states are committed.  Pushing to one store only makes the two
+        diverge until the other is written (``materialize`` re-derives online from offline).
+        """
+        return self._run(self.apush(source_name, df, to))
+
+    async def apush(self, source_name: str, df: pd.DataFrame, to: str = "online") -> PushResult:
+        """``push`` on the running event loop."""
+        from .schema import validate_frame
+
+        if to not in PUSH_TARGETS:
+            raise InvalidInputError(f"push(to={to!r}): expected one of {', '.join(PUSH_TARGETS)}")
+        if not isinstance(df, pd.DataFrame):
+            raise InvalidInputError(f"push: df must be a pandas DataFrame, got {type(df).__name__}")
+        source = self.repo.source(source_name)
+        valid, rejects = validate_frame(source, df)
+        if len(rejects):
+            raise _invalid_rows(source, rejects, len(df))
+        result = PushResult(rows=len(valid))
+        if not len(valid):
+            return result
+        processor = None
+        if to != "offline":
+            processor = self._processor(source)  # raises before anything is written
+        offline = (await self._stores())[0] if to != "online" else None
+
+        keep = np.ones(len(valid), dtype=bool)
+        records: list = []
+        if processor is not None:
+            from .schema import ValidEvent
+
+            events = [ValidEvent(k, int(t), e, v) for k, t, e, v in zip(
+                valid["__key"].tolist(), valid["__ts"].tolist(),
+                valid["__event_id"].tolist() if "__event_id" in valid.columns else [None] * len(valid),
+                _records(valid[list(source.schema)]))]
+            records, refused = processor.apply(events)
+            if refused:
+                idx = sorted(refused)
+                keep[idx] = False
+                result.refused = pd.DataFrame({"row": valid.index[idx], "reason": [refused[i].reason for i in idx],
+                                               "detail": [refused[i].detail for i in idx]})
+        if offline is not None:
+            frame = valid[keep]
+            if "__event_id" in frame.columns and len(frame):
+                seen = await offline.existing_event_ids(source, frame["__key"].tolist(), frame["__event_id"].tolist())
+                if seen:
+                    dup = np.array([(k, i) in seen for k, i in zip(frame["__key"].tolist(),
+                                                                   frame["__event_id"].tolist())], dtype=bool)
+                    result.skipped_existing = int(dup.sum())
+                    frame = frame[~dup]
+            if len(frame):
+                frame = frame.copy()
+                frame["__partition"] = PUSH_PARTITION
+                frame["__offset"] = await offline.allocate_push_offsets(source, len(frame))
+                result.offline_rows = await offline.write_events(source, frame)
+        if processor is not None and records:
+            try:
+                status = self.online.commit(records, None, {})
+            except Exception as exc:  # noqa: BLE001 - reraised with what was written
+                written = (f"; {result.offline_rows} row(s) were appended to the event log (re-pushing the same rows "
+                           f"skips them when the source has an event id field)") if result.offline_rows else ""
+                raise StoreUnavailableError(f"push to {source.name!r}: online commit failed: {exc}{written}") from exc
+            if status != 1:
+                raise StoreUnavailableError(f"push to {source.name!r}: online commit refused (status {status})")
+            result.online_records = len(records)
+        return result
+
+    def _prepared(self, views: list[FeatureView]) -> list:
+        from workers.processor import prepare_view
+
+        missing = [v.name for v in views if v.name not in self.versions]
+        if missing:
+            raise UnknownNameError(f"feature view(s) {', '.join(missing)} not applied: run `featurestore apply`")
+        return [prepare_view(v, self.versions[v.name], self.project) for v in views]
+
+    def _processor(self, source: EventSource):
+        from workers.processor import SourceProcessor
+
+        views = [v for v in self.repo.views.values() if v.source.name == source.name]
+        return SourceProcessor(self._prepared(views), self.online)
+
+    # -- materialize -----------------------------------------------------------------------
+    def materialize(self, start, end, views: list[str] | None = None) -> dict:
+        """Load offline values into the online store (Feast ``materialize``).
+
+        For each view (default: all with a registered version), every entity with events in
+        the event log with ``start <= ts <= end`` gets its state recomputed from ALL its logged
+        events with ``ts <= end`` (windows reach back before ``start``), in arrival order with
+        the stream's lateness and duplicate rules, and committed online.  An entity whose
+        online state already holds an event after ``end`` is left alone (``skipped_newer``):
+        materialize never moves a state back in time.  ``start``/``end``: epoch ms, ISO-8601 or
+        datetime.  Returns a report per view."""
+        return self._run(self.amaterialize(start, end, views))
+
+    async def amaterialize(self, start, end, views: list[str] | None = None, chunk_keys: int = 20_000) -> dict:
+        """``materialize`` on the running event loop."""
+        from transforms import ViewState
+        from workers.processor import SourceProcessor
+
+        from .offline.postgres import event_id_column
+        from .types import parse_timestamp
+
+        start_ms, end_ms = _as_ms(start, "start", parse_timestamp), _as_ms(end, "end", parse_timestamp)
+        if start_ms > end_ms:
+            raise InvalidInputError(f"materialize: start {start_ms} is after end {end_ms}")
+        names = list(views) if views is not None else [n for n in self.repo.views if n in self.versions]
+        prepared = self._prepared([self.repo.view(n) for n in names])
+        offline = (await self._stores())[0]
+        by_source: dict[str, list] = {}
+        for pv in prepared:
+            by_source.setdefault(pv.view.source.name, []).append(pv)
+        report: dict = {"start_ms": start_ms, "end_ms": end_ms, "views": {}}
+        started = time.perf_counter()
+        for source_name, pvs in by_source.items():
+            source = self.repo.source(source_name)
+            keys = await offline.event_keys(source, start_ms, end_ms)
+            for pv in pvs:
+                report["views"][pv.view.name] = {"version": pv.version, "entities": 0, "skipped_newer": 0, "events": 0}
+            id_col = event_id_column(source) if source.event_id_field is not None else None
+            for lo in range(0, len(keys), chunk_keys):
+                chunk = keys[lo:lo + chunk_keys]
+                events = await offline.load_events(source, keys=chunk, end_ms=end_ms)
+                for bt in {bt.column: bt for pv in pvs for bt in pv.view.batch_transforms()}.values():
+                    events[bt.column] = bt.apply(events).to_numpy() if len(events) else []
+                values = _records(events.drop(columns=["key", "ts"]))
+                groups = events.groupby("key", sort=False).indices
+                ts_list = events["ts"].tolist()
+                id_list = events[id_col].tolist() if id_col else None
+                for pv in pvs:
+                    entity_keys = [str(k) for k in groups]
+                    current = self.online.read_values([(pv.view_key, k) for k in entity_keys])
+                    records = []
+                    rep = report["views"][pv.view.name]
+                    for (key, rows), (_, wm, _) in zip(groups.items(), current):
+                        if wm is not None and wm > end_ms:
+                            rep["skipped_newer"] += 1
+                            continue
+                        state = ViewState(pv.specs, pv.lateness_ms)
+                        state.apply([(ts_list[i], values[i], id_list[i] if id_list else None) for i in rows])
+                        records.append(SourceProcessor.record(pv, str(key), state))
+                        rep["events"] += len(rows)
+                    for b in range(0, len(records), 2000):
+                        if self.online.commit(records[b:b + 2000], None, {}) != 1:
+                            raise StoreUnavailableError(f"materialize {pv.view.name!r}: online commit refused")
+                    rep["entities"] += len(records)
+        report["seconds"] = round(time.perf_counter() - started, 3)
+        return report
+
+
+def _as_ms(value, what: str, parse) -> int:
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        return int(value)
+    if isinstance(value, str) and value.lstrip("-").isdigit():
+        return int(value)
+    try:
+        return int(parse(value))
+    except (ValueError, TypeError) as exc:
+        raise InvalidInputError(f"{what}: expected epoch ms, ISO-8601 or a datetime, got {value!r} ({exc})") from None
+
+
+def _records(frame: pd.DataFrame) -> list[dict]:
+    """Rows as dicts of Python values, nullable-dtype nulls (pd.NA) as None."""
+    frame = frame.copy()
+    for c in frame.columns:
+        if pd.api.types.is_extension_array_dtype(frame[c].dtype):
+            frame[c] = frame[c].astype(object).where(frame[c].notna(), None)
+    return frame.to_dict("records")
+
+
+def _invalid_rows(source: EventSource, rejects: pd.DataFrame, n: int, show: int = 20) -> InvalidInputError:
+    lines = [f"row {r.row}: {r.reason}: {r.detail}" for r in rejects.head(show).itertuples()]
+    more = f"; ... and {len(rejects) - show} more" if len(rejects) > show else ""
+    exc = InvalidInputError(f"push to source {source.name!r}: {len(rejects)} of {n} rows are invalid, nothing was "
+                            f"written: " + "; ".join(lines) + more)
+    exc.rejects = rejects  # type: ignore[attr-defined]
+    return exc
 
 
 def _request_column(request_data, name: str, n: int, odfv: str) -> list:

@@ -32,6 +32,10 @@ class ViewRead:
     features: list[str]
     defaults: dict[str, object]
 
+    def __post_init__(self) -> None:
+        self.names = [s.name for s in self.specs]
+        self.clocks = [s.name for s in self.specs if s.function == "seconds_since_last"]
+
 
 @dataclass
 class ViewValues:
@@ -49,46 +53,36 @@ def now_ms() -> int:
 
 
 def read_views(store, reads: list[ViewRead], keys_per_view: list[list[str]], at_ms: int | None = None) -> list[list[ViewValues]]:
-    """``result[v][i]``: view ``reads[v]`` for entity ``keys_per_view[v][i]`` as of ``at_ms`` (default now)."""
+    """``result[v][i]``: view ``reads[v]`` for entity ``keys_per_view[v][i]`` as of ``at_ms`` (default now).
+
+    One round trip: the store returns ready values where they are exact at the request time and the
+    state (evaluated here) where a window moved since the last event.
+    """
     t = now_ms() if at_ms is None else at_ms
     items = [(r.view_key, k) for r, keys in zip(reads, keys_per_view) for k in keys]
-    raw = store.read_values(items)
+    raw = store.read_at(items, t)
     out: list[list[ViewValues]] = []
-    stale: list[tuple[int, int, int]] = []  # (view index, row index, request time)
     pos = 0
-    for v, (r, keys) in enumerate(zip(reads, keys_per_view)):
+    for r, keys in zip(reads, keys_per_view):
         row_values = []
-        for i in range(len(keys)):
-            values, wm, until = raw[pos]
+        for _ in keys:
+            row_values.append(_decode(r, raw[pos], t))
             pos += 1
-            row_values.append(_decode(r, values, wm, until, t, stale, v, i))
         out.append(row_values)
-    if stale:
-        pipe_items = [(reads[v].view_key, keys_per_view[v][i]) for v, i, _ in stale]
-        blobs = [store.load_state(vk, k) for vk, k in pipe_items] if not hasattr(store, "load_state_many") \
-            else store.load_state_many(pipe_items)
-        for (v, i, t_eval), blob in zip(stale, blobs):
-            r = reads[v]
-            if blob is None:  # expired between the two round trips
-                out[v][i] = ViewValues(dict(r.defaults), MISSING, None)
-                continue
-            state = ViewState.from_bytes(r.specs, blob, r.lateness_ms)
-            values = state.evaluate(t_eval)
-            out[v][i] = ViewValues({f: values[f] for f in r.features}, PRESENT, state.watermark, True)
     return out
 
 
-def _decode(r: ViewRead, values, wm, until, t, stale, v, i) -> ViewValues:
-    if values is None or wm is None or wm < 0:
+def _decode(r: ViewRead, hit, t: int) -> ViewValues:
+    if hit is None or hit[2] < 0:
         return ViewValues(dict(r.defaults), MISSING, None)
+    kind, payload, wm, until = hit
     t_eval = max(t, wm)  # a clock behind the newest event time reads as of that event
     if r.ttl_ms is not None and t_eval - wm > r.ttl_ms:
         return ViewValues(dict(r.defaults), EXPIRED, wm)
-    if until is not None and t_eval >= until:
-        stale.append((v, i, t_eval))
-        return ViewValues({}, PRESENT, wm)
-    decoded = dict(zip((s.name for s in r.specs), orjson.loads(values)))
-    for s in r.specs:
-        if s.function == "seconds_since_last":
-            decoded[s.name] = (t_eval - wm) / 1000
+    if kind == "s":
+        values = ViewState.from_bytes(r.specs, payload, r.lateness_ms).evaluate(t_eval)
+        return ViewValues({f: values[f] for f in r.features}, PRESENT, wm, True)
+    decoded = dict(zip(r.names, orjson.loads(payload)))
+    for name in r.clocks:
+        decoded[name] = (t_eval - wm) / 1000
     return ViewValues({f: decoded[f] for f in r.features}, PRESENT, wm)

@@ -17,6 +17,7 @@ from featurestore.definitions import FeatureView
 from featurestore.online import OnlineRecord
 from featurestore.schema import ValidEvent
 from transforms import AggSpec, Rejection, ViewState
+from transforms.many import snapshot_many
 
 logger = logging.getLogger(__name__)
 
@@ -102,8 +103,17 @@ class SourceProcessor:
         return touched, refused
 
     def records(self, touched) -> list[OnlineRecord]:
-        """Phase 2: the online records (state, values as of the watermark, valid-until) of touched states."""
-        return [self.record(pv, key, state) for pv, key, state in touched]
+        """Phase 2: the online records (state, values as of the watermark, valid-until) of touched states,
+        evaluated together per view (``transforms.many``)."""
+        out = []
+        for pv in self.views:
+            mine = [(key, state) for p, key, state in touched if p is pv and state.watermark is not None]
+            states = [state for _, state in mine]
+            values, horizons = snapshot_many(states, [state.watermark for state in states])
+            for (key, state), vals, until in zip(mine, values, horizons):
+                out.append(OnlineRecord(pv.view_key, key, state.to_bytes(), encode_values(pv.specs, vals),
+                                        state.watermark, until, pv.ttl_ms))
+        return out
 
     @staticmethod
     def record(pv: PreparedView, key: str, state: ViewState) -> OnlineRecord:

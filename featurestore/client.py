@@ -156,11 +156,7 @@ class FeatureStore:
             if self.offline is None:
                 raise ConfigurationError("this FeatureStore has no offline store: use FeatureStore.connect(...) "
                                          "or pass offline=PostgresOfflineStore")
-            if self.registry is None:
-                from .registry import Registry
-
-                self.registry = Registry.for_store(self.offline)
-            return self.offline, self.registry
+            return self.offline, self.registry  # registry None: views are not checked against it
         loop = asyncio.get_running_loop()
         hit = self._pools.get(loop)
         if hit is None:

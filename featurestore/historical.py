@@ -28,6 +28,7 @@ column with ``None`` for null.  On-demand outputs are typed by ``coerce_column``
 
 from __future__ import annotations
 
+import time
 from typing import Any, Iterable, Sequence
 
 import numpy as np
@@ -38,7 +39,7 @@ from .exceptions import InvalidInputError, UnknownNameError
 from .offline.postgres import event_id_column
 from .repo import Repository
 from .types import FLOAT64, INT64
-from transforms import compute_batch
+from transforms import AggSpec, compute_batch
 
 __all__ = ["EVENT_TIMESTAMP", "get_historical_features", "parse_refs", "to_epoch_ms"]
 
@@ -147,6 +148,17 @@ def _entity_keys(entity_df: pd.DataFrame, view: FeatureView) -> pd.Series:
 
 # -- per-view computation ---------------------------------------------------------------------
 
+def _fields_needed(views: Iterable[FeatureView]) -> list[str]:
+    """Source fields the views read (aggregation columns and batch-transform inputs)."""
+    out: list[str] = []
+    for view in views:
+        schema = view.source.schema
+        names = [s.column for s in view.agg_specs() if s.column] + [c for bt in view.batch_transforms()
+                                                                     for c in bt.inputs]
+        out += [c for c in names if c in schema and c not in out]
+    return out
+
+
 def _events_for_batch(view: FeatureView, events: pd.DataFrame) -> pd.DataFrame:
     frame = events.reset_index(drop=True)
     for bt in view.batch_transforms():
@@ -158,11 +170,17 @@ def _composite(codes: np.ndarray, ts: np.ndarray, base: int, span: int) -> np.nd
     return codes.astype("int64") * span + (ts.astype("int64") - base)
 
 
+_LAST_SEEN = "__fs_last_seen"  # hidden spec: seconds since the latest accepted event <= t (for the TTL)
+
+
 def compute_view(view: FeatureView, events: pd.DataFrame, keys: pd.Series, ts: np.ndarray,
                  names: Sequence[str]) -> dict[str, pd.Series]:
     """Values of features ``names`` of ``view`` for the queries ``(keys[i], ts[i])`` from
     ``events`` (loaded in arrival order); returns name -> Series aligned with the queries,
-    typed as described in the module docstring (TTL / missing -> default)."""
+    typed as described in the module docstring (TTL / missing -> default).
+
+    The queries go to ``compute_batch`` sorted by (key, time) (its binary searches and range
+    gathers are then memory-local) and the results are put back in query order."""
     src = view.source
     specs = view.agg_specs()
     lateness = src.allowed_lateness
@@ -172,34 +190,45 @@ def compute_view(view: FeatureView, events: pd.DataFrame, keys: pd.Series, ts: n
     has_key = keys.notna().to_numpy() if keys.dtype == object else np.ones(nq, dtype=bool)
     qrows = np.flatnonzero(has_key)
     qkeys = keys.iloc[qrows].reset_index(drop=True)
-    qts = ts[qrows]
-    queries = pd.DataFrame({"key": qkeys, "ts": qts})
-    res = compute_batch(specs, frame, queries, lateness_ms=lateness, id_column=id_col)
-    values = {spec.name: res.values[spec.name].to_numpy(dtype=object) for spec in specs}
+    qts = np.asarray(ts[qrows], dtype="int64")
+
+    # Queries sorted by (key, ts): the order compute_batch's sorted factorization gives keys.
+    if len(qkeys):
+        qk_codes, _ = pd.factorize(qkeys, sort=True)
+        qorder = np.lexsort((qts, qk_codes))
+    else:
+        qorder = np.zeros(0, dtype="int64")
+    skeys = qkeys.iloc[qorder].reset_index(drop=True)
+    sts = qts[qorder]
+    queries = pd.DataFrame({"key": skeys, "ts": sts})
+    batch_specs = specs + [AggSpec(_LAST_SEEN, "seconds_since_last")]
+    res = compute_batch(batch_specs, frame, queries, lateness_ms=lateness, id_column=id_col)
+    values: dict[str, np.ndarray] = {}
+    for spec in specs:
+        col = res.values[spec.name]
+        arr = col.to_numpy() if col.dtype != object else col.to_numpy(dtype=object)
+        out_arr = np.empty(len(arr), dtype=arr.dtype)
+        out_arr[qorder] = arr
+        values[spec.name] = out_arr
+    since = res.values[_LAST_SEEN].to_numpy(dtype="float64")
+    last_sorted = np.where(np.isnan(since), np.iinfo("int64").min,
+                           sts - np.rint(np.nan_to_num(since) * 1000).astype("int64"))
+    last_ts = np.empty(len(qts), dtype="int64")
+    last_ts[qorder] = last_sorted
     accepted = np.asarray(res.accepted, dtype=bool)
-
-    n_ev = len(frame)
-    ev_ts = frame["ts"].to_numpy(dtype="int64")
-    codes_all, _ = pd.factorize(pd.concat([frame["key"], qkeys], ignore_index=True), sort=False)
-    ev_codes = codes_all[:n_ev].astype("int64")
-    q_codes = codes_all[n_ev:].astype("int64")
-    lo_t = int(min(ev_ts.min() if n_ev else 0, qts.min() if len(qts) else 0))
-    hi_t = int(max(ev_ts.max() if n_ev else 0, qts.max() if len(qts) else 0))
-    base, span = lo_t, hi_t - lo_t + 2
-
-    # Latest accepted event time <= t per query (for the TTL).
-    acc = np.flatnonzero(accepted)
-    acc_key = np.sort(_composite(ev_codes[acc], ev_ts[acc], base, span))
-    qkey = _composite(q_codes, qts, base, span)
-    pos = np.searchsorted(acc_key, qkey, side="right") - 1
-    found = pos >= 0
-    safe = np.where(found, pos, 0)
-    found &= (acc_key[safe] // span == q_codes) if len(acc_key) else np.zeros(len(qkey), dtype=bool)
-    last_ts = np.where(found, (acc_key[safe] % span) + base if len(acc_key) else 0, np.iinfo("int64").min)
 
     # Queries whose acceptance differs from the whole batch's: recompute exactly.
     rejected = np.flatnonzero(~accepted)
     if len(rejected) and len(qts):
+        n_ev = len(frame)
+        ev_ts = frame["ts"].to_numpy(dtype="int64")
+        codes_all, _ = pd.factorize(pd.concat([frame["key"], qkeys], ignore_index=True), sort=False)
+        ev_codes = codes_all[:n_ev].astype("int64")
+        q_codes = codes_all[n_ev:].astype("int64")
+        lo_t = int(min(ev_ts.min() if n_ev else 0, qts.min()))
+        hi_t = int(max(ev_ts.max() if n_ev else 0, qts.max()))
+        base, span = lo_t, hi_t - lo_t + 2
+        qkey = _composite(q_codes, qts, base, span)
         prev_max = (pd.Series(ev_ts).groupby(ev_codes, sort=False).cummax()
                     .groupby(ev_codes, sort=False).shift(1).to_numpy(dtype="float64"))
         pm = prev_max[rejected]
@@ -215,7 +244,7 @@ def compute_view(view: FeatureView, events: pd.DataFrame, keys: pd.Series, ts: n
             np.add.at(diff, stop, -1)
             affected = order[np.cumsum(diff[:-1]) > 0]
             if len(affected):
-                values = {k: v.copy() for k, v in values.items()}
+                values = {k: (v.astype(object) if v.dtype.kind in "iub" else v.copy()) for k, v in values.items()}
                 _recompute(specs, frame, ev_codes, ev_ts, q_codes, qts, qkeys, affected, values, last_ts,
                            lateness, id_col)
 
@@ -229,10 +258,32 @@ def compute_view(view: FeatureView, events: pd.DataFrame, keys: pd.Series, ts: n
     out: dict[str, pd.Series] = {}
     for name in names:
         feat = view.feature(name)
+        vals = values[name]
+        if (feat.dtype == FLOAT64 and vals.dtype.kind in "fiu") or (feat.dtype == INT64 and vals.dtype.kind in "iu"):
+            out[name] = _finish_numeric(vals, qrows, missing, feat.dtype, feat.default)
+            continue
         col = np.full(nq, None, dtype=object)
-        col[qrows] = values[name]
+        col[qrows] = vals
         out[name] = _finish(col, missing, feat.dtype, feat.default)
     return out
+
+
+def _finish_numeric(vals: np.ndarray, qrows: np.ndarray, missing: np.ndarray, dtype, default: Any) -> pd.Series:
+    """``_finish`` for numeric arrays (same result), without going through Python objects."""
+    nq = len(missing)
+    if dtype == FLOAT64:
+        col = np.full(nq, np.nan, dtype="float64")
+        col[qrows] = vals
+        col[missing] = np.nan if default is None else float(default)
+        return pd.Series(col)
+    col = np.zeros(nq, dtype="int64")
+    col[qrows] = vals
+    if default is not None:
+        col[missing] = int(default)
+        return pd.Series(col)
+    if not missing.any():
+        return pd.Series(col)
+    return pd.Series(pd.arrays.IntegerArray(col, missing.copy()))
 
 
 def _recompute(specs, frame, ev_codes, ev_ts, q_codes, qts, qkeys, affected, values, last_ts, lateness,
@@ -288,12 +339,17 @@ def _finish(col: np.ndarray, missing: np.ndarray, dtype, default: Any) -> pd.Ser
 # -- entry point --------------------------------------------------------------------------------
 
 async def get_historical_features(offline: Any, repo: Repository, registry: Any, entity_df: pd.DataFrame,
-                                  refs: Iterable[Any], full_feature_names: bool = False) -> pd.DataFrame:
+                                  refs: Iterable[Any], full_feature_names: bool = False,
+                                  timings: dict[str, float] | None = None) -> pd.DataFrame:
     """``entity_df`` (join key column(s) + ``event_timestamp``) with one column per requested
     feature, rows in input order (index kept).  A column is named by the feature, or
     ``view__feature`` when the plain name collides (with another requested feature or an
     input column) or ``full_feature_names``.  ``registry`` (optional) checks that every view
-    used is applied with the repository's definition."""
+    used is applied with the repository's definition.  ``timings`` (optional dict) receives the
+    seconds spent loading events (``load``) and computing (``compute``)."""
+    clock = time.perf_counter
+    timings = {} if timings is None else timings
+    timings.update(load=0.0, compute=0.0)
     if not isinstance(entity_df, pd.DataFrame):
         raise InvalidInputError(f"entity_df must be a pandas DataFrame, got {type(entity_df).__name__}")
     pairs = parse_refs(repo, refs)
@@ -341,14 +397,20 @@ async def get_historical_features(offline: Any, repo: Repository, registry: Any,
         if cache_key not in loaded:
             keys = _entity_keys(entity_df, view)
             distinct = pd.unique(keys.dropna()) if keys.dtype == object else pd.unique(keys)
-            if len(distinct) and len(ts):
-                events = await offline.load_events(view.source, keys=list(distinct), end_ms=max_t)
+            t0 = clock()
+            fields = _fields_needed([v for v in views.values() if (v.source.name, v.entity.join_key) == cache_key])
+            load = getattr(offline, "load_events_fast", None)
+            if load is not None:
+                events = await load(view.source, keys=list(distinct) if len(ts) else [], end_ms=max_t, fields=fields)
             else:
-                events = await offline.load_events(view.source, keys=[], end_ms=max_t)
+                events = await offline.load_events(view.source, keys=list(distinct) if len(ts) else [], end_ms=max_t)
+            timings["load"] += clock() - t0
             loaded[cache_key] = (keys, events)
         keys, events = loaded[cache_key]
+        t0 = clock()
         for fname, series in compute_view(view, events, keys.reset_index(drop=True), ts, feats).items():
             computed[(name, fname)] = series
+        timings["compute"] += clock() - t0
 
     # On-demand views on the joined frame.
     for odfv in odfvs.values():

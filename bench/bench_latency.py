@@ -1,0 +1,147 @@
+"""Produce-to-visible latency on the embedded stack; prints JSON.
+
+A producer sends demo transactions at a steady rate (event time = wall clock at send); a worker
+(in this process, its own thread) consumes them; a poller samples one event in 50 and measures the
+time from its send until the online store's watermark for that customer reaches its event time
+(the value is then visible to readers). Reports p50/p99 per rate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import tempfile
+import threading
+import time
+
+import numpy as np
+import orjson
+import redis
+from kafka import KafkaProducer
+
+from featurestore.dev.stack import resolve_servers
+from featurestore.offline.postgres import PostgresOfflineStore
+from featurestore.online import RedisOnlineStore
+from featurestore.repo import load_repo
+from featurestore.runtime import DEFAULT_REPO
+from featurestore.settings import Settings
+from workers.processor import prepare_view
+from workers.producer import CATEGORIES, ensure_topic
+from workers.worker import Worker, WorkerConfig
+
+
+def run_rate(settings, rate: int, seconds: float, customers: int) -> dict:
+    bootstrap = settings.kafka_bootstrap_servers
+    redis_url = settings.redis_url.get_secret_value()
+    dsn = settings.postgres_dsn.get_secret_value()
+    project = f"lat{time.time_ns() % 10**9}"
+    topic = f"lat-{project}"
+    repo = load_repo(DEFAULT_REPO)
+    source = repo.source("transactions").model_copy(update={"topic": topic})
+    views = [v.model_copy(update={"source": source}) for v in repo.views.values()]
+    ensure_topic(bootstrap, topic, 4)
+
+    async def setup():
+        store = await PostgresOfflineStore.create(dsn, project)
+        await store.migrate([source], views)
+        await store.close()
+
+    asyncio.run(setup())
+
+    async def offline():
+        return await PostgresOfflineStore.create(dsn, project)
+
+    prepared = [prepare_view(v, 1, project) for v in views]
+    worker = Worker(prepared, RedisOnlineStore.from_url(redis_url, project), offline,
+                    WorkerConfig(group=f"{project}-g", metrics_port=None, batch_size=2000, poll_timeout_ms=20,
+                                 kafka_options={"bootstrap_servers": bootstrap}))
+    stop = threading.Event()
+    thread = threading.Thread(target=worker.run, kwargs={"until": lambda w: stop.is_set()}, daemon=True)
+    thread.start()
+    join_deadline = time.monotonic() + 30
+    while time.monotonic() < join_deadline and not (worker.consumer and worker.consumer.assignment()):
+        time.sleep(0.1)  # wait for the group join: latency is measured in steady state
+    time.sleep(1)
+    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=2)
+    client = redis.Redis.from_url(redis_url)
+    view_key = prepared[0].view_key
+    samples: list[tuple[str, int, float]] = []
+    latencies: list[float] = []
+    producing = threading.Event()
+    producing.set()
+    lock = threading.Lock()
+
+    def poll() -> None:  # runs during production, so latency is measured as it happens
+        pending: list = []
+        deadline = None
+        while True:
+            with lock:
+                pending += samples
+                samples.clear()
+            still = []
+            for key, ts, sent in pending:
+                wm = client.hget(f"fs:{view_key}:{key}", "w")
+                if wm is not None and int(wm) >= ts:
+                    latencies.append(time.perf_counter() - sent)
+                else:
+                    still.append((key, ts, sent))
+            pending = still
+            if not producing.is_set():
+                deadline = deadline or time.perf_counter() + 60
+                if not pending or time.perf_counter() > deadline:
+                    unseen.append(len(pending))
+                    return
+            time.sleep(0.002)
+
+    unseen: list[int] = []
+    poller = threading.Thread(target=poll, daemon=True)
+    poller.start()
+    rng = np.random.default_rng(5)
+    n = int(rate * seconds)
+    sampled = 0
+    start = time.perf_counter()
+    for i in range(n):
+        now_ms = time.time_ns() // 1_000_000
+        key = f"C{int(rng.integers(customers)):05d}"
+        event = {"transaction_id": f"{project}-{i}", "customer_id": key, "amount": 42.0,
+                 "merchant_category": CATEGORIES[i % len(CATEGORIES)], "is_online": bool(i % 2), "event_time": now_ms}
+        producer.send(topic, key=key.encode(), value=orjson.dumps(event))
+        if i % 50 == 0:
+            with lock:
+                samples.append((key, now_ms, time.perf_counter()))
+            sampled += 1
+        ahead = (i + 1) / rate - (time.perf_counter() - start)
+        if ahead > 0:
+            time.sleep(ahead)
+    producer.flush()
+    achieved = n / (time.perf_counter() - start)
+    producing.clear()
+    poller.join(90)
+    pending = [None] * (unseen[0] if unseen else 0)
+    samples = [None] * sampled
+    stop.set()
+    thread.join(30)
+    arr = np.array(latencies) * 1000
+    return {"target_rate": rate, "achieved_produce_rate": round(achieved), "events": n,
+            "samples": len(samples), "unseen_after_60s": len(pending),
+            "p50_ms": round(float(np.percentile(arr, 50)), 1) if len(arr) else None,
+            "p99_ms": round(float(np.percentile(arr, 99)), 1) if len(arr) else None,
+            "note": "latency includes the poller's 2 ms period and one Redis round trip"}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rates", type=int, nargs="+", default=[1000, 10000])
+    parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--customers", type=int, default=10000)
+    args = parser.parse_args()
+    settings = Settings()
+    if settings.uses_embedded():
+        settings = resolve_servers(settings.model_copy(update={"state_dir": tempfile.mkdtemp(prefix="fsbench-")}))
+    results = [run_rate(settings, r, args.seconds, args.customers) for r in args.rates]
+    print(json.dumps({"runs": results, "goal": "p99 < 250 ms at a steady 10k events/s"}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -270,7 +270,6 @@ class Worker:
         self._send_dead_letters(dead)
         offsets = {name: (self.applied.get(name, -1), off) for name, off in advance.items()}
         result = self.online.commit(records, self.config.group, offsets, self.epoch)
-        if any(n.endswith(":3") for n in offsets): logger.warning("DEBUG commit %s -> %s", {n: o for n, o in offsets.items() if n.endswith(":3")}, result)
         if result == 0:
             self.metrics.fenced.inc()
             logger.warning("commit fenced: another worker advanced %s; reloading", sorted(advance))
@@ -350,6 +349,8 @@ class Worker:
             if name in stored:
                 self.applied[name] = stored[name]
                 self.consumer.seek(tp, stored[name] + 1)
+            else:  # nothing stored (e.g. lost data): expect nothing, or every commit is fenced
+                self.applied.pop(name, None)
 
     def _observe(self, pending, dead, started) -> None:
         now_ms = time.time() * 1000
@@ -395,9 +396,7 @@ class Worker:
             records, offsets = self._rebuilt_records(processor, source, events, stored)
             if self.online.commit(records, self.config.group, offsets, self.epoch) != 1:
                 raise StoreUnavailableError("could not commit the rebuilt state; retrying")
-        logger.warning("DEBUG before resync applied=%s stored=%s", self.applied, self.online.load_offsets(self.config.group))
         self._resync()
-        logger.warning("DEBUG after resync applied=%s", self.applied)
         self.rebuild_pending = False
 
     def _rebuilt_records(self, processor, source, events: pd.DataFrame, stored):

@@ -1,0 +1,134 @@
+"""A worker in a process of its own, for the SIGKILL / SIGTERM / group tests.
+
+    python -m tests.workers.worker_main --topic T --project P --group G --schema S \\
+        --bootstrap HOST:PORT --redis redis://... --postgres postgresql://... \\
+        [--batch-size N] [--exit-after-idle SECONDS] [--dead-letter-topic D] \\
+        [--throttle-ms MS] [--crash-at POINT --crash-after-batches K]
+
+Builds the same Worker as ``tests.workers.support.build_worker`` (``make_view(topic)``),
+installs the SIGTERM/SIGINT handlers, runs, and prints ``{"records_done": n}`` on stdout
+when it exits (by a signal, or after ``--exit-after-idle`` seconds without new records).
+
+Test-only knobs: ``--throttle-ms`` sleeps after each micro-batch (keeps a stream going
+long enough to hit it mid-way); ``--crash-at`` SIGKILLs the process itself at a precise
+point of the ``--crash-after-batches``-th batch that has something to commit:
+``before_redis_commit`` (event log and dead letters written, Redis not) or
+``before_kafka_commit`` (Redis committed, Kafka not).
+"""
+
+from __future__ import annotations
+
+import argparse
+import faulthandler
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from types import SimpleNamespace
+
+from tests.workers.support import build_worker, make_view
+
+CRASH_POINTS = ("before_redis_commit", "before_kafka_commit")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m tests.workers.worker_main")
+    p.add_argument("--topic", required=True)
+    p.add_argument("--project", required=True)
+    p.add_argument("--group", required=True)
+    p.add_argument("--schema", required=True)
+    p.add_argument("--bootstrap", required=True)
+    p.add_argument("--redis", required=True)
+    p.add_argument("--postgres", required=True)
+    p.add_argument("--batch-size", type=int, default=50)
+    p.add_argument("--exit-after-idle", type=float, default=None,
+                   help="exit (code 0) once assigned partitions and this many seconds passed without "
+                        "a new committed record")
+    p.add_argument("--dead-letter-topic", default=None)
+    p.add_argument("--throttle-ms", type=float, default=0.0)
+    p.add_argument("--crash-at", choices=CRASH_POINTS, default=None)
+    p.add_argument("--crash-after-batches", type=int, default=1)
+    return p.parse_args(argv)
+
+
+def _kill_self() -> None:
+    sys.stderr.write("worker_main: crashing on purpose (SIGKILL)\n")
+    sys.stderr.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _install_crash(worker, point: str, after: int) -> None:
+    """SIGKILL the process at ``point`` of the ``after``-th commit attempt."""
+    seen = {"n": 0}
+    if point == "before_redis_commit":
+        commit = worker.online.commit
+
+        def crashing_commit(records, group, offsets, epoch=None):
+            seen["n"] += 1
+            if seen["n"] >= after:
+                _kill_self()
+            return commit(records, group, offsets, epoch)
+
+        worker.online.commit = crashing_commit
+    elif point == "before_kafka_commit":
+        commit_kafka = worker._commit_kafka
+
+        def crashing_commit_kafka(advance):
+            seen["n"] += 1
+            if seen["n"] >= after:
+                _kill_self()
+            return commit_kafka(advance)
+
+        worker._commit_kafka = crashing_commit_kafka
+
+
+def install_throttle(worker, seconds: float) -> None:
+    """Sleep ``seconds`` after each micro-batch (test-only: keeps a short stream going)."""
+    process = worker.process
+
+    def throttled(batch):
+        process(batch)
+        time.sleep(seconds)
+
+    worker.process = throttled
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    faulthandler.register(signal.SIGUSR1)  # `kill -USR1 <pid>` dumps every thread's stack to the log
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("kafka").setLevel(logging.WARNING)
+    servers = SimpleNamespace(kafka_bootstrap=args.bootstrap, redis_url=args.redis, postgres_dsn=args.postgres)
+    config = {"batch_size": args.batch_size}
+    if args.dead_letter_topic:
+        config["dead_letter_topic"] = args.dead_letter_topic
+    worker = build_worker(servers, make_view(args.topic), args.project, args.group, args.schema, **config)
+    worker.install_signal_handlers()
+    if args.throttle_ms > 0:
+        install_throttle(worker, args.throttle_ms / 1000)
+    if args.crash_at:
+        _install_crash(worker, args.crash_at, args.crash_after_batches)
+
+    until = None
+    if args.exit_after_idle is not None:
+        last = {"done": -1, "at": time.monotonic()}
+
+        def until(w):
+            # Idle time counts from the first assignment (joining the group takes a while).
+            now = time.monotonic()
+            if w.records_done != last["done"] or not w.consumer.assignment():
+                last["done"], last["at"] = w.records_done, now
+            return now - last["at"] >= args.exit_after_idle
+
+    sys.stderr.write(f"worker_main: pid {os.getpid()} running\n")
+    sys.stderr.flush()
+    code = worker.run(until=until)
+    print(json.dumps({"records_done": worker.records_done}), flush=True)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

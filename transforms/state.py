@@ -50,14 +50,15 @@ class Rejection:
 class _TileGroup:
     """Tiles of one (column, hop); ``hop=None`` is the single lifetime tile."""
 
-    __slots__ = ("column", "hop", "moments", "extremes", "positional", "tiles", "reach")
+    __slots__ = ("column", "hop", "totals", "welford", "extremes", "positional", "tiles", "reach")
 
     def __init__(self, column: str | None, hop: int | None, functions: set[str], reach: int | None):
         self.column = column
         self.hop = hop
-        self.moments = bool(functions & MOMENT_FUNCTIONS)
         self.extremes = bool(functions & EXTREME_FUNCTIONS)
         self.positional = bool(functions & POSITIONAL_FUNCTIONS)
+        self.totals = bool(functions & {"sum", "mean"})
+        self.welford = bool(functions & {"var", "stddev"})  # mean/M2 are kept only when a variance needs them
         self.tiles: dict[int, list] = {}
         self.reach = reach  # longest window served by this group (ms)
 
@@ -70,9 +71,10 @@ class _TileGroup:
         if self.column is None or is_null(value):
             return
         tile[COUNT] += 1
-        if self.moments:
+        if self.totals:
+            tile[TOTAL] += float(value)
+        if self.welford:
             x = float(value)
-            tile[TOTAL] += x
             delta = x - tile[MEAN]
             tile[MEAN] += delta / tile[COUNT]
             tile[M2] += delta * (x - tile[MEAN])
@@ -92,12 +94,28 @@ class _TileGroup:
         and the index of the oldest non-empty tile among them."""
         out = _new_tile()
         oldest = None
+        welford, extremes, positional = self.welford, self.extremes, self.positional
         for k, tile in self.tiles.items():
             if k_lo is not None and not (k_lo <= k <= k_hi):
                 continue
             if tile[N_EVENTS] and (oldest is None or k < oldest):
                 oldest = k
-            _merge_into(out, tile)
+            out[N_EVENTS] += tile[N_EVENTS]
+            if not tile[COUNT]:
+                continue
+            if welford:
+                out[COUNT], out[MEAN], out[M2] = merge_moments(out[COUNT], out[MEAN], out[M2],
+                                                               tile[COUNT], tile[MEAN], tile[M2])
+            else:
+                out[COUNT] += tile[COUNT]
+            out[TOTAL] += tile[TOTAL]
+            if extremes:
+                if out[LO] is None or tile[LO] < out[LO]:
+                    out[LO] = tile[LO]
+                if out[HI] is None or tile[HI] > out[HI]:
+                    out[HI] = tile[HI]
+            if positional:
+                _merge_positions(out, tile)
         return out, oldest
 
     def prune(self, watermark: int) -> None:
@@ -108,16 +126,7 @@ class _TileGroup:
             del self.tiles[k]
 
 
-def _merge_into(out: list, tile: list) -> None:
-    out[N_EVENTS] += tile[N_EVENTS]
-    if not tile[COUNT]:
-        return
-    out[COUNT], out[MEAN], out[M2] = merge_moments(out[COUNT], out[MEAN], out[M2], tile[COUNT], tile[MEAN], tile[M2])
-    out[TOTAL] += tile[TOTAL]
-    if tile[LO] is not None and (out[LO] is None or tile[LO] < out[LO]):
-        out[LO] = tile[LO]
-    if tile[HI] is not None and (out[HI] is None or tile[HI] > out[HI]):
-        out[HI] = tile[HI]
+def _merge_positions(out: list, tile: list) -> None:
     if tile[F_TS] is not None and (out[F_TS] is None or (tile[F_TS], tile[F_SEQ]) < (out[F_TS], out[F_SEQ])):
         out[F_TS], out[F_SEQ], out[F_VAL] = tile[F_TS], tile[F_SEQ], tile[F_VAL]
     if tile[L_TS] is not None and (out[L_TS] is None or (tile[L_TS], tile[L_SEQ]) > (out[L_TS], out[L_SEQ])):

@@ -17,10 +17,8 @@ from dataclasses import dataclass, field
 import orjson
 
 from transforms import ViewState
-from transforms.many import evaluate_many
 
 PRESENT, MISSING, EXPIRED = "present", "missing", "expired"
-VECTOR_MIN = 8
 
 
 @dataclass
@@ -35,8 +33,9 @@ class ViewRead:
     defaults: dict[str, object]
 
     def __post_init__(self) -> None:
-        self.names = [s.name for s in self.specs]
-        self.clocks = [s.name for s in self.specs if s.function == "seconds_since_last"]
+        names = [s.name for s in self.specs]
+        self.feature_idx = [names.index(f) for f in self.features]
+        self.clock_idx = [i for i, s in enumerate(self.specs) if s.function == "seconds_since_last"]
 
 
 @dataclass
@@ -70,13 +69,9 @@ def read_views(store, reads: list[ViewRead], keys_per_view: list[list[str]], at_
         for i in range(len(keys)):
             row_values.append(_decode(r, raw[pos], t, stale, i))
             pos += 1
-        if stale:  # windows moved since the last event: evaluate those states together
-            states = [ViewState.from_bytes(r.specs, blob, r.lateness_ms) for _, blob, _ in stale]
-            times = [s[2] for s in stale]
-            # numpy pays off from a handful of states on; below that the per-state merge is faster
-            evaluated = evaluate_many(states, times) if len(states) >= VECTOR_MIN else [
-                st.evaluate(t_eval) for st, t_eval in zip(states, times)]
-            for (i, _, t_eval), values in zip(stale, evaluated):
+        if stale:  # windows moved since the last event: evaluate those states at the request time
+            for i, blob, t_eval in stale:
+                values = ViewState.from_bytes(r.specs, blob, r.lateness_ms).evaluate(t_eval)
                 row_values[i] = ViewValues({f: values[f] for f in r.features}, PRESENT, row_values[i].event_time, True)
         out.append(row_values)
     return out
@@ -92,7 +87,7 @@ def _decode(r: ViewRead, hit, t: int, stale: list, i: int) -> ViewValues:
     if kind == "s":
         stale.append((i, payload, t_eval))
         return ViewValues({}, PRESENT, wm, True)
-    decoded = dict(zip(r.names, orjson.loads(payload)))
-    for name in r.clocks:
-        decoded[name] = (t_eval - wm) / 1000
-    return ViewValues({f: decoded[f] for f in r.features}, PRESENT, wm)
+    decoded = orjson.loads(payload)
+    for j in r.clock_idx:
+        decoded[j] = (t_eval - wm) / 1000
+    return ViewValues(dict(zip(r.features, [decoded[j] for j in r.feature_idx])), PRESENT, wm)

@@ -111,6 +111,7 @@ class Worker:
             by_source[pv.view.source.name].append(pv)
         self.processors = {name: SourceProcessor(pvs, online) for name, pvs in by_source.items()}
         self.applied: dict[str, int] = {}
+        self._unverified: list = []  # assigned partitions with no offset in the online store
         self.stopping = False
         self.stop_deadline: float | None = None
         # asyncpg runs in a loop of its own thread, so PostgreSQL writes overlap the CPU work of a batch.
@@ -209,7 +210,16 @@ class Worker:
                 self.consumer.seek(tp, stored[name] + 1)
             else:
                 self.applied.pop(name, None)
+                self._unverified.append(tp)  # checked in process(): no blocking calls inside this callback
         logger.info("assigned %s", sorted(f"{tp.topic}:{tp.partition}" for tp in assigned))
+
+    def _kafka_committed(self, tp) -> bool:
+        try:
+            committed = self.consumer.committed(tp)
+        except KafkaError as exc:
+            logger.warning("could not read the committed offset of %s: %s", tp, exc)
+            return False
+        return committed is not None and committed > 0
 
     def _after_failure(self, exc: BaseException) -> None:
         self.metrics.retries.labels(type(exc).__name__).inc()
@@ -218,6 +228,14 @@ class Worker:
 
     # -- one micro-batch ------------------------------------------------------------
     def process(self, batch) -> None:
+        while self._unverified:
+            tp = self._unverified.pop()
+            if self._kafka_committed(tp):
+                # Kafka says this group consumed the partition but the online store has no offset for it: the
+                # store lost its data since (another worker may already have re-created the epoch marker, so
+                # the marker alone does not tell). Rebuild from the event log, never apply on top of lost state.
+                logger.error("%s:%s committed in Kafka but unknown to the online store: rebuilding", tp.topic, tp.partition)
+                self.rebuild_pending = True
         if self.rebuild_pending:  # a rebuild failed half way (or never ran): finish it first
             self.rebuild_from_event_log()
         started = time.perf_counter()

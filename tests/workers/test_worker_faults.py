@@ -753,11 +753,13 @@ def test_event_log_unavailable_during_rebuild(servers, topic_factory, unique_nam
         private.stop()
 
 
-def test_worker_restarted_after_redis_lost_its_data(servers, topic_factory, unique_name, project, pg_schema,
-                                                    tmp_path, spawn):
+@pytest.mark.parametrize("marker_recreated", [False, True], ids=["marker-missing", "marker-recreated-by-another"])
+def test_worker_restarted_after_redis_lost_its_data(marker_recreated, servers, topic_factory, unique_name, project,
+                                                    pg_schema, tmp_path, spawn):
     """The worker is down while Redis restarts empty: the new worker finds no offsets in Redis
     (Kafka still has its committed offsets) and must rebuild from the event log, not resume
-    from Kafka's offsets with empty states."""
+    from Kafka's offsets with empty states — also when another worker already re-created the
+    epoch marker (so the marker alone cannot tell this worker that data was lost)."""
     private = PrivateRedis(tmp_path / "redis", persistent=False)
     private.start()
     try:
@@ -773,6 +775,8 @@ def test_worker_restarted_after_redis_lost_its_data(servers, topic_factory, uniq
         private.stop()
         private.start()
         assert progress(client, project, group) == 0
+        if marker_recreated:
+            client.set(f"fs:{project}:epoch", "another-worker")
         second = spawn("second", topic, project, group, redis_url=private.url)
         wait_complete(client, project, group, sent, timeout=60)
         code, _, _ = second.sigterm()

@@ -141,6 +141,11 @@ def _tidy(s: pd.Series, vt: ValueType) -> pd.Series:
     return s.astype(object)
 
 
+async def _create_stage(conn: asyncpg.Connection, stage: str, cols_sql: str, target: str) -> None:
+    """A temporary staging table shaped like ``target`` (these columns), dropped at commit."""
+    await conn.execute(f"CREATE TEMP TABLE {stage} ON COMMIT DROP AS SELECT {cols_sql} FROM {target} WITH NO DATA")
+
+
 class PostgresOfflineStore:
     """Offline store on an asyncpg pool; create with ``await PostgresOfflineStore.create(...)``."""
 
@@ -301,9 +306,7 @@ class PostgresOfflineStore:
         try:
             async with self.pool.acquire() as conn:
                 async with conn.transaction():
-                    await conn.execute(
-                        f"CREATE TEMP TABLE {stage} ON COMMIT DROP AS SELECT {cols_sql} FROM {target} WITH NO DATA"
-                    )
+                    await _create_stage(conn, stage, cols_sql, target)
                     await conn.copy_records_to_table(stage, records=records, columns=columns)
                     insert = f"INSERT INTO {target} ({cols_sql}) SELECT {cols_sql} FROM {stage}"
                     try:
@@ -575,9 +578,7 @@ class PostgresOfflineStore:
         stage = "_fs_stage_history"
         async with self.pool.acquire() as conn:
             async with conn.transaction():
-                await conn.execute(
-                    f"CREATE TEMP TABLE {stage} ON COMMIT DROP AS SELECT {cols_sql} FROM {target} WITH NO DATA"
-                )
+                await _create_stage(conn, stage, cols_sql, target)
                 await conn.copy_records_to_table(stage, records=records, columns=columns)
                 status = await conn.execute(
                     f"INSERT INTO {target} ({cols_sql}) SELECT {cols_sql} FROM {stage} "
@@ -630,9 +631,7 @@ class PostgresOfflineStore:
         stage = "_fs_stage_rejects"
         async with self.pool.acquire() as conn:
             async with conn.transaction():
-                await conn.execute(
-                    f"CREATE TEMP TABLE {stage} ON COMMIT DROP AS SELECT {cols_sql} FROM {target} WITH NO DATA"
-                )
+                await _create_stage(conn, stage, cols_sql, target)
                 await conn.copy_records_to_table(stage, records=records, columns=cols)
                 status = await conn.execute(
                     f"INSERT INTO {target} ({cols_sql}) SELECT source, partition, \"offset\", reason, detail, "
@@ -772,7 +771,7 @@ class PostgresOfflineStore:
                 except asyncpg.UniqueViolationError:
                     pass
                 stage = "_fs_stage_history_copy"
-                await conn.execute(f"CREATE TEMP TABLE {stage} ON COMMIT DROP AS SELECT {cols_sql} FROM {target} WITH NO DATA")
+                await _create_stage(conn, stage, cols_sql, target)
                 await conn.copy_to_table(stage, source=_chunks_of(payload), columns=columns, format="binary")
                 updates = ", ".join(f"{qident(c)} = EXCLUDED.{qident(c)}" for c in feats)
                 updates = (updates + ", " if updates else "") + '"written_at" = now()'

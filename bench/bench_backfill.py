@@ -47,13 +47,10 @@ def make_view(path: str):
 
 
 def settings():
-    from featurestore.dev.stack import resolve_servers
-    from featurestore.settings import Settings
+    """The parent starts (and at exit stops) an embedded stack if none is configured; children get its env."""
+    from bench.servers import bench_settings
 
-    s = Settings()
-    if s.uses_embedded():
-        s = resolve_servers(s.model_copy(update={"state_dir": tempfile.mkdtemp(prefix="fsbench-")}))
-    return s
+    return bench_settings()
 
 
 def child(args) -> None:

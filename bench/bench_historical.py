@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import tempfile
 import time
 import uuid
 
@@ -37,7 +36,6 @@ from featurestore.definitions import Aggregate, Entity, EventSource, FeatureView
 from featurestore.offline.postgres import PostgresOfflineStore
 from featurestore.registry import Registry
 from featurestore.repo import Repository
-from featurestore.settings import Settings
 from transforms import DAY
 
 PROJECT = "benchhist"
@@ -115,10 +113,9 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="print a cProfile of ours to stderr")
     args = parser.parse_args()
 
-    settings = Settings()
-    if settings.postgres_dsn is None:
-        from featurestore.dev.stack import resolve_servers
-        settings = resolve_servers(settings.model_copy(update={"state_dir": tempfile.mkdtemp(prefix="fsbench-")}))
+    from bench.servers import bench_settings
+
+    settings = bench_settings()
     dsn = settings.postgres_dsn.get_secret_value()
     schema = args.schema or f"bench_{uuid.uuid4().hex[:10]}"
     repo, source, view = build_repo()

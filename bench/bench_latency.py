@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import tempfile
 import threading
 import time
 
@@ -20,12 +19,11 @@ import orjson
 import redis
 from kafka import KafkaProducer
 
-from featurestore.dev.stack import resolve_servers
+from bench.servers import bench_settings
 from featurestore.offline.postgres import PostgresOfflineStore
 from featurestore.online import RedisOnlineStore
 from featurestore.repo import load_repo
 from featurestore.runtime import DEFAULT_REPO
-from featurestore.settings import Settings
 from workers.processor import prepare_view
 from workers.producer import CATEGORIES, ensure_topic
 from workers.worker import Worker, WorkerConfig
@@ -136,9 +134,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--customers", type=int, default=10000)
     args = parser.parse_args()
-    settings = Settings()
-    if settings.uses_embedded():
-        settings = resolve_servers(settings.model_copy(update={"state_dir": tempfile.mkdtemp(prefix="fsbench-")}))
+    settings = bench_settings()
     results = [run_rate(settings, r, args.seconds, args.customers) for r in args.rates]
     print(json.dumps({"runs": results, "goal": "p99 < 250 ms at a steady 10k events/s"}, indent=2))
 

@@ -10,17 +10,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import tempfile
 import time
 
 import numpy as np
 
+from bench.servers import bench_settings
 from featurestore.client import FeatureStore
 from featurestore.definitions import Aggregate, Entity, EventSource, FeatureView
 from featurestore.online import RedisOnlineStore
 from featurestore.repo import Repository
 from featurestore.schema import validator_for
-from featurestore.settings import Settings
 from workers.processor import SourceProcessor, prepare_view
 
 T0 = 1_767_225_600_000
@@ -51,10 +50,7 @@ def main() -> None:
     parser.add_argument("--reads", type=int, default=10_000)
     parser.add_argument("--entities", type=int, default=1000)
     args = parser.parse_args()
-    settings = Settings()
-    if settings.redis_url is None:
-        from featurestore.dev.stack import resolve_servers
-        settings = resolve_servers(settings.model_copy(update={"state_dir": tempfile.mkdtemp(prefix="fsbench-")}))
+    settings = bench_settings()
     project = f"bench{int(time.time())}"
     online = RedisOnlineStore.from_url(settings.redis_url.get_secret_value(), project)
     repo = build_repo()

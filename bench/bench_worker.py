@@ -11,19 +11,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import tempfile
 import time
 
 import orjson
 from kafka import KafkaConsumer
 
-from featurestore.dev.stack import resolve_servers
+from bench.servers import bench_settings
 from featurestore.offline.postgres import PostgresOfflineStore
 from featurestore.online import RedisOnlineStore
-from featurestore.registry import Registry
 from featurestore.repo import load_repo
 from featurestore.runtime import DEFAULT_REPO
-from featurestore.settings import Settings
 from workers.processor import prepare_view
 from workers.producer import ensure_topic, generate_transactions, produce
 from workers.worker import Worker, WorkerConfig
@@ -79,9 +76,7 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--customers", type=int, default=10_000)
     args = parser.parse_args()
-    settings = Settings()
-    if settings.uses_embedded():
-        settings = resolve_servers(settings.model_copy(update={"state_dir": tempfile.mkdtemp(prefix="fsbench-")}))
+    settings = bench_settings()
     bootstrap = settings.kafka_bootstrap_servers
     redis_url = settings.redis_url.get_secret_value()
     dsn = settings.postgres_dsn.get_secret_value()

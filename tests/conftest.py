@@ -21,7 +21,7 @@ from typing import Callable, Iterator
 import pytest
 
 HYPOTHESIS_PROFILES = {
-    "ci": {"max_examples": 300, "deadline": None},
+    "ci": {"max_examples": 1000, "deadline": None},
     "dev": {"max_examples": 100, "deadline": None},
     "thorough": {"max_examples": 2000, "deadline": None},
 }

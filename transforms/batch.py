@@ -10,11 +10,23 @@ arrival); the events of entity e inside ``[start, t]`` are the contiguous
 rows ``[lo, hi)`` found by binary search on a composite (entity, time) key.
 Ranges are then reduced without touching each event:
 
-* count, sum, count_events: prefix sums;
-* min, max: a sparse table (idempotent merge, two overlapping blocks);
+* count, sum, count_events: prefix sums (per slice of queries, counted from the
+  first event its windows reach, so rounding stays relative to the windows);
+* min, max: a sparse table (idempotent merge, two overlapping blocks), built
+  per slice of queries over just the events that slice's windows reach;
 * var, stddev: binary lifting over power-of-two blocks with the Chan merge;
 * first, last, last_n: the next/previous non-null row;
 * count_distinct: a sliding window over each entity's sorted events.
+
+Performance notes.  Queries are evaluated in slices of ``CHUNK_ROWS`` rows, so
+temporaries stay small and are recycled by the allocator instead of being
+page-faulted in afresh (with transparent huge pages, faulting in gigabytes of
+fresh temporaries cost more system time than the arithmetic itself).  What
+several specs need is computed once per slice: ``lo`` per (window, hop), the
+prefix sums gathered at ``hi`` per column, counts and totals per window, and
+one min (max) table per column serving all its windows.  Sorting uses 16-bit
+radix passes; when every entity's events arrive in time order (and there is
+no id column) acceptance is decided without grouping: nothing can be late.
 """
 
 from __future__ import annotations
@@ -73,12 +85,16 @@ class _Column:
     def __init__(self, raw: np.ndarray):
         self.raw = raw
         self.valid = _valid_mask(raw)
+        self.all_valid = bool(self.valid.all())
         self._cache: dict = {}
 
     def numeric(self) -> np.ndarray:
         if "x" not in self._cache:
-            x = np.zeros(len(self.raw), dtype="float64")
-            x[self.valid] = self.raw[self.valid].astype("float64")
+            if self.all_valid:
+                x = self.raw.astype("float64", copy=False)
+            else:
+                x = np.zeros(len(self.raw), dtype="float64")
+                x[self.valid] = self.raw[self.valid].astype("float64")
             self._cache["x"] = x
         return self._cache["x"]
 
@@ -102,27 +118,13 @@ class _Column:
             self._cache["nb"] = (next_valid, prev_valid)
         return self._cache["nb"]
 
-    def sparse(self, op: str, levels: int) -> list[np.ndarray]:
-        key = ("sp", op)
-        fill = np.inf if op == "min" else -np.inf
-        reduce = np.minimum if op == "min" else np.maximum
-        table = self._cache.get(key)
-        if table is None:
-            table = self._cache[key] = [np.where(self.valid, self.numeric(), fill)]
-        while len(table) <= levels:
-            prev, step = table[-1], 1 << (len(table) - 1)
-            nxt = prev.copy()
-            nxt[:-step] = reduce(prev[:-step], prev[step:]) if step < len(prev) else prev[:-step]
-            table.append(nxt)
-        return table
-
-    def flat_sparse(self, op: str, levels: int) -> np.ndarray:
-        """Levels 0..levels of the sparse table laid end to end (level j starts at j * n)."""
-        key = ("flat", op)
-        cached = self._cache.get(key)
-        if cached is None or cached[0] < levels:
-            cached = self._cache[key] = (levels, np.concatenate(self.sparse(op, levels)[: levels + 1]))
-        return cached[1]
+    def floor(self, op: str) -> np.ndarray:
+        """Values with nulls as the identity of ``op`` (+inf for min, -inf for max)."""
+        key = ("floor", op)
+        if key not in self._cache:
+            x = self.numeric()
+            self._cache[key] = x if self.all_valid else np.where(self.valid, x, np.inf if op == "min" else -np.inf)
+        return self._cache[key]
 
     def lifting(self, levels: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """Moments of blocks [i, i + 2^j) for j <= levels (blocks clipped at the end)."""
@@ -143,21 +145,23 @@ def _levels_for(length: np.ndarray) -> int:
     return max(top.bit_length() - 1, 0)
 
 
-def _range_min_max(col: _Column, op: str, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-    length = hi - lo
-    size = len(col.raw)
-    if size == 0:
-        return np.full(len(lo), np.nan)
-    flat = col.flat_sparse(op, _levels_for(length))
-    has = length > 0
-    j = np.zeros(len(lo), dtype="int64")
-    j[has] = np.log2(length[has]).astype("int64")
-    base = j * size
-    a = flat[np.where(has, base + lo, 0)]
-    b = flat[np.where(has, base + hi - (1 << j), 0)]
-    out = np.minimum(a, b) if op == "min" else np.maximum(a, b)
-    out[~has | np.isinf(out)] = np.nan
-    return out
+def _sparse_table(level0: np.ndarray, op: str, levels: int, buffer: np.ndarray | None = None) -> np.ndarray:
+    """Levels 0..levels of a sparse table laid end to end (level j starts at j * len(level0)):
+    entry i of level j is the min (max) of level0[i : i + 2^j] (clipped at the end)."""
+    n = len(level0)
+    size = (levels + 1) * n
+    flat = np.empty(size, dtype="float64") if buffer is None or len(buffer) < size else buffer[:size]
+    table = flat.reshape(levels + 1, n)
+    table[0] = level0
+    reduce = np.minimum if op == "min" else np.maximum
+    for j in range(1, levels + 1):
+        prev, cur, step = table[j - 1], table[j], 1 << (j - 1)
+        if step < n:
+            reduce(prev[:-step], prev[step:], out=cur[:-step])
+            cur[-step:] = prev[-step:]
+        else:
+            cur[:] = prev
+    return flat
 
 
 def _range_moments(col: _Column, lo: np.ndarray, hi: np.ndarray):
@@ -207,92 +211,381 @@ def _count_distinct(raw, valid, ent_start, lo, hi) -> np.ndarray:
     return out
 
 
+def _radix_argsort(keys: np.ndarray) -> np.ndarray:
+    """Stable argsort of non-negative int64 keys: LSD radix passes over 16-bit digits.
+
+    numpy sorts 16-bit integers stably with a radix sort, several times faster
+    than its stable (merge) sort of int64; equal keys keep their input order.
+    """
+    top = int(keys.max()) if len(keys) else 0
+    order = np.argsort(keys.astype(np.uint16), kind="stable")  # the cast keeps the low 16 bits
+    shift = 16
+    while top >> shift:
+        digit = (keys >> shift).astype(np.uint16)[order]
+        order = order[np.argsort(digit, kind="stable")]
+        shift += 16
+    return order
+
+
+def _sort_events(codes: np.ndarray, ts: np.ndarray, base: int, span: int):
+    """(order, in_order, sorted codes, sorted ts): all rows by (entity, time, arrival), and whether
+    every entity's events arrive in non-decreasing time (then nothing can be late)."""
+    if len(codes) == 0:
+        return np.zeros(0, dtype="int64"), True, codes, ts
+    if codes.min() >= 0:
+        order = _radix_argsort(codes)  # entities, each in arrival order
+        s_codes, s_ts = codes[order], ts[order]
+        if not np.any((s_ts[1:] < s_ts[:-1]) & (s_codes[1:] == s_codes[:-1])):
+            return order, True, s_codes, s_ts
+        del s_codes, s_ts
+    ekey = codes * span
+    ekey += ts
+    ekey -= base
+    # null keys (code -1) make negative keys: numpy's stable sort then
+    order = _radix_argsort(ekey) if codes.min() >= 0 else np.argsort(ekey, kind="stable")
+    return order, False, codes[order], ts[order]
+
+
+def _event_bounds(s_codes: np.ndarray, ekey: np.ndarray, r0: int, r1: int):
+    """For sorted events r0..r1-1 as queries: (first row of the entity, end of the run of rows
+    with the same (entity, time)), i.e. the lifetime range as of each event, ties included."""
+    if r1 <= r0:
+        return np.zeros(0, dtype="int64"), np.zeros(0, dtype="int64")
+    rows = np.arange(r0, r1, dtype="int64")
+    first = np.empty(r1 - r0, dtype=bool)
+    first[1:] = s_codes[r0 + 1:r1] != s_codes[r0:r1 - 1]
+    first[0] = True
+    start = np.where(first, rows, 0)
+    start[0] = np.searchsorted(s_codes, s_codes[r0], side="left")
+    np.maximum.accumulate(start, out=start)
+    last = np.empty(r1 - r0, dtype=bool)
+    last[:-1] = ekey[r0 + 1:r1] != ekey[r0:r1 - 1]
+    last[-1] = True
+    end = np.where(last, rows + 1, len(ekey))
+    end[-1] = np.searchsorted(ekey, ekey[r1 - 1], side="right")
+    backwards = end[::-1]
+    np.minimum.accumulate(backwards, out=backwards)
+    return start, end
+
+
+def _key_column(keys: pd.Series, uniques, row_codes: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """The "key" output column (object array): ``keys`` at ``rows``, whose codes are ``row_codes``."""
+    plain = (isinstance(keys.dtype, np.dtype) and keys.dtype.kind in "iu") or isinstance(keys.dtype, pd.StringDtype)
+    if len(row_codes) and row_codes.min() >= 0 and plain:
+        # box each distinct key once, then gather the boxes (same values as keys.to_numpy(dtype=object))
+        return np.asarray(uniques, dtype=object)[row_codes]
+    return keys.to_numpy(dtype=object)[rows]
+
+
+def _rejects_frame(rows: np.ndarray, reasons: np.ndarray, ev_ts: np.ndarray, keys: pd.Series) -> pd.DataFrame:
+    return pd.DataFrame({
+        "row": rows,
+        "reason": reasons,
+        "detail": [f"{reason}: event time {ev_ts[r]} of entity {keys.iat[r]!r}" for r, reason in zip(rows, reasons)],
+    })
+
+
+#: Queries are evaluated in slices of this many rows: every temporary stays small (and is reused
+#: by the allocator instead of being faulted in afresh), and min/max tables cover only the events
+#: the slice's windows reach.
+CHUNK_ROWS = 1 << 16
+#: A slice builds its own min/max table over the events its windows reach when those are at most
+#: this many times CHUNK_ROWS (sorted queries); otherwise (unsorted queries, windows holding huge
+#: numbers of events) it uses one table over the whole history, built once.
+LOCAL_TABLE_FACTOR = 8
+
+
+class _Shared:
+    """What every slice of queries shares: the sorted accepted events and their columns."""
+
+    def __init__(self, specs, events, order, s_ts, ekey, base, span):
+        self.events, self.order, self.s_ts, self.ekey = events, order, s_ts, ekey
+        self.base, self.span = base, span
+        self.columns: dict[str, _Column] = {}
+        self.buffers: dict = {}  # reusable sparse-table storage per (column, op)
+        # windows each (column, min/max) reads: one table per slice serves them all
+        self.extremum_windows: dict = {}
+        # windows read through prefix sums or min/max tables: a slice's tables cover their ranges
+        self.range_windows: set = set()
+        for spec in specs:
+            if spec.function in ("min", "max"):
+                self.extremum_windows.setdefault((spec.column, spec.function), set()).add(_window_key(spec))
+            if spec.function in ("min", "max", "sum", "count", "mean"):
+                self.range_windows.add(_window_key(spec))
+
+    def column(self, name: str) -> _Column:
+        if name not in self.columns:
+            raw = self.events[name].to_numpy()
+            self.columns[name] = _Column(raw[self.order])
+        return self.columns[name]
+
+
+def _window_key(spec: AggSpec):
+    return None if spec.window_ms is None else (spec.window_ms, spec.hop_ms)
+
+
+class _Slice:
+    """Queries [r0, r1): their ranges [lo, hi) per window, and what specs of a window share."""
+
+    def __init__(self, shared: _Shared, q_codes, q_ts, hi, ent_start):
+        self.shared = shared
+        self.q_codes, self.q_ts, self.hi, self.ent_start = q_codes, q_ts, hi, ent_start
+        self.s_ts = shared.s_ts
+        # every range of this slice lies inside ekey[a:b] (lo >= entity start, lo <= hi)
+        self.a = int(ent_start.min()) if len(hi) else 0
+        self.b = int(hi.max()) if len(hi) else 0
+        self._cache: dict = {}
+
+    def column(self, name: str) -> _Column:
+        return self.shared.column(name)
+
+    def lo(self, spec: AggSpec) -> np.ndarray:
+        """First sorted row inside the window of each query (the entity's first row for lifetime)."""
+        return self.lo_of(_window_key(spec))
+
+    def lo_of(self, wk) -> np.ndarray:
+        if wk is None:
+            return self.ent_start
+        key = ("lo", wk)
+        if key not in self._cache:
+            sh = self.shared
+            window_ms, hop_ms = wk
+            if hop_ms == 1:
+                start = self.q_ts - window_ms
+            else:
+                start = window_start(self.q_ts, window_ms, hop_ms)
+            start -= sh.base
+            start += self.q_codes * sh.span
+            lo = np.searchsorted(sh.ekey[self.a:self.b], start, side="left")
+            lo += self.a
+            self._cache[key] = lo
+        return self._cache[key]
+
+    def count(self, spec: AggSpec) -> np.ndarray:
+        """Events per query window (null values included)."""
+        key = ("n", _window_key(spec))
+        if key not in self._cache:
+            self._cache[key] = self.hi - self.lo(spec)
+        return self._cache[key]
+
+    def at(self, name: str, what: str, rows: np.ndarray, tag) -> np.ndarray:
+        """Prefix sums ("sum" or "count") of column ``name`` at ``rows`` (cached under ``tag``), counted
+        from the slice's origin: differences of them are range sums.  Summing from the origin rather
+        than from the first event keeps the prefixes, and so their rounding errors, small."""
+        key = ("at", name, what, tag)
+        if key not in self._cache:
+            origin, size = self._origin()
+            col = self.column(name)
+            if origin == 0 and size == len(col.raw):
+                prefix = col.prefix(what)  # whole history, kept for every slice
+            else:
+                pkey = ("prefix", name, what)
+                prefix = self._cache.get(pkey)
+                if prefix is None:
+                    part = (col.valid if what == "count" else col.numeric())[origin:origin + size]
+                    prefix = self._cache[pkey] = np.zeros(size + 1, dtype="int64" if what == "count" else "float64")
+                    np.cumsum(part, out=prefix[1:])
+            self._cache[key] = prefix[rows - origin] if origin else prefix[rows]
+        return self._cache[key]
+
+    def total(self, spec: AggSpec) -> np.ndarray:
+        key = ("total", spec.column, _window_key(spec))
+        if key not in self._cache:
+            wk = _window_key(spec)
+            self._cache[key] = (self.at(spec.column, "sum", self.hi, "hi")
+                                - self.at(spec.column, "sum", self.lo(spec), wk))
+        return self._cache[key]
+
+    def valid_count(self, spec: AggSpec) -> np.ndarray:
+        col = self.column(spec.column)
+        if col.all_valid:
+            return self.count(spec)
+        key = ("count", spec.column, _window_key(spec))
+        if key not in self._cache:
+            wk = _window_key(spec)
+            self._cache[key] = (self.at(spec.column, "count", self.hi, "hi")
+                                - self.at(spec.column, "count", self.lo(spec), wk))
+        return self._cache[key]
+
+    def extremum(self, spec: AggSpec) -> np.ndarray:
+        """min / max of the non-null values of each query window (NaN when none)."""
+        op, name = spec.function, spec.column
+        col = self.column(name)
+        m = len(self.hi)
+        if len(col.raw) == 0:
+            return np.full(m, np.nan)
+        windows = self.shared.extremum_windows[(name, op)]
+        picks = {wk: self._pick(wk) for wk in windows}
+        origin, size = self._origin()
+        if size <= 0:  # every window of this slice is empty
+            return np.full(m, np.nan)
+        levels = max(p[0] for p in picks.values())
+        key = ("table", name, op)
+        cached = self._cache.get(key)
+        if cached is None:
+            if size == len(col.raw):  # ranges reach across the whole history: one table for all slices
+                built = col._cache.get(("sp", op))  # (levels, table): more levels serve fewer
+                if built is None or built[0] < levels:
+                    built = col._cache[("sp", op)] = (levels, _sparse_table(col.floor(op), op, levels))
+                flat = built[1]
+            else:
+                buf = self.shared.buffers.get((name, op))
+                flat = _sparse_table(col.floor(op)[origin:origin + size], op, levels, buf)
+                if buf is None or len(buf) < len(flat):
+                    self.shared.buffers[(name, op)] = flat
+            cached = self._cache[key] = flat
+        _, first, second, has = picks[_window_key(spec)]
+        a, b = cached[first], cached[second]
+        out = np.minimum(a, b, out=a) if op == "min" else np.maximum(a, b, out=a)
+        bad = np.isinf(out)
+        if has is not None:
+            bad |= ~has
+        out[bad] = np.nan
+        return out
+
+    def _origin(self):
+        """(first row, rows) of the events the prefix sums and min/max tables of this slice cover."""
+        if "origin" not in self._cache:
+            n = len(self.s_ts)
+            lows = [self.lo_of(wk) for wk in self.shared.range_windows]
+            low = min((int(lo.min()) for lo in lows if len(lo)), default=self.b)
+            size = self.b - low
+            if size > LOCAL_TABLE_FACTOR * (CHUNK_ROWS + len(self.hi)):
+                low, size = 0, n  # unsorted queries: ranges anywhere, use a whole-history table
+            self._cache["origin"] = (low, size)
+        return self._cache["origin"]
+
+    def _pick(self, wk):
+        """Sparse-table addressing of each query's [lo, hi) (shared by min and max of one window):
+        (top level, flat index of the two overlapping 2^j blocks, non-empty mask or None)."""
+        key = ("pick", wk)
+        if key not in self._cache:
+            origin, size = self._origin()
+            lo, hi = self.lo_of(wk), self.hi
+            length = hi - lo
+            j = np.frexp(length)[1].astype("int64")  # floor(log2(length)) + 1 for length > 0
+            j -= 1
+            np.maximum(j, 0, out=j)
+            has = None if len(length) == 0 or length.min() > 0 else length > 0
+            base = j * size
+            base -= origin
+            first = base + lo
+            second = base
+            second += hi
+            second -= np.left_shift(1, j)
+            if has is not None:
+                first[~has] = 0
+                second[~has] = 0
+            top = int(j.max()) if len(j) else 0
+            self._cache[key] = (top, first, second, has)
+        return self._cache[key]
+
+
 def compute_batch(specs, events: pd.DataFrame, queries: pd.DataFrame | None = None,
                   lateness_ms: int = 0, id_column: str | None = None) -> BatchResult:
     """Feature values as of each query (or each accepted event); see the module docstring."""
     specs = list(specs)
     n = len(events)
     ev_ts = events["ts"].to_numpy(dtype="int64")
-    all_keys = events["key"] if queries is None else pd.concat([events["key"], queries["key"]], ignore_index=True)
+    keys = events["key"]
+    all_keys = keys if queries is None else pd.concat([keys, queries["key"]], ignore_index=True)
     codes_all, uniques = pd.factorize(all_keys, sort=True)  # rows come out sorted by key
-    ev_codes = codes_all[:n].astype("int64")
-    ids = events[id_column].to_numpy(dtype=object) if id_column else None
-    accepted, reasons = accept_events(ev_codes, ev_ts, ids, lateness_ms)
-    rejected_rows = np.flatnonzero(~accepted)
-    rejects = pd.DataFrame({
-        "row": rejected_rows,
-        "reason": reasons[rejected_rows],
-        "detail": [f"{reasons[r]}: event time {ev_ts[r]} of entity {events['key'].iat[r]!r}" for r in rejected_rows],
-    })
-
-    rows = np.flatnonzero(accepted)
-    order = rows[np.lexsort((rows, ev_ts[rows], ev_codes[rows]))]
-    s_codes, s_ts = ev_codes[order], ev_ts[order]
-
-    if queries is None:
-        q_codes, q_ts = s_codes, s_ts
-        q_keys = events["key"].to_numpy(dtype=object)[order]
-    else:
-        q_codes = codes_all[n:].astype("int64")
-        q_ts = queries["ts"].to_numpy(dtype="int64")
-        q_keys = queries["key"].to_numpy(dtype=object)
+    codes_all = codes_all.astype("int64", copy=False)
+    ev_codes = codes_all[:n]
+    q_ts_in = ev_ts if queries is None else queries["ts"].to_numpy(dtype="int64")
 
     max_reach = max([s.window_ms + s.hop_ms for s in specs if s.window_ms is not None], default=0)
-    candidates = [ev_ts.min() if n else 0, q_ts.min() - max_reach if len(q_ts) else 0]
+    candidates = [ev_ts.min() if n else 0, q_ts_in.min() - max_reach if len(q_ts_in) else 0]
     base = int(min(candidates))
-    top = int(max(ev_ts.max() if n else 0, q_ts.max() if len(q_ts) else 0))
+    top = int(max(ev_ts.max() if n else 0, q_ts_in.max() if len(q_ts_in) else 0))
     span = top - base + 2
     if (len(uniques) + 1) * span >= 2**62:
         raise ValueError("time span x entities too large for one batch: split the batch by entity")
-    ekey = s_codes * span + (s_ts - base)
-    qbase = q_codes * span
-    hi = np.searchsorted(ekey, qbase + (q_ts - base), side="right")
-    ent_start = np.searchsorted(ekey, qbase, side="left")
+    order_all, in_order, s_codes, s_ts = _sort_events(ev_codes, ev_ts, base, span)
 
-    columns: dict[str, _Column] = {}
+    ids = events[id_column].to_numpy(dtype=object) if id_column else None
+    # No ids, and times never go back per entity (or never by more than the lateness): nothing to reject.
+    if ids is None and (in_order or lateness_ms >= (int(ev_ts.max()) - int(ev_ts.min()) if n else 0)):
+        accepted = np.ones(n, dtype=bool)
+        rejects = _rejects_frame(np.zeros(0, dtype="int64"), np.empty(0, dtype=object), ev_ts, keys)
+        order = order_all
+    else:
+        accepted, reasons = accept_events(ev_codes, ev_ts, ids, lateness_ms)
+        rejected_rows = np.flatnonzero(~accepted)
+        rejects = _rejects_frame(rejected_rows, reasons[rejected_rows], ev_ts, keys)
+        order = order_all
+        if len(rejected_rows):
+            keep = accepted[order_all]
+            order, s_codes, s_ts = order_all[keep], s_codes[keep], s_ts[keep]
+    del order_all
+    ekey = s_codes * span
+    ekey += s_ts
+    ekey -= base
+
+    if queries is None:
+        q_codes, q_ts = s_codes, s_ts
+        q_keys = _key_column(keys, uniques, s_codes, order)
+        hi = ent_start = None  # per slice (_event_bounds)
+    else:
+        q_codes = codes_all[n:]
+        q_ts = q_ts_in
+        q_keys = queries["key"].to_numpy(dtype=object)
+        qbase = q_codes * span
+        hi = np.searchsorted(ekey, qbase + (q_ts - base), side="right")
+        ent_start = np.searchsorted(ekey, qbase, side="left")
+
+    shared = _Shared(specs, events, order, s_ts, ekey, base, span)
+    m = len(q_ts)
     out = {"key": q_keys, "ts": q_ts}
-    for spec in specs:
-        if spec.window_ms is None:
-            lo = ent_start
+    columns: dict = {}
+    for r0 in range(0, max(m, 1), CHUNK_ROWS):
+        r1 = min(m, r0 + CHUNK_ROWS)
+        if queries is None:
+            part_start, part_hi = _event_bounds(s_codes, ekey, r0, r1)
         else:
-            start = window_start(q_ts, spec.window_ms, spec.hop_ms)
-            lo = np.searchsorted(ekey, qbase + (start - base), side="left")
-        out[spec.name] = _evaluate(spec, columns, events, order, s_ts, lo, hi, ent_start, q_ts)
+            part_start, part_hi = ent_start[r0:r1], hi[r0:r1]
+        part = _Slice(shared, q_codes[r0:r1], q_ts[r0:r1], part_hi, part_start)
+        for spec in specs:
+            value = _evaluate(spec, part)
+            if r0 == 0 and r1 == m:  # one slice: keep the arrays (distinct objects per column)
+                if any(value is v for v in columns.values()):
+                    value = value.copy()
+                columns[spec.name] = value
+                continue
+            if spec.name not in columns:
+                columns[spec.name] = np.empty(m, dtype=value.dtype)
+            columns[spec.name][r0:r1] = value
+    for spec in specs:
+        out[spec.name] = columns[spec.name]
     values = pd.DataFrame(out, copy=False)
     return BatchResult(values=values, rejects=rejects, accepted=accepted)
 
 
-def _column(columns: dict, events: pd.DataFrame, order: np.ndarray, name: str) -> _Column:
-    if name not in columns:
-        raw = events[name].to_numpy()
-        columns[name] = _Column(raw[order])
-    return columns[name]
-
-
-def _evaluate(spec: AggSpec, columns, events, order, s_ts, lo, hi, ent_start, q_ts):
+def _evaluate(spec: AggSpec, part: _Slice):
     fn = spec.function
-    n_events = hi - lo
+    hi = part.hi
     if fn in ("count_events", "events_per_minute"):
-        return finalize(fn, n_events=n_events, count=None, total=None, mean=None, m2=None, lo=None, hi=None,
+        return finalize(fn, n_events=part.count(spec), count=None, total=None, mean=None, m2=None, lo=None, hi=None,
                         window_ms=spec.window_ms)
     if fn == "seconds_since_last":
+        s_ts, ent_start, q_ts = part.s_ts, part.ent_start, part.q_ts
         has = hi > ent_start
         last_ts = s_ts[np.where(has, hi - 1, 0)] if len(s_ts) else np.zeros(len(hi), dtype="int64")
         return np.where(has, (q_ts - last_ts) / 1000, np.nan)
-    col = _column(columns, events, order, spec.column)
+    col = part.column(spec.column)
+    lo = part.lo(spec)
     if fn in ("first", "last", "last_n"):
         return _positional(fn, spec.n, col, lo, hi)
     if fn == "count_distinct":
-        return _count_distinct(col.raw, col.valid, ent_start, lo, hi)
-    count = col.prefix("count")[hi] - col.prefix("count")[lo]
-    if fn in ("count", "sum", "mean"):
-        total = col.prefix("sum")[hi] - col.prefix("sum")[lo] if fn != "count" else None
-        return finalize(fn, n_events=n_events, count=count, total=total, mean=None, m2=None, lo=None, hi=None,
-                        window_ms=spec.window_ms)
+        return _count_distinct(col.raw, col.valid, part.ent_start, lo, hi)
     if fn in ("min", "max"):
-        return _range_min_max(col, fn, lo, hi)
+        return part.extremum(spec)
+    if fn in ("count", "sum", "mean"):
+        total = part.total(spec) if fn != "count" else None
+        return finalize(fn, n_events=None, count=part.valid_count(spec), total=total, mean=None, m2=None,
+                        lo=None, hi=None, window_ms=spec.window_ms)
     c, mean, m2 = _range_moments(col, lo, hi)
-    return finalize(fn, n_events=n_events, count=c, total=None, mean=mean, m2=m2, lo=None, hi=None,
+    return finalize(fn, n_events=hi - lo, count=c, total=None, mean=mean, m2=m2, lo=None, hi=None,
                     window_ms=spec.window_ms)
 
 

@@ -38,7 +38,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
-import time
 from typing import Any, Iterable, Mapping, Sequence
 
 import asyncpg

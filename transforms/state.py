@@ -50,7 +50,7 @@ class Rejection:
 class _TileGroup:
     """Tiles of one (column, hop); ``hop=None`` is the single lifetime tile."""
 
-    __slots__ = ("column", "hop", "totals", "welford", "extremes", "positional", "tiles", "reach")
+    __slots__ = ("column", "hop", "totals", "welford", "extremes", "positional", "tiles", "reach", "floor")
 
     def __init__(self, column: str | None, hop: int | None, functions: set[str], reach: int | None):
         self.column = column
@@ -61,12 +61,15 @@ class _TileGroup:
         self.welford = bool(functions & {"var", "stddev"})  # mean/M2 are kept only when a variance needs them
         self.tiles: dict[int, list] = {}
         self.reach = reach  # longest window served by this group (ms)
+        self.floor: int | None = None  # a lower bound of the tile indices present (prune is skipped above it)
 
     def add(self, ts: int, seq: int, value) -> None:
         k = ts // self.hop if self.hop else 0
         tile = self.tiles.get(k)
         if tile is None:
             tile = self.tiles[k] = _new_tile()
+            if self.floor is None or k < self.floor:
+                self.floor = k
         tile[N_EVENTS] += 1
         if self.column is None or is_null(value):
             return
@@ -122,8 +125,11 @@ class _TileGroup:
         if not self.hop or not self.tiles:
             return
         oldest = window_start(watermark, self.reach, self.hop) // self.hop
+        if self.floor is not None and self.floor >= oldest:
+            return  # nothing below the oldest reachable tile
         for k in [k for k in self.tiles if k < oldest]:
             del self.tiles[k]
+        self.floor = oldest
 
 
 def _merge_positions(out: list, tile: list) -> None:
@@ -179,6 +185,7 @@ class ViewState:
         self.watermark: int | None = None
         self.seq = 0
         self.ids: dict[str, int] = {}
+        self._ids_floor: int | None = None  # a lower bound of the event times in ids
         layout = _layout(self.specs)
         self.groups: dict[tuple, _TileGroup] = {
             key: _TileGroup(key[0], key[1], funcs, reach) for key, funcs, reach in layout.groups}
@@ -207,6 +214,8 @@ class ViewState:
                     rejections.append(Rejection(index, REJECT_DUPLICATE, f"event id {event_id!r} was already counted"))
                     continue
                 self.ids[event_id] = ts
+                if self._ids_floor is None or ts < self._ids_floor:
+                    self._ids_floor = ts
             self.seq += 1
             seq = self.seq
             for group in groups:
@@ -240,8 +249,9 @@ class ViewState:
         for group in self._group_list:
             group.prune(wm)
         horizon = wm - self.lateness_ms
-        if self.ids:
+        if self.ids and (self._ids_floor is None or self._ids_floor < horizon):
             self.ids = {i: ts for i, ts in self.ids.items() if ts >= horizon}
+            self._ids_floor = min(self.ids.values(), default=None)
         for spec in self._distinct_specs:
             if spec.window_ms is not None:
                 start = window_start(wm, spec.window_ms, spec.hop_ms)
@@ -337,6 +347,7 @@ class ViewState:
             if group is None:
                 raise ValueError(f"state holds tiles for ({column!r}, {hop!r}) that these specs do not use")
             group.tiles = {row[0]: row[1:] for row in tiles}
+            group.floor = min(group.tiles, default=None)
         for name, pairs in doc["cd"].items():
             state.distinct[name] = {v: ts for v, ts in pairs}
         for name, items in doc["ln"].items():

@@ -59,6 +59,7 @@ RETRYABLE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, re
              asyncpg.exceptions.TooManyConnectionsError)
 
 SHUTDOWN_GRACE_S = 30
+LAG_PERIOD_S = 5.0
 
 
 @dataclass
@@ -112,6 +113,7 @@ class Worker:
         self.processors = {name: SourceProcessor(pvs, online) for name, pvs in by_source.items()}
         self.applied: dict[str, int] = {}
         self._unverified: list = []  # assigned partitions with no offset in the online store
+        self._next_lag_update = 0.0
         self.stopping = False
         self.stop_deadline: float | None = None
         # asyncpg runs in a loop of its own thread, so PostgreSQL writes overlap the CPU work of a batch.
@@ -184,7 +186,8 @@ class Worker:
                 if batch:
                     self.retry.call(lambda: self.process(batch), on_error=self._after_failure)
                     self.batches += 1
-                elif self.batches % 50 == 0:
+                if time.monotonic() >= self._next_lag_update:  # busy or idle, every LAG_PERIOD_S
+                    self._next_lag_update = time.monotonic() + LAG_PERIOD_S
                     self._update_lag()
                 if until is not None and until(self):
                     break
@@ -273,10 +276,12 @@ class Worker:
         if not advance:
             return
         touched, writes = [], []
+        applied_counts: dict[str, int] = {}
         for source_name, p in pending.items():
             processor = self.processors[source_name]
             states, refused = processor.update(p.events)
             touched.append((processor, states))
+            applied_counts[source_name] = len(p.events) - len(refused)
             for idx, rej in refused.items():
                 dead.append((p.where[idx][2], rej.reason, rej.detail))
             frame = self._event_frame(p, refused)
@@ -300,7 +305,7 @@ class Worker:
         self.applied.update(advance)
         self.records_done += n_new
         self._commit_kafka(advance)
-        self._observe(pending, dead, started)
+        self._observe(pending, applied_counts, started)
 
     def _run(self, coro):
         """Run a coroutine in the I/O loop and wait for it."""
@@ -370,10 +375,10 @@ class Worker:
             else:  # nothing stored (e.g. lost data): expect nothing, or every commit is fenced
                 self.applied.pop(name, None)
 
-    def _observe(self, pending, dead, started) -> None:
+    def _observe(self, pending, applied_counts, started) -> None:
         now_ms = time.time() * 1000
-        for source_name, p in pending.items():
-            self.metrics.events.labels(self._source(source_name).topic).inc(len(p.events))
+        for source_name, p in pending.items():  # refused events are counted as dead letters instead
+            self.metrics.events.labels(self._source(source_name).topic).inc(applied_counts.get(source_name, 0))
             newest = max((e.ts_ms for e in p.events), default=None)
             if newest is not None:
                 for pv in self.processors[source_name].views:

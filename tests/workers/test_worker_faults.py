@@ -444,6 +444,8 @@ def test_dead_letters_every_reason(servers, topic_factory, unique_name, project,
         assert worker.metrics.dead_letters.labels(reason)._value.get() == 1, reason
     exposition = generate_latest(worker.metrics.registry).decode()
     assert 'featurestore_dead_letters_total{reason="late"} 1.0' in exposition
+    # events applied to state: every good event once; refused (late, duplicate) ones only as dead letters
+    assert worker.metrics.events.labels(topic)._value.get() == len(good)
 
     assert_clean_result(shared_redis, project, view, good, servers.postgres_dsn, pg_schema)
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import os
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -35,9 +34,9 @@ def common_options(suppress: bool = True) -> argparse.ArgumentParser:
     group.add_argument("--state-dir", type=Path, default=default,
                        help="folder for local state and the embedded stack (env FEATURESTORE_STATE_DIR, "
                             "default .featurestore)")
-    group.add_argument("--log-level", default=argparse.SUPPRESS if suppress else
-                       os.environ.get("FEATURESTORE_LOG_LEVEL", "WARNING"),
-                       type=str.upper, choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="log level (default WARNING)")
+    group.add_argument("--log-level", default=argparse.SUPPRESS if suppress else None,
+                       type=str.upper, choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                       help="log level (env FEATURESTORE_LOG_LEVEL, default WARNING)")
     group.add_argument("--log-json", action="store_true", default=argparse.SUPPRESS if suppress else False,
                        help="log structured JSON lines")
     return parser
@@ -71,7 +70,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code (2 for feature store errors)."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    configure_logging(args.log_level, json=args.log_json)
+    level = args.log_level
+    if level is None:  # the environment is read by the settings object only
+        try:
+            level = Settings().log_level
+        except pydantic.ValidationError:
+            level = "WARNING"  # the command reports invalid settings itself
+    configure_logging(level, json=args.log_json)
     handler = getattr(args, "handler", None)
     if handler is None:  # a command group without its subcommand
         parser.parse_args([*(argv if argv is not None else sys.argv[1:]), "--help"])

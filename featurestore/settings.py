@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import SecretStr, field_validator
@@ -67,6 +67,12 @@ class Settings(BaseSettings):
     postgres_dsn: SecretStr | None = None
     state_dir: Path = Path(".featurestore")
     project: str = "default"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_level(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
 
     @field_validator("project")
     @classmethod

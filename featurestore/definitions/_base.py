@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, ClassVar
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, PlainSerializer, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, PlainSerializer, ValidationError, field_validator
 
 from ..exceptions import DefinitionError
 from ..types import ValueType
@@ -116,6 +116,12 @@ class Definition(BaseModel):
             super().__init__(**data)
         except ValidationError as exc:
             raise DefinitionError(format_validation_error(kind, data.get("name"), exc)) from None
+
+    @field_validator("name", check_fields=False)
+    @classmethod
+    def _name(cls, v: Any) -> str:
+        """Every definition's ``name`` becomes a Redis field and an SQL identifier."""
+        return check_name(v, "name")
 
     def _where(self) -> str:
         return f"{type(self).__name__} {getattr(self, 'name', '?')!r}"

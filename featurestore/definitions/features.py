@@ -16,7 +16,7 @@ from pydantic import field_validator, model_validator
 
 from ..exceptions import DefinitionError, InvalidInputError
 from ..types import BOOL, FLOAT64, INT64, LIST_FLOAT64, LIST_INT64, ValueType
-from ._base import Definition, Duration, TypeField, check_name, fmt_duration
+from ._base import Definition, Duration, TypeField, fmt_duration
 from ._columns import coerce_column
 from transforms.specs import NUMERIC_FUNCTIONS, AggSpec
 
@@ -64,11 +64,6 @@ class Feature(Definition):
     (a given one must match); ``default`` is returned for missing reads."""
 
     name: str
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v: Any) -> str:
-        return check_name(v, "name")
 
     # Every kind also has ``function`` (a field of Aggregate, a property of the others).
 

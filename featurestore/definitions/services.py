@@ -42,11 +42,6 @@ with warnings.catch_warnings():
         owner: str = ""
         tags: dict[str, str] = {}
 
-        @field_validator("name")
-        @classmethod
-        def _name(cls, v: Any) -> str:
-            return check_name(v, "name")
-
         @field_validator("sources", mode="before")
         @classmethod
         def _sources(cls, v: Any) -> Any:
@@ -170,11 +165,6 @@ class FeatureService(Definition):
     description: str = ""
     owner: str = ""
     tags: dict[str, str] = {}
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v: Any) -> str:
-        return check_name(v, "name")
 
     @field_validator("features", mode="before")
     @classmethod

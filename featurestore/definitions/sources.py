@@ -27,10 +27,10 @@ class Entity(Definition):
     key_type: Literal["string", "int64"] = "string"
     description: str = ""
 
-    @field_validator("name", "join_key")
+    @field_validator("join_key")
     @classmethod
-    def _names(cls, v: Any, info: Any) -> str:
-        return check_name(v, info.field_name)
+    def _join_key(cls, v: Any) -> str:
+        return check_name(v, "join_key")
 
     @property
     def value_type(self) -> ValueType:
@@ -114,11 +114,6 @@ with warnings.catch_warnings():
         optional_fields: tuple[str, ...] = ()
         description: str = ""
         owner: str = ""
-
-        @field_validator("name")
-        @classmethod
-        def _name(cls, v: Any) -> str:
-            return check_name(v, "name")
 
         @field_validator("topic")
         @classmethod

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator,
 
 from ..exceptions import DefinitionError, UnknownNameError
 from ..types import ValueType
-from ._base import Definition, Duration, check_name, fmt_duration
+from ._base import Definition, Duration, fmt_duration
 from .features import FEATURE_KINDS, Activity, Aggregate, BatchTransform, Feature, Latest, function_identity
 from .sources import Entity, EventSource
 
@@ -41,11 +41,6 @@ class FeatureView(Definition):
 
     _specs: tuple[Any, ...] = PrivateAttr(default=())
     _fingerprint: str | None = PrivateAttr(default=None)
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v: Any) -> str:
-        return check_name(v, "name")
 
     @field_validator("features", mode="before")
     @classmethod

@@ -575,14 +575,20 @@ class PostgresOfflineStore:
         updates = ", ".join(f"{qident(c)} = EXCLUDED.{qident(c)}" for c in columns[3:])
         updates = (updates + ", " if updates else "") + '"written_at" = now()'
         stage = "_fs_stage_history"
+        return await self._staged_insert(
+            target, columns, records, stage,
+            f"INSERT INTO {target} ({cols_sql}) SELECT {cols_sql} FROM {stage} "
+            f'ON CONFLICT ("entity_key", "event_time", "seq") DO UPDATE SET {updates}')
+
+    async def _staged_insert(self, target: str, columns: list[str], records: list, stage: str, insert_sql: str) -> int:
+        """COPY ``records`` into a temporary ``stage`` shaped like ``target``, then run ``insert_sql``
+        (which reads the stage) in the same transaction; returns the rows it inserted or updated."""
+        cols_sql = ", ".join(qident(c) for c in columns)
         async with self.pool.acquire() as conn:
             async with conn.transaction():
                 await _create_stage(conn, stage, cols_sql, target)
                 await conn.copy_records_to_table(stage, records=records, columns=columns)
-                status = await conn.execute(
-                    f"INSERT INTO {target} ({cols_sql}) SELECT {cols_sql} FROM {stage} "
-                    f'ON CONFLICT ("entity_key", "event_time", "seq") DO UPDATE SET {updates}'
-                )
+                status = await conn.execute(insert_sql)
         return int(status.rsplit(" ", 1)[-1])
 
     async def load_history(self, view: FeatureView, version: int) -> pd.DataFrame:
@@ -628,16 +634,11 @@ class PostgresOfflineStore:
         cols = ["source", "partition", "offset", "reason", "detail", "payload", "at"]
         cols_sql = ", ".join(qident(c) for c in cols)
         stage = "_fs_stage_rejects"
-        async with self.pool.acquire() as conn:
-            async with conn.transaction():
-                await _create_stage(conn, stage, cols_sql, target)
-                await conn.copy_records_to_table(stage, records=records, columns=cols)
-                status = await conn.execute(
-                    f"INSERT INTO {target} ({cols_sql}) SELECT source, partition, \"offset\", reason, detail, "
-                    f"payload, coalesce(at, now()) FROM {stage} "
-                    f'ON CONFLICT ("source", "partition", "offset") DO NOTHING'
-                )
-        return int(status.rsplit(" ", 1)[-1])
+        return await self._staged_insert(
+            target, cols, records, stage,
+            f"INSERT INTO {target} ({cols_sql}) SELECT source, partition, \"offset\", reason, detail, "
+            f"payload, coalesce(at, now()) FROM {stage} "
+            f'ON CONFLICT ("source", "partition", "offset") DO NOTHING')
 
     async def load_rejects(self, source: str | None = None) -> pd.DataFrame:
         sql = f'SELECT source, partition, "offset", reason, detail, payload, at FROM {self.qualified(self.rejects_table())}'

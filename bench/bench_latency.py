@@ -1,9 +1,10 @@
 """Produce-to-visible latency on the embedded stack; prints JSON.
 
 A producer sends demo transactions at a steady rate (event time = wall clock at send); a worker
-(in this process, its own thread) consumes them; a poller samples one event in 50 and measures the
-time from its send until the online store's watermark for that customer reaches its event time
-(the value is then visible to readers). Reports p50/p99 per rate.
+in its own process (as deployed: the producer's and poller's Python work must not share its GIL)
+consumes them; a poller samples one event in 50 and measures the time from its send until the
+online store's watermark for that customer reaches its event time (the value is then visible to
+readers). Reports p50/p99 per rate.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import multiprocessing
 import threading
 import time
 
@@ -29,15 +31,39 @@ from workers.producer import CATEGORIES, ensure_topic
 from workers.worker import Worker, WorkerConfig
 
 
+def example_views(topic: str):
+    repo = load_repo(DEFAULT_REPO)
+    source = repo.source("transactions").model_copy(update={"topic": topic})
+    return source, [v.model_copy(update={"source": source}) for v in repo.views.values()]
+
+
+def worker_process(bootstrap: str, redis_url: str, dsn: str, project: str, topic: str, stop, assigned) -> None:
+    """The worker, in a child process; ``assigned`` is set once it holds partitions."""
+    _, views = example_views(topic)
+
+    async def offline():
+        return await PostgresOfflineStore.create(dsn, project)
+
+    prepared = [prepare_view(v, 1, project) for v in views]
+    worker = Worker(prepared, RedisOnlineStore.from_url(redis_url, project), offline,
+                    WorkerConfig(group=f"{project}-g", metrics_port=None, poll_timeout_ms=20,
+                                 kafka_options={"bootstrap_servers": bootstrap}))
+
+    def until(w) -> bool:
+        if w.consumer.assignment():
+            assigned.set()
+        return stop.is_set()
+
+    worker.run(until=until)
+
+
 def run_rate(settings, rate: int, seconds: float, customers: int) -> dict:
     bootstrap = settings.kafka_bootstrap_servers
     redis_url = settings.redis_url.get_secret_value()
     dsn = settings.postgres_dsn.get_secret_value()
     project = f"lat{time.time_ns() % 10**9}"
     topic = f"lat-{project}"
-    repo = load_repo(DEFAULT_REPO)
-    source = repo.source("transactions").model_copy(update={"topic": topic})
-    views = [v.model_copy(update={"source": source}) for v in repo.views.values()]
+    source, views = example_views(topic)
     ensure_topic(bootstrap, topic, 4)
 
     async def setup():
@@ -47,23 +73,15 @@ def run_rate(settings, rate: int, seconds: float, customers: int) -> dict:
 
     asyncio.run(setup())
 
-    async def offline():
-        return await PostgresOfflineStore.create(dsn, project)
-
-    prepared = [prepare_view(v, 1, project) for v in views]
-    worker = Worker(prepared, RedisOnlineStore.from_url(redis_url, project), offline,
-                    WorkerConfig(group=f"{project}-g", metrics_port=None, batch_size=2000, poll_timeout_ms=20,
-                                 kafka_options={"bootstrap_servers": bootstrap}))
-    stop = threading.Event()
-    thread = threading.Thread(target=worker.run, kwargs={"until": lambda w: stop.is_set()}, daemon=True)
-    thread.start()
-    join_deadline = time.monotonic() + 30
-    while time.monotonic() < join_deadline and not (worker.consumer and worker.consumer.assignment()):
-        time.sleep(0.1)  # wait for the group join: latency is measured in steady state
+    ctx = multiprocessing.get_context("spawn")
+    stop, assigned = ctx.Event(), ctx.Event()
+    child = ctx.Process(target=worker_process, args=(bootstrap, redis_url, dsn, project, topic, stop, assigned))
+    child.start()
+    assigned.wait(60)  # the group join: latency is measured in steady state
     time.sleep(1)
     producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=2)
     client = redis.Redis.from_url(redis_url)
-    view_key = prepared[0].view_key
+    view_key = prepare_view(views[0], 1, project).view_key
     samples: list[tuple[str, int, float]] = []
     latencies: list[float] = []
     producing = threading.Event()
@@ -119,7 +137,7 @@ def run_rate(settings, rate: int, seconds: float, customers: int) -> dict:
     pending = [None] * (unseen[0] if unseen else 0)
     samples = [None] * sampled
     stop.set()
-    thread.join(30)
+    child.join(60)
     arr = np.array(latencies) * 1000
     return {"target_rate": rate, "achieved_produce_rate": round(achieved), "events": n,
             "samples": len(samples), "unseen_after_60s": len(pending),

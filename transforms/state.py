@@ -16,7 +16,9 @@ from dataclasses import dataclass
 
 import orjson
 
-from .aggregations import EMPTY_VALUES, finalize, is_null, merge_moments
+from .aggregations import is_null
+from .kernels import Kernels
+from .kernels import build as build_kernels
 from .specs import AggSpec
 from .windows import window_start
 
@@ -30,12 +32,8 @@ EXTREME_FUNCTIONS = frozenset({"min", "max"})
 POSITIONAL_FUNCTIONS = frozenset({"first", "last"})
 SIMPLE_FUNCTIONS = MOMENT_FUNCTIONS | EXTREME_FUNCTIONS | POSITIONAL_FUNCTIONS | {"count", "count_events", "events_per_minute"}
 
-# Tile layout: one flat list per tile (cheap to update, compact in JSON).
-N_EVENTS, COUNT, TOTAL, MEAN, M2, LO, HI, F_TS, F_SEQ, F_VAL, L_TS, L_SEQ, L_VAL = range(13)
-
-
-def _new_tile() -> list:
-    return [0, 0, 0.0, 0.0, 0.0, None, None, None, None, None, None, None, None]
+# Tile layout: one flat list per tile, its index ``k`` first (cheap to update; serialized as is).
+K, N_EVENTS, COUNT, TOTAL, MEAN, M2, LO, HI, F_TS, F_SEQ, F_VAL, L_TS, L_SEQ, L_VAL = range(14)
 
 
 @dataclass(frozen=True)
@@ -48,95 +46,16 @@ class Rejection:
 
 
 class _TileGroup:
-    """Tiles of one (column, hop); ``hop=None`` is the single lifetime tile."""
+    """Tiles of one (column, hop); ``hop=None`` is the single lifetime tile.  The loops over
+    them are generated per spec set (``transforms.kernels``)."""
 
-    __slots__ = ("column", "hop", "totals", "welford", "extremes", "positional", "tiles", "reach", "floor")
+    __slots__ = ("column", "hop", "tiles", "floor")
 
-    def __init__(self, column: str | None, hop: int | None, functions: set[str], reach: int | None):
+    def __init__(self, column: str | None, hop: int | None):
         self.column = column
         self.hop = hop
-        self.extremes = bool(functions & EXTREME_FUNCTIONS)
-        self.positional = bool(functions & POSITIONAL_FUNCTIONS)
-        self.totals = bool(functions & {"sum", "mean"})
-        self.welford = bool(functions & {"var", "stddev"})  # mean/M2 are kept only when a variance needs them
-        self.tiles: dict[int, list] = {}
-        self.reach = reach  # longest window served by this group (ms)
+        self.tiles: dict[int, list] = {}  # k -> [k, n_events, count, total, mean, m2, lo, hi, first..., last...]
         self.floor: int | None = None  # a lower bound of the tile indices present (prune is skipped above it)
-
-    def add(self, ts: int, seq: int, value) -> None:
-        k = ts // self.hop if self.hop else 0
-        tile = self.tiles.get(k)
-        if tile is None:
-            tile = self.tiles[k] = _new_tile()
-            if self.floor is None or k < self.floor:
-                self.floor = k
-        tile[N_EVENTS] += 1
-        if self.column is None or is_null(value):
-            return
-        tile[COUNT] += 1
-        if self.totals:
-            tile[TOTAL] += float(value)
-        if self.welford:
-            x = float(value)
-            delta = x - tile[MEAN]
-            tile[MEAN] += delta / tile[COUNT]
-            tile[M2] += delta * (x - tile[MEAN])
-        if self.extremes:
-            if tile[LO] is None or value < tile[LO]:
-                tile[LO] = value
-            if tile[HI] is None or value > tile[HI]:
-                tile[HI] = value
-        if self.positional:
-            if tile[F_TS] is None or (ts, seq) < (tile[F_TS], tile[F_SEQ]):
-                tile[F_TS], tile[F_SEQ], tile[F_VAL] = ts, seq, value
-            if tile[L_TS] is None or (ts, seq) > (tile[L_TS], tile[L_SEQ]):
-                tile[L_TS], tile[L_SEQ], tile[L_VAL] = ts, seq, value
-
-    def merged(self, k_lo: int | None, k_hi: int | None) -> tuple[list, int | None]:
-        """One partial for the tiles with ``k_lo <= k <= k_hi`` (all when None),
-        and the index of the oldest non-empty tile among them."""
-        out = _new_tile()
-        oldest = None
-        welford, extremes, positional = self.welford, self.extremes, self.positional
-        for k, tile in self.tiles.items():
-            if k_lo is not None and not (k_lo <= k <= k_hi):
-                continue
-            if tile[N_EVENTS] and (oldest is None or k < oldest):
-                oldest = k
-            out[N_EVENTS] += tile[N_EVENTS]
-            if not tile[COUNT]:
-                continue
-            if welford:
-                out[COUNT], out[MEAN], out[M2] = merge_moments(out[COUNT], out[MEAN], out[M2],
-                                                               tile[COUNT], tile[MEAN], tile[M2])
-            else:
-                out[COUNT] += tile[COUNT]
-            out[TOTAL] += tile[TOTAL]
-            if extremes:
-                if out[LO] is None or tile[LO] < out[LO]:
-                    out[LO] = tile[LO]
-                if out[HI] is None or tile[HI] > out[HI]:
-                    out[HI] = tile[HI]
-            if positional:
-                _merge_positions(out, tile)
-        return out, oldest
-
-    def prune(self, watermark: int) -> None:
-        if not self.hop or not self.tiles:
-            return
-        oldest = window_start(watermark, self.reach, self.hop) // self.hop
-        if self.floor is not None and self.floor >= oldest:
-            return  # nothing below the oldest reachable tile
-        for k in [k for k in self.tiles if k < oldest]:
-            del self.tiles[k]
-        self.floor = oldest
-
-
-def _merge_positions(out: list, tile: list) -> None:
-    if tile[F_TS] is not None and (out[F_TS] is None or (tile[F_TS], tile[F_SEQ]) < (out[F_TS], out[F_SEQ])):
-        out[F_TS], out[F_SEQ], out[F_VAL] = tile[F_TS], tile[F_SEQ], tile[F_VAL]
-    if tile[L_TS] is not None and (out[L_TS] is None or (tile[L_TS], tile[L_SEQ]) > (out[L_TS], out[L_SEQ])):
-        out[L_TS], out[L_SEQ], out[L_VAL] = tile[L_TS], tile[L_SEQ], tile[L_VAL]
 
 
 def _group_key(spec: AggSpec) -> tuple[str | None, int | None]:
@@ -151,6 +70,7 @@ class _Layout:
     groups: tuple  # ((column, hop), functions, reach)
     distinct: tuple
     last_n: tuple
+    kernels: Kernels  # add / prune / evaluate written out for this spec set
 
 
 _LAYOUTS: dict[tuple, _Layout] = {}
@@ -168,9 +88,14 @@ def _layout(specs: tuple) -> _Layout:
             functions.setdefault(key, set()).add(spec.function)
             if spec.window_ms is not None:
                 reach[key] = max(reach.get(key, 0), spec.window_ms)
-    layout = _Layout(tuple((k, frozenset(f), reach.get(k)) for k, f in functions.items()),
+    groups = tuple((k, frozenset(f), reach.get(k)) for k, f in functions.items())
+    index = {key: i for i, (key, _, _) in enumerate(groups)}
+    special = frozenset(s.name for s in specs if s.function in ("count_distinct", "last_n"))
+    layout = _Layout(groups,
                      tuple(s for s in specs if s.function == "count_distinct"),
-                     tuple(s for s in specs if s.function == "last_n"))
+                     tuple(s for s in specs if s.function == "last_n"),
+                     build_kernels(groups, specs, {s.name: index[_group_key(s)] for s in specs
+                                                   if s.function in SIMPLE_FUNCTIONS}, special))
     if len(_LAYOUTS) < 1024:
         _LAYOUTS[specs] = layout
     return layout
@@ -188,12 +113,13 @@ class ViewState:
         self._ids_floor: int | None = None  # a lower bound of the event times in ids
         layout = _layout(self.specs)
         self.groups: dict[tuple, _TileGroup] = {
-            key: _TileGroup(key[0], key[1], funcs, reach) for key, funcs, reach in layout.groups}
+            key: _TileGroup(*key) for key, _, _ in layout.groups}
         self.distinct: dict[str, dict] = {s.name: {} for s in layout.distinct}  # value -> latest ts
         self.last_n: dict[str, list] = {s.name: [] for s in layout.last_n}  # [[ts, seq, value], ...] oldest first
         self._group_list = list(self.groups.values())
         self._distinct_specs = layout.distinct
         self._last_n_specs = layout.last_n
+        self._kernels = layout.kernels
 
     # -- applying events -------------------------------------------------
     def apply(self, events) -> list[Rejection]:
@@ -203,37 +129,40 @@ class ViewState:
         event id); every other event is counted exactly once.
         """
         rejections: list[Rejection] = []
-        groups = self._group_list
+        accepted: list[tuple] = []  # (ts, seq, values): lateness and ids decided in arrival order first
+        wm, lateness, ids, seq = self.watermark, self.lateness_ms, self.ids, self.seq
         for index, (ts, values, event_id) in enumerate(events):
-            wm = self.watermark
-            if wm is not None and ts < wm - self.lateness_ms:
-                rejections.append(Rejection(index, REJECT_LATE, f"event time {ts} is more than {self.lateness_ms} ms before the entity's watermark {wm}"))
+            if wm is not None and ts < wm - lateness:
+                rejections.append(Rejection(index, REJECT_LATE, f"event time {ts} is more than {lateness} ms before the entity's watermark {wm}"))
                 continue
             if event_id is not None:
-                if event_id in self.ids:
+                if event_id in ids:
                     rejections.append(Rejection(index, REJECT_DUPLICATE, f"event id {event_id!r} was already counted"))
                     continue
-                self.ids[event_id] = ts
+                ids[event_id] = ts
                 if self._ids_floor is None or ts < self._ids_floor:
                     self._ids_floor = ts
-            self.seq += 1
-            seq = self.seq
-            for group in groups:
-                group.add(ts, seq, values.get(group.column) if group.column else None)
-            for spec in self._distinct_specs:
-                value = values.get(spec.column)
-                if not is_null(value):
-                    seen = self.distinct[spec.name]
-                    if seen.get(value, ts) <= ts:
-                        seen[value] = ts
-            for spec in self._last_n_specs:
-                value = values.get(spec.column)
-                if not is_null(value):
-                    self._push_last(self.last_n[spec.name], spec.n, [ts, seq, value])
+            seq += 1
+            accepted.append((ts, seq, values))
             if wm is None or ts > wm:
-                self.watermark = ts
-        if self.watermark is not None:
-            self._prune(self.watermark)
+                wm = ts
+        self.seq, self.watermark = seq, wm
+        if not accepted:
+            return rejections
+        self._kernels.add(self._group_list, accepted)
+        for spec in self._distinct_specs:
+            seen, column = self.distinct[spec.name], spec.column
+            for ts, _, values in accepted:
+                value = values.get(column)
+                if not is_null(value) and seen.get(value, ts) <= ts:
+                    seen[value] = ts
+        for spec in self._last_n_specs:
+            items, column = self.last_n[spec.name], spec.column
+            for ts, seq, values in accepted:
+                value = values.get(column)
+                if not is_null(value):
+                    self._push_last(items, spec.n, [ts, seq, value])
+        self._prune(wm)
         return rejections
 
     @staticmethod
@@ -246,18 +175,18 @@ class ViewState:
             del items[0]
 
     def _prune(self, wm: int) -> None:
-        for group in self._group_list:
-            group.prune(wm)
+        self._kernels.prune(self._group_list, wm)
         horizon = wm - self.lateness_ms
         if self.ids and (self._ids_floor is None or self._ids_floor < horizon):
             self.ids = {i: ts for i, ts in self.ids.items() if ts >= horizon}
             self._ids_floor = min(self.ids.values(), default=None)
         for spec in self._distinct_specs:
             if spec.window_ms is not None:
-                start = window_start(wm, spec.window_ms, spec.hop_ms)
                 seen = self.distinct[spec.name]
-                for value in [v for v, ts in seen.items() if ts < start]:
-                    del seen[value]
+                start = window_start(wm, spec.window_ms, spec.hop_ms)
+                if seen and min(seen.values()) < start:
+                    for value in [v for v, ts in seen.items() if ts < start]:
+                        del seen[value]
 
     # -- reading -----------------------------------------------------------
     def evaluate(self, t: int) -> dict:
@@ -276,48 +205,25 @@ class ViewState:
         without a new event — when the oldest non-empty tile of some window leaves it)."""
         if self.watermark is not None and t < self.watermark:
             raise ValueError(f"streaming state can be evaluated only at or after its watermark {self.watermark}, not at {t}")
-        out = {}
-        cache: dict[tuple, tuple] = {}
-        horizon = None
-        for spec in self.specs:
-            value, change = self._value(spec, t, cache)
-            out[spec.name] = value
-            if change is not None and (horizon is None or change < horizon):
-                horizon = change
-        return out, horizon
+        return self._kernels.evaluate(self, t)
 
-    def _value(self, spec: AggSpec, t: int, cache: dict):
+    def _value(self, spec: AggSpec, t: int, cache=None):
+        """Value of a set-valued feature (count_distinct, last_n) as of ``t``, and when it may next change."""
         fn = spec.function
         w = spec.window_ms
         start = None if w is None else window_start(t, w, spec.hop_ms)
-        if fn == "seconds_since_last":
-            return (None if self.watermark is None else (t - self.watermark) / 1000), None
-        if fn == "count_distinct" or fn == "last_n":
-            if fn == "count_distinct":
-                times = [ts for ts in self.distinct[spec.name].values() if start is None or ts >= start]
-                value = len(times)
-            else:
-                items = [(ts, v) for ts, _, v in self.last_n[spec.name] if start is None or ts >= start]
-                value, times = [v for _, v in items], [ts for ts, _ in items]
-            change = None
-            if w is not None and times:
-                change = (min(times) // spec.hop_ms + 1) * spec.hop_ms + w
-            return value, change
-        key = _group_key(spec)
-        bounds = (None, None) if start is None else (start // spec.hop_ms, t // spec.hop_ms)
-        hit = cache.get((key, bounds))
-        if hit is None:
-            hit = cache[(key, bounds)] = self.groups[key].merged(*bounds)
-        tile, oldest = hit
-        change = None if (w is None or oldest is None) else (oldest + 1) * spec.hop_ms + w
-        if fn == "first":
-            return tile[F_VAL], change
-        if fn == "last":
-            return tile[L_VAL], change
-        if not tile[N_EVENTS] and fn in EMPTY_VALUES:
-            return EMPTY_VALUES[fn], change
-        return finalize(fn, n_events=tile[N_EVENTS], count=tile[COUNT], total=tile[TOTAL], mean=tile[MEAN],
-                        m2=tile[M2], lo=tile[LO], hi=tile[HI], window_ms=w), change
+        if fn == "count_distinct":
+            times = [ts for ts in self.distinct[spec.name].values() if start is None or ts >= start]
+            value = len(times)
+        elif fn == "last_n":
+            items = [(ts, v) for ts, _, v in self.last_n[spec.name] if start is None or ts >= start]
+            value, times = [v for _, v in items], [ts for ts, _ in items]
+        else:
+            raise ValueError(f"{fn!r} is evaluated by the generated kernel, not by _value")
+        change = None
+        if w is not None and times:
+            change = (min(times) // spec.hop_ms + 1) * spec.hop_ms + w
+        return value, change
 
     # -- persistence ---------------------------------------------------------
     def to_bytes(self) -> bytes:
@@ -326,7 +232,7 @@ class ViewState:
             "wm": self.watermark,
             "seq": self.seq,
             "ids": self.ids,
-            "g": [[g.column, g.hop, [[k, *tile] for k, tile in g.tiles.items()]] for g in self._group_list],
+            "g": [[g.column, g.hop, list(g.tiles.values())] for g in self._group_list],
             "cd": {name: [[v, ts] for v, ts in seen.items()] for name, seen in self.distinct.items()},
             "ln": self.last_n,
         }
@@ -346,7 +252,7 @@ class ViewState:
             group = state.groups.get((column, hop))
             if group is None:
                 raise ValueError(f"state holds tiles for ({column!r}, {hop!r}) that these specs do not use")
-            group.tiles = {row[0]: row[1:] for row in tiles}
+            group.tiles = {row[0]: row for row in tiles}
             group.floor = min(group.tiles, default=None)
         for name, pairs in doc["cd"].items():
             state.distinct[name] = {v: ts for v, ts in pairs}

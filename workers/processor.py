@@ -89,15 +89,16 @@ class SourceProcessor:
         by_key: dict[str, list[int]] = {}
         for i, event in enumerate(events):
             by_key.setdefault(str(event.key), []).append(i)
+        applied = {key: [(events[i].ts_ms, events[i].values, events[i].event_id) for i in idxs]
+                   for key, idxs in by_key.items()}
         touched = []
         refused: dict[int, Rejection] = {}
         for pv in self.views:
             states = self._states(pv, list(by_key))
-            for key, idxs in by_key.items():
+            for key, batch in applied.items():
                 state = states[key]
-                rejections = state.apply([(events[i].ts_ms, events[i].values, events[i].event_id) for i in idxs])
-                for r in rejections:
-                    refused.setdefault(idxs[r.index], r)
+                for r in state.apply(batch):
+                    refused.setdefault(by_key[key][r.index], r)
                 touched.append((pv, key, state))
         return touched, refused
 

@@ -20,6 +20,7 @@ are skipped, the rest are applied once; PostgreSQL ignores rows it already has.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import threading
@@ -68,12 +69,16 @@ class WorkerConfig:
 
     group: str
     dead_letter_topic: str = "features-dead-letter"
-    batch_size: int = 5000
+    batch_size: int = 20000
     poll_timeout_ms: int = 200
     metrics_port: int | None = 9108
     session_timeout_ms: int = 6000
     heartbeat_interval_ms: int = 1000
     kafka_options: dict = field(default_factory=dict)
+    #: Python's cyclic garbage collector, set when the worker starts: the cached states are millions of
+    #: small long-lived lists, and with the default (700, 10, 10) the collector rescans them every few
+    #: thousand allocations (measured: 40% of the time applying events).  None keeps the default.
+    gc_threshold: tuple[int, int, int] | None = (50_000, 20, 100)
 
 
 @dataclass
@@ -135,6 +140,9 @@ class Worker:
 
     # -- lifecycle -------------------------------------------------------------
     def start(self) -> None:
+        if self.config.gc_threshold is not None:
+            gc.freeze()  # what exists at start-up (modules, definitions) is never collected: stop scanning it
+            gc.set_threshold(*self.config.gc_threshold)
         opts = self.config.kafka_options
         self.consumer = KafkaConsumer(
             group_id=self.config.group, enable_auto_commit=False, auto_offset_reset="earliest",

@@ -40,6 +40,7 @@ from .offline.postgres import event_id_column
 from .repo import Repository
 from .types import FLOAT64, INT64
 from transforms import AggSpec, compute_batch
+from transforms.batch import _radix_argsort
 
 __all__ = ["EVENT_TIMESTAMP", "get_historical_features", "parse_refs", "to_epoch_ms"]
 
@@ -194,8 +195,15 @@ def compute_view(view: FeatureView, events: pd.DataFrame, keys: pd.Series, ts: n
 
     # Queries sorted by (key, ts): the order compute_batch's sorted factorization gives keys.
     if len(qkeys):
-        qk_codes, _ = pd.factorize(qkeys, sort=True)
-        qorder = np.lexsort((qts, qk_codes))
+        qk_codes, qk_uniques = pd.factorize(qkeys, sort=True)
+        t_lo = int(qts.min())
+        t_span = int(qts.max()) - t_lo + 1
+        if (len(qk_uniques) + 1) * t_span < 2**62:  # one composite key: a stable radix sort
+            composite = qk_codes.astype("int64") * t_span
+            composite += qts - t_lo
+            qorder = _radix_argsort(composite)
+        else:
+            qorder = np.lexsort((qts, qk_codes))
     else:
         qorder = np.zeros(0, dtype="int64")
     skeys = qkeys.iloc[qorder].reset_index(drop=True)

@@ -36,8 +36,10 @@ a name longer than PostgreSQL's 63 bytes is cut and suffixed with a hash):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import io
+import os
 from typing import Any, Iterable, Mapping, Sequence
 
 import asyncpg
@@ -375,15 +377,32 @@ class PostgresOfflineStore:
                     await conn.execute(f"SELECT setval('{seq}', {first + n - 1})")
         return np.arange(first, first + n, dtype="int64")
 
+    #: Pages of the event log per range of the parallel scan (``_scan_events``): a range's
+    #: aggregated column stays a few MB (PostgreSQL values are limited to 1 GB).
+    SCAN_RANGE_PAGES = 4096
+    #: ``load_events_fast`` reads the whole event log and filters keys here when the keys asked
+    #: for are at least this fraction of the log's distinct keys (planner statistics); fewer
+    #: keys are looked up through the ``(entity_key, event_time)`` index.
+    SCAN_KEY_FRACTION = 0.25
+    #: Connections the parallel scan uses at most (also bounded by the pool and the CPU count).
+    SCAN_CONNECTIONS = 4
+
     async def load_events_fast(self, source: str | EventSource, keys: Sequence[Any] | None = None,
                                end_ms: int | None = None, fields: Sequence[str] | None = None) -> pd.DataFrame:
         """``load_events`` (same rows, order and dtypes) of only the schema ``fields`` given
-        (default all; the entity and timestamp fields and the event id come anyway), read with
-        ``COPY ... TO STDOUT`` instead of asyncpg records: binary COPY decoded with one numpy
-        ``frombuffer`` when every column read is fixed-width (bigint/int/double/bool; a NULL
-        float is read as NaN, as ``load_events`` gives it), else CSV parsed by pyarrow.  Falls
-        back to ``load_events`` for list/embedding fields and NULL-able non-float fixed-width
-        fields (which change the binary row width)."""
+        (default all; the entity and timestamp fields and the event id come anyway).
+
+        * int64 entity keys, no event id, only fixed-width fields (int/timestamp/float/bool), and
+          no keys or keys covering a large part of the log (``SCAN_KEY_FRACTION``): the log is
+          read in block ranges over several connections sharing one snapshot, each range as one
+          ``string_agg`` of binary values per column (``_scan_events``: no per-row protocol
+          messages), keys and ``end_ms`` filtered and rows put in arrival order
+          ``(partition, offset)`` with numpy;
+        * otherwise ``COPY (query ORDER BY partition, offset) TO STDOUT``: binary, decoded with
+          one numpy ``frombuffer``, when every column read is fixed-width (a NULL float is read
+          as NaN, as ``load_events`` gives it), else CSV parsed by pyarrow.
+        Falls back to ``load_events`` for list/embedding fields and, on the COPY path, for
+        NULL-able non-float fixed-width fields (which change the binary row width)."""
         src = self._source(source)
         if "ts" in src.schema and src.timestamp_field != "ts":
             raise InvalidInputError(f"source {src.name!r}: a field named 'ts' must be the timestamp field")
@@ -395,9 +414,179 @@ class PostgresOfflineStore:
             out = await self.load_events(source, keys=keys, end_ms=end_ms)
             return out[[c for c in out.columns if c in ("key", "ts") or c in wanted or c == event_id_column(src)]]
         key_vt = src.schema[src.entity_field]
-        where, args = [], []
         if keys is not None:
             keys = list(pd.unique(pd.Series(list(keys), dtype=object).dropna()))
+        with_id = src.event_id_field is not None
+        data: dict[str, Any] = {}
+        scannable = (key_vt == INT64 and not with_id
+                     and all(vt in (FLOAT64, INT64, TIMESTAMP, BOOL) for _, _, vt in items))
+        if scannable and (keys is None or await self._many_keys(src, len(keys))):
+            data = await self._scan_events(src, items, keys, end_ms)
+        else:
+            data = await self._copy_events(src, items, keys, end_ms)
+            if data is None:
+                out = await self.load_events(source, keys=keys, end_ms=end_ms)
+                return out[[c for c in out.columns if c in ("key", "ts") or c in wanted or c == event_id_column(src)]]
+        n = len(data["ts"])
+        out: dict[str, Any] = {"key": data["key"], "ts": data["ts"]}
+        for field in src.schema:
+            if field == "ts":
+                continue
+            if field == src.timestamp_field:
+                out[field] = data["ts"].copy()
+            elif field == src.entity_field:
+                if field in wanted:
+                    out[field] = data["key"].copy()
+            elif field in data:
+                out[field] = data[field]
+        id_col = event_id_column(src)
+        if id_col not in out:
+            if with_id:
+                out[id_col] = data["__eid"]
+            else:
+                none = np.empty(n, dtype=object)
+                none.fill(None)
+                out[id_col] = none
+        # copy=False: the columns are fresh arrays; no consolidation into 2-D blocks (a copy).
+        return pd.DataFrame({k: (v if isinstance(v, pd.Series) else pd.Series(v, copy=False)) for k, v in out.items()},
+                            copy=False)
+
+    async def _many_keys(self, src: EventSource, n_keys: int) -> bool:
+        """Whether ``n_keys`` keys are at least ``SCAN_KEY_FRACTION`` of the event log's distinct
+        keys by PostgreSQL's statistics (False when the log has never been analyzed)."""
+        if n_keys == 0:
+            return False
+        sql = ("SELECT c.reltuples::float8, s.n_distinct::float8 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+               "LEFT JOIN pg_stats s ON s.schemaname = n.nspname AND s.tablename = c.relname AND s.attname = 'entity_key' "
+               "WHERE n.nspname = $1 AND c.relname = $2")
+        async with self.pool.acquire() as conn:
+            row = await conn.fetchrow(sql, self.schema, self.events_table(src.name))
+        if row is None or row[1] is None or row[0] is None or row[0] <= 0:
+            return False
+        distinct = row[1] if row[1] > 0 else -row[1] * row[0]
+        return n_keys >= self.SCAN_KEY_FRACTION * distinct
+
+    async def _scan_events(self, src: EventSource, items: list[tuple[str, str, ValueType]],
+                           keys: Sequence[Any] | None, end_ms: int | None) -> dict[str, Any]:
+        """Every event (int64 keys, fixed-width fields), read in ranges of ``SCAN_RANGE_PAGES``
+        blocks (TID range scans) over up to ``SCAN_CONNECTIONS`` connections in one exported
+        snapshot (what one query would see: every row is in exactly one range, the last range
+        is open-ended).  Per range one row: ``count(*)`` and per column the ``string_agg`` of
+        its values' binary send form (NULL int/bool values read as a mask column).  Then
+        ``keys`` / ``end_ms`` filtered and the rows put in ``(partition, offset)`` order.
+        Returns output name -> array (int fields with NULLs as ``Int64``, bools as ``boolean``)."""
+        table = self.qualified(self.events_table(src.name))
+        # (name, SQL of the binary value, numpy dtype of the values)
+        cols: list[tuple[str, str, str]] = [("key", 'int8send("entity_key")', ">i8"), ("ts", 'int8send("event_time")', ">i8"),
+                                            ("__p", 'int4send("partition")', ">i4"), ("__o", 'int8send("offset")', ">i8")]
+        masked: list[tuple[str, ValueType]] = []
+        for field, col, vt in items:
+            c = qident(col)
+            if vt == FLOAT64:
+                cols.append((field, f"float8send(coalesce({c}, 'NaN'::float8))", ">f8"))
+                continue
+            if vt == BOOL:
+                cols.append((field, f"CASE WHEN {c} THEN '\\x01'::bytea ELSE '\\x00'::bytea END", "u1"))
+            else:
+                cols.append((field, f"int8send(coalesce({c}, 0))", ">i8"))
+            cols.append((f"__null_{field}", f"CASE WHEN {c} IS NULL THEN '\\x01'::bytea ELSE '\\x00'::bytea END", "u1"))
+            masked.append((field, vt))
+        aggs = ", ".join(f"string_agg({expr}, ''::bytea)" for _, expr, _ in cols)
+        pool_max = self.pool.get_max_size() or 1
+        n_conn = max(1, min(self.SCAN_CONNECTIONS, os.cpu_count() or 1, pool_max))
+        parts: dict[int, list[np.ndarray]] = {}
+        async with contextlib.AsyncExitStack() as stack:
+            conns = [await stack.enter_async_context(self.pool.acquire())]
+            while len(conns) < n_conn:  # extra connections only if free soon (two scans never wait on each other)
+                try:
+                    conns.append(await stack.enter_async_context(self.pool.acquire(timeout=1.0)))
+                except asyncio.TimeoutError:
+                    break
+            n_conn = len(conns)
+            first = conns[0]
+            await stack.enter_async_context(first.transaction(isolation="repeatable_read", readonly=True))
+            blocks = int(await first.fetchval("SELECT pg_relation_size($1::text::regclass) / current_setting('block_size')::bigint",
+                                              table))
+            ranged = first.get_server_version() >= (14, 0)  # TID range scans
+            n_ranges = max(1, -(-blocks // self.SCAN_RANGE_PAGES)) if ranged else 1
+            if n_ranges > 1:
+                n_ranges = max(n_ranges, 2 * n_conn)
+            else:
+                n_conn = 1
+            if n_conn > 1:
+                snapshot = await first.fetchval("SELECT pg_export_snapshot()")
+                for conn in conns[1:n_conn]:
+                    await stack.enter_async_context(conn.transaction(isolation="repeatable_read", readonly=True))
+                    await conn.execute(f"SET TRANSACTION SNAPSHOT '{snapshot}'")
+            bounds = [blocks * i // n_ranges for i in range(n_ranges)]
+            pending = list(range(n_ranges))
+
+            def range_sql(i: int) -> str:
+                where = []
+                if i > 0:
+                    where.append(f"ctid >= '({bounds[i]},0)'::tid")
+                if i + 1 < n_ranges:
+                    where.append(f"ctid < '({bounds[i + 1]},0)'::tid")
+                return f"SELECT count(*), {aggs} FROM {table}" + (f" WHERE {' AND '.join(where)}" if where else "")
+
+            async def worker(conn: asyncpg.Connection) -> None:
+                while pending:
+                    i = pending.pop(0)
+                    row = await conn.fetchrow(range_sql(i))
+                    count = int(row[0])
+                    arrays = []
+                    for (name, _, dtype), raw in zip(cols, row[1:]):
+                        arr = np.frombuffer(raw or b"", dtype=dtype)
+                        if len(arr) != count:
+                            raise StoreUnavailableError(f"load_events_fast({src.name!r}): column {name!r} has "
+                                                        f"{len(arr)} values for {count} rows")
+                        arrays.append(arr)
+                    parts[i] = arrays
+
+            done = await asyncio.gather(*(worker(conn) for conn in conns[:n_conn]), return_exceptions=True)
+            for result in done:  # every query has ended before the connections go back to the pool
+                if isinstance(result, BaseException):
+                    raise result
+        native = {}  # name -> native-endian array of all ranges (one pass: byte swap while concatenating)
+        for j, (name, _, dtype) in enumerate(cols):
+            native[name] = np.concatenate([parts[i][j] for i in range(n_ranges)], dtype=dtype.replace(">", "<"))
+        del parts
+        keep = None
+        if end_ms is not None:
+            keep = native["ts"] <= int(end_ms)
+        if keys is not None:
+            wanted = np.isin(native["key"], np.asarray([int(k) for k in keys], dtype="int64"))
+            keep = wanted if keep is None else keep & wanted
+        rows = np.flatnonzero(keep) if keep is not None and not keep.all() else None
+        # Arrival order: usually the physical order already; else sort by (partition, offset).
+        p, o = native.pop("__p"), native.pop("__o")
+        p, o = (p, o) if rows is None else (p[rows], o[rows])
+        if len(p) > 1 and not np.all((p[1:] > p[:-1]) | ((p[1:] == p[:-1]) & (o[1:] > o[:-1]))):
+            order = np.lexsort((o, p))
+            rows = order if rows is None else rows[order]
+        data: dict[str, Any] = {}
+        for name, arr in native.items():
+            if name.startswith("__null_"):
+                continue
+            data[name] = arr if rows is None else arr[rows]
+        for field, vt in masked:
+            null = native[f"__null_{field}"].view(bool)
+            null = null if rows is None else null[rows]
+            values = data[field].astype(bool) if vt == BOOL else data[field]
+            if null.any():
+                data[field] = (pd.arrays.BooleanArray(values, null.copy()) if vt == BOOL
+                               else pd.arrays.IntegerArray(values, null.copy()))
+            else:
+                data[field] = values
+        return data
+
+    async def _copy_events(self, src: EventSource, items: list[tuple[str, str, ValueType]],
+                           keys: Sequence[Any] | None, end_ms: int | None) -> dict[str, Any] | None:
+        """``COPY (SELECT ... ORDER BY partition, offset) TO STDOUT`` (binary or CSV, see
+        ``load_events_fast``); output name -> values, or None when ``load_events`` must be used."""
+        key_vt = src.schema[src.entity_field]
+        where, args = [], []
+        if keys is not None:
             if key_vt == INT64:
                 args.append([int(k) for k in keys])
                 where.append(f'"entity_key" = ANY(${len(args)}::bigint[])')
@@ -428,11 +617,16 @@ class PostgresOfflineStore:
         sql = (f"SELECT {', '.join(c[1] for c in cols)} FROM {self.qualified(self.events_table(src.name))}"
                + (f" WHERE {' AND '.join(where)}" if where else "") + ' ORDER BY "partition", "offset"')
         binary = not nullable_fixed and all(c[2] != "text" for c in cols)
-        buf = io.BytesIO()
+        chunks: list[bytes] = []
+
+        async def sink(chunk: bytes) -> None:  # a coroutine: no thread hop per chunk (as for a file)
+            chunks.append(chunk)
+
         async with self.pool.acquire() as conn:
-            await conn.copy_from_query(sql, *args, output=buf, format="binary" if binary else "csv")
-        raw = buf.getbuffer()
-        data: dict[str, np.ndarray | pd.Series] = {}
+            await conn.copy_from_query(sql, *args, output=sink, format="binary" if binary else "csv")
+        raw = b"".join(chunks)
+        del chunks
+        data: dict[str, Any] = {}
         if binary:
             width = {"i8": 8, "i4": 4, "f8": 8, "b": 1}
             spec = [("n", ">i2")]
@@ -440,14 +634,13 @@ class PostgresOfflineStore:
                 spec += [(f"len_{name}", ">i4"), (name, {"i8": ">i8", "i4": ">i4", "f8": ">f8", "b": "?"}[kind])]
             dtype = np.dtype(spec)
             header = 19 + int.from_bytes(raw[15:19], "big")  # signature, flags, extension area
-            body = raw[header:len(raw) - 2]  # trailer: int16 -1
+            body = memoryview(raw)[header:len(raw) - 2]  # trailer: int16 -1
             if len(body) % dtype.itemsize:
                 raise StoreUnavailableError("load_events_fast: unexpected binary COPY layout")
             rows = np.frombuffer(body, dtype=dtype)
             if len(rows) and not all(np.all(rows[f"len_{c[0]}"] == width[c[2]]) for c in cols):
                 # A NULL in a column no optional field should leave NULL: read it the general way.
-                out = await self.load_events(source, keys=keys, end_ms=end_ms)
-                return out[[c for c in out.columns if c in ("key", "ts") or c in wanted or c == event_id_column(src)]]
+                return None
             for name, _, kind, _ in cols:
                 data[name] = rows[name].astype({"i8": "int64", "i4": "int32", "f8": "float64", "b": "bool"}[kind])
         else:
@@ -457,7 +650,7 @@ class PostgresOfflineStore:
             types = {"i8": pa.int64(), "i4": pa.int32(), "f8": pa.float64(), "b": pa.bool_(), "text": pa.string()}
             names = [c[0] for c in cols]
             table = pcsv.read_csv(
-                io.BytesIO(bytes(raw)),
+                io.BytesIO(raw),
                 read_options=pcsv.ReadOptions(column_names=names, block_size=1 << 24),
                 parse_options=pcsv.ParseOptions(newlines_in_values=True),
                 convert_options=pcsv.ConvertOptions(
@@ -472,22 +665,13 @@ class PostgresOfflineStore:
                 else:
                     data[name] = pd.Series(arr.to_pandas(types_mapper={pa.int64(): pd.Int64Dtype(),
                                                                        pa.bool_(): pd.BooleanDtype()}.get))
-        out: dict[str, pd.Series] = {}
-        out["key"] = pd.Series(data["key"], dtype="int64" if key_vt == INT64 else object)
-        out["ts"] = pd.Series(data["ts"], dtype="int64")
+        out: dict[str, Any] = {"key": pd.Series(data["key"], dtype="int64" if key_vt == INT64 else object),
+                               "ts": pd.Series(data["ts"], dtype="int64")}
+        if with_id:
+            out["__eid"] = pd.Series(data["__eid"], dtype=object)
         for name, _, kind, vt in cols[2 + with_id:]:
             out[name] = _tidy(pd.Series(data[name]), vt)
-        if src.timestamp_field != "ts":
-            out[src.timestamp_field] = out["ts"].copy()
-        if src.entity_field in wanted:
-            out[src.entity_field] = out["key"].copy()
-        id_col = event_id_column(src)
-        if id_col not in out:
-            out[id_col] = pd.Series(data["__eid"], dtype=object) if with_id else pd.Series([None] * len(out["ts"]),
-                                                                                              dtype=object)
-        order = ["key", "ts"] + [f for f in src.schema if f != "ts" and f in out] + (
-            [id_col] if id_col not in src.schema else [])
-        return pd.DataFrame(out)[order]
+        return out
 
     async def load_events(self, source: str | EventSource, keys: Sequence[Any] | None = None,
                           start_ms: int | None = None, end_ms: int | None = None,

@@ -93,6 +93,9 @@ def main() -> None:
     hundred = timed_reads(lambda i: store.get_online_features(rows, features=features, at_ms=at), 1000)
     late = timed_reads(lambda i: store.get_online_features([{"customer_id": keys[i % len(keys)]}], features=features,
                                                            at_ms=last + 40 * 86_400_000 // 2), 1000)
+    # how many of the 100-entity read's (view, entity) values come as states to evaluate at ``at``
+    # (a window lost a tile since the entity's last event) rather than as ready values
+    _, states = online.read_packed([online.entity_key(v.view_key, k) for v in views for k in keys[:100]], at)
     one, base = percentiles(ours), percentiles(floor)
     report = {
         "features": len(features), "views": len(views), "entities_in_store": args.entities,
@@ -102,6 +105,7 @@ def main() -> None:
         "meets_goal_1_entity": one["p99_ms"] < 0.5 and one["p99_ms"] <= 2 * base["p99_ms"],
         "read_100_entities": percentiles(hundred), "goal_100_entities": "p99 < 3 ms",
         "meets_goal_100": percentiles(hundred)["p99_ms"] < 3,
+        "read_100_entities_evaluated_states": {"states": len(states) // 2, "of": len(views) * len(rows)},
         "read_1_entity_after_windows_moved": percentiles(late),
     }
     print(json.dumps(report, indent=2))

@@ -19,6 +19,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any
 
 import numpy as np
@@ -26,7 +27,7 @@ import pandas as pd
 
 from .definitions import EventSource, FeatureService, FeatureView
 from .exceptions import ConfigurationError, InvalidInputError, RegistryError, StoreUnavailableError, UnknownNameError
-from .online.reader import PRESENT, ViewRead, read_views
+from .online.reader import PRESENT, ViewRead, read_rows
 from .repo import Repository
 
 PUSH_TARGETS = ("online", "offline", "online_and_offline")
@@ -94,6 +95,68 @@ class FeatureRef:
         return cls(view, feature)
 
 
+class _OnlinePlan:
+    """One online request shape, compiled once: the views to read, how entity keys are built and
+    which response column comes from where (labels per ``full_names``)."""
+
+    def __init__(self, repo: Repository, refs: list[FeatureRef], needed: dict[str, list[str]],
+                 reads: list[ViewRead], views: list[FeatureView]):
+        self.refs, self.needed, self.reads, self.views = refs, needed, reads, views
+        self.repo = repo
+        entity_index: dict[tuple, int] = {}
+        self.entities: list[tuple[str, bool, FeatureView]] = []  # (join key, string keys, first view) per entity
+        self.view_entity: list[int] = []
+        for view in views:
+            ident = (view.entity.join_key, view.entity.key_type)
+            if ident not in entity_index:
+                entity_index[ident] = len(self.entities)
+                self.entities.append((view.entity.join_key, view.entity.key_type == "string", view))
+            self.view_entity.append(entity_index[ident])
+        self.join_keys = list(dict.fromkeys(view.entity.join_key for view in views))
+        view_index = {name: i for i, name in enumerate(needed)}
+        first_column = [sum(len(r.features) for r in reads[:i]) for i in range(len(reads))]
+        #: (view, feature) -> (view index, index of its column among all views' columns)
+        self.position = {(name, f): (view_index[name], first_column[view_index[name]] + j)
+                         for name in needed for j, f in enumerate(reads[view_index[name]].features)}
+        self.odfv_inputs = {ref.view: [(f, self.position[(view, f)][1]) for view, f in repo.odfvs[ref.view].inputs()]
+                            for ref in refs if ref.view not in repo.views}
+        names = [r.feature for r in refs]
+        self.clash = {n for n in set(names) if names.count(n) > 1}
+        self._outputs: dict[bool, tuple] = {}
+
+    def outputs(self, full_names: bool) -> tuple:
+        """(labels, columns, steps, views) in request order.  Without on-demand features,
+        ``columns`` picks each label's column from the list of all views' columns, ``views`` its
+        view's item from a list with one item per view, and ``steps`` is None; else ``steps`` holds
+        (view index, column, None, feature) per feature-view label and (None, None, on-demand
+        view, feature) per on-demand label (``columns`` and ``views`` None)."""
+        hit = self._outputs.get(full_names)
+        if hit is None:
+            labels, steps = [], []
+            for ref in self.refs:
+                labels.append(f"{ref.view}__{ref.feature}" if full_names or ref.feature in self.clash else ref.feature)
+                if ref.view in self.repo.views:
+                    steps.append((*self.position[(ref.view, ref.feature)], None, ref.feature))
+                else:
+                    steps.append((None, None, self.repo.odfvs[ref.view], ref.feature))
+            if any(odfv is not None for _, _, odfv, _ in steps):
+                hit = (labels, None, steps, None)
+            else:
+                hit = (labels, _picker([c for _, c, _, _ in steps]), None, _picker([v for v, _, _, _ in steps]))
+            self._outputs[bool(full_names)] = hit
+        return hit
+
+
+def _picker(indices: list[int]):
+    """``items -> tuple(items[i] for i in indices)`` in C (``itemgetter``; also for 0 or 1 index)."""
+    if len(indices) == 1:
+        i = indices[0]
+        return lambda items: (items[i],)
+    if not indices:
+        return lambda items: ()
+    return itemgetter(*indices)
+
+
 class FeatureStore:
     """Reads features of one repository from the online (Redis) and offline (PostgreSQL) stores.
 
@@ -110,7 +173,6 @@ class FeatureStore:
         self.versions = versions
         self.project = project
         self._plans: dict = {}
-        self._clashes: dict = {}
         self._dsn = postgres_dsn
         self._pg_schema = pg_schema
         self._loop: asyncio.AbstractEventLoop | None = None  # private loop of the synchronous methods
@@ -255,12 +317,11 @@ class FeatureStore:
         plan = self._plans.get(plan_key)
         if plan is None:
             plan = self._plans[plan_key] = self._plan(features, feature_service)
-        refs, needed, reads, views = plan
-        keys = [[self._entity_key(view, row, i) for i, row in enumerate(rows)] for view in views]
-        results = read_views(self.online, reads, keys, at_ms)
-        return self._assemble(rows, refs, needed, results, request_data, full_names)
+        keys = self._entity_keys(plan, rows)
+        results = read_rows(self.online, plan.reads, keys, at_ms)
+        return self._assemble(plan, rows, results, request_data, full_names)
 
-    def _plan(self, features, feature_service):
+    def _plan(self, features, feature_service) -> _OnlinePlan:
         """What one request shape reads (cached per shape: resolution is not on the hot path)."""
         refs = self.resolve(features, feature_service)
         needed: dict[str, list[str]] = {}
@@ -278,7 +339,18 @@ class FeatureStore:
             views.append(view)
             reads.append(ViewRead(self._view_key(view), tuple(view.agg_specs()), view.source.allowed_lateness,
                                   view.ttl, list(dict.fromkeys(feats)), {f: view.feature(f).default for f in feats}))
-        return refs, needed, reads, views
+        return _OnlinePlan(self.repo, refs, needed, reads, views)
+
+    def _entity_keys(self, plan: _OnlinePlan, rows: list) -> list[list[str]]:
+        """Entity keys per view read (computed once per entity shared by several views)."""
+        per_entity = []
+        for join_key, string_key, view in plan.entities:
+            keys = []
+            for i, row in enumerate(rows):
+                value = row.get(join_key)
+                keys.append(value if string_key and type(value) is str else self._entity_key(view, row, i))
+            per_entity.append(keys)
+        return [per_entity[e] for e in plan.view_entity]
 
     def _entity_key(self, view: FeatureView, row: dict, index: int) -> str:
         join_key = view.entity.join_key
@@ -292,35 +364,35 @@ class FeatureStore:
         except ValueError as exc:
             raise InvalidInputError(f"entity row {index}: join key {join_key!r}: {exc}") from None
 
-    def _assemble(self, rows, refs, needed, results, request_data, full_names) -> OnlineResponse:
-        view_index = {name: i for i, name in enumerate(needed)}
-        names = [r.feature for r in refs]
-        clash = self._clashes.get(id(refs))
-        if clash is None:
-            clash = self._clashes[id(refs)] = {n for n in set(names) if names.count(n) > 1}
-        columns: dict[str, list] = {}
+    def _assemble(self, plan: _OnlinePlan, rows, results, request_data, full_names) -> OnlineResponse:
+        n = len(rows)
+        # one tuple per (view, requested feature): the rows of each view transposed
+        view_columns = [col for r, (view_rows, *_) in zip(plan.reads, results)
+                        for col in (zip(*view_rows) if n else [()] * len(r.features))]
+        columns: dict[str, list] = {key: [row.get(key) for row in rows] for key in plan.join_keys}
+        labels, pick_columns, steps, pick_views = plan.outputs(full_names)
+        if steps is None:  # feature-view columns only: built in C loops, in request order
+            columns.update(zip(labels, map(list, pick_columns(view_columns))))
+            statuses = dict(zip(labels, map(list.copy, pick_views([res[1] for res in results]))))
+            times = dict(zip(labels, map(list.copy, pick_views([res[2] for res in results]))))
+            return OnlineResponse(columns, statuses, times)
         statuses: dict[str, list] = {}
         times: dict[str, list] = {}
-        for key in dict.fromkeys(self.repo.views[v].entity.join_key for v in needed):
-            columns[key] = [row.get(key) for row in rows]
         odfv_frames: dict[str, pd.DataFrame] = {}
-        for ref in refs:
-            label = f"{ref.view}__{ref.feature}" if full_names or ref.feature in clash else ref.feature
-            if ref.view in self.repo.views:
-                vals = results[view_index[ref.view]]
-                columns[label] = [v.values.get(ref.feature) for v in vals]
-                statuses[label] = [v.status for v in vals]
-                times[label] = [v.event_time for v in vals]
+        for label, (v, column, odfv, feature) in zip(labels, steps):
+            if odfv is None:
+                columns[label] = list(view_columns[column])
+                statuses[label] = results[v][1].copy()
+                times[label] = results[v][2].copy()
                 continue
-            odfv = self.repo.odfvs[ref.view]
-            if ref.view not in odfv_frames:
-                frame = pd.DataFrame({f: [v.values.get(f) for v in results[view_index[view]]] for view, f in odfv.inputs()})
+            if odfv.name not in odfv_frames:
+                frame = pd.DataFrame({f: list(view_columns[c]) for f, c in plan.odfv_inputs[odfv.name]})
                 for field_name in odfv.request_schema:
-                    frame[field_name] = _request_column(request_data, field_name, len(rows), odfv.name)
-                odfv_frames[ref.view] = odfv.compute(frame)
-            columns[label] = odfv_frames[ref.view][ref.feature].tolist()
-            statuses[label] = [PRESENT] * len(rows)
-            times[label] = [None] * len(rows)
+                    frame[field_name] = _request_column(request_data, field_name, n, odfv.name)
+                odfv_frames[odfv.name] = odfv.compute(frame)
+            columns[label] = odfv_frames[odfv.name][feature].tolist()
+            statuses[label] = [PRESENT] * n
+            times[label] = [None] * n
         return OnlineResponse(columns, statuses, times)
 
     # -- offline --------------------------------------------------------------------------

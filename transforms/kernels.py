@@ -9,13 +9,17 @@ hops, windows and columns as constants, and compiles it once:
 * ``add(groups, accepted)`` — every accepted ``(ts, seq, values)`` event into
   the tile of each group (each input column is read and null-checked once);
 * ``prune(groups, watermark)`` — drop tiles no future window can reach;
-* ``evaluate(state, t)`` — merge the tiles of each (group, window) once, then
-  every feature in spec order, and the earliest time a value may change
-  without a new event.
+* ``evaluate(tiles, wm, t, special)`` — merge the tiles of each (group, window)
+  once, then every feature in spec order, and the earliest time a value may
+  change without a new event.  ``tiles[i]`` is an iterable of tile rows of
+  group ``i`` (a live state's ``dict.values()``, or the rows of a serialized
+  state, so a read never rebuilds a ``ViewState``); ``special(i, t)`` gives
+  spec ``i``'s set-valued feature (count_distinct, last_n).  Built for a subset
+  of the features (``wanted``), it merges only the windows they need.
 
 The algebra is not repeated here: merges call ``merge_moments`` and values
 call ``finalize`` from ``transforms.aggregations`` — the functions the batch
-path uses.  ``print(kernels_for(specs).source)`` shows what was generated.
+path uses.  ``print(transforms.state._layout(specs).kernels.source)`` shows what was generated.
 """
 
 from __future__ import annotations
@@ -36,10 +40,12 @@ class Kernels:
     source: str
 
 
-def build(groups: tuple, specs: tuple, group_index: dict, special: frozenset) -> Kernels:
+def build(groups: tuple, specs: tuple, group_index: dict, special: frozenset,
+          wanted: frozenset | None = None) -> Kernels:
     """``groups``: ((column, hop), functions, reach) per group, in ``ViewState.groups`` order;
     ``group_index``: spec name -> index of its group; ``special``: names evaluated by
-    ``state._value`` (count_distinct, last_n)."""
+    ``special(i, t)`` (count_distinct, last_n); ``wanted``: the features ``evaluate``
+    returns (default all)."""
     lines: list[str] = []
     emit = lines.append
 
@@ -95,8 +101,11 @@ def build(groups: tuple, specs: tuple, group_index: dict, special: frozenset) ->
         emit("        g.floor = oldest")
 
     # -- evaluate -------------------------------------------------------------------------
-    emit("def evaluate(state, t):")
-    emit("    groups = state._group_list; horizon = None")
+    all_specs = specs
+    emit("def evaluate(tiles, wm, t, special):")
+    emit("    horizon = None")
+    if wanted is not None:
+        specs = tuple(s for s in specs if s.name in wanted)
     merges: dict[tuple, int] = {}
     for spec in specs:
         if spec.name in special or spec.function == "seconds_since_last":
@@ -110,7 +119,8 @@ def build(groups: tuple, specs: tuple, group_index: dict, special: frozenset) ->
         emit(f"    n{m} = 0; c{m} = 0; s{m} = 0.0; mu{m} = 0.0; q{m} = 0.0; lo{m} = None; hi{m} = None; old = None")
         if positional:
             emit(f"    fts{m} = fsq{m} = fv{m} = lts{m} = lsq{m} = lv{m} = None")
-        emit(f"    for k, tile in groups[{gi}].tiles.items():")
+        emit(f"    for tile in tiles[{gi}]:")
+        emit("        k = tile[0]")
         if w is not None:
             emit(f"        if k < (t - {w}) // {hop} or k > t // {hop}:")
             emit("            continue")
@@ -139,13 +149,15 @@ def build(groups: tuple, specs: tuple, group_index: dict, special: frozenset) ->
             emit("        if horizon is None or change < horizon:")
             emit("            horizon = change")
     emit("    out = {}")
-    for si, spec in enumerate(specs):
+    for si, spec in enumerate(all_specs):
+        if spec not in specs:
+            continue
         name, fn = spec.name, spec.function
         if fn == "seconds_since_last":
-            emit(f"    out[{name!r}] = None if state.watermark is None else (t - state.watermark) / 1000")
+            emit(f"    out[{name!r}] = None if wm is None else (t - wm) / 1000")
             continue
         if name in special:
-            emit(f"    value, change = state._value(state.specs[{si}], t)")
+            emit(f"    value, change = special({si}, t)")
             emit(f"    out[{name!r}] = value")
             emit("    if change is not None and (horizon is None or change < horizon):")
             emit("        horizon = change")

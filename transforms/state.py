@@ -7,11 +7,13 @@ window can reach are dropped, so the state stays bounded by the window length
 over the hop, whatever the event rate (``count_distinct`` is bounded by the
 distinct values, ``last_n`` by n, event ids by the lateness horizon).
 
-The state serializes to a small JSON document carrying ``FORMAT_VERSION``.
+The loops over tiles are generated once per spec set (``transforms.kernels``).  The state
+serializes to a small JSON document carrying ``FORMAT_VERSION``.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import orjson
@@ -58,6 +60,23 @@ class _TileGroup:
         self.floor: int | None = None  # a lower bound of the tile indices present (prune is skipped above it)
 
 
+def _set_valued(spec: AggSpec, t: int, items):
+    """count_distinct (``items``: the latest time of each value) or last_n (``items``: ``[ts, seq, value]``
+    oldest first) as of ``t``, and the time it may next change without a new event."""
+    w = spec.window_ms
+    start = None if w is None else window_start(t, w, spec.hop_ms)
+    if spec.function == "count_distinct":
+        times = [ts for ts in items if start is None or ts >= start]
+        value = len(times)
+    else:
+        kept = [(ts, v) for ts, _, v in items if start is None or ts >= start]
+        value, times = [v for _, v in kept], [ts for ts, _ in kept]
+    change = None
+    if w is not None and times:
+        change = (min(times) // spec.hop_ms + 1) * spec.hop_ms + w
+    return value, change
+
+
 def _group_key(spec: AggSpec) -> tuple[str | None, int | None]:
     column = None if spec.function in ("count_events", "events_per_minute", "seconds_since_last") else spec.column
     return column, spec.hop_ms
@@ -71,6 +90,8 @@ class _Layout:
     distinct: tuple
     last_n: tuple
     kernels: Kernels  # add / prune / evaluate written out for this spec set
+    group_index: dict  # spec name -> index of its group (simple functions)
+    special: frozenset  # names of the set-valued features (count_distinct, last_n)
 
 
 _LAYOUTS: dict[tuple, _Layout] = {}
@@ -91,11 +112,11 @@ def _layout(specs: tuple) -> _Layout:
     groups = tuple((k, frozenset(f), reach.get(k)) for k, f in functions.items())
     index = {key: i for i, (key, _, _) in enumerate(groups)}
     special = frozenset(s.name for s in specs if s.function in ("count_distinct", "last_n"))
+    group_index = {s.name: index[_group_key(s)] for s in specs if s.function in SIMPLE_FUNCTIONS}
     layout = _Layout(groups,
                      tuple(s for s in specs if s.function == "count_distinct"),
                      tuple(s for s in specs if s.function == "last_n"),
-                     build_kernels(groups, specs, {s.name: index[_group_key(s)] for s in specs
-                                                   if s.function in SIMPLE_FUNCTIONS}, special))
+                     build_kernels(groups, specs, group_index, special), group_index, special)
     if len(_LAYOUTS) < 1024:
         _LAYOUTS[specs] = layout
     return layout
@@ -205,25 +226,13 @@ class ViewState:
         without a new event — when the oldest non-empty tile of some window leaves it)."""
         if self.watermark is not None and t < self.watermark:
             raise ValueError(f"streaming state can be evaluated only at or after its watermark {self.watermark}, not at {t}")
-        return self._kernels.evaluate(self, t)
+        return self._kernels.evaluate([g.tiles.values() for g in self._group_list], self.watermark, t, self._special)
 
-    def _value(self, spec: AggSpec, t: int, cache=None):
-        """Value of a set-valued feature (count_distinct, last_n) as of ``t``, and when it may next change."""
-        fn = spec.function
-        w = spec.window_ms
-        start = None if w is None else window_start(t, w, spec.hop_ms)
-        if fn == "count_distinct":
-            times = [ts for ts in self.distinct[spec.name].values() if start is None or ts >= start]
-            value = len(times)
-        elif fn == "last_n":
-            items = [(ts, v) for ts, _, v in self.last_n[spec.name] if start is None or ts >= start]
-            value, times = [v for _, v in items], [ts for ts, _ in items]
-        else:
-            raise ValueError(f"{fn!r} is evaluated by the generated kernel, not by _value")
-        change = None
-        if w is not None and times:
-            change = (min(times) // spec.hop_ms + 1) * spec.hop_ms + w
-        return value, change
+    def _special(self, i: int, t: int):
+        spec = self.specs[i]
+        if spec.function == "count_distinct":
+            return _set_valued(spec, t, self.distinct[spec.name].values())
+        return _set_valued(spec, t, self.last_n[spec.name])
 
     # -- persistence ---------------------------------------------------------
     def to_bytes(self) -> bytes:
@@ -259,3 +268,49 @@ class ViewState:
         for name, items in doc["ln"].items():
             state.last_n[name] = items
         return state
+
+
+def compile_reader(specs, features: list[str]):
+    """``(blob, t) -> [value of each of features]``: what ``ViewState.from_bytes(specs, blob).evaluate(t)``
+    gives for ``features``, straight from the serialized document — the same generated kernel,
+    built for those features only (only their windows are merged), without building a ViewState.
+    Raises ``ValueError`` as ``from_bytes`` / ``evaluate`` do."""
+    return _compile_reader(specs if isinstance(specs, tuple) else tuple(specs), tuple(features))
+
+
+@functools.lru_cache(maxsize=256)
+def _compile_reader(specs: tuple, features: tuple):
+    layout = _layout(specs)
+    names = [s.name for s in specs]
+    unknown = [f for f in features if f not in names]
+    if unknown:
+        raise ValueError(f"unknown features {unknown} (features: {', '.join(names)})")
+    kernel = build_kernels(layout.groups, specs, layout.group_index, layout.special, frozenset(features)).evaluate
+    index = {key: i for i, (key, _, _) in enumerate(layout.groups)}
+    features = list(features)
+    n_groups = len(index)
+
+    def read(blob: bytes, t: int) -> list:
+        doc = orjson.loads(blob)
+        if doc.get("v") != FORMAT_VERSION:
+            raise ValueError(f"state format version {doc.get('v')!r} is not {FORMAT_VERSION}: rebuild the state (backfill)")
+        wm = doc["wm"]
+        if wm is not None and t < wm:
+            raise ValueError(f"streaming state can be evaluated only at or after its watermark {wm}, not at {t}")
+        tiles: list = [()] * n_groups
+        for column, hop, rows in doc["g"]:
+            i = index.get((column, hop))
+            if i is None:
+                raise ValueError(f"state holds tiles for ({column!r}, {hop!r}) that these specs do not use")
+            tiles[i] = rows
+
+        def special(i: int, at: int):
+            spec = specs[i]
+            if spec.function == "count_distinct":
+                return _set_valued(spec, at, [ts for _, ts in doc["cd"].get(spec.name, ())])
+            return _set_valued(spec, at, doc["ln"].get(spec.name, ()))
+
+        values, _ = kernel(tiles, wm, t, special)
+        return [values[f] for f in features]
+
+    return read

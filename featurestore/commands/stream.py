@@ -20,7 +20,9 @@ def register(subparsers) -> None:
     p.add_argument("--views", nargs="*", help="only these feature views (default: all)")
     p.add_argument("--group", help="consumer group (default featurestore-<project>)")
     p.add_argument("--dead-letter-topic", default="features-dead-letter")
-    p.add_argument("--batch-size", type=int, default=5000)
+    p.add_argument("--batch-size", type=int, default=20000,
+                   help="most records per micro-batch (a poll returns what is there, up to this): larger batches "
+                        "write each busy entity once for several events")
     p.add_argument("--metrics-port", type=int, default=9108, help="Prometheus /metrics, /healthz, /readyz (0: off)")
     p.add_argument("--exit-when-idle", type=float, default=None, metavar="SECONDS",
                    help="stop after this long without new records (for demos and batch-like runs)")

@@ -1,29 +1,38 @@
 """Online reads evaluated at the request time.
 
-One pipelined round trip fetches, for every (entity, view), the values as of
-the entity's last event, its watermark and ``valid_until``.  A value is exact
-for any request time before ``valid_until``; past it (a tile left a window
-since the last event) the reader fetches the state in a second round trip and
-evaluates it at the request time, so windows that emptied read as empty.
-Expiry is decided in event time: a view whose latest event is older than its
-TTL at the request time reads as expired.
+One round trip (``RedisOnlineStore.read_packed``, a Lua read) returns, for every
+(view, entity), the values as of the entity's last event and its watermark when
+they are exact at the request time (before ``valid_until``), else the state:
+a tile left a window since the last event, so the state is evaluated here at
+the request time and windows that emptied read as empty.  Expiry is decided in
+event time: a view whose latest event is older than its TTL at the request
+time reads as expired.
+
+The hot path is columnar: ``read_rows`` gives, per view, one row of values (in
+the requested feature order) per entity, with a status and an event time; the
+client transposes the rows into response columns.  Stale states are evaluated
+by ``transforms.compile_reader``, compiled once per (specs, requested features):
+the transforms' own generated kernel, run on the serialized state's tile rows
+(no ``ViewState`` is built) and merging only the windows the requested features
+need.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from operator import itemgetter
 
 import orjson
 
-from transforms import ViewState
+from transforms import compile_reader
 
 PRESENT, MISSING, EXPIRED = "present", "missing", "expired"
 
 
 @dataclass
 class ViewRead:
-    """What to read for one view: its key prefix, specs and the features wanted."""
+    """What to read for one view: its key prefix, specs and the features wanted (compiled once per request shape)."""
 
     view_key: str
     specs: tuple
@@ -36,6 +45,16 @@ class ViewRead:
         names = [s.name for s in self.specs]
         self.feature_idx = [names.index(f) for f in self.features]
         self.clock_idx = [i for i, s in enumerate(self.specs) if s.function == "seconds_since_last"]
+        #: stored values (spec order) -> requested values (feature order); None when they are the same
+        if self.feature_idx == list(range(len(names))):
+            self.pick = None
+        elif len(self.feature_idx) == 1:
+            j = self.feature_idx[0]
+            self.pick = lambda values: (values[j],)
+        else:
+            self.pick = itemgetter(*self.feature_idx)
+        self.default_row = tuple(self.defaults[f] for f in self.features)
+        self.evaluate = compile_reader(self.specs, self.features)  # (state blob, t) -> values in feature order
 
 
 @dataclass
@@ -53,41 +72,58 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-def read_views(store, reads: list[ViewRead], keys_per_view: list[list[str]], at_ms: int | None = None) -> list[list[ViewValues]]:
-    """``result[v][i]``: view ``reads[v]`` for entity ``keys_per_view[v][i]`` as of ``at_ms`` (default now).
-
-    One round trip: the store returns ready values where they are exact at the request time and the
-    state (evaluated here) where a window moved since the last event.
-    """
+def read_rows(store, reads: list[ViewRead], keys_per_view: list[list[str]], at_ms: int | None = None
+              ) -> list[tuple[list, list[str], list[int | None], list[bool]]]:
+    """Per view ``reads[v]``: ``(rows, statuses, event_times, from_state)`` for the entities
+    ``keys_per_view[v]`` as of ``at_ms`` (default now); ``rows[i]`` holds the values of
+    ``reads[v].features`` in that order (the defaults when missing or expired)."""
     t = now_ms() if at_ms is None else at_ms
-    items = [(r.view_key, k) for r, keys in zip(reads, keys_per_view) for k in keys]
-    raw = store.read_at(items, t)
-    out: list[list[ViewValues]] = []
+    full: list[str] = []
+    for r, keys in zip(reads, keys_per_view):
+        prefix = store.entity_key(r.view_key, "")
+        full += [prefix + k for k in keys]
+    flat, stale = store.read_packed(full, t) if full else ([], [])
+    states = dict(zip(stale[::2], stale[1::2])) if stale else None
+    loads = orjson.loads
+    out = []
     pos = 0
     for r, keys in zip(reads, keys_per_view):
-        row_values, stale = [], []
-        for i in range(len(keys)):
-            row_values.append(_decode(r, raw[pos], t, stale, i))
-            pos += 1
-        if stale:  # windows moved since the last event: evaluate those states at the request time
-            for i, blob, t_eval in stale:
-                values = ViewState.from_bytes(r.specs, blob, r.lateness_ms).evaluate(t_eval)
-                row_values[i] = ViewValues({f: values[f] for f in r.features}, PRESENT, row_values[i].event_time, True)
-        out.append(row_values)
+        n = len(keys)
+        rows: list = [None] * n
+        statuses = [PRESENT] * n
+        times: list = [None] * n
+        from_state = [False] * n
+        ttl, pick, clock, default = r.ttl_ms, r.pick, r.clock_idx, r.default_row
+        for i in range(n):
+            payload = flat[pos]
+            wm = flat[pos + 1]
+            pos += 2
+            if wm is None or wm < 0:
+                rows[i] = default
+                statuses[i] = MISSING
+                continue
+            times[i] = wm
+            t_eval = t if t > wm else wm  # a clock behind the newest event time reads as of that event
+            if ttl is not None and t_eval - wm > ttl:
+                rows[i] = default
+                statuses[i] = EXPIRED
+            elif payload is None:  # a window moved since the last event: evaluate the state at t
+                rows[i] = r.evaluate(states[pos // 2 - 1], t_eval)
+                from_state[i] = True
+            else:
+                values = loads(payload)
+                for j in clock:
+                    values[j] = (t_eval - wm) / 1000
+                rows[i] = values if pick is None else pick(values)
+        out.append((rows, statuses, times, from_state))
     return out
 
 
-def _decode(r: ViewRead, hit, t: int, stale: list, i: int) -> ViewValues:
-    if hit is None or hit[2] < 0:
-        return ViewValues(dict(r.defaults), MISSING, None)
-    kind, payload, wm, until = hit
-    t_eval = max(t, wm)  # a clock behind the newest event time reads as of that event
-    if r.ttl_ms is not None and t_eval - wm > r.ttl_ms:
-        return ViewValues(dict(r.defaults), EXPIRED, wm)
-    if kind == "s":
-        stale.append((i, payload, t_eval))
-        return ViewValues({}, PRESENT, wm, True)
-    decoded = orjson.loads(payload)
-    for j in r.clock_idx:
-        decoded[j] = (t_eval - wm) / 1000
-    return ViewValues(dict(zip(r.features, [decoded[j] for j in r.feature_idx])), PRESENT, wm)
+def read_views(store, reads: list[ViewRead], keys_per_view: list[list[str]], at_ms: int | None = None) -> list[list[ViewValues]]:
+    """``result[v][i]``: view ``reads[v]`` for entity ``keys_per_view[v][i]`` as of ``at_ms`` (default now),
+    one ``ViewValues`` each (``read_rows`` is the columnar form the client uses)."""
+    out = []
+    for r, (rows, statuses, times, from_state) in zip(reads, read_rows(store, reads, keys_per_view, at_ms)):
+        out.append([ViewValues(dict(zip(r.features, row)), status, et, fs)
+                    for row, status, et, fs in zip(rows, statuses, times, from_state)])
+    return out

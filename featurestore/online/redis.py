@@ -67,6 +67,35 @@ end
 return out
 """
 
+# ``read_packed``: flat replies with integer watermarks (measured on 500 keys: one nested array
+# per key, as ``_READ`` returns, made the read 2-3x slower end to end).  ``out`` holds two slots
+# per key: (values, watermark) when the values are exact at ARGV[1]; (false, watermark) when a
+# window moved since the last event, the state being in ``states`` as (key index from 0, state);
+# (false, false) when absent.
+_READ_PACKED = """
+local t = tonumber(ARGV[1])
+local out, states = {}, {}
+local n, m = 0, 0
+for i = 1, #KEYS do
+  local r = redis.call('HMGET', KEYS[i], 'v', 'w', 'u')
+  if not r[1] then
+    out[n + 1] = false
+    out[n + 2] = false
+  elseif r[3] ~= '-1' and t >= tonumber(r[3]) then
+    out[n + 1] = false
+    out[n + 2] = tonumber(r[2]) or -1
+    states[m + 1] = i - 1
+    states[m + 2] = redis.call('HGET', KEYS[i], 's') or false
+    m = m + 2
+  else
+    out[n + 1] = r[1]
+    out[n + 2] = tonumber(r[2]) or -1
+  end
+  n = n + 2
+end
+return {out, states}
+"""
+
 
 class RedisOnlineStore:
     """Online store on one Redis database; ``url`` may be redis:// or rediss:// with auth and db."""
@@ -76,6 +105,7 @@ class RedisOnlineStore:
         self.project = project
         self._commit = client.register_script(_COMMIT)
         self._read = client.register_script(_READ)
+        self._read_packed_sha = client.register_script(_READ_PACKED).sha
 
     @classmethod
     def from_url(cls, url: str, project: str) -> "RedisOnlineStore":
@@ -157,6 +187,19 @@ class RedisOnlineStore:
                 u = int(row[3])
                 out.append((row[0].decode(), row[1], int(row[2]), None if u < 0 else u))
         return out
+
+    def read_packed(self, keys: list[str], t: int) -> list[list]:
+        """The read path of ``featurestore.online.reader``, one round trip (EVALSHA) for full entity keys.
+
+        Returns ``[out, states]``: ``out`` has two slots per key, ``(values, watermark)`` when the stored
+        values are exact at ``t``, ``(None, watermark)`` when a window moved since the last event (the
+        state is in ``states``, a flat list of (key index from 0, state) pairs), ``(None, None)`` when absent.
+        """
+        try:
+            return self.client.evalsha(self._read_packed_sha, len(keys), *keys, t)
+        except redis.exceptions.NoScriptError:  # server restarted or scripts flushed
+            self._read_packed_sha = self.client.script_load(_READ_PACKED)
+            return self.client.evalsha(self._read_packed_sha, len(keys), *keys, t)
 
     def read_values(self, items: list[tuple[str, str]]) -> list[tuple[bytes | None, int | None, int | None]]:
         """(values, watermark, valid_until) for each (view_key, entity) in one round trip."""

@@ -37,8 +37,9 @@ def example_views(topic: str):
     return source, [v.model_copy(update={"source": source}) for v in repo.views.values()]
 
 
-def worker_process(bootstrap: str, redis_url: str, dsn: str, project: str, topic: str, stop, assigned) -> None:
-    """The worker, in a child process; ``assigned`` is set once it holds partitions."""
+def worker_process(bootstrap: str, redis_url: str, dsn: str, project: str, topic: str, stop, assigned, report) -> None:
+    """The worker, in a child process; ``assigned`` is set once it holds partitions; its batch
+    statistics go to the ``report`` queue when it stops."""
     _, views = example_views(topic)
 
     async def offline():
@@ -54,7 +55,11 @@ def worker_process(bootstrap: str, redis_url: str, dsn: str, project: str, topic
             assigned.set()
         return stop.is_set()
 
+    cpu = time.process_time()
     worker.run(until=until)
+    report.put({"batches": worker.batches, "records": worker.records_done,
+                "seconds_in_batches": round(worker.metrics.batch_seconds._sum.get(), 2),
+                "worker_cpu_seconds": round(time.process_time() - cpu, 2)})
 
 
 def run_rate(settings, rate: int, seconds: float, customers: int) -> dict:
@@ -74,8 +79,8 @@ def run_rate(settings, rate: int, seconds: float, customers: int) -> dict:
     asyncio.run(setup())
 
     ctx = multiprocessing.get_context("spawn")
-    stop, assigned = ctx.Event(), ctx.Event()
-    child = ctx.Process(target=worker_process, args=(bootstrap, redis_url, dsn, project, topic, stop, assigned))
+    stop, assigned, report = ctx.Event(), ctx.Event(), ctx.Queue()
+    child = ctx.Process(target=worker_process, args=(bootstrap, redis_url, dsn, project, topic, stop, assigned, report))
     child.start()
     assigned.wait(60)  # the group join: latency is measured in steady state
     time.sleep(1)
@@ -137,12 +142,14 @@ def run_rate(settings, rate: int, seconds: float, customers: int) -> dict:
     pending = [None] * (unseen[0] if unseen else 0)
     samples = [None] * sampled
     stop.set()
+    worker_stats = report.get(timeout=60)
     child.join(60)
     arr = np.array(latencies) * 1000
     return {"target_rate": rate, "achieved_produce_rate": round(achieved), "events": n,
             "samples": len(samples), "unseen_after_60s": len(pending),
             "p50_ms": round(float(np.percentile(arr, 50)), 1) if len(arr) else None,
             "p99_ms": round(float(np.percentile(arr, 99)), 1) if len(arr) else None,
+            "worker": worker_stats,
             "note": "latency includes the poller's 2 ms period and one Redis round trip"}
 
 

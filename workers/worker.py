@@ -74,6 +74,9 @@ class WorkerConfig:
     metrics_port: int | None = 9108
     session_timeout_ms: int = 6000
     heartbeat_interval_ms: int = 1000
+    #: how long the broker may hold a fetch that found nothing new (bounds the wait of an event
+    #: that arrives while a fetch is parked, if the broker does not answer it at once)
+    fetch_max_wait_ms: int = 50
     kafka_options: dict = field(default_factory=dict)
     #: Python's cyclic garbage collector, set when the worker starts: the cached states are millions of
     #: small long-lived lists, and with the default (700, 10, 10) the collector rescans them every few
@@ -148,6 +151,7 @@ class Worker:
             group_id=self.config.group, enable_auto_commit=False, auto_offset_reset="earliest",
             session_timeout_ms=self.config.session_timeout_ms, heartbeat_interval_ms=self.config.heartbeat_interval_ms,
             max_poll_records=self.config.batch_size, max_partition_fetch_bytes=4 * 1024 * 1024,
+            fetch_max_wait_ms=self.config.fetch_max_wait_ms,
             reconnect_backoff_max_ms=2000, **opts)
         self.consumer.subscribe(sorted(self.sources), listener=_Rebalance(self))
         self.producer = KafkaProducer(linger_ms=5, acks="all", retries=5, **opts)

@@ -13,6 +13,7 @@ Usage: python bench/bench_transforms.py [--events 5000000] [--entities 100000]
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import time
 
@@ -20,6 +21,7 @@ import numpy as np
 
 from bench.data import T0, make_events, window_specs
 from transforms import DAY, HOUR, ViewState, compute_batch
+from workers.worker import WorkerConfig
 
 WINDOWS = ((HOUR, "1h"), (24 * HOUR, "24h"), (7 * DAY, "7d"))
 FUNCS = ("sum", "count", "mean", "min", "max")
@@ -84,6 +86,23 @@ def agreement(ours, other, columns) -> dict:
 
 
 def bench_streaming(events, batch=1000):
+    """In-memory streaming, twice: with Python's default garbage-collector thresholds and with the
+    worker's (``WorkerConfig.gc_threshold`` and ``gc.freeze()``, as ``featurestore worker`` runs)."""
+    default = _streaming(events, batch)
+    saved = gc.get_threshold()
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*WorkerConfig.gc_threshold)
+    try:
+        tuned = _streaming(events, batch)
+    finally:
+        gc.set_threshold(*saved)
+        gc.unfreeze()
+    return {**tuned, "gc": f"worker thresholds {WorkerConfig.gc_threshold}",
+            "events_per_s_default_gc": default["events_per_s"]}
+
+
+def _streaming(events, batch):
     specs = window_specs()
     states: dict = {}
     keys = events["key"].to_numpy()

@@ -63,7 +63,7 @@ def worker_process(bootstrap: str, redis_url: str, dsn: str, project: str, topic
                 "worker_cpu_seconds": round(time.process_time() - cpu, 2)})
 
 
-def run_rate(settings, rate: int, seconds: float, customers: int) -> dict:
+def run_rate(settings, rate: int, seconds: float, customers: int, workers: int = 1) -> dict:
     bootstrap = settings.kafka_bootstrap_servers
     redis_url = settings.redis_url.get_secret_value()
     dsn = settings.postgres_dsn.get_secret_value()
@@ -80,10 +80,14 @@ def run_rate(settings, rate: int, seconds: float, customers: int) -> dict:
     asyncio.run(setup())
 
     ctx = multiprocessing.get_context("spawn")
-    stop, assigned, report = ctx.Event(), ctx.Event(), ctx.Queue()
-    child = ctx.Process(target=worker_process, args=(bootstrap, redis_url, dsn, project, topic, stop, assigned, report))
-    child.start()
-    assigned.wait(60)  # the group join: latency is measured in steady state
+    stop, report = ctx.Event(), ctx.Queue()
+    assigned = [ctx.Event() for _ in range(workers)]
+    children = [ctx.Process(target=worker_process, args=(bootstrap, redis_url, dsn, project, topic, stop, ready, report))
+                for ready in assigned]
+    for child in children:  # one consumer group: the partitions are shared
+        child.start()
+    for ready in assigned:
+        ready.wait(60)  # the group join: latency is measured in steady state
     time.sleep(1)
     producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=2)
     client = redis.Redis.from_url(redis_url)
@@ -143,10 +147,11 @@ def run_rate(settings, rate: int, seconds: float, customers: int) -> dict:
     pending = [None] * (unseen[0] if unseen else 0)
     samples = [None] * sampled
     stop.set()
-    worker_stats = report.get(timeout=60)
-    child.join(60)
+    worker_stats = [report.get(timeout=60) for _ in children]
+    for child in children:
+        child.join(60)
     arr = np.array(latencies) * 1000
-    return {"target_rate": rate, "achieved_produce_rate": round(achieved), "events": n,
+    return {"target_rate": rate, "worker_processes": workers, "achieved_produce_rate": round(achieved), "events": n,
             "samples": len(samples), "unseen_after_60s": len(pending),
             "p50_ms": round(float(np.percentile(arr, 50)), 1) if len(arr) else None,
             "p99_ms": round(float(np.percentile(arr, 99)), 1) if len(arr) else None,
@@ -159,9 +164,10 @@ def main() -> None:
     parser.add_argument("--rates", type=int, nargs="+", default=[1000, 10000])
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--customers", type=int, default=10000)
+    parser.add_argument("--workers", type=int, default=1, help="worker processes in the consumer group")
     args = parser.parse_args()
     settings = bench_settings()
-    results = [run_rate(settings, r, args.seconds, args.customers) for r in args.rates]
+    results = [run_rate(settings, r, args.seconds, args.customers, args.workers) for r in args.rates]
     print(json.dumps({"runs": results, "goal": "p99 < 250 ms at a steady 10k events/s"}, indent=2))
 
 

@@ -138,12 +138,15 @@ class Worker:
         self.consumer: KafkaConsumer | None = None
         self.producer: KafkaProducer | None = None
         self.probes: ProbeServer | None = None
+        self._saved_gc: tuple | None = None
         self.batches = 0
         self.records_done = 0  # records committed by this process (applied or dead-lettered)
 
     # -- lifecycle -------------------------------------------------------------
     def start(self) -> None:
         if self.config.gc_threshold is not None:
+            self._saved_gc = gc.get_threshold()
+            gc.collect()
             gc.freeze()  # what exists at start-up (modules, definitions) is never collected: stop scanning it
             gc.set_threshold(*self.config.gc_threshold)
         opts = self.config.kafka_options
@@ -174,6 +177,10 @@ class Worker:
         return self.stop_deadline is not None and time.monotonic() > self.stop_deadline
 
     def close(self) -> None:
+        if self._saved_gc is not None:  # a worker run inside a larger process gives its GC settings back
+            gc.unfreeze()
+            gc.set_threshold(*self._saved_gc)
+            self._saved_gc = None
         if self.consumer is not None:
             if self.applied:
                 self._commit_kafka_sync()

@@ -303,9 +303,9 @@ class Worker:
             applied_counts[source_name] = len(p.events) - len(refused)
             for idx, rej in refused.items():
                 dead.append((p.where[idx][2], rej.reason, rej.detail))
-            frame = self._event_frame(p, refused)
-            if len(frame):  # starts now, in the I/O thread, while the records are built below
-                writes.append(self._submit(self.offline.write_events(self._source(source_name), frame)))
+            logged = [(p.where[i][0], p.where[i][1], event) for i, event in enumerate(p.events) if i not in refused]
+            if logged:  # starts now, in the I/O thread, while the records are built below
+                writes.append(self._submit(self.offline.write_valid_events(self._source(source_name), logged)))
         records = [r for processor, states in touched for r in processor.records(states)]
         for write in writes:
             write.result()
@@ -335,17 +335,6 @@ class Worker:
 
     def _source(self, name: str) -> EventSource:
         return next(s for s in self.sources.values() if s.name == name)
-
-    @staticmethod
-    def _event_frame(p: _Pending, refused: dict) -> pd.DataFrame:
-        keep = [i for i in range(len(p.events)) if i not in refused]
-        frame = pd.DataFrame([p.events[i].values for i in keep])
-        frame["__partition"] = [p.where[i][0] for i in keep]
-        frame["__offset"] = [p.where[i][1] for i in keep]
-        frame["__key"] = [p.events[i].key for i in keep]
-        frame["__ts"] = [p.events[i].ts_ms for i in keep]
-        frame["__event_id"] = [p.events[i].event_id for i in keep]
-        return frame
 
     def _send_dead_letters(self, dead: list[tuple]) -> None:
         if not dead:

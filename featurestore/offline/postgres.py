@@ -272,9 +272,7 @@ class PostgresOfflineStore:
 
         ``df``: ``__partition``, ``__offset``, ``__key``, ``__ts`` (epoch ms), ``__event_id``
         (optional) and the schema fields (as ``validate_frame`` returns them; missing optional
-        fields are stored as NULL).  One COPY straight into the log (atomic: all rows or none);
-        when some row is already there (a replay), COPY into a temporary table and ``INSERT ...
-        SELECT ... ON CONFLICT DO NOTHING`` in one transaction.
+        fields are stored as NULL), written by ``_log_records``.
         """
         src = self._source(source)
         if len(df) == 0:
@@ -301,7 +299,24 @@ class PostgresOfflineStore:
         for field, col, vt in self._field_items(src):
             columns.append(col)
             data.append(_to_py(df[field], vt) if field in df.columns else [None] * n)
-        records = list(zip(*data))
+        return await self._log_records(src, columns, list(zip(*data)))
+
+    async def write_valid_events(self, source: str | EventSource, events: Sequence[tuple[int, int, Any]]) -> int:
+        """``write_events`` for the worker: ``(partition, offset, ValidEvent)`` triples, whose values the
+        schema validator already made plain Python (ints, floats, bools, strings, lists; the timestamp as
+        epoch ms; None for a missing optional field), written without a DataFrame in between."""
+        src = self._source(source)
+        if not events:
+            return 0
+        fields = [f for f, _, _ in self._field_items(src)]
+        columns = ["partition", "offset", "entity_key", "event_time", "event_id"] + [c for _, c, _ in self._field_items(src)]
+        records = [(p, o, e.key, e.ts_ms, e.event_id, *[e.values.get(f) for f in fields]) for p, o, e in events]
+        return await self._log_records(src, columns, records)
+
+    async def _log_records(self, src: EventSource, columns: list[str], records: list[tuple]) -> int:
+        """Append event-log rows, idempotently: one COPY straight into the log (atomic: all rows or
+        none); when some row is already there (a replay), COPY into a temporary table and ``INSERT ...
+        SELECT ... ON CONFLICT DO NOTHING`` in one transaction.  Returns the rows inserted."""
         target = self.qualified(self.events_table(src.name))
         cols_sql = ", ".join(qident(c) for c in columns)
         stage = "_fs_stage_events"

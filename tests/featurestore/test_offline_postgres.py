@@ -10,7 +10,7 @@ import pytest
 
 from featurestore.definitions import Aggregate, Entity, EventSource, FeatureView
 from featurestore.offline import PostgresOfflineStore
-from featurestore.schema import validate_frame
+from featurestore.schema import validate_frame, validator_for
 
 pytestmark = pytest.mark.integration
 
@@ -62,6 +62,30 @@ def test_write_events_idempotent(store) -> None:
     assert loop.run_until_complete(s.write_events(src, pd.concat([df.iloc[40:], frame(10, start=50)]))) == 10
     assert loop.run_until_complete(s.count_events(src)) == 60
     assert loop.run_until_complete(s.write_events(src, df.iloc[:0])) == 0
+
+
+def test_worker_rows_equal_frame_rows(store, pg_dsn: str, pg_schema: str) -> None:
+    """``write_valid_events`` (the worker's path: validated events, no DataFrame) logs exactly what
+    ``write_events`` logs for the same events, nulls and lists included, and is as idempotent."""
+    loop, s = store
+    df = frame(30)
+    loop.run_until_complete(s.write_events(src, df))
+    validate = validator_for(src)
+    raw = [{k: (None if isinstance(v, float) and v != v else v) for k, v in row.items() if not k.startswith("__")}
+           for row in df.drop(columns=[c for c in df.columns if c.startswith("__")]).to_dict("records")]
+    events = [validate({k: (list(v) if isinstance(v, np.ndarray) else v) for k, v in r.items()}) for r in raw]
+    assert all(e.ok for e in events)
+    other = loop.run_until_complete(PostgresOfflineStore.create(pg_dsn, "proj2", pg_schema))
+    try:
+        loop.run_until_complete(other.migrate([src], [(view, 1)]))
+        triples = [(0, int(o), e) for o, e in zip(df["__offset"], events)]
+        assert loop.run_until_complete(other.write_valid_events(src, triples)) == 30
+        assert loop.run_until_complete(other.write_valid_events(src, triples[10:] + [(0, 30, events[0])])) == 1
+        mine = loop.run_until_complete(other.load_events(src)).iloc[:30].reset_index(drop=True)
+        theirs = loop.run_until_complete(s.load_events(src))
+        pd.testing.assert_frame_equal(mine, theirs)
+    finally:
+        loop.run_until_complete(other.close())
 
 
 def test_load_order_filters_and_types(store) -> None:

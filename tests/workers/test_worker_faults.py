@@ -687,16 +687,16 @@ def test_postgres_refusing_connections_while_starting_up(servers, topic_factory,
     group = unique_name("g")
     sent = send_events(servers, topic, make_events(600, seed=14))
     worker = build_worker(servers, view, project, group, pg_schema, batch_size=50)
-    write_events = worker.offline.write_events
+    write_events = worker.offline.write_valid_events
     calls = {"n": 0}
 
-    async def starting_up(source, frame):
+    async def starting_up(source, events):
         calls["n"] += 1
         if 3 <= calls["n"] <= 5:
             raise asyncpg.exceptions.CannotConnectNowError("the database system is starting up")
-        return await write_events(source, frame)
+        return await write_events(source, events)
 
-    worker.offline.write_events = starting_up
+    worker.offline.write_valid_events = starting_up
     stop = threading.Event()
     thread, outcome = run_in_thread(worker, stop)
     try:

@@ -7,6 +7,7 @@ the backfill's ``--online`` hand-off both go through ``SourceProcessor``.
 
 from __future__ import annotations
 
+import itertools
 import logging
 from dataclasses import dataclass
 
@@ -66,17 +67,36 @@ class SourceProcessor:
 
     The cache is only valid while the owner keeps committing successfully:
     call ``invalidate()`` after any failed commit, on a rebalance, and before
-    re-running a batch.
+    re-running a batch.  It holds at most ``max_states`` states per view after
+    ``evict()`` (least recently used first out; call it only after a successful
+    commit, when the online store holds every cached state): an evicted entity
+    is loaded from the online store again when it next has an event.
     """
 
-    def __init__(self, views: list[PreparedView], online):
+    def __init__(self, views: list[PreparedView], online, max_states: int | None = None):
         self.views = views
         self.online = online
+        self.max_states = max_states
         self.cache: dict[str, dict[str, ViewState]] = {pv.view_key: {} for pv in views}
+        self.evicted = 0
 
     def invalidate(self) -> None:
         for states in self.cache.values():
             states.clear()
+
+    def evict(self) -> int:
+        """Drop the least recently used states beyond ``max_states`` per view; returns how many."""
+        if self.max_states is None:
+            return 0
+        dropped = 0
+        for states in self.cache.values():
+            over = len(states) - self.max_states
+            if over > 0:
+                for key in list(itertools.islice(states, over)):  # dict order: least recently used first
+                    del states[key]
+                dropped += over
+        self.evicted += dropped
+        return dropped
 
     def apply(self, events: list[ValidEvent]) -> tuple[list[OnlineRecord], dict[int, Rejection]]:
         """Apply events (arrival order); returns the records to commit and the refused events by index."""
@@ -121,6 +141,11 @@ class SourceProcessor:
     def _states(self, pv: PreparedView, keys: list[str]) -> dict[str, ViewState]:
         states = self.cache[pv.view_key]
         missing = [k for k in keys if k not in states]
+        if self.max_states is not None and len(missing) < len(keys):  # keep the dict in least-recently-used order
+            for key in keys:
+                state = states.pop(key, None)
+                if state is not None:
+                    states[key] = state
         if missing:
             for key, blob in self.online.load_states(pv.view_key, missing).items():
                 states[key] = (ViewState(pv.specs, pv.lateness_ms) if blob is None

@@ -48,7 +48,6 @@ def worker_process(bootstrap: str, redis_url: str, dsn: str, project: str, topic
     prepared = [prepare_view(v, 1, project) for v in views]
     worker = Worker(prepared, RedisOnlineStore.from_url(redis_url, project), offline,
                     WorkerConfig(group=f"{project}-g", metrics_port=None, poll_timeout_ms=20,
-                                 fetch_max_wait_ms=int(__import__("os").environ.get("FMW", "50")),
                                  kafka_options={"bootstrap_servers": bootstrap}))
 
     def until(w) -> bool:

@@ -19,7 +19,6 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from operator import itemgetter
 from typing import Any
 
 import numpy as np
@@ -27,7 +26,7 @@ import pandas as pd
 
 from .definitions import EventSource, FeatureService, FeatureView
 from .exceptions import ConfigurationError, InvalidInputError, RegistryError, StoreUnavailableError, UnknownNameError
-from .online.reader import PRESENT, ViewRead, read_rows
+from .online.reader import PRESENT, ViewRead, picker, read_rows
 from .repo import Repository
 
 PUSH_TARGETS = ("online", "offline", "online_and_offline")
@@ -142,19 +141,9 @@ class _OnlinePlan:
             if any(odfv is not None for _, _, odfv, _ in steps):
                 hit = (labels, None, steps, None)
             else:
-                hit = (labels, _picker([c for _, c, _, _ in steps]), None, _picker([v for v, _, _, _ in steps]))
+                hit = (labels, picker([c for _, c, _, _ in steps]), None, picker([v for v, _, _, _ in steps]))
             self._outputs[bool(full_names)] = hit
         return hit
-
-
-def _picker(indices: list[int]):
-    """``items -> tuple(items[i] for i in indices)`` in C (``itemgetter``; also for 0 or 1 index)."""
-    if len(indices) == 1:
-        i = indices[0]
-        return lambda items: (items[i],)
-    if not indices:
-        return lambda items: ()
-    return itemgetter(*indices)
 
 
 class FeatureStore:

@@ -389,22 +389,20 @@ class _Slice:
         return self._cache[key]
 
     def total(self, spec: AggSpec) -> np.ndarray:
-        key = ("total", spec.column, _window_key(spec))
-        if key not in self._cache:
-            wk = _window_key(spec)
-            self._cache[key] = (self.at(spec.column, "sum", self.hi, "hi")
-                                - self.at(spec.column, "sum", self.lo(spec), wk))
-        return self._cache[key]
+        return self._window_prefix_diff(spec, "sum", "total")
 
     def valid_count(self, spec: AggSpec) -> np.ndarray:
-        col = self.column(spec.column)
-        if col.all_valid:
+        if self.column(spec.column).all_valid:
             return self.count(spec)
-        key = ("count", spec.column, _window_key(spec))
+        return self._window_prefix_diff(spec, "count", "count")
+
+    def _window_prefix_diff(self, spec: AggSpec, what: str, name: str) -> np.ndarray:
+        """Per query: the prefix ``what`` (sum or count of the column) at the window's end minus at its start."""
+        wk = _window_key(spec)
+        key = (name, spec.column, wk)
         if key not in self._cache:
-            wk = _window_key(spec)
-            self._cache[key] = (self.at(spec.column, "count", self.hi, "hi")
-                                - self.at(spec.column, "count", self.lo(spec), wk))
+            self._cache[key] = (self.at(spec.column, what, self.hi, "hi")
+                                - self.at(spec.column, what, self.lo(spec), wk))
         return self._cache[key]
 
     def extremum(self, spec: AggSpec) -> np.ndarray:

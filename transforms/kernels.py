@@ -101,13 +101,11 @@ def build(groups: tuple, specs: tuple, group_index: dict, special: frozenset,
         emit("        g.floor = oldest")
 
     # -- evaluate -------------------------------------------------------------------------
-    all_specs = specs
     emit("def evaluate(tiles, wm, t, special):")
     emit("    horizon = None")
-    if wanted is not None:
-        specs = tuple(s for s in specs if s.name in wanted)
+    chosen = [(si, s) for si, s in enumerate(specs) if wanted is None or s.name in wanted]  # si: index in specs
     merges: dict[tuple, int] = {}
-    for spec in specs:
+    for _, spec in chosen:
         if spec.name in special or spec.function == "seconds_since_last":
             continue
         merges.setdefault((group_index[spec.name], spec.window_ms), len(merges))
@@ -149,9 +147,7 @@ def build(groups: tuple, specs: tuple, group_index: dict, special: frozenset,
             emit("        if horizon is None or change < horizon:")
             emit("            horizon = change")
     emit("    out = {}")
-    for si, spec in enumerate(all_specs):
-        if spec not in specs:
-            continue
+    for si, spec in chosen:
         name, fn = spec.name, spec.function
         if fn == "seconds_since_last":
             emit(f"    out[{name!r}] = None if wm is None else (t - wm) / 1000")

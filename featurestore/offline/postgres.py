@@ -142,6 +142,30 @@ def _tidy(s: pd.Series, vt: ValueType) -> pd.Series:
     return s.astype(object)
 
 
+def _event_filter(key_vt: ValueType, keys: Sequence[Any] | None = None, start_ms: int | None = None,
+                  end_ms: int | None = None, partitions: Sequence[int] | None = None) -> tuple[list[str], list[Any]]:
+    """WHERE conditions and their arguments selecting event-log rows by entity key, event time and partition."""
+    where: list[str] = []
+    args: list[Any] = []
+    if keys is not None:
+        if key_vt == INT64:
+            args.append([int(k) for k in keys])
+            where.append(f'"entity_key" = ANY(${len(args)}::bigint[])')
+        else:
+            args.append([str(k) for k in keys])
+            where.append(f'"entity_key" = ANY(${len(args)}::text[])')
+    if start_ms is not None:
+        args.append(int(start_ms))
+        where.append(f'"event_time" >= ${len(args)}')
+    if end_ms is not None:
+        args.append(int(end_ms))
+        where.append(f'"event_time" <= ${len(args)}')
+    if partitions is not None:
+        args.append([int(p) for p in partitions])
+        where.append(f'"partition" = ANY(${len(args)}::int[])')
+    return where, args
+
+
 async def _create_stage(conn: asyncpg.Connection, stage: str, cols_sql: str, target: str) -> None:
     """A temporary staging table shaped like ``target`` (these columns), dropped at commit."""
     await conn.execute(f"CREATE TEMP TABLE {stage} ON COMMIT DROP AS SELECT {cols_sql} FROM {target} WITH NO DATA")
@@ -348,13 +372,7 @@ class PostgresOfflineStore:
                          end_ms: int | None = None) -> list[Any]:
         """Distinct entity keys with events of ``source`` in ``[start_ms, end_ms]`` (sorted)."""
         src = self._source(source)
-        where, args = [], []
-        if start_ms is not None:
-            args.append(int(start_ms))
-            where.append(f'"event_time" >= ${len(args)}')
-        if end_ms is not None:
-            args.append(int(end_ms))
-            where.append(f'"event_time" <= ${len(args)}')
+        where, args = _event_filter(src.schema[src.entity_field], start_ms=start_ms, end_ms=end_ms)
         sql = (f'SELECT DISTINCT "entity_key" FROM {self.qualified(self.events_table(src.name))}'
                + (f" WHERE {' AND '.join(where)}" if where else "") + ' ORDER BY "entity_key"')
         async with self.pool.acquire() as conn:
@@ -600,17 +618,7 @@ class PostgresOfflineStore:
         """``COPY (SELECT ... ORDER BY partition, offset) TO STDOUT`` (binary or CSV, see
         ``load_events_fast``); output name -> values, or None when ``load_events`` must be used."""
         key_vt = src.schema[src.entity_field]
-        where, args = [], []
-        if keys is not None:
-            if key_vt == INT64:
-                args.append([int(k) for k in keys])
-                where.append(f'"entity_key" = ANY(${len(args)}::bigint[])')
-            else:
-                args.append([str(k) for k in keys])
-                where.append(f'"entity_key" = ANY(${len(args)}::text[])')
-        if end_ms is not None:
-            args.append(int(end_ms))
-            where.append(f'"event_time" <= ${len(args)}')
+        where, args = _event_filter(key_vt, keys, end_ms=end_ms)
         with_id = src.event_id_field is not None
         # (output name, SQL expression, kind): kind in i8 i4 f8 b text
         cols: list[tuple[str, str, str, ValueType | None]] = [
@@ -701,25 +709,9 @@ class PostgresOfflineStore:
             raise InvalidInputError(f"source {src.name!r}: a field named 'ts' must be the timestamp field")
         key_vt = src.schema[src.entity_field]
         items = self._field_items(src)
-        where, args = [], []
         if keys is not None:
             keys = list(pd.unique(pd.Series(list(keys), dtype=object).dropna()))
-            if key_vt == INT64:
-                keys = [int(k) for k in keys]
-                args.append(keys)
-                where.append(f'"entity_key" = ANY(${len(args)}::bigint[])')
-            else:
-                args.append([str(k) for k in keys])
-                where.append(f'"entity_key" = ANY(${len(args)}::text[])')
-        if start_ms is not None:
-            args.append(int(start_ms))
-            where.append(f'"event_time" >= ${len(args)}')
-        if end_ms is not None:
-            args.append(int(end_ms))
-            where.append(f'"event_time" <= ${len(args)}')
-        if partitions is not None:
-            args.append([int(p) for p in partitions])
-            where.append(f'"partition" = ANY(${len(args)}::int[])')
+        where, args = _event_filter(key_vt, keys, start_ms, end_ms, partitions)
         select = ['"entity_key"', '"event_time"', '"event_id"'] + [qident(c) for _, c, _ in items]
         select += ['"partition"', '"offset"']
         sql = (f"SELECT {', '.join(select)} FROM {self.qualified(self.events_table(src.name))}"

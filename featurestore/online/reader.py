@@ -30,6 +30,16 @@ from transforms import compile_reader
 PRESENT, MISSING, EXPIRED = "present", "missing", "expired"
 
 
+def picker(indices: list[int]):
+    """``items -> tuple(items[i] for i in indices)`` in C (``itemgetter``; also for 0 or 1 index)."""
+    if len(indices) == 1:
+        i = indices[0]
+        return lambda items: (items[i],)
+    if not indices:
+        return lambda items: ()
+    return itemgetter(*indices)
+
+
 @dataclass
 class ViewRead:
     """What to read for one view: its key prefix, specs and the features wanted (compiled once per request shape)."""
@@ -48,11 +58,8 @@ class ViewRead:
         #: stored values (spec order) -> requested values (feature order); None when they are the same
         if self.feature_idx == list(range(len(names))):
             self.pick = None
-        elif len(self.feature_idx) == 1:
-            j = self.feature_idx[0]
-            self.pick = lambda values: (values[j],)
         else:
-            self.pick = itemgetter(*self.feature_idx)
+            self.pick = picker(self.feature_idx)
         self.default_row = tuple(self.defaults[f] for f in self.features)
         self.evaluate = compile_reader(self.specs, self.features)  # (state blob, t) -> values in feature order
 

@@ -52,24 +52,8 @@ return 1
 """
 
 
-_READ = """
-local t = tonumber(ARGV[1])
-local out = {}
-for i = 1, #KEYS do
-  local r = redis.call('HMGET', KEYS[i], 'v', 'w', 'u')
-  if r[1] and r[3] ~= '-1' and t >= tonumber(r[3]) then
-    out[i] = {'s', redis.call('HGET', KEYS[i], 's'), r[2], r[3]}
-  elseif r[1] then
-    out[i] = {'v', r[1], r[2], r[3]}
-  else
-    out[i] = false
-  end
-end
-return out
-"""
-
 # ``read_packed``: flat replies with integer watermarks (measured on 500 keys: one nested array
-# per key, as ``_READ`` returns, made the read 2-3x slower end to end).  ``out`` holds two slots
+# per key made the read 2-3x slower end to end).  ``out`` holds two slots
 # per key: (values, watermark) when the values are exact at ARGV[1]; (false, watermark) when a
 # window moved since the last event, the state being in ``states`` as (key index from 0, state);
 # (false, false) when absent.
@@ -114,7 +98,6 @@ class RedisOnlineStore:
         self.client = client
         self.project = project
         self._commit = client.register_script(_COMMIT)
-        self._read = client.register_script(_READ)
         self._read_packed_sha = client.register_script(_READ_PACKED).sha
         self._load_states = client.register_script(_LOAD_STATES)
 
@@ -189,19 +172,6 @@ class RedisOnlineStore:
         for view_key, key in items:
             pipe.hget(self.entity_key(view_key, key), "s")
         return pipe.execute()
-
-    def read_at(self, items: list[tuple[str, str]], t: int) -> list[tuple[str, bytes, int, int | None] | None]:
-        """One round trip: for each (view_key, entity), ``("v", values, watermark, valid_until)`` when the
-        stored values are exact at ``t``, else ``("s", state, watermark, valid_until)``; None when absent."""
-        raw = self._read(keys=[self.entity_key(vk, k) for vk, k in items], args=[t])
-        out = []
-        for row in raw:
-            if not row:
-                out.append(None)
-            else:
-                u = int(row[3])
-                out.append((row[0].decode(), row[1], int(row[2]), None if u < 0 else u))
-        return out
 
     def read_packed(self, keys: list[str], t: int) -> list[list]:
         """The read path of ``featurestore.online.reader``, one round trip (EVALSHA) for full entity keys.

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 import threading
 from collections import defaultdict
 
 import orjson
+from kafka import KafkaProducer
 
 from featurestore.definitions import Activity, Aggregate, Entity, EventSource, FeatureView, Latest
 from featurestore.offline.postgres import PostgresOfflineStore
@@ -86,3 +88,26 @@ def run_until(worker: Worker, n_records: int, timeout: float = 60.0) -> threadin
         "until": lambda w: w.records_done >= n_records or time.monotonic() > deadline}, daemon=True)
     thread.start()
     return thread
+
+
+def assert_same(actual: dict, expected: dict) -> None:
+    """Same entities and feature values (floats within 1e-9)."""
+    assert set(actual) == set(expected)
+    for key, exp in expected.items():
+        for name, value in exp.items():
+            got = actual[key][name]
+            if isinstance(value, float):
+                assert math.isclose(got, value, rel_tol=1e-9, abs_tol=1e-9), (key, name, got, value)
+            else:
+                assert got == value, (key, name, got, value)
+
+
+def send(servers, topic, events, raw=()):
+    """Events as JSON keyed by customer, then ``raw`` byte strings (bad input) keyed C000."""
+    producer = KafkaProducer(bootstrap_servers=servers.kafka_bootstrap, linger_ms=5)
+    for e in events:
+        producer.send(topic, key=e["customer_id"].encode(), value=orjson.dumps(e))
+    for r in raw:
+        producer.send(topic, key=b"C000", value=r)
+    producer.flush()
+    producer.close()

@@ -19,13 +19,12 @@ from collections import defaultdict
 import orjson
 import pandas as pd
 import pytest
-from kafka import KafkaProducer
 
 from featurestore.definitions import FileHistory
 from featurestore.offline.postgres import PostgresOfflineStore
 from featurestore.online import RedisOnlineStore
 from tests.transforms.reference import Event, mismatches, reference_accept, reference_values as ref_values, value_scale
-from tests.workers.support import T0, build_worker, make_events, make_view, reference_values, run_until
+from tests.workers.support import T0, build_worker, make_events, make_view, reference_values, run_until, send
 from transforms import ViewState
 from workers import backfill as bf
 from workers.backfill import BackfillError, BackfillOptions, run_backfill
@@ -71,16 +70,6 @@ def fetch(servers, project, schema, sql):
             return await conn.fetch(sql.format(schema=schema, project=project))
 
     return run(_with_store(servers, project, schema, go))
-
-
-def send(servers, topic, events, raw=()):
-    producer = KafkaProducer(bootstrap_servers=servers.kafka_bootstrap, linger_ms=5)
-    for e in events:
-        producer.send(topic, key=e["customer_id"].encode(), value=orjson.dumps(e))
-    for r in raw:
-        producer.send(topic, key=b"C000", value=r)
-    producer.flush()
-    producer.close()
 
 
 def assert_history_equals_reference(view, events, got: pd.DataFrame, start_ms=None, end_ms=None):

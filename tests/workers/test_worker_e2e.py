@@ -3,36 +3,13 @@
 from __future__ import annotations
 
 import gc
-import math
 
-import orjson
 import pytest
-from kafka import KafkaProducer
 
-from tests.workers.support import build_worker, make_events, make_view, online_values, reference_values, run_until
+from tests.workers.support import (assert_same, build_worker, make_events, make_view, online_values,
+                                  reference_values, run_until, send)
 
 pytestmark = pytest.mark.integration
-
-
-def send(servers, topic, events, extra_raw=()):
-    producer = KafkaProducer(bootstrap_servers=servers.kafka_bootstrap, linger_ms=5)
-    for e in events:
-        producer.send(topic, key=e["customer_id"].encode(), value=orjson.dumps(e))
-    for raw in extra_raw:
-        producer.send(topic, key=b"C000", value=raw)
-    producer.flush()
-    producer.close()
-
-
-def assert_same(actual: dict, expected: dict):
-    assert set(actual) == set(expected)
-    for key, exp in expected.items():
-        for name, value in exp.items():
-            got = actual[key][name]
-            if isinstance(value, float):
-                assert math.isclose(got, value, rel_tol=1e-9, abs_tol=1e-9), (key, name, got, value)
-            else:
-                assert got == value, (key, name, got, value)
 
 
 def test_worker_values_equal_reference(servers, topic_factory, unique_name, redis_client, pg_schema):

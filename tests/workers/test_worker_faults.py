@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 import os
 import re
 import signal
@@ -36,7 +35,8 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from prometheus_client import generate_latest
 
 from featurestore.offline.postgres import qident, table_name
-from tests.workers.support import build_worker, make_events, make_view, online_values, reference_values
+from tests.workers.support import (assert_same, build_worker, make_events, make_view, online_values,
+                                  reference_values)
 from tests.workers.worker_main import install_throttle
 from workers.worker import SHUTDOWN_GRACE_S
 
@@ -127,17 +127,6 @@ def wait_for(predicate, timeout: float, what, interval: float = 0.01):
 def wait_complete(client, project, group, sent: Sent, timeout: float = 60.0) -> None:
     wait_for(lambda: stored_offsets(client, project, group) == sent.ends, timeout,
              lambda: f"all of {sent.ends} committed (have {stored_offsets(client, project, group)})", interval=0.05)
-
-
-def assert_same(actual: dict, expected: dict) -> None:
-    assert set(actual) == set(expected)
-    for key, exp in expected.items():
-        for name, value in exp.items():
-            got = actual[key][name]
-            if isinstance(value, float):
-                assert math.isclose(got, value, rel_tol=1e-9, abs_tol=1e-9), (key, name, got, value)
-            else:
-                assert got == value, (key, name, got, value)
 
 
 def event_log(dsn: str, schema: str, project: str) -> list[tuple[int, int, str]]:
@@ -622,10 +611,7 @@ def test_redis_stopped_and_restarted(persistent, servers, topic_factory, unique_
         finally:
             stop.set()
             thread.join(30)
-        assert not thread.is_alive()
-        assert "error" not in outcome, outcome
-        print("retries:", {k: c._value.get() for k, c in worker.metrics.retries._metrics.items()})
-        assert sum(c._value.get() for c in _children(worker.metrics.retries)) > 0  # it did see the outage
+        assert_rode_out_outage(worker, thread, outcome)
         if persistent:
             assert worker.epoch == first_epoch
         else:
@@ -663,13 +649,18 @@ def test_postgres_stopped_and_restarted(servers, topic_factory, unique_name, pro
         finally:
             stop.set()
             thread.join(30)
-        assert not thread.is_alive()
-        assert "error" not in outcome, outcome
-        print("retries:", {k: c._value.get() for k, c in worker.metrics.retries._metrics.items()})
-        assert sum(c._value.get() for c in _children(worker.metrics.retries)) > 0
+        assert_rode_out_outage(worker, thread, outcome)
         assert_clean_result(shared_redis, project, view, sent.events, private.dsn, schema)
     finally:
         private.stop()
+
+
+def assert_rode_out_outage(worker, thread, outcome) -> None:
+    """The worker thread ended cleanly and retried at least once (it did see the outage)."""
+    assert not thread.is_alive()
+    assert "error" not in outcome, outcome
+    print("retries:", {k: c._value.get() for k, c in worker.metrics.retries._metrics.items()})
+    assert sum(c._value.get() for c in _children(worker.metrics.retries)) > 0
 
 
 def _children(counter):

@@ -873,12 +873,9 @@ class PostgresOfflineStore:
         key_vt = src.schema[src.entity_field]
         items = self._field_items(src)
         bucket = self.bucket_sql(n_buckets)
-        where, args = [], []
+        where, args = _event_filter(key_vt, end_ms=end_ms)
         args.append([int(b) for b in buckets])
-        where.append(f"{bucket} = ANY($1::bigint[])")
-        if end_ms is not None:
-            args.append(int(end_ms))
-            where.append(f'"event_time" <= ${len(args)}')
+        where.append(f"{bucket} = ANY(${len(args)}::bigint[])")
         if cut is not None:
             whens = " ".join(f'WHEN {int(p)} THEN "offset" <= {int(o)}' for p, o in sorted(cut.items()))
             where.append(f'(CASE "partition" {whens} ELSE "partition" < 0 END)' if whens else '"partition" < 0')

@@ -1,21 +1,38 @@
-"""Per-layout kernels of the streaming state, generated once per spec set.
+"""Tile layout and per-layout kernels of the streaming state, generated once per spec set.
 
-``ViewState`` keeps one dict of tiles per (column, hop) group.  Looping over
-groups and specs with generic code costs more than the arithmetic itself (a
-typical entity holds one or two events per tile), so for each spec set this
-module writes the three hot loops out as plain Python source with the groups,
-hops, windows and columns as constants, and compiles it once:
+``ViewState`` keeps one dict of tiles per hop (``None``: the single lifetime
+tile).  A tile is one flat list: ``[k, n_events, <fields of column 1>, <fields
+of column 2>, ...]`` where each input column of that hop keeps only the fields
+its functions need (``TileGroup.columns``), in the order of ``FIELDS``:
+
+==========  =============================================  =============
+field       what                                           needed by
+==========  =============================================  =============
+c           non-null values                                every column
+s           their sum                                      sum, mean
+mu, q       running mean and M2 (Welford)                  var, stddev
+lo / hi     min / max                                      min / max
+fts.. fv    (ts, arrival seq, value) of the first value    first
+lts.. lv    (ts, arrival seq, value) of the last value     last
+==========  =============================================  =============
+
+so an event updates one tile per hop, and a state stores no field nobody reads.
+
+Looping over groups and specs with generic code costs more than the arithmetic
+itself (a typical entity holds one or two events per tile), so for each spec
+set this module writes the three hot loops out as plain Python source with the
+hops, windows, columns and field offsets as constants, and compiles it once:
 
 * ``add(groups, accepted)`` — every accepted ``(ts, seq, values)`` event into
-  the tile of each group (each input column is read and null-checked once);
+  the tile of each hop (each input column is read and null-checked once);
 * ``prune(groups, watermark)`` — drop tiles no future window can reach;
-* ``evaluate(tiles, wm, t, special)`` — merge the tiles of each (group, window)
+* ``evaluate(tiles, wm, t, special)`` — merge the tiles of each (hop, window)
   once, then every feature in spec order, and the earliest time a value may
   change without a new event.  ``tiles[i]`` is an iterable of tile rows of
   group ``i`` (a live state's ``dict.values()``, or the rows of a serialized
   state, so a read never rebuilds a ``ViewState``); ``special(i, t)`` gives
   spec ``i``'s set-valued feature (count_distinct, last_n).  Built for a subset
-  of the features (``wanted``), it merges only the windows they need.
+  of the features (``wanted``), it merges only the windows and fields they need.
 
 The algebra is not repeated here: merges call ``merge_moments`` and values
 call ``finalize`` from ``transforms.aggregations`` — the functions the batch
@@ -25,11 +42,73 @@ path uses.  ``print(transforms.state._layout(specs).kernels.source)`` shows what
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 from .aggregations import EMPTY_VALUES, finalize, merge_moments
 
-# Tile slots (see transforms.state): K, N_EVENTS, COUNT, TOTAL, MEAN, M2, LO, HI, F_TS, F_SEQ, F_VAL, L_TS, L_SEQ, L_VAL
-_NEW_TILE = "[k, 0, 0, 0.0, 0.0, 0.0, None, None, None, None, None, None, None, None]"
+#: Column fields of a tile, in layout order, with their empty value.
+FIELDS = {"c": 0, "s": 0.0, "mu": 0.0, "q": 0.0, "lo": None, "hi": None,
+          "fts": None, "fsq": None, "fv": None, "lts": None, "lsq": None, "lv": None}
+ACTIVITY = frozenset({"count_events", "events_per_minute"})  # read n_events only, no column
+
+
+def fields_for(functions) -> tuple[str, ...]:
+    """The tile fields a column needs for ``functions``."""
+    need = {"c"}
+    if functions & {"sum", "mean"}:
+        need.add("s")
+    if functions & {"var", "stddev"}:
+        need |= {"mu", "q"}
+    if "min" in functions:
+        need.add("lo")
+    if "max" in functions:
+        need.add("hi")
+    if "first" in functions:
+        need |= {"fts", "fsq", "fv"}
+    if "last" in functions:
+        need |= {"lts", "lsq", "lv"}
+    return tuple(f for f in FIELDS if f in need)
+
+
+@dataclass(frozen=True)
+class TileGroup:
+    """The tiles of one hop: ``columns`` is ((column, fields), ...); ``reach`` the longest window (None: lifetime)."""
+
+    hop: int | None
+    columns: tuple
+    reach: int | None
+
+    @cached_property
+    def offsets(self) -> dict:
+        """(column, field) -> index in the tile row."""
+        out, i = {}, 2
+        for column, fields in self.columns:
+            for f in fields:
+                out[(column, f)] = i
+                i += 1
+        return out
+
+    @cached_property
+    def new_tile(self) -> str:
+        return "[k, 0" + "".join(f", {FIELDS[f]!r}" for _, fields in self.columns for f in fields) + "]"
+
+    @cached_property
+    def signature(self) -> str:
+        """Names the row layout in serialized states (``column:field,field;...``)."""
+        return ";".join(f"{c}:{','.join(fields)}" for c, fields in self.columns)
+
+
+def _fold(emit, indent: str, dst: dict, src: dict) -> None:
+    """Emit the folding of ``src`` into ``dst`` (field -> expression) for the extreme and
+    positional fields in ``dst``: min, max, and first/last by (ts, arrival seq)."""
+    if "lo" in dst:
+        emit(f"{indent}if {dst['lo']} is None or {src['lo']} < {dst['lo']}: {dst['lo']} = {src['lo']}")
+    if "hi" in dst:
+        emit(f"{indent}if {dst['hi']} is None or {src['hi']} > {dst['hi']}: {dst['hi']} = {src['hi']}")
+    for ts, seq, value, before in (("fts", "fsq", "fv", "<"), ("lts", "lsq", "lv", ">")):
+        if ts in dst:
+            emit(f"{indent}if {dst[ts]} is None or ({src[ts]}, {src[seq]}) {before} ({dst[ts]}, {dst[seq]}): "
+                 f"{dst[ts]} = {src[ts]}; {dst[seq]} = {src[seq]}; {dst[value]} = {src[value]}")
 
 
 @dataclass(frozen=True)
@@ -42,58 +121,56 @@ class Kernels:
 
 def build(groups: tuple, specs: tuple, group_index: dict, special: frozenset,
           wanted: frozenset | None = None) -> Kernels:
-    """``groups``: ((column, hop), functions, reach) per group, in ``ViewState.groups`` order;
-    ``group_index``: spec name -> index of its group; ``special``: names evaluated by
-    ``special(i, t)`` (count_distinct, last_n); ``wanted``: the features ``evaluate``
-    returns (default all)."""
+    """``groups``: ``TileGroup`` s in ``ViewState`` order; ``group_index``: spec name -> index of its
+    group (simple functions); ``special``: names evaluated by ``special(i, t)`` (count_distinct,
+    last_n); ``wanted``: the features ``evaluate`` returns (default all)."""
     lines: list[str] = []
     emit = lines.append
+    offsets = [g.offsets for g in groups]
 
     # -- add ------------------------------------------------------------------------------
     emit("def add(groups, accepted):")
     for i in range(len(groups)):
         emit(f"    g{i} = groups[{i}]; t{i} = g{i}.tiles; f{i} = g{i}.floor")
-    columns = list(dict.fromkeys(key[0] for key, _, _ in groups if key[0] is not None))
+    columns = list(dict.fromkeys(c for g in groups for c, _ in g.columns))
     emit("    for ts, seq, values in accepted:")
     for j, column in enumerate(columns):
         emit(f"        v{j} = values.get({column!r})")
         emit(f"        x{j} = not (v{j} is None or (isinstance(v{j}, float) and v{j} != v{j}))")
     if not groups:
         emit("        pass")
-    for i, ((column, hop), functions, _) in enumerate(groups):
-        emit(f"        k = ts // {hop}" if hop else "        k = 0")
+    for i, group in enumerate(groups):
+        o = offsets[i]
+        emit(f"        k = ts // {group.hop}" if group.hop else "        k = 0")
         emit(f"        tile = t{i}.get(k)")
         emit("        if tile is None:")
-        emit(f"            tile = t{i}[k] = {_NEW_TILE}")
+        emit(f"            tile = t{i}[k] = {group.new_tile}")
         emit(f"            if f{i} is None or k < f{i}:")
         emit(f"                f{i} = k")
         emit("        tile[1] += 1")
-        if column is None:
-            continue
-        j = columns.index(column)
-        v = f"v{j}"
-        emit(f"        if x{j}:")
-        emit("            tile[2] += 1")
-        if functions & {"sum", "mean"}:
-            emit(f"            tile[3] += float({v})")
-        if functions & {"var", "stddev"}:  # Welford, as merge_moments expects (count, mean, M2)
-            emit(f"            x = float({v}); d = x - tile[4]; tile[4] += d / tile[2]; tile[5] += d * (x - tile[4])")
-        if functions & {"min", "max"}:
-            emit(f"            if tile[6] is None or {v} < tile[6]: tile[6] = {v}")
-            emit(f"            if tile[7] is None or {v} > tile[7]: tile[7] = {v}")
-        if functions & {"first", "last"}:
-            emit(f"            if tile[8] is None or (ts, seq) < (tile[8], tile[9]): tile[8] = ts; tile[9] = seq; tile[10] = {v}")
-            emit(f"            if tile[11] is None or (ts, seq) > (tile[11], tile[12]): tile[11] = ts; tile[12] = seq; tile[13] = {v}")
+        for column, fields in group.columns:
+            j = columns.index(column)
+            v = f"v{j}"
+            at = {f: o[(column, f)] for f in fields}
+            emit(f"        if x{j}:")
+            emit(f"            tile[{at['c']}] += 1")
+            if "s" in at:
+                emit(f"            tile[{at['s']}] += float({v})")
+            if "mu" in at:  # Welford, as merge_moments expects (count, mean, M2)
+                emit(f"            x = float({v}); d = x - tile[{at['mu']}]; tile[{at['mu']}] += d / tile[{at['c']}]; "
+                     f"tile[{at['q']}] += d * (x - tile[{at['mu']}])")
+            _fold(emit, "            ", {f: f"tile[{i}]" for f, i in at.items()},
+                  {"lo": v, "hi": v, "fts": "ts", "fsq": "seq", "fv": v, "lts": "ts", "lsq": "seq", "lv": v})
     for i in range(len(groups)):
         emit(f"    g{i}.floor = f{i}")
 
     # -- prune ----------------------------------------------------------------------------
     emit("def prune(groups, wm):")
     emit("    pass")
-    for i, ((_, hop), _, reach) in enumerate(groups):
-        if not hop:
+    for i, group in enumerate(groups):
+        if not group.hop:
             continue
-        emit(f"    g = groups[{i}]; oldest = (wm - {reach}) // {hop}")  # window_start(wm, reach, hop) // hop
+        emit(f"    g = groups[{i}]; oldest = (wm - {group.reach}) // {group.hop}")  # window_start(wm, reach, hop) // hop
         emit("    if g.tiles and (g.floor is None or g.floor < oldest):")
         emit("        tiles = g.tiles")
         emit("        for k in [k for k in tiles if k < oldest]:")
@@ -104,43 +181,47 @@ def build(groups: tuple, specs: tuple, group_index: dict, special: frozenset,
     emit("def evaluate(tiles, wm, t, special):")
     emit("    horizon = None")
     chosen = [(si, s) for si, s in enumerate(specs) if wanted is None or s.name in wanted]  # si: index in specs
-    merges: dict[tuple, int] = {}
+    merges: dict[tuple, dict] = {}  # (group, window) -> {column: functions wanted}
     for _, spec in chosen:
         if spec.name in special or spec.function == "seconds_since_last":
             continue
-        merges.setdefault((group_index[spec.name], spec.window_ms), len(merges))
-    for (gi, w), m in merges.items():
-        (_, hop), functions, _ = groups[gi]
-        welford = bool(functions & {"var", "stddev"})
-        extremes = bool(functions & {"min", "max"})
-        positional = bool(functions & {"first", "last"})
-        emit(f"    n{m} = 0; c{m} = 0; s{m} = 0.0; mu{m} = 0.0; q{m} = 0.0; lo{m} = None; hi{m} = None; old = None")
-        if positional:
-            emit(f"    fts{m} = fsq{m} = fv{m} = lts{m} = lsq{m} = lv{m} = None")
+        need = merges.setdefault((group_index[spec.name], spec.window_ms), {})
+        if spec.function not in ACTIVITY:
+            need.setdefault(spec.column, set()).add(spec.function)
+    mindex = {key: m for m, key in enumerate(merges)}
+    for (gi, w), need in merges.items():
+        m = mindex[(gi, w)]
+        group, o = groups[gi], offsets[gi]
+        hop = group.hop
+        emit(f"    n{m} = 0; old = None")
+        for column, functions in need.items():
+            j = columns.index(column)
+            emit(f"    c{m}_{j} = 0; s{m}_{j} = 0.0; mu{m}_{j} = 0.0; q{m}_{j} = 0.0; lo{m}_{j} = None; hi{m}_{j} = None")
+            if functions & {"first", "last"}:
+                emit(f"    fts{m}_{j} = fsq{m}_{j} = fv{m}_{j} = lts{m}_{j} = lsq{m}_{j} = lv{m}_{j} = None")
+        if w is not None:
+            emit(f"    a = (t - {w}) // {hop}; b = t // {hop}")
         emit(f"    for tile in tiles[{gi}]:")
         emit("        k = tile[0]")
         if w is not None:
-            emit(f"        if k < (t - {w}) // {hop} or k > t // {hop}:")
+            emit("        if k < a or k > b:")
             emit("            continue")
         emit("        if tile[1]:")
         emit(f"            n{m} += tile[1]")
         emit("            if old is None or k < old:")
         emit("                old = k")
-        emit("        if not tile[2]:")
-        emit("            continue")
-        if welford:
-            emit(f"        c{m}, mu{m}, q{m} = merge_moments(c{m}, mu{m}, q{m}, tile[2], tile[4], tile[5])")
-        else:
-            emit(f"        c{m} += tile[2]")
-        emit(f"        s{m} += tile[3]")
-        if extremes:
-            emit(f"        if lo{m} is None or tile[6] < lo{m}: lo{m} = tile[6]")
-            emit(f"        if hi{m} is None or tile[7] > hi{m}: hi{m} = tile[7]")
-        if positional:
-            emit(f"        if tile[8] is not None and (fts{m} is None or (tile[8], tile[9]) < (fts{m}, fsq{m})):")
-            emit(f"            fts{m} = tile[8]; fsq{m} = tile[9]; fv{m} = tile[10]")
-            emit(f"        if tile[11] is not None and (lts{m} is None or (tile[11], tile[12]) > (lts{m}, lsq{m})):")
-            emit(f"            lts{m} = tile[11]; lsq{m} = tile[12]; lv{m} = tile[13]")
+        for column, functions in need.items():
+            j = columns.index(column)
+            at = {f: o[(column, f)] for f in fields_for(functions)}
+            s = f"{m}_{j}"
+            emit(f"        if tile[{at['c']}]:")
+            if "mu" in at:
+                emit(f"            c{s}, mu{s}, q{s} = merge_moments(c{s}, mu{s}, q{s}, tile[{at['c']}], tile[{at['mu']}], tile[{at['q']}])")
+            else:
+                emit(f"            c{s} += tile[{at['c']}]")
+            if "s" in at:
+                emit(f"            s{s} += tile[{at['s']}]")
+            _fold(emit, "            ", {f: f"{f}{s}" for f in at}, {f: f"tile[{i}]" for f, i in at.items()})
         if w is not None:  # the oldest non-empty tile leaves this window at (old + 1) * hop + w
             emit("    if old is not None:")
             emit(f"        change = (old + 1) * {hop} + {w}")
@@ -158,17 +239,23 @@ def build(groups: tuple, specs: tuple, group_index: dict, special: frozenset,
             emit("    if change is not None and (horizon is None or change < horizon):")
             emit("        horizon = change")
             continue
-        m = merges[(group_index[name], spec.window_ms)]
-        if fn == "first":
-            emit(f"    out[{name!r}] = fv{m}")
-        elif fn == "last":
-            emit(f"    out[{name!r}] = lv{m}")
+        m = mindex[(group_index[name], spec.window_ms)]
+        if fn in ACTIVITY:
+            call = (f"finalize({fn!r}, n_events=n{m}, count=0, total=0.0, mean=0.0, m2=0.0, lo=None, hi=None, "
+                    f"window_ms={spec.window_ms})")
         else:
-            call = (f"finalize({fn!r}, n_events=n{m}, count=c{m}, total=s{m}, mean=mu{m}, m2=q{m}, "
-                    f"lo=lo{m}, hi=hi{m}, window_ms={spec.window_ms})")
-            if fn in EMPTY_VALUES:
-                call = f"({EMPTY_VALUES[fn]!r} if not n{m} else {call})"
-            emit(f"    out[{name!r}] = {call}")
+            s = f"{m}_{columns.index(spec.column)}"
+            if fn == "first":
+                emit(f"    out[{name!r}] = fv{s}")
+                continue
+            if fn == "last":
+                emit(f"    out[{name!r}] = lv{s}")
+                continue
+            call = (f"finalize({fn!r}, n_events=n{m}, count=c{s}, total=s{s}, mean=mu{s}, m2=q{s}, "
+                    f"lo=lo{s}, hi=hi{s}, window_ms={spec.window_ms})")
+        if fn in EMPTY_VALUES:
+            call = f"({EMPTY_VALUES[fn]!r} if not n{m} else {call})"
+        emit(f"    out[{name!r}] = {call}")
     emit("    return out, horizon")
 
     source = "\n".join(lines) + "\n"

@@ -2,7 +2,7 @@
 
 ``ViewState`` applies micro-batches of events in arrival order and evaluates
 every feature as of any time at or after its watermark.  Windowed partials
-live in tiles ``[k*h, (k+1)*h)`` per (column, hop); tiles that no future
+live in tiles ``[k*h, (k+1)*h)`` per hop (one row per tile for every column); tiles that no future
 window can reach are dropped, so the state stays bounded by the window length
 over the hop, whatever the event rate (``count_distinct`` is bounded by the
 distinct values, ``last_n`` by n, event ids by the lateness horizon).
@@ -19,12 +19,12 @@ from dataclasses import dataclass
 import orjson
 
 from .aggregations import is_null
-from .kernels import Kernels
+from .kernels import ACTIVITY, FIELDS, Kernels, TileGroup, fields_for
 from .kernels import build as build_kernels
 from .specs import AggSpec
 from .windows import window_start
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: one tile row per hop holding every column's fields (1: per (column, hop), 14 fields)
 
 REJECT_LATE = "late"
 REJECT_DUPLICATE = "duplicate_event_id"
@@ -34,8 +34,6 @@ EXTREME_FUNCTIONS = frozenset({"min", "max"})
 POSITIONAL_FUNCTIONS = frozenset({"first", "last"})
 SIMPLE_FUNCTIONS = MOMENT_FUNCTIONS | EXTREME_FUNCTIONS | POSITIONAL_FUNCTIONS | {"count", "count_events", "events_per_minute"}
 
-# Tile layout: one flat list per tile, its index ``k`` first (cheap to update; serialized as is).
-K, N_EVENTS, COUNT, TOTAL, MEAN, M2, LO, HI, F_TS, F_SEQ, F_VAL, L_TS, L_SEQ, L_VAL = range(14)
 
 
 @dataclass(frozen=True)
@@ -47,16 +45,16 @@ class Rejection:
     detail: str
 
 
-class _TileGroup:
-    """Tiles of one (column, hop); ``hop=None`` is the single lifetime tile.  The loops over
-    them are generated per spec set (``transforms.kernels``)."""
+class _Tiles:
+    """Tiles of one hop (``hop=None``: the single lifetime tile), rows laid out as ``transforms.kernels``
+    describes; the loops over them are generated per spec set."""
 
-    __slots__ = ("column", "hop", "tiles", "floor")
+    __slots__ = ("hop", "signature", "tiles", "floor")
 
-    def __init__(self, column: str | None, hop: int | None):
-        self.column = column
+    def __init__(self, hop: int | None, signature: str):
         self.hop = hop
-        self.tiles: dict[int, list] = {}  # k -> [k, n_events, count, total, mean, m2, lo, hi, first..., last...]
+        self.signature = signature
+        self.tiles: dict[int, list] = {}  # k -> [k, n_events, fields of each column...]
         self.floor: int | None = None  # a lower bound of the tile indices present (prune is skipped above it)
 
 
@@ -77,16 +75,11 @@ def _set_valued(spec: AggSpec, t: int, items):
     return value, change
 
 
-def _group_key(spec: AggSpec) -> tuple[str | None, int | None]:
-    column = None if spec.function in ("count_events", "events_per_minute", "seconds_since_last") else spec.column
-    return column, spec.hop_ms
-
-
 @dataclass(frozen=True)
 class _Layout:
     """What a spec set needs, computed once per spec set (not per entity)."""
 
-    groups: tuple  # ((column, hop), functions, reach)
+    groups: tuple  # kernels.TileGroup per hop
     distinct: tuple
     last_n: tuple
     kernels: Kernels  # add / prune / evaluate written out for this spec set
@@ -101,18 +94,20 @@ def _layout(specs: tuple) -> _Layout:
     layout = _LAYOUTS.get(specs)
     if layout is not None:
         return layout
-    functions: dict[tuple, set[str]] = {}
-    reach: dict[tuple, int] = {}
+    columns: dict[int | None, dict[str, set[str]]] = {}  # hop -> column -> functions
+    reach: dict[int | None, int] = {}
     for spec in specs:
         if spec.function in SIMPLE_FUNCTIONS:
-            key = _group_key(spec)
-            functions.setdefault(key, set()).add(spec.function)
+            by_column = columns.setdefault(spec.hop_ms, {})
+            if spec.function not in ACTIVITY:
+                by_column.setdefault(spec.column, set()).add(spec.function)
             if spec.window_ms is not None:
-                reach[key] = max(reach.get(key, 0), spec.window_ms)
-    groups = tuple((k, frozenset(f), reach.get(k)) for k, f in functions.items())
-    index = {key: i for i, (key, _, _) in enumerate(groups)}
+                reach[spec.hop_ms] = max(reach.get(spec.hop_ms, 0), spec.window_ms)
+    groups = tuple(TileGroup(hop, tuple((c, fields_for(f)) for c, f in by_column.items()), reach.get(hop))
+                   for hop, by_column in columns.items())
+    index = {g.hop: i for i, g in enumerate(groups)}
     special = frozenset(s.name for s in specs if s.function in ("count_distinct", "last_n"))
-    group_index = {s.name: index[_group_key(s)] for s in specs if s.function in SIMPLE_FUNCTIONS}
+    group_index = {s.name: index[s.hop_ms] for s in specs if s.function in SIMPLE_FUNCTIONS}
     layout = _Layout(groups,
                      tuple(s for s in specs if s.function == "count_distinct"),
                      tuple(s for s in specs if s.function == "last_n"),
@@ -133,8 +128,7 @@ class ViewState:
         self.ids: dict[str, int] = {}
         self._ids_floor: int | None = None  # a lower bound of the event times in ids
         layout = _layout(self.specs)
-        self.groups: dict[tuple, _TileGroup] = {
-            key: _TileGroup(*key) for key, _, _ in layout.groups}
+        self.groups: dict[int | None, _Tiles] = {g.hop: _Tiles(g.hop, g.signature) for g in layout.groups}
         self.distinct: dict[str, dict] = {s.name: {} for s in layout.distinct}  # value -> latest ts
         self.last_n: dict[str, list] = {s.name: [] for s in layout.last_n}  # [[ts, seq, value], ...] oldest first
         self._group_list = list(self.groups.values())
@@ -241,7 +235,7 @@ class ViewState:
             "wm": self.watermark,
             "seq": self.seq,
             "ids": self.ids,
-            "g": [[g.column, g.hop, list(g.tiles.values())] for g in self._group_list],
+            "g": [[g.hop, g.signature, list(g.tiles.values())] for g in self._group_list],
             "cd": {name: [[v, ts] for v, ts in seen.items()] for name, seen in self.distinct.items()},
             "ln": self.last_n,
         }
@@ -251,16 +245,12 @@ class ViewState:
     def from_bytes(cls, specs, blob: bytes, lateness_ms: int = 0) -> "ViewState":
         """Rebuild a state written by ``to_bytes`` for the same specs."""
         doc = orjson.loads(blob)
-        if doc.get("v") != FORMAT_VERSION:
-            raise ValueError(f"state format version {doc.get('v')!r} is not {FORMAT_VERSION}: rebuild the state (backfill)")
         state = cls(specs, lateness_ms)
+        rows = _tile_rows(doc, _layout(state.specs))
         state.watermark = doc["wm"]
         state.seq = doc["seq"]
         state.ids = doc["ids"]
-        for column, hop, tiles in doc["g"]:
-            group = state.groups.get((column, hop))
-            if group is None:
-                raise ValueError(f"state holds tiles for ({column!r}, {hop!r}) that these specs do not use")
+        for group, tiles in zip(state._group_list, rows):
             group.tiles = {row[0]: row for row in tiles}
             group.floor = min(group.tiles, default=None)
         for name, pairs in doc["cd"].items():
@@ -268,6 +258,53 @@ class ViewState:
         for name, items in doc["ln"].items():
             state.last_n[name] = items
         return state
+
+
+def _tile_rows(doc: dict, layout: _Layout) -> list:
+    """The tile rows of each group of ``layout`` from a serialized state (format 1 states are upgraded)."""
+    version = doc.get("v")
+    if version == 1:
+        return _upgrade_v1(doc["g"], layout)
+    if version != FORMAT_VERSION:
+        raise ValueError(f"state format version {version!r} is not {FORMAT_VERSION}: rebuild the state (backfill)")
+    out: list = [()] * len(layout.groups)
+    index = {(g.hop, g.signature): i for i, g in enumerate(layout.groups)}
+    for hop, signature, rows in doc["g"]:
+        i = index.get((hop, signature))
+        if i is None:
+            raise ValueError(f"state holds tiles of hop {hop!r} laid out as {signature!r}, which these specs do not use")
+        out[i] = rows
+    return out
+
+
+_V1_FIELDS = {"c": 2, "s": 3, "mu": 4, "q": 5, "lo": 6, "hi": 7, "fts": 8, "fsq": 9, "fv": 10, "lts": 11, "lsq": 12, "lv": 13}
+
+
+def _upgrade_v1(groups: list, layout: _Layout) -> list:
+    """Format 1 kept one 14-field row per (column, hop) and tile; format 2 one row per (hop, tile)."""
+    by_hop: dict = {}
+    for column, hop, rows in groups:
+        by_hop.setdefault(hop, {})[column] = {row[0]: row for row in rows}
+    wanted = {(g.hop, c) for g in layout.groups for c, _ in g.columns} | {(g.hop, None) for g in layout.groups}
+    for hop, columns in by_hop.items():
+        for column in columns:
+            if (hop, column) not in wanted:
+                raise ValueError(f"state holds tiles for ({column!r}, {hop!r}) that these specs do not use")
+    out = []
+    for g in layout.groups:
+        old = by_hop.get(g.hop, {})
+        keys: dict = {}
+        for rows in sorted(old.values(), key=len, reverse=True):
+            keys.update(dict.fromkeys(rows))
+        tiles = []
+        for k in keys:
+            row = [k, max(rows[k][1] for rows in old.values() if k in rows)]
+            for column, fields in g.columns:
+                v1 = old.get(column, {}).get(k)
+                row += [v1[_V1_FIELDS[f]] if v1 is not None else FIELDS[f] for f in fields]
+            tiles.append(row)
+        out.append(tiles)
+    return out
 
 
 def compile_reader(specs, features: list[str]):
@@ -286,23 +323,14 @@ def _compile_reader(specs: tuple, features: tuple):
     if unknown:
         raise ValueError(f"unknown features {unknown} (features: {', '.join(names)})")
     kernel = build_kernels(layout.groups, specs, layout.group_index, layout.special, frozenset(features)).evaluate
-    index = {key: i for i, (key, _, _) in enumerate(layout.groups)}
     features = list(features)
-    n_groups = len(index)
 
     def read(blob: bytes, t: int) -> list:
         doc = orjson.loads(blob)
-        if doc.get("v") != FORMAT_VERSION:
-            raise ValueError(f"state format version {doc.get('v')!r} is not {FORMAT_VERSION}: rebuild the state (backfill)")
+        tiles = _tile_rows(doc, layout)
         wm = doc["wm"]
         if wm is not None and t < wm:
             raise ValueError(f"streaming state can be evaluated only at or after its watermark {wm}, not at {t}")
-        tiles: list = [()] * n_groups
-        for column, hop, rows in doc["g"]:
-            i = index.get((column, hop))
-            if i is None:
-                raise ValueError(f"state holds tiles for ({column!r}, {hop!r}) that these specs do not use")
-            tiles[i] = rows
 
         def special(i: int, at: int):
             spec = specs[i]

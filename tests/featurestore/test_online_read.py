@@ -22,7 +22,7 @@ from featurestore.online.reader import (
 )
 from featurestore.repo import load_repo
 from featurestore.schema import validator_for
-from transforms import AggSpec, ViewState, compile_reader
+from transforms import FORMAT_VERSION, AggSpec, ViewState, compile_reader
 from workers.processor import SourceProcessor, prepare_view
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -90,12 +90,16 @@ def test_state_reader_refuses_what_viewstate_refuses() -> None:
     state.apply([(T0, {"x": 1.0}, None)])
     doc = orjson.loads(state.to_bytes())
     evaluator = compile_reader(specs, ["s"])
-    newer = orjson.dumps({**doc, "v": 2})
+    newer = orjson.dumps({**doc, "v": FORMAT_VERSION + 1})
     with pytest.raises(ValueError, match="format version"):
         evaluator(newer, T0)
-    foreign = orjson.dumps({**doc, "g": [["y", 60_000, []]]})
+    with pytest.raises(ValueError, match="format version"):
+        ViewState.from_bytes(specs, newer)
+    foreign = orjson.dumps({**doc, "g": [[60_000, "y:c,s", []]]})
     with pytest.raises(ValueError, match="do not use"):
         evaluator(foreign, T0)
+    with pytest.raises(ValueError, match="do not use"):
+        ViewState.from_bytes(specs, foreign)
     with pytest.raises(ValueError, match="watermark"):
         evaluator(state.to_bytes(), T0 - 1)
     assert evaluator(state.to_bytes(), T0 + HOUR - 1) == [1.0]

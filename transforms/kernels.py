@@ -27,12 +27,13 @@ hops, windows, columns and field offsets as constants, and compiles it once:
   the tile of each hop (each input column is read and null-checked once);
 * ``prune(groups, watermark)`` — drop tiles no future window can reach;
 * ``evaluate(tiles, wm, t, special)`` — merge the tiles of each (hop, window)
-  once, then every feature in spec order, and the earliest time a value may
-  change without a new event.  ``tiles[i]`` is an iterable of tile rows of
+  once, then ``([value of every feature in spec order], the earliest time a
+  value may change without a new event)``.  ``tiles[i]`` is an iterable of tile rows of
   group ``i`` (a live state's ``dict.values()``, or the rows of a serialized
   state, so a read never rebuilds a ``ViewState``); ``special(i, t)`` gives
   spec ``i``'s set-valued feature (count_distinct, last_n).  Built for a subset
-  of the features (``wanted``), it merges only the windows and fields they need.
+  of the features (``wanted``), it merges only the windows and fields they need
+  and returns their values (still in spec order).
 
 The algebra is not repeated here: merges call ``merge_moments`` and values
 call ``finalize`` from ``transforms.aggregations`` — the functions the batch
@@ -227,15 +228,13 @@ def build(groups: tuple, specs: tuple, group_index: dict, special: frozenset,
             emit(f"        change = (old + 1) * {hop} + {w}")
             emit("        if horizon is None or change < horizon:")
             emit("            horizon = change")
-    emit("    out = {}")
-    for si, spec in chosen:
+    for o, (si, spec) in enumerate(chosen):  # o{o}: value of the o-th chosen feature
         name, fn = spec.name, spec.function
         if fn == "seconds_since_last":
-            emit(f"    out[{name!r}] = None if wm is None else (t - wm) / 1000")
+            emit(f"    o{o} = None if wm is None else (t - wm) / 1000")
             continue
         if name in special:
-            emit(f"    value, change = special({si}, t)")
-            emit(f"    out[{name!r}] = value")
+            emit(f"    o{o}, change = special({si}, t)")
             emit("    if change is not None and (horizon is None or change < horizon):")
             emit("        horizon = change")
             continue
@@ -245,18 +244,15 @@ def build(groups: tuple, specs: tuple, group_index: dict, special: frozenset,
                     f"window_ms={spec.window_ms})")
         else:
             s = f"{m}_{columns.index(spec.column)}"
-            if fn == "first":
-                emit(f"    out[{name!r}] = fv{s}")
-                continue
-            if fn == "last":
-                emit(f"    out[{name!r}] = lv{s}")
+            if fn in ("first", "last"):
+                emit(f"    o{o} = {'fv' if fn == 'first' else 'lv'}{s}")
                 continue
             call = (f"finalize({fn!r}, n_events=n{m}, count=c{s}, total=s{s}, mean=mu{s}, m2=q{s}, "
                     f"lo=lo{s}, hi=hi{s}, window_ms={spec.window_ms})")
         if fn in EMPTY_VALUES:
             call = f"({EMPTY_VALUES[fn]!r} if not n{m} else {call})"
-        emit(f"    out[{name!r}] = {call}")
-    emit("    return out, horizon")
+        emit(f"    o{o} = {call}")
+    emit(f"    return [{', '.join(f'o{o}' for o in range(len(chosen)))}], horizon")
 
     source = "\n".join(lines) + "\n"
     namespace = {"merge_moments": merge_moments, "finalize": finalize}

@@ -85,6 +85,7 @@ class _Layout:
     kernels: Kernels  # add / prune / evaluate written out for this spec set
     group_index: dict  # spec name -> index of its group (simple functions)
     special: frozenset  # names of the set-valued features (count_distinct, last_n)
+    names: tuple  # feature names in spec order
 
 
 _LAYOUTS: dict[tuple, _Layout] = {}
@@ -111,7 +112,8 @@ def _layout(specs: tuple) -> _Layout:
     layout = _Layout(groups,
                      tuple(s for s in specs if s.function == "count_distinct"),
                      tuple(s for s in specs if s.function == "last_n"),
-                     build_kernels(groups, specs, group_index, special), group_index, special)
+                     build_kernels(groups, specs, group_index, special), group_index, special,
+                     tuple(s.name for s in specs))
     if len(_LAYOUTS) < 1024:
         _LAYOUTS[specs] = layout
     return layout
@@ -135,6 +137,7 @@ class ViewState:
         self._distinct_specs = layout.distinct
         self._last_n_specs = layout.last_n
         self._kernels = layout.kernels
+        self._names = layout.names
 
     # -- applying events -------------------------------------------------
     def apply(self, events) -> list[Rejection]:
@@ -218,6 +221,11 @@ class ViewState:
     def snapshot(self, t: int) -> tuple[dict, int | None]:
         """(every feature as of ``t``, the earliest later time at which a value may change
         without a new event — when the oldest non-empty tile of some window leaves it)."""
+        values, until = self.snapshot_values(t)
+        return dict(zip(self._names, values)), until
+
+    def snapshot_values(self, t: int) -> tuple[list, int | None]:
+        """``snapshot`` with the values as a list in spec order."""
         if self.watermark is not None and t < self.watermark:
             raise ValueError(f"streaming state can be evaluated only at or after its watermark {self.watermark}, not at {t}")
         return self._kernels.evaluate([g.tiles.values() for g in self._group_list], self.watermark, t, self._special)
@@ -323,7 +331,9 @@ def _compile_reader(specs: tuple, features: tuple):
     if unknown:
         raise ValueError(f"unknown features {unknown} (features: {', '.join(names)})")
     kernel = build_kernels(layout.groups, specs, layout.group_index, layout.special, frozenset(features)).evaluate
-    features = list(features)
+    chosen = [name for name in layout.names if name in features]  # the kernel's output order
+    positions = [chosen.index(f) for f in features]
+    in_order = positions == list(range(len(chosen)))
 
     def read(blob: bytes, t: int) -> list:
         doc = orjson.loads(blob)
@@ -339,6 +349,6 @@ def _compile_reader(specs: tuple, features: tuple):
             return _set_valued(spec, at, doc["ln"].get(spec.name, ()))
 
         values, _ = kernel(tiles, wm, t, special)
-        return [values[f] for f in features]
+        return values if in_order else [values[i] for i in positions]
 
     return read

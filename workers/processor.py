@@ -44,11 +44,6 @@ def prepare_view(view: FeatureView, version: int, project: str) -> PreparedView:
     return PreparedView(view, version, f"{project}:{view.name}:v{version}", tuple(view.agg_specs()))
 
 
-def encode_values(specs, values: dict) -> bytes:
-    """Feature values in spec order as a JSON list (the online ``v`` field)."""
-    return orjson.dumps([values[s.name] for s in specs], option=orjson.OPT_SERIALIZE_NUMPY)
-
-
 def add_derived_columns(views: list[PreparedView], events: list[ValidEvent]) -> None:
     """Run each view's BatchTransforms over the batch and store ``__bt_*`` in the event values."""
     transforms = [bt for pv in views for bt in pv.view.batch_transforms()]
@@ -135,8 +130,9 @@ class SourceProcessor:
         wm = state.watermark
         if wm is None:
             return OnlineRecord(pv.view_key, key, state.to_bytes(), b"null", -1, None, pv.ttl_ms)
-        values, until = state.snapshot(wm)
-        return OnlineRecord(pv.view_key, key, state.to_bytes(), encode_values(pv.specs, values), wm, until, pv.ttl_ms)
+        values, until = state.snapshot_values(wm)
+        return OnlineRecord(pv.view_key, key, state.to_bytes(), orjson.dumps(values, option=orjson.OPT_SERIALIZE_NUMPY),
+                            wm, until, pv.ttl_ms)
 
     def _states(self, pv: PreparedView, keys: list[str]) -> dict[str, ViewState]:
         states = self.cache[pv.view_key]

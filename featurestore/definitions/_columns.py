@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..types import BOOL, FLOAT64, INT64, STRING, TIMESTAMP, ValueType
+from ..types import BOOL, FLOAT64, INT64, STRING, TIMESTAMP, Embedding, ValueType
 
 
 def _is_null(v: Any) -> bool:
@@ -38,6 +38,10 @@ def coerce_column(values: Any, vtype: ValueType, index: pd.Index) -> pd.Series:
     if isinstance(values, np.ndarray) and values.ndim == 2:
         if not vtype.is_list:
             raise ValueError(f"got a 2-D array of shape {values.shape}, expected one {vtype.name} per row")
+        if isinstance(vtype, Embedding) and values.dtype.kind in "fiu" and len(values) == len(index):
+            if values.shape[1] != vtype.dim:  # what the row-by-row check says, for every row at once
+                raise ValueError(f"row 0: expected {vtype.name}, got {values.shape[1]} values")
+            return pd.Series(values.astype(float).tolist(), index=index, dtype=object)  # one C call, not one per row
         values = list(values)
     elif isinstance(values, np.ndarray) and values.ndim != 1:
         raise ValueError(f"got an array of shape {values.shape}, expected one value per row")
@@ -80,6 +84,9 @@ def coerce_column(values: Any, vtype: ValueType, index: pd.Index) -> pd.Series:
         out = _elementwise(s, vtype, False)
         return pd.Series(out, index=index, dtype="Int64")
     if vtype == STRING:
+        items = s.tolist()
+        if all(type(v) is str for v in items):  # the common case, checked in one pass
+            return pd.Series(items, index=index, dtype=object)
         return pd.Series(_elementwise(s, vtype, False), index=index, dtype=object)
     return pd.Series(_elementwise(s, vtype, False), index=index, dtype=object)
 

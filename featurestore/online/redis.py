@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 
+import hiredis
 import redis
 
 from .base import OnlineRecord
@@ -144,10 +145,31 @@ class RedisOnlineStore:
         for name, (expected, new) in offsets.items():
             args += [name, str(expected), str(new)]
         for rec in records:
-            keys.append(self.entity_key(rec.view_key, rec.key))
+            keys.append(f"fs:{rec.view_key}:{rec.key}")  # entity_key, inline: once per record of every batch
             ttl = 0 if rec.ttl_ms is None else rec.ttl_ms + TTL_GRACE_MS
             args += [rec.state, rec.values, rec.watermark, -1 if rec.valid_until is None else rec.valid_until, ttl]
-        return int(self._commit(keys=keys, args=args))
+        return int(self._evalsha_packed(self._commit, keys, args))
+
+    def _evalsha_packed(self, script, keys: list, args: list):
+        """``script(keys, args)`` with the command packed by hiredis in one call: redis-py's own
+        packing walks every argument in Python (measured: 60-85 ms vs 25-35 ms of CPU for a
+        20,000-event batch).  Connection errors propagate (the caller retries), as from redis-py."""
+        command = hiredis.pack_command(("EVALSHA", script.sha, len(keys), *keys, *args))
+        pool = self.client.connection_pool
+        conn = pool.get_connection()
+        try:
+            conn.send_packed_command([command])
+            try:
+                return conn.read_response()
+            except redis.exceptions.NoScriptError:  # server restarted or scripts flushed
+                self.client.script_load(script.script)
+                conn.send_packed_command([command])
+                return conn.read_response()
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError):
+            conn.disconnect()
+            raise
+        finally:
+            pool.release(conn)
 
     # -- reading -----------------------------------------------------------------
     def load_offsets(self, group: str) -> dict[str, int]:

@@ -14,6 +14,7 @@ serializes to a small JSON document carrying ``FORMAT_VERSION``.
 from __future__ import annotations
 
 import functools
+import zlib
 from dataclasses import dataclass
 
 import orjson
@@ -49,11 +50,10 @@ class _Tiles:
     """Tiles of one hop (``hop=None``: the single lifetime tile), rows laid out as ``transforms.kernels``
     describes; the loops over them are generated per spec set."""
 
-    __slots__ = ("hop", "signature", "tiles", "floor")
+    __slots__ = ("hop", "tiles", "floor")
 
-    def __init__(self, hop: int | None, signature: str):
+    def __init__(self, hop: int | None):
         self.hop = hop
-        self.signature = signature
         self.tiles: dict[int, list] = {}  # k -> [k, n_events, fields of each column...]
         self.floor: int | None = None  # a lower bound of the tile indices present (prune is skipped above it)
 
@@ -86,6 +86,11 @@ class _Layout:
     group_index: dict  # spec name -> index of its group (simple functions)
     special: frozenset  # names of the set-valued features (count_distinct, last_n)
     names: tuple  # feature names in spec order
+
+    @functools.cached_property
+    def layout_id(self) -> int:
+        """Names the tile layout in serialized states (a checksum of every group's hop and fields)."""
+        return zlib.crc32("|".join(f"{g.hop}:{g.signature}" for g in self.groups).encode())
 
 
 _LAYOUTS: dict[tuple, _Layout] = {}
@@ -130,7 +135,7 @@ class ViewState:
         self.ids: dict[str, int] = {}
         self._ids_floor: int | None = None  # a lower bound of the event times in ids
         layout = _layout(self.specs)
-        self.groups: dict[int | None, _Tiles] = {g.hop: _Tiles(g.hop, g.signature) for g in layout.groups}
+        self.groups: dict[int | None, _Tiles] = {g.hop: _Tiles(g.hop) for g in layout.groups}
         self.distinct: dict[str, dict] = {s.name: {} for s in layout.distinct}  # value -> latest ts
         self.last_n: dict[str, list] = {s.name: [] for s in layout.last_n}  # [[ts, seq, value], ...] oldest first
         self._group_list = list(self.groups.values())
@@ -138,6 +143,7 @@ class ViewState:
         self._last_n_specs = layout.last_n
         self._kernels = layout.kernels
         self._names = layout.names
+        self._layout_id = layout.layout_id
 
     # -- applying events -------------------------------------------------
     def apply(self, events) -> list[Rejection]:
@@ -243,7 +249,8 @@ class ViewState:
             "wm": self.watermark,
             "seq": self.seq,
             "ids": self.ids,
-            "g": [[g.hop, g.signature, list(g.tiles.values())] for g in self._group_list],
+            "l": self._layout_id,
+            "g": [list(g.tiles.values()) for g in self._group_list],
             "cd": {name: [[v, ts] for v, ts in seen.items()] for name, seen in self.distinct.items()},
             "ln": self.last_n,
         }
@@ -275,14 +282,10 @@ def _tile_rows(doc: dict, layout: _Layout) -> list:
         return _upgrade_v1(doc["g"], layout)
     if version != FORMAT_VERSION:
         raise ValueError(f"state format version {version!r} is not {FORMAT_VERSION}: rebuild the state (backfill)")
-    out: list = [()] * len(layout.groups)
-    index = {(g.hop, g.signature): i for i, g in enumerate(layout.groups)}
-    for hop, signature, rows in doc["g"]:
-        i = index.get((hop, signature))
-        if i is None:
-            raise ValueError(f"state holds tiles of hop {hop!r} laid out as {signature!r}, which these specs do not use")
-        out[i] = rows
-    return out
+    if doc.get("l") != layout.layout_id or len(doc["g"]) != len(layout.groups):
+        raise ValueError(f"state holds tiles laid out as {doc.get('l')!r}, not as these specs do ({layout.layout_id}): "
+                         "it was written for other specs")
+    return doc["g"]
 
 
 _V1_FIELDS = {"c": 2, "s": 3, "mu": 4, "q": 5, "lo": 6, "hi": 7, "fts": 8, "fsq": 9, "fv": 10, "lts": 11, "lsq": 12, "lv": 13}

@@ -95,11 +95,13 @@ def test_state_reader_refuses_what_viewstate_refuses() -> None:
         evaluator(newer, T0)
     with pytest.raises(ValueError, match="format version"):
         ViewState.from_bytes(specs, newer)
-    foreign = orjson.dumps({**doc, "g": [[60_000, "y:c,s", []]]})
-    with pytest.raises(ValueError, match="do not use"):
-        evaluator(foreign, T0)
-    with pytest.raises(ValueError, match="do not use"):
-        ViewState.from_bytes(specs, foreign)
+    other = ViewState((AggSpec("s", "sum", "y", window_ms=HOUR),))
+    other.apply([(T0, {"y": 1.0}, None)])
+    for foreign in (other.to_bytes(), orjson.dumps({**doc, "g": doc["g"] * 2})):
+        with pytest.raises(ValueError, match="other specs"):
+            evaluator(foreign, T0)
+        with pytest.raises(ValueError, match="other specs"):
+            ViewState.from_bytes(specs, foreign)
     with pytest.raises(ValueError, match="watermark"):
         evaluator(state.to_bytes(), T0 - 1)
     assert evaluator(state.to_bytes(), T0 + HOUR - 1) == [1.0]

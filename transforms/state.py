@@ -62,17 +62,21 @@ def _set_valued(spec: AggSpec, t: int, items):
     """count_distinct (``items``: the latest time of each value) or last_n (``items``: ``[ts, seq, value]``
     oldest first) as of ``t``, and the time it may next change without a new event."""
     w = spec.window_ms
-    start = None if w is None else window_start(t, w, spec.hop_ms)
     if spec.function == "count_distinct":
-        times = [ts for ts in items if start is None or ts >= start]
+        if w is None:
+            return len(items), None
+        start = window_start(t, w, spec.hop_ms)
+        times = [ts for ts in items if ts >= start]
         value = len(times)
+    elif w is None:
+        return [v for _, _, v in items], None
     else:
-        kept = [(ts, v) for ts, _, v in items if start is None or ts >= start]
-        value, times = [v for _, v in kept], [ts for ts, _ in kept]
-    change = None
-    if w is not None and times:
-        change = (min(times) // spec.hop_ms + 1) * spec.hop_ms + w
-    return value, change
+        start = window_start(t, w, spec.hop_ms)
+        kept = [item for item in items if item[0] >= start]
+        value, times = [v for _, _, v in kept], [ts for ts, _, _ in kept]
+    if not times:
+        return value, None
+    return value, (min(times) // spec.hop_ms + 1) * spec.hop_ms + w
 
 
 @dataclass(frozen=True)

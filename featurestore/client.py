@@ -406,7 +406,7 @@ class FeatureStore:
         return out
 
     # -- push ----------------------------------------------------------------------------------
-    def push(self, source_name: str, df: pd.DataFrame, to: str = "online") -> PushResult:
+    def push(self, source_name: str, df: pd.DataFrame, to: str = "online", force: bool = False) -> PushResult:
         """Write events computed elsewhere (a PushSource) for source ``source_name``.
 
         ``df``: one event per row with the source's schema fields.  Every row is validated
@@ -421,10 +421,14 @@ class FeatureStore:
         worker does, states are computed first, the events the states accepted are appended to
         the event log, then the states are committed.  Pushing to one store only makes the two
         diverge until the other is written (``materialize`` re-derives online from offline).
-        """
-        return self._run(self.apush(source_name, df, to))
 
-    async def apush(self, source_name: str, df: pd.DataFrame, to: str = "online") -> PushResult:
+        Pushing online to a source whose topic a running worker consumes raises
+        ``WorkerRunningError`` before anything is written (the worker's cached states would
+        overwrite the pushed ones); ``force=True`` skips that check.
+        """
+        return self._run(self.apush(source_name, df, to, force))
+
+    async def apush(self, source_name: str, df: pd.DataFrame, to: str = "online", force: bool = False) -> PushResult:
         """``push`` on the running event loop."""
         from .schema import validate_frame
 
@@ -442,6 +446,8 @@ class FeatureStore:
         processor = None
         if to != "offline":
             processor = self._processor(source)  # raises before anything is written
+            if not force:
+                self.online.refuse_if_consumed([source.topic], f"push to {source.name!r} online")
         offline = (await self._stores())[0] if to != "online" else None
 
         keep = np.ones(len(valid), dtype=bool)
@@ -500,7 +506,7 @@ class FeatureStore:
         return SourceProcessor(self._prepared(views), self.online)
 
     # -- materialize -----------------------------------------------------------------------
-    def materialize(self, start, end, views: list[str] | None = None) -> dict:
+    def materialize(self, start, end, views: list[str] | None = None, force: bool = False) -> dict:
         """Load offline values into the online store (Feast ``materialize``).
 
         For each view (default: all with a registered version), every entity with events in
@@ -509,10 +515,12 @@ class FeatureStore:
         the stream's lateness and duplicate rules, and committed online.  An entity whose
         online state already holds an event after ``end`` is left alone (``skipped_newer``):
         materialize never moves a state back in time.  ``start``/``end``: epoch ms, ISO-8601 or
-        datetime.  Returns a report per view."""
-        return self._run(self.amaterialize(start, end, views))
+        datetime.  Returns a report per view.  Raises ``WorkerRunningError`` before writing when a
+        running worker consumes one of the views' topics (``force=True`` skips that check)."""
+        return self._run(self.amaterialize(start, end, views, force=force))
 
-    async def amaterialize(self, start, end, views: list[str] | None = None, chunk_keys: int = 20_000) -> dict:
+    async def amaterialize(self, start, end, views: list[str] | None = None, chunk_keys: int = 20_000,
+                           force: bool = False) -> dict:
         """``materialize`` on the running event loop."""
         from transforms import ViewState
         from workers.processor import SourceProcessor
@@ -525,6 +533,8 @@ class FeatureStore:
             raise InvalidInputError(f"materialize: start {start_ms} is after end {end_ms}")
         names = list(views) if views is not None else [n for n in self.repo.views if n in self.versions]
         prepared = self._prepared([self.repo.view(n) for n in names])
+        if not force:
+            self.online.refuse_if_consumed({pv.view.source.topic for pv in prepared}, "materialize")
         offline = (await self._stores())[0]
         by_source: dict[str, list] = {}
         for pv in prepared:

@@ -11,6 +11,7 @@ __all__ = [
     "UnknownNameError",
     "InvalidInputError",
     "StoreUnavailableError",
+    "WorkerRunningError",
 ]
 
 
@@ -49,3 +50,8 @@ class StoreUnavailableError(FeatureStoreError):
     """An online or offline store could not be reached; the operation may be retried."""
 
     retryable = True
+
+
+class WorkerRunningError(FeatureStoreError):
+    """A running worker consumes the topic whose online states an operation (push, materialize,
+    an online backfill) would write: its cached states would overwrite them."""

@@ -592,6 +592,7 @@ class _Backfill:
             rep.chunks = len(mine)
             rep.chunks_skipped = len(mine) - len(todo)
             if self.handoff or o.online:
+                self.online.refuse_if_consumed([self.src.topic], f"backfill of {self.pv.view.name!r} --online")
                 self.epoch = self.online.ensure_epoch(uuid.uuid4().hex)
             spill = Spill(Path(tempfile.mkdtemp(prefix=f"fs-backfill-{run}-s{o.shard}-", dir=o.spill_dir)), self.src)
             try:

@@ -161,6 +161,8 @@ class Worker:
             fetch_max_wait_ms=self.config.fetch_max_wait_ms,
             reconnect_backoff_max_ms=2000, **opts)
         self.consumer.subscribe(sorted(self.sources), listener=_Rebalance(self))
+        self.worker_id = uuid.uuid4().hex[:12]
+        self._announce()
         self.producer = KafkaProducer(linger_ms=5, acks="all", retries=5, **opts)
         if self.config.metrics_port is not None:
             self.probes = ProbeServer(self.metrics, port=self.config.metrics_port).start()
@@ -181,6 +183,11 @@ class Worker:
         return self.stop_deadline is not None and time.monotonic() > self.stop_deadline
 
     def close(self) -> None:
+        if self.consumer is not None:
+            try:
+                self.online.retire_worker(self.config.group, self.worker_id)
+            except RETRYABLE as exc:
+                logger.warning("could not remove this worker's announcement (it expires by itself): %s", exc)
         if self._saved_gc is not None:  # a worker run inside a larger process gives its GC settings back
             gc.unfreeze()
             gc.set_threshold(*self._saved_gc)
@@ -212,6 +219,7 @@ class Worker:
                 if time.monotonic() >= self._next_lag_update:  # busy or idle, every LAG_PERIOD_S
                     self._next_lag_update = time.monotonic() + LAG_PERIOD_S
                     self._update_lag()
+                    self._announce()
                 if until is not None and until(self):
                     break
             return 0
@@ -398,6 +406,13 @@ class Worker:
                 for pv in self.processors[source_name].views:
                     self.metrics.freshness.labels(pv.view.name).set(max(0.0, (now_ms - newest) / 1000))
         self.metrics.batch_seconds.observe(time.perf_counter() - started)
+
+    def _announce(self) -> None:
+        """Tell ``push`` / ``materialize`` which topics a running worker consumes (renewed every LAG_PERIOD_S)."""
+        try:
+            self.online.announce_worker(self.config.group, self.worker_id, sorted(self.sources))
+        except RETRYABLE as exc:  # the next batch's commit retries against the same outage
+            logger.warning("could not renew this worker's announcement in the online store: %s", exc)
 
     def _update_lag(self) -> None:
         assigned = list(self.consumer.assignment())

@@ -18,6 +18,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--start", required=True, help="first event time (ISO-8601 or epoch ms)")
     p.add_argument("--end", required=True, help="last event time (ISO-8601 or epoch ms)")
     p.add_argument("--views", nargs="*", help="only these feature views (default: all applied)")
+    p.add_argument("--force", action="store_true",
+                   help="write even if a running worker consumes the views' topics (its commits would overwrite these states)")
     p.set_defaults(handler=cmd_materialize)
 
 
@@ -25,6 +27,6 @@ def cmd_materialize(args: argparse.Namespace) -> int:
     from featurestore.client import FeatureStore
 
     with FeatureStore.connect(args.repo, load_settings(args)) as store:
-        report = store.materialize(args.start, args.end, views=args.views or None)
+        report = store.materialize(args.start, args.end, views=args.views or None, force=args.force)
     print(json.dumps(report, indent=2))
     return 0

@@ -7,7 +7,10 @@ Layout, for project ``p``:
   its last write (expiry in event time is decided by the reader);
 * ``fs:p:offsets:{group}`` — hash ``topic:partition`` -> last applied offset;
 * ``fs:p:epoch`` — marker written when the store is initialised; when it is
-  missing the server lost its data (restart without persistence).
+  missing the server lost its data (restart without persistence);
+* ``fs:p:live:{group}:{worker}`` — a running worker's announcement (its topics, host,
+  pid), renewed every few seconds and expiring ``LIVE_TTL_MS`` after the last renewal;
+  ``push`` and ``materialize`` refuse to write states of a topic a live worker consumes.
 
 A commit writes every state of a micro-batch and the partitions' offsets in
 one Lua script, only if the stored offsets still equal what the writer read
@@ -18,15 +21,21 @@ overwrite newer state.
 from __future__ import annotations
 
 import logging
+import os
+import socket
+import time
 
 import hiredis
+import orjson
 import redis
 
+from ..exceptions import WorkerRunningError
 from .base import OnlineRecord
 
 logger = logging.getLogger(__name__)
 
 TTL_GRACE_MS = 3_600_000
+LIVE_TTL_MS = 30_000  # a worker's announcement outlives it by at most this (renewed every ~5 s)
 LOAD_CHUNK = 1000  # keys per state-loading script call
 
 _COMMIT = """
@@ -130,6 +139,44 @@ class RedisOnlineStore:
     def epoch(self) -> str | None:
         value = self.client.get(self.epoch_key)
         return None if value is None else value.decode()
+
+    # -- running workers -----------------------------------------------------------
+    def live_key(self, group: str, worker: str) -> str:
+        return f"fs:{self.project}:live:{group}:{worker}"
+
+    def announce_worker(self, group: str, worker: str, topics: list[str], ttl_ms: int = LIVE_TTL_MS) -> None:
+        """Record (or renew) that ``worker`` of ``group`` consumes ``topics``, for ``ttl_ms``."""
+        doc = {"group": group, "worker": worker, "topics": sorted(topics), "host": socket.gethostname(),
+               "pid": os.getpid(), "at_ms": time.time_ns() // 1_000_000}
+        self.client.set(self.live_key(group, worker), orjson.dumps(doc), px=ttl_ms)
+
+    def retire_worker(self, group: str, worker: str) -> None:
+        self.client.delete(self.live_key(group, worker))
+
+    def live_workers(self) -> list[dict]:
+        """The announcements of the workers running now (or stopped less than ``LIVE_TTL_MS`` ago
+        without retiring: killed, say)."""
+        keys = list(self.client.scan_iter(match=f"fs:{self.project}:live:*", count=500))
+        docs = self.client.mget(keys) if keys else []
+        return [orjson.loads(d) for d in docs if d is not None]
+
+    def refuse_if_consumed(self, topics, action: str) -> None:
+        """Raise ``WorkerRunningError`` when a live worker consumes one of ``topics``: ``action``
+        would write states that the worker holds in its cache and overwrites at its next commit
+        (or, after a reload, counts events twice)."""
+        wanted = set(topics)
+        busy = [w for w in self.live_workers() if wanted & set(w.get("topics", ()))]
+        if not busy:
+            return
+        now = time.time_ns() // 1_000_000
+        who = "; ".join(f"group {w['group']!r} worker {w['worker']} (pid {w['pid']} on {w['host']}, "
+                        f"renewed {(now - w['at_ms']) / 1000:.0f} s ago) consumes {', '.join(sorted(wanted & set(w['topics'])))}"
+                        for w in busy)
+        raise WorkerRunningError(
+            f"{action}: {len(busy)} running worker(s) consume the topic(s) whose online states this would write: "
+            f"{who}.  A worker keeps the states in memory and its next commit would overwrite what this writes. "
+            f"Stop the worker group first (the announcement of a worker killed without stopping expires "
+            f"{LIVE_TTL_MS // 1000} s after its last renewal).")
 
     # -- writing -----------------------------------------------------------------
     def commit(self, records: list[OnlineRecord], group: str | None, offsets: dict[str, tuple[int, int]],

@@ -1,0 +1,85 @@
+"""push and materialize refuse to write online states of a topic a running worker consumes.
+
+The worker keeps its states in memory: a state written behind its back would be overwritten at
+the worker's next commit.  Running workers announce their topics in the online store
+(renewed, expiring); the client checks before writing anything.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pandas as pd
+import pytest
+
+from featurestore.client import FeatureStore
+from featurestore.exceptions import WorkerRunningError
+from featurestore.online import RedisOnlineStore
+from featurestore.repo import Repository
+from tests.workers.support import T0, build_worker, make_events, make_view, send
+
+
+def _repo(view) -> Repository:
+    repo = Repository(path=None)  # type: ignore[arg-type]
+    repo.entities[view.entity.name] = view.entity
+    repo.sources[view.source.name] = view.source
+    repo.views[view.name] = view
+    return repo
+
+
+def _rows(customer: str, n: int = 2) -> pd.DataFrame:
+    return pd.DataFrame({"transaction_id": [f"push-{customer}-{i}" for i in range(n)], "customer_id": [customer] * n,
+                         "amount": [10.0 * (i + 1) for i in range(n)],
+                         "event_time": [T0 + 10 * 86_400_000 + i * 1000 for i in range(n)]})
+
+
+def test_push_and_materialize_refused_while_a_worker_consumes_the_topic(servers, topic_factory, unique_name, pg_schema):
+    topic = topic_factory(partitions=2)
+    project, group = unique_name("guard"), unique_name("g")
+    view = make_view(topic)
+    send(servers, topic, make_events(200, seed=3))
+    worker = build_worker(servers, view, project, group, pg_schema)
+    thread = threading.Thread(target=worker.run, daemon=True)  # runs until asked to stop
+    thread.start()
+    online = RedisOnlineStore.from_url(servers.redis_url, project)
+    store = FeatureStore(_repo(view), online, {view.name: 1}, project)
+    try:
+        deadline = time.monotonic() + 30
+        while not online.live_workers() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        [announced] = online.live_workers()
+        assert announced["group"] == group and announced["topics"] == [topic]
+
+        with pytest.raises(WorkerRunningError, match=rf"group '{group}'.*consumes {topic}"):
+            store.push("txns", _rows("P1"), to="online")
+        with pytest.raises(WorkerRunningError, match="materialize"):
+            store.materialize(T0, T0 + 86_400_000)
+        assert online.client.exists(online.entity_key(f"{project}:stats:v1", "P1")) == 0  # nothing written
+
+        forced = store.push("txns", _rows("P2"), to="online", force=True)  # the caller takes the risk
+        assert forced.online_records == 1
+    finally:
+        worker.request_stop()
+        thread.join(30)
+    assert not thread.is_alive()
+    assert online.live_workers() == []  # a stopped worker withdraws its announcement
+    result = store.push("txns", _rows("P1"), to="online")
+    assert result.online_records == 1
+    values = store.get_online_features([{"customer_id": "P1"}], features=["stats:total"],
+                                       at_ms=T0 + 10 * 86_400_000 + 5000).to_dict()
+    assert values["total"] == [30.0]
+
+
+def test_announcement_of_a_killed_worker_expires(servers, unique_name):
+    online = RedisOnlineStore.from_url(servers.redis_url, unique_name("live"))
+    online.announce_worker("g", "w1", ["t1"], ttl_ms=300)
+    online.announce_worker("g", "w2", ["t2"], ttl_ms=60_000)
+    with pytest.raises(WorkerRunningError, match="t1"):
+        online.refuse_if_consumed(["t1", "t3"], "push")
+    online.refuse_if_consumed(["t3"], "push")  # nobody consumes t3
+    time.sleep(0.5)
+    assert [w["worker"] for w in online.live_workers()] == ["w2"]
+    online.refuse_if_consumed(["t1"], "push")  # w1 never renewed: expired
+    online.retire_worker("g", "w2")
+    assert online.live_workers() == []

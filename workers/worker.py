@@ -163,6 +163,10 @@ class Worker:
         self.consumer.subscribe(sorted(self.sources), listener=_Rebalance(self))
         self.worker_id = uuid.uuid4().hex[:12]
         self._announce()
+        limit = self.online.hash_value_limit()
+        if limit is not None and limit < 1024:
+            logger.warning("Redis keeps hash values up to %d bytes compact (hash-max-listpack-value); feature states "
+                           "are larger, so each (entity, view) takes about a third more memory than with 8192", limit)
         self.producer = KafkaProducer(linger_ms=5, acks="all", retries=5, **opts)
         if self.config.metrics_port is not None:
             self.probes = ProbeServer(self.metrics, port=self.config.metrics_port).start()

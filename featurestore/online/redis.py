@@ -140,6 +140,18 @@ class RedisOnlineStore:
         value = self.client.get(self.epoch_key)
         return None if value is None else value.decode()
 
+    def hash_value_limit(self) -> int | None:
+        """The largest field value Redis keeps in its compact hash encoding (``hash-max-listpack-value``,
+        ``hash-max-ziplist-value`` before Redis 7); None when the server refuses CONFIG (managed Redis)."""
+        for name in ("hash-max-listpack-value", "hash-max-ziplist-value"):
+            try:
+                value = self.client.config_get(name).get(name)
+            except redis.exceptions.ResponseError:
+                return None
+            if value is not None:
+                return int(value)
+        return None
+
     # -- running workers -----------------------------------------------------------
     def live_key(self, group: str, worker: str) -> str:
         return f"fs:{self.project}:live:{group}:{worker}"

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from featurestore.dev.servers import RECOMMENDED_HASH_VALUE_BYTES
+from featurestore.online import RedisOnlineStore
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -53,6 +57,11 @@ def test_dev_up_status_down(tmp_path: Path) -> None:
         report = json.loads(status.stdout)
         assert set(report) == {"kafka", "redis", "postgres"}
         assert all(entry["healthy"] for entry in report.values()), report
+
+        env = dict(shlex.split(line)[1].split("=", 1) for line in up.stdout.splitlines() if line.startswith("export "))
+        online = RedisOnlineStore.from_url(env["FEATURESTORE_REDIS_URL"], "stack")
+        assert online.hash_value_limit() == RECOMMENDED_HASH_VALUE_BYTES  # states stay in the compact encoding
+        online.client.close()
 
         recorded = json.loads((Path(state) / "stack" / "stack.json").read_text())
         pids = {name: rec["pid"] for name, rec in recorded["servers"].items()}

@@ -4,7 +4,10 @@
   against raw redis-py pipelined HMGET of the same five keys (the floor);
 * 100 entities x 50 features: p50/p99 (1,000 reads), against raw redis-py pipelined HMGET of the
   same 500 hashes (1,000 reads);
-* the same single-entity read past ``valid_until`` (the state is re-evaluated at the request time).
+* the same single-entity read past ``valid_until`` (the state is re-evaluated at the request time);
+* the single-entity read again while another process commits batches the way a worker does
+  (``--ingest-batch`` events over 20,000 other entities per commit script): reads wait behind
+  each commit, so this shows the tail a worker's commits add.
 """
 
 from __future__ import annotations
@@ -40,6 +43,26 @@ def build_repo() -> Repository:
     return repo
 
 
+def ingest(redis_url: str, project: str, batch: int, stop, report) -> None:
+    """Child process: commit batches of ``batch`` events over 20,000 entities (other keys than the
+    reads use) as a worker does, until ``stop`` is set; puts the commit wall times (ms) on ``report``."""
+    online = RedisOnlineStore.from_url(redis_url, project)
+    repo = build_repo()
+    processor = SourceProcessor([prepare_view(v, 1, project) for v in repo.views.values()], online)
+    validate = validator_for(next(iter(repo.views.values())).source)
+    rng = np.random.default_rng(2)
+    times, t = [], T0
+    while not stop.is_set():
+        events = [validate({"customer_id": f"L{int(c):05d}", "amount": float(a), "event_time": t + i})
+                  for i, (c, a) in enumerate(zip(rng.integers(0, 20_000, batch), rng.lognormal(3, 1, batch)))]
+        t += batch
+        records, _ = processor.apply(events)
+        started = time.perf_counter()
+        online.commit(records, None, {})
+        times.append((time.perf_counter() - started) * 1000)
+    report.put(times)
+
+
 def percentiles(samples: list[float]) -> dict:
     arr = np.array(samples) * 1000
     return {"p50_ms": round(float(np.percentile(arr, 50)), 4), "p99_ms": round(float(np.percentile(arr, 99)), 4),
@@ -50,6 +73,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--reads", type=int, default=10_000)
     parser.add_argument("--entities", type=int, default=1000)
+    parser.add_argument("--ingest-batch", type=int, default=20_000,
+                        help="events per commit of the concurrent ingestion (the worker's --batch-size)")
     args = parser.parse_args()
     settings = bench_settings()
     project = f"bench{int(time.time())}"
@@ -106,6 +131,23 @@ def main() -> None:
     # how many of the 100-entity read's (view, entity) values come as states to evaluate at ``at``
     # (a window lost a tile since the entity's last event) rather than as ready values
     _, states = online.read_packed([online.entity_key(v.view_key, k) for v in views for k in keys[:100]], at)
+    # reads while another process commits worker-sized batches
+    import multiprocessing
+    ctx = multiprocessing.get_context("spawn")
+    stop, queue = ctx.Event(), ctx.Queue()
+    child = ctx.Process(target=ingest, args=(settings.redis_url.get_secret_value(), project, args.ingest_batch,
+                                             stop, queue))
+    child.start()
+    time.sleep(8)  # the child's imports and first commits
+    loaded, until, i = [], time.perf_counter() + 10, 0
+    while time.perf_counter() < until:  # 10 s of back-to-back reads: several commits fall inside
+        start = time.perf_counter()
+        store.get_online_features([{"customer_id": keys[i % len(keys)]}], features=features, at_ms=at)
+        loaded.append(time.perf_counter() - start)
+        i += 1
+    stop.set()
+    commit_ms = queue.get(timeout=120)
+    child.join(60)
     one, base = percentiles(ours), percentiles(floor)
     report = {
         "features": len(features), "views": len(views), "entities_in_store": args.entities,
@@ -118,6 +160,11 @@ def main() -> None:
         "meets_goal_100": percentiles(hundred)["p99_ms"] < 3,
         "read_100_entities_evaluated_states": {"states": len(states) // 2, "of": len(views) * len(rows)},
         "read_1_entity_after_windows_moved": percentiles(late),
+        "read_1_entity_while_a_worker_commits": {
+            **percentiles(loaded), "p999_ms": round(float(np.percentile(loaded, 99.9)) * 1000, 2),
+            "max_ms": round(max(loaded) * 1000, 2), "ingest_batch_events": args.ingest_batch, "commits": len(commit_ms),
+            "commit_ms_p50": round(float(np.median(commit_ms)), 1) if commit_ms else None,
+            "note": "another process commits batches of ingest_batch events as a worker does; reads wait behind each commit script"},
     }
     print(json.dumps(report, indent=2))
 

@@ -29,7 +29,7 @@ import hiredis
 import orjson
 import redis
 
-from ..exceptions import WorkerRunningError
+from ..exceptions import StoreUnavailableError, WorkerRunningError
 from .base import OnlineRecord
 
 logger = logging.getLogger(__name__)
@@ -224,6 +224,13 @@ class RedisOnlineStore:
                 self.client.script_load(script.script)
                 conn.send_packed_command([command])
                 return conn.read_response()
+        except redis.exceptions.ResponseError as exc:
+            if "OOM" in str(exc):  # maxmemory reached under noeviction: the script failed at its first write
+                raise StoreUnavailableError(
+                    f"Redis refused the commit: out of memory (maxmemory reached; {exc}). Nothing was written; "
+                    "the batch is retried until memory is available (raise maxmemory or add shards of "
+                    "capacity; see the README's Redis sizing)") from exc
+            raise
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError):
             conn.disconnect()
             raise

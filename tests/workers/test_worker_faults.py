@@ -571,6 +571,15 @@ def send_wave(servers, topic: str, events: list[dict], before: Sent | None = Non
     return sent
 
 
+def throttled_worker(servers, redis_url: str, view, project: str, group: str, schema: str):
+    """A worker on ``redis_url`` (a private server), 50-record batches slowed to 40 ms each."""
+    here = SimpleNamespace(kafka_bootstrap=servers.kafka_bootstrap, redis_url=redis_url,
+                           postgres_dsn=servers.postgres_dsn)
+    worker = build_worker(here, view, project, group, schema, batch_size=50)
+    install_throttle(worker, 0.04)
+    return worker
+
+
 @pytest.mark.parametrize("persistent", [pytest.param(True, id="restart-with-data"),
                                         pytest.param(False, id="restart-empty")])
 def test_redis_stopped_and_restarted(persistent, servers, topic_factory, unique_name, project, pg_schema, tmp_path):
@@ -585,10 +594,7 @@ def test_redis_stopped_and_restarted(persistent, servers, topic_factory, unique_
         # The second wave (after the restart) shows whether the worker still commits there.
         events = make_events(N_EVENTS, seed=12)
         waves = [events[:1000], events[1000:]]
-        here = SimpleNamespace(kafka_bootstrap=servers.kafka_bootstrap, redis_url=private.url,
-                               postgres_dsn=servers.postgres_dsn)
-        worker = build_worker(here, view, project, group, pg_schema, batch_size=50)
-        install_throttle(worker, 0.04)
+        worker = throttled_worker(servers, private.url, view, project, group, pg_schema)
         first_epoch = worker.epoch
         client = redis.Redis.from_url(private.url, socket_timeout=5, socket_connect_timeout=2)
         stop = threading.Event()
@@ -620,6 +626,44 @@ def test_redis_stopped_and_restarted(persistent, servers, topic_factory, unique_
         client.close()
     finally:
         private.stop()
+
+
+@pytest.fixture
+def empty_private_redis(tmp_path):
+    private = PrivateRedis(tmp_path / "redis", persistent=False)
+    private.start()
+    yield private
+    private.stop()
+
+
+def test_redis_out_of_memory_then_freed(servers, topic_factory, unique_name, project, pg_schema, empty_private_redis):
+    """maxmemory reached (noeviction): every commit is refused, the worker retries without losing
+    or double-counting anything, and finishes by itself once memory is available again."""
+    topic = topic_factory(partitions=3)
+    view, group = make_view(topic), unique_name("g")
+    worker = throttled_worker(servers, empty_private_redis.url, view, project, group, pg_schema)
+    client = redis.Redis.from_url(empty_private_redis.url, socket_timeout=5, socket_connect_timeout=2)
+    stop = threading.Event()
+    sent = send_events(servers, topic, make_events(N_EVENTS, seed=17))
+    thread, outcome = run_in_thread(worker, stop)
+    try:
+        wait_for(lambda: progress(client, project, group) >= 0.2 * sent.total, 40, "20% committed")
+        client.config_set("maxmemory-policy", "noeviction")
+        client.config_set("maxmemory", max(1, client.info("memory")["used_memory"] - 64 * 1024))
+        stuck = progress(client, project, group)
+        time.sleep(3)
+        assert thread.is_alive() and "error" not in outcome, outcome
+        assert progress(client, project, group) <= stuck + 50  # at most the batch in flight got through
+        assert stuck < sent.total, "the stream ended before memory ran out"
+        client.config_set("maxmemory", 0)
+        wait_complete(client, project, group, sent, timeout=60)
+    finally:
+        stop.set()
+        thread.join(30)
+    assert_rode_out_outage(worker, thread, outcome)
+    assert worker.metrics.retries.labels("StoreUnavailableError")._value.get() > 0  # named as out of memory
+    assert_clean_result(client, project, view, sent.events, servers.postgres_dsn, pg_schema)
+    client.close()
 
 
 def test_postgres_stopped_and_restarted(servers, topic_factory, unique_name, project, shared_redis, tmp_path):
@@ -711,10 +755,7 @@ def test_event_log_unavailable_during_rebuild(servers, topic_factory, unique_nam
         view = make_view(topic)
         group = unique_name("g")
         sent = send_events(servers, topic, make_events(N_EVENTS, seed=15))
-        here = SimpleNamespace(kafka_bootstrap=servers.kafka_bootstrap, redis_url=private.url,
-                               postgres_dsn=servers.postgres_dsn)
-        worker = build_worker(here, view, project, group, pg_schema, batch_size=50)
-        install_throttle(worker, 0.04)
+        worker = throttled_worker(servers, private.url, view, project, group, pg_schema)
         load_events = worker.offline.load_events
         calls = {"n": 0}
 

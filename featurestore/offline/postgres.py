@@ -479,7 +479,7 @@ class PostgresOfflineStore:
             else:
                 none = np.empty(n, dtype=object)
                 none.fill(None)
-                out[id_col] = none
+                out[id_col] = pd.Series(none, dtype=object, copy=False)  # dtype given: no 5M-element inference scan
         # copy=False: the columns are fresh arrays; no consolidation into 2-D blocks (a copy).
         return pd.DataFrame({k: (v if isinstance(v, pd.Series) else pd.Series(v, copy=False)) for k, v in out.items()},
                             copy=False)

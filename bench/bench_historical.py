@@ -22,6 +22,7 @@ Usage: python -m bench.bench_historical [--events 5000000] [--labels 1000000] [-
 from __future__ import annotations
 
 import argparse
+import os
 import asyncio
 import json
 import time
@@ -149,7 +150,7 @@ def main() -> None:
     t_ours = time.perf_counter() - started
     if args.profile:
         prof.disable()
-        pstats.Stats(prof, stream=sys.stderr).sort_stats("cumulative").print_stats(35)
+        pstats.Stats(prof, stream=sys.stderr).sort_stats(os.environ.get("PROFILE_SORT", "cumulative")).print_stats(35)
     timings = dict(fs.last_timings)
     # The event load alone (the same call as inside ours), for the split.
     keys = pd.unique(labels["customer_id"])

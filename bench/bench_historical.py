@@ -22,7 +22,6 @@ Usage: python -m bench.bench_historical [--events 5000000] [--labels 1000000] [-
 from __future__ import annotations
 
 import argparse
-import os
 import asyncio
 import json
 import time
@@ -112,6 +111,7 @@ def main() -> None:
     parser.add_argument("--schema", default=None, help="PostgreSQL schema to use (reused when it holds the events)")
     parser.add_argument("--keep", action="store_true", help="keep the schema afterwards")
     parser.add_argument("--profile", action="store_true", help="print a cProfile of ours to stderr")
+    parser.add_argument("--profile-sort", default="cumulative", help="cProfile sort key (e.g. tottime)")
     args = parser.parse_args()
 
     from bench.servers import bench_settings
@@ -150,7 +150,7 @@ def main() -> None:
     t_ours = time.perf_counter() - started
     if args.profile:
         prof.disable()
-        pstats.Stats(prof, stream=sys.stderr).sort_stats(os.environ.get("PROFILE_SORT", "cumulative")).print_stats(35)
+        pstats.Stats(prof, stream=sys.stderr).sort_stats(args.profile_sort).print_stats(35)
     timings = dict(fs.last_timings)
     # The event load alone (the same call as inside ours), for the split.
     keys = pd.unique(labels["customer_id"])

@@ -36,7 +36,6 @@ POSITIONAL_FUNCTIONS = frozenset({"first", "last"})
 SIMPLE_FUNCTIONS = MOMENT_FUNCTIONS | EXTREME_FUNCTIONS | POSITIONAL_FUNCTIONS | {"count", "count_events", "events_per_minute"}
 
 
-
 @dataclass(frozen=True)
 class Rejection:
     """An event the state refused: ``index`` in the applied batch, a reason code and a sentence."""

@@ -16,7 +16,14 @@ from pathlib import Path
 import orjson
 
 from tests.transforms.reference import value_matches
-from transforms import FORMAT_VERSION, REJECT_DUPLICATE, REJECT_LATE, AggSpec, ViewState, compile_reader
+from transforms import (
+    FORMAT_VERSION,
+    REJECT_DUPLICATE,
+    REJECT_LATE,
+    AggSpec,
+    ViewState,
+    compile_reader,
+)
 
 FIXTURE = json.loads((Path(__file__).parent / "data" / "state_v1.json").read_text())
 SPECS = tuple(AggSpec(**s) for s in FIXTURE["specs"])

@@ -143,6 +143,7 @@ class Worker:
         self.producer: KafkaProducer | None = None
         self.probes: ProbeServer | None = None
         self._saved_gc: tuple | None = None
+        self.worker_id = uuid.uuid4().hex[:12]  # names this process's announcement in the online store
         self.batches = 0
         self.records_done = 0  # records committed by this process (applied or dead-lettered)
 
@@ -161,7 +162,6 @@ class Worker:
             fetch_max_wait_ms=self.config.fetch_max_wait_ms,
             reconnect_backoff_max_ms=2000, **opts)
         self.consumer.subscribe(sorted(self.sources), listener=_Rebalance(self))
-        self.worker_id = uuid.uuid4().hex[:12]
         self._announce()
         limit = self.online.hash_value_limit()
         if limit is not None and limit < 1024:
@@ -187,16 +187,15 @@ class Worker:
         return self.stop_deadline is not None and time.monotonic() > self.stop_deadline
 
     def close(self) -> None:
-        if self.consumer is not None:
-            try:
-                self.online.retire_worker(self.config.group, self.worker_id)
-            except RETRYABLE as exc:
-                logger.warning("could not remove this worker's announcement (it expires by itself): %s", exc)
         if self._saved_gc is not None:  # a worker run inside a larger process gives its GC settings back
             gc.unfreeze()
             gc.set_threshold(*self._saved_gc)
             self._saved_gc = None
         if self.consumer is not None:
+            try:
+                self.online.retire_worker(self.config.group, self.worker_id)
+            except RETRYABLE as exc:
+                logger.warning("could not remove this worker's announcement (it expires by itself): %s", exc)
             if self.applied:
                 self._commit_kafka_sync()
             self.consumer.close(autocommit=False)  # leaves the group: partitions move at once

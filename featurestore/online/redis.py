@@ -168,7 +168,7 @@ class RedisOnlineStore:
     def live_workers(self) -> list[dict]:
         """The announcements of the workers running now (or stopped less than ``LIVE_TTL_MS`` ago
         without retiring: killed, say)."""
-        keys = list(self.client.scan_iter(match=f"fs:{self.project}:live:*", count=500))
+        keys = list(self.client.scan_iter(match=self.live_key("*", "*"), count=500))
         docs = self.client.mget(keys) if keys else []
         return [orjson.loads(d) for d in docs if d is not None]
 
@@ -204,7 +204,7 @@ class RedisOnlineStore:
         for name, (expected, new) in offsets.items():
             args += [name, str(expected), str(new)]
         for rec in records:
-            keys.append(f"fs:{rec.view_key}:{rec.key}")  # entity_key, inline: once per record of every batch
+            keys.append(self.entity_key(rec.view_key, rec.key))
             ttl = 0 if rec.ttl_ms is None else rec.ttl_ms + TTL_GRACE_MS
             args += [rec.state, rec.values, rec.watermark, -1 if rec.valid_until is None else rec.valid_until, ttl]
         return int(self._evalsha_packed(self._commit, keys, args))
@@ -254,12 +254,6 @@ class RedisOnlineStore:
 
     def load_state(self, view_key: str, key: str) -> bytes | None:
         return self.client.hget(self.entity_key(view_key, key), "s")
-
-    def load_state_many(self, items: list[tuple[str, str]]) -> list[bytes | None]:
-        pipe = self.client.pipeline(transaction=False)
-        for view_key, key in items:
-            pipe.hget(self.entity_key(view_key, key), "s")
-        return pipe.execute()
 
     def read_packed(self, keys: list[str], t: int) -> list[list]:
         """The read path of ``featurestore.online.reader``, one round trip (EVALSHA) for full entity keys.

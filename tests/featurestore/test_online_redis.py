@@ -82,7 +82,7 @@ def test_read_values_and_states_round_trip(servers, project) -> None:
     assert got == [(b'[1.5, null]', 123, 999), (b"[2]", 7, None), (None, None, None)]
     assert store.load_states(vk, ["a", "zzz"]) == {"a": b"\x00\xffbin", "zzz": None}
     assert store.load_state(vk, "b") == b"S"
-    assert store.load_state_many([(vk, "a"), (vk, "b")]) == [b"\x00\xffbin", b"S"]
+    assert store.load_states(vk, ["a", "b"]) == {"a": b"\x00\xffbin", "b": b"S"}
 
 
 def test_keys_are_namespaced_by_project_and_version(servers, project) -> None:

@@ -6,8 +6,9 @@
   same 500 hashes (1,000 reads);
 * the same single-entity read past ``valid_until`` (the state is re-evaluated at the request time);
 * the single-entity read again while another process commits batches the way a worker does
-  (``--ingest-batch`` events over 20,000 other entities per commit script): reads wait behind
-  each commit, so this shows the tail a worker's commits add.
+  (``--ingest-batch`` events over 20,000 other entities per batch, ``--commit-chunk`` states per
+  script), and again with the whole batch in one script (the baseline): reads wait behind each
+  commit script, so this shows the tail a worker's commits add.
 """
 
 from __future__ import annotations
@@ -25,9 +26,11 @@ from featurestore.online import RedisOnlineStore
 from featurestore.repo import Repository
 from featurestore.schema import validator_for
 from workers.processor import SourceProcessor, prepare_view
+from workers.worker import WorkerConfig
 
 T0 = 1_767_225_600_000
 FUNCS = ("sum", "count", "mean", "min", "max")
+READ_RATE = 500  # single-entity reads per second while another process commits
 
 
 def build_repo() -> Repository:
@@ -43,9 +46,10 @@ def build_repo() -> Repository:
     return repo
 
 
-def ingest(redis_url: str, project: str, batch: int, stop, report) -> None:
+def ingest(redis_url: str, project: str, batch: int, chunk: int | None, stop, report) -> None:
     """Child process: commit batches of ``batch`` events over 20,000 entities (other keys than the
-    reads use) as a worker does, until ``stop`` is set; puts the commit wall times (ms) on ``report``."""
+    reads use) as a worker does (``chunk`` states per script), until ``stop`` is set; puts the
+    commit wall times (ms) on ``report``."""
     online = RedisOnlineStore.from_url(redis_url, project)
     repo = build_repo()
     processor = SourceProcessor([prepare_view(v, 1, project) for v in repo.views.values()], online)
@@ -58,7 +62,7 @@ def ingest(redis_url: str, project: str, batch: int, stop, report) -> None:
         t += batch
         records, _ = processor.apply(events)
         started = time.perf_counter()
-        online.commit(records, None, {})
+        online.commit(records, None, {}, chunk=chunk)
         times.append((time.perf_counter() - started) * 1000)
     report.put(times)
 
@@ -75,6 +79,8 @@ def main() -> None:
     parser.add_argument("--entities", type=int, default=1000)
     parser.add_argument("--ingest-batch", type=int, default=20_000,
                         help="events per commit of the concurrent ingestion (the worker's --batch-size)")
+    parser.add_argument("--commit-chunk", type=int, default=WorkerConfig.commit_chunk,
+                        help="states per commit script of the concurrent ingestion (the worker's --commit-chunk)")
     args = parser.parse_args()
     settings = bench_settings()
     project = f"bench{int(time.time())}"
@@ -131,23 +137,37 @@ def main() -> None:
     # how many of the 100-entity read's (view, entity) values come as states to evaluate at ``at``
     # (a window lost a tile since the entity's last event) rather than as ready values
     _, states = online.read_packed([online.entity_key(v.view_key, k) for v in views for k in keys[:100]], at)
-    # reads while another process commits worker-sized batches
-    import multiprocessing
-    ctx = multiprocessing.get_context("spawn")
-    stop, queue = ctx.Event(), ctx.Queue()
-    child = ctx.Process(target=ingest, args=(settings.redis_url.get_secret_value(), project, args.ingest_batch,
-                                             stop, queue))
-    child.start()
-    time.sleep(8)  # the child's imports and first commits
-    loaded, until, i = [], time.perf_counter() + 10, 0
-    while time.perf_counter() < until:  # 10 s of back-to-back reads: several commits fall inside
-        start = time.perf_counter()
-        store.get_online_features([{"customer_id": keys[i % len(keys)]}], features=features, at_ms=at)
-        loaded.append(time.perf_counter() - start)
-        i += 1
-    stop.set()
-    commit_ms = queue.get(timeout=120)
-    child.join(60)
+    # reads while another process commits worker-sized batches: in chunks as the worker does, and
+    # (the baseline) the whole batch in one script
+    def reads_while_ingesting(chunk: int | None) -> dict:
+        import multiprocessing
+        ctx = multiprocessing.get_context("spawn")
+        stop, queue = ctx.Event(), ctx.Queue()
+        child = ctx.Process(target=ingest, args=(settings.redis_url.get_secret_value(), project, args.ingest_batch,
+                                                 chunk, stop, queue))
+        child.start()
+        time.sleep(8)  # the child's imports and first commits
+        # Open loop: reads scheduled every 1/READ_RATE s for 10 s (several commits fall inside), each
+        # timed from its scheduled start, so a read queued behind a late one counts its wait too (a
+        # back-to-back loop would let one stalled read hide all those a stall delays: coordinated omission).
+        loaded, start0 = [], time.perf_counter()
+        for i in range(10 * READ_RATE):
+            due = start0 + i / READ_RATE
+            wait = due - time.perf_counter()
+            if wait > 0:
+                time.sleep(wait)
+            store.get_online_features([{"customer_id": keys[i % len(keys)]}], features=features, at_ms=at)
+            loaded.append(time.perf_counter() - due)
+        stop.set()
+        commit_ms = queue.get(timeout=120)
+        child.join(60)
+        return {**percentiles(loaded), "p999_ms": round(float(np.percentile(loaded, 99.9)) * 1000, 2),
+                "max_ms": round(max(loaded) * 1000, 2), "ingest_batch_events": args.ingest_batch,
+                "states_per_commit_script": chunk, "commits": len(commit_ms),
+                "commit_ms_p50": round(float(np.median(commit_ms)), 1) if commit_ms else None}
+
+    while_chunked = reads_while_ingesting(args.commit_chunk)
+    while_whole = reads_while_ingesting(None)
     one, base = percentiles(ours), percentiles(floor)
     report = {
         "features": len(features), "views": len(views), "entities_in_store": args.entities,
@@ -161,10 +181,10 @@ def main() -> None:
         "read_100_entities_evaluated_states": {"states": len(states) // 2, "of": len(views) * len(rows)},
         "read_1_entity_after_windows_moved": percentiles(late),
         "read_1_entity_while_a_worker_commits": {
-            **percentiles(loaded), "p999_ms": round(float(np.percentile(loaded, 99.9)) * 1000, 2),
-            "max_ms": round(max(loaded) * 1000, 2), "ingest_batch_events": args.ingest_batch, "commits": len(commit_ms),
-            "commit_ms_p50": round(float(np.median(commit_ms)), 1) if commit_ms else None,
-            "note": "another process commits batches of ingest_batch events as a worker does; reads wait behind each commit script"},
+            "chunked": while_chunked, "baseline_one_script_per_batch": while_whole,
+            "note": f"another process commits batches of ingest_batch events as a worker does; {READ_RATE} reads/s "
+                    "scheduled at fixed times, each timed from its scheduled start: reads wait behind each commit "
+                    "script (commit_ms: wall time of a whole batch's commit)"},
     }
     print(json.dumps(report, indent=2))
 

@@ -268,6 +268,7 @@ class ViewState:
         state.watermark = doc["wm"]
         state.seq = doc["seq"]
         state.ids = doc["ids"]
+        state._ids_floor = min(state.ids.values(), default=None)  # else the next apply sets it and pruning stalls
         for group, tiles in zip(state._group_list, rows):
             group.tiles = {row[0]: row for row in tiles}
             group.floor = min(group.tiles, default=None)

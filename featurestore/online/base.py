@@ -23,15 +23,21 @@ class OnlineRecord:
     watermark: int
     valid_until: int | None
     ttl_ms: int | None
+    #: offsets of the events applied to ``state``, ``b"partition:offset,..."`` (the highest per
+    #: partition of the source's topic); b"" when the writer does not track them.  A worker that
+    #: replays a batch skips, per state, what is at or below them (commits may be chunked).
+    applied: bytes = b""
 
 
 class OnlineStore(Protocol):
     """Backends implement these; ``commit`` is atomic and fenced by offsets."""
 
     def commit(self, records: list[OnlineRecord], group: str | None,
-               offsets: dict[str, tuple[int, int]], epoch: str | None = None) -> int: ...
+               offsets: dict[str, tuple[int, int]], epoch: str | None = None, chunk: int | None = None) -> int: ...
 
     def load_states(self, view_key: str, keys: list[str]) -> dict[str, bytes | None]: ...
+
+    def load_states_applied(self, view_key: str, keys: list[str]) -> dict[str, tuple[bytes | None, bytes]]: ...
 
     def load_offsets(self, group: str) -> dict[str, int]: ...
 

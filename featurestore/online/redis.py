@@ -3,19 +3,22 @@
 Layout, for project ``p``:
 
 * ``fs:{view_key}:{entity}`` — hash: ``s`` state, ``v`` values as of ``w``
-  (watermark, ms), ``u`` valid-until (ms); expires ``ttl + TTL_GRACE_MS`` after
+  (watermark, ms), ``u`` valid-until (ms), ``o`` the offsets of the events applied
+  to the state (``OnlineRecord.applied``, empty when the writer does not track them); expires ``ttl + TTL_GRACE_MS`` after
   its last write (expiry in event time is decided by the reader);
 * ``fs:p:offsets:{group}`` — hash ``topic:partition`` -> last applied offset;
 * ``fs:p:epoch`` — marker written when the store is initialised; when it is
   missing the server lost its data (restart without persistence);
-* ``fs:p:live:{group}:{worker}`` — a running worker's announcement (its topics, host,
-  pid), renewed every few seconds and expiring ``LIVE_TTL_MS`` after the last renewal;
+* ``fs:p:live`` — hash ``{group}:{worker}`` -> a running worker's announcement (its topics,
+  host, pid, time by the server's clock), renewed every few seconds and ignored (then removed)
+  ``LIVE_TTL_MS`` after the last renewal;
   ``push`` and ``materialize`` refuse to write states of a topic a live worker consumes.
 
-A commit writes every state of a micro-batch and the partitions' offsets in
-one Lua script, only if the stored offsets still equal what the writer read
+A commit writes the states of a micro-batch and the partitions' offsets with Lua
+scripts that write only if the stored offsets still equal what the writer read
 (compare-and-set): a worker that lost its partitions to another cannot
-overwrite newer state.
+overwrite newer state.  The worker commits in chunks of states (a script blocks
+every reader while it runs), the offsets advanced by the last chunk.
 """
 
 from __future__ import annotations
@@ -23,7 +26,6 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import time
 
 import hiredis
 import orjson
@@ -41,22 +43,24 @@ LOAD_CHUNK = 1000  # keys per state-loading script call
 _COMMIT = """
 if ARGV[1] ~= '' and redis.call('GET', KEYS[2]) ~= ARGV[1] then return -1 end
 local n = tonumber(ARGV[2])
-local i = 3
+local i = 4
 for p = 1, n do
   local cur = redis.call('HGET', KEYS[1], ARGV[i])
   if (cur or '-1') ~= ARGV[i + 1] then return 0 end
   i = i + 3
 end
-i = 3
-for p = 1, n do
-  redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 2])
-  i = i + 3
+if ARGV[3] == '1' then
+  i = 4
+  for p = 1, n do
+    redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 2])
+    i = i + 3
+  end
 end
 for k = 3, #KEYS do
-  redis.call('HSET', KEYS[k], 's', ARGV[i], 'v', ARGV[i + 1], 'w', ARGV[i + 2], 'u', ARGV[i + 3])
+  redis.call('HSET', KEYS[k], 's', ARGV[i], 'v', ARGV[i + 1], 'w', ARGV[i + 2], 'u', ARGV[i + 3], 'o', ARGV[i + 5])
   local ttl = tonumber(ARGV[i + 4])
   if ttl > 0 then redis.call('PEXPIRE', KEYS[k], ttl) else redis.call('PERSIST', KEYS[k]) end
-  i = i + 5
+  i = i + 6
 end
 return 1
 """
@@ -95,7 +99,9 @@ return {out, states}
 _LOAD_STATES = """
 local out = {}
 for i = 1, #KEYS do
-  out[i] = redis.call('HGET', KEYS[i], 's') or false
+  local r = redis.call('HMGET', KEYS[i], 's', 'o')
+  out[2 * i - 1] = r[1] or false
+  out[2 * i] = r[2] or false
 end
 return out
 """
@@ -153,24 +159,46 @@ class RedisOnlineStore:
         return None
 
     # -- running workers -----------------------------------------------------------
-    def live_key(self, group: str, worker: str) -> str:
-        return f"fs:{self.project}:live:{group}:{worker}"
+    @property
+    def live_key(self) -> str:
+        return f"fs:{self.project}:live"
+
+    def _server_ms(self) -> int:
+        seconds, micros = self.client.time()
+        return seconds * 1000 + micros // 1000
 
     def announce_worker(self, group: str, worker: str, topics: list[str], ttl_ms: int = LIVE_TTL_MS) -> None:
-        """Record (or renew) that ``worker`` of ``group`` consumes ``topics``, for ``ttl_ms``."""
+        """Record (or renew) that ``worker`` of ``group`` consumes ``topics``, for ``ttl_ms`` (by the
+        Redis server's clock, so hosts with skewed clocks agree)."""
         doc = {"group": group, "worker": worker, "topics": sorted(topics), "host": socket.gethostname(),
-               "pid": os.getpid(), "at_ms": time.time_ns() // 1_000_000}
-        self.client.set(self.live_key(group, worker), orjson.dumps(doc), px=ttl_ms)
+               "pid": os.getpid(), "at_ms": self._server_ms(), "ttl_ms": ttl_ms}
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hset(self.live_key, f"{group}:{worker}", orjson.dumps(doc))
+        pipe.pexpire(self.live_key, max(ttl_ms, LIVE_TTL_MS))  # gone when no worker of the project renews it
+        pipe.execute()
 
     def retire_worker(self, group: str, worker: str) -> None:
-        self.client.delete(self.live_key(group, worker))
+        self.client.hdel(self.live_key, f"{group}:{worker}")
 
     def live_workers(self) -> list[dict]:
-        """The announcements of the workers running now (or stopped less than ``LIVE_TTL_MS`` ago
-        without retiring: killed, say)."""
-        keys = list(self.client.scan_iter(match=self.live_key("*", "*"), count=500))
-        docs = self.client.mget(keys) if keys else []
-        return [orjson.loads(d) for d in docs if d is not None]
+        """The announcements of the workers running now (or stopped less than their ``ttl_ms`` ago
+        without retiring: killed, say); expired ones are removed.  One hash per project: no scan of
+        the keyspace (which holds every entity's state)."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.time()
+        pipe.hgetall(self.live_key)
+        (seconds, micros), raw = pipe.execute()
+        now = seconds * 1000 + micros // 1000
+        live, expired = [], []
+        for field, blob in raw.items():
+            doc = orjson.loads(blob)
+            if doc["at_ms"] + doc["ttl_ms"] > now:
+                live.append(doc)
+            else:
+                expired.append(field)
+        if expired:
+            self.client.hdel(self.live_key, *expired)
+        return sorted(live, key=lambda d: (d["group"], d["worker"]))
 
     def refuse_if_consumed(self, topics, action: str) -> None:
         """Raise ``WorkerRunningError`` when a live worker consumes one of ``topics``: ``action``
@@ -180,7 +208,7 @@ class RedisOnlineStore:
         busy = [w for w in self.live_workers() if wanted & set(w.get("topics", ()))]
         if not busy:
             return
-        now = time.time_ns() // 1_000_000
+        now = self._server_ms()
         who = "; ".join(f"group {w['group']!r} worker {w['worker']} (pid {w['pid']} on {w['host']}, "
                         f"renewed {(now - w['at_ms']) / 1000:.0f} s ago) consumes {', '.join(sorted(wanted & set(w['topics'])))}"
                         for w in busy)
@@ -192,21 +220,49 @@ class RedisOnlineStore:
 
     # -- writing -----------------------------------------------------------------
     def commit(self, records: list[OnlineRecord], group: str | None, offsets: dict[str, tuple[int, int]],
-               epoch: str | None = None) -> int:
-        """Write ``records`` and advance ``offsets`` ({"topic:partition": (expected, new)}) atomically.
+               epoch: str | None = None, chunk: int | None = None) -> int:
+        """Write ``records`` and advance ``offsets`` ({"topic:partition": (expected, new)}).
 
-        Returns 1 on success; 0 (writing nothing) when a stored offset differs
-        from the expected one (another writer got there first); -1 when
-        ``epoch`` is given and the store's marker differs (the server lost its data).
+        Returns 1 on success; 0 when a stored offset differs from the expected one
+        (another writer got there first); -1 when ``epoch`` is given and the store's
+        marker differs (the server lost its data).
+
+        One script writes everything (atomic) unless ``chunk`` is given: then ``chunk``
+        records per script, each checking the offsets and the epoch, the offsets advanced by
+        the last one; adjacent records of one entity key are never split, so a reader sees all
+        views of an entity as of one commit when they are passed together.  A script blocks the server, so a 20,000-state batch in one script
+        stalls every read for ~80 ms; in chunks of 1,000 for ~4 ms at a time.  A failure (or a
+        crash) after the first chunk leaves the earlier chunks written with the offsets not
+        advanced, so chunked records must be safe to replay: the worker's carry the offsets
+        of the events applied to each state (``OnlineRecord.applied``), and a replay skips those.
         """
+        n = len(records)
+        lo = 0
+        while chunk is not None and n - lo > chunk:
+            hi = lo + chunk
+            while hi < n and records[hi].key == records[hi - 1].key:  # an entity's views stay together
+                hi += 1
+            if hi == n:
+                break
+            result = self._commit_part(records[lo:hi], group, offsets, epoch, False)
+            if result != 1:
+                return result
+            lo = hi
+        return self._commit_part(records[lo:], group, offsets, epoch, True)
+
+    def _commit_part(self, records: list[OnlineRecord], group: str | None, offsets: dict[str, tuple[int, int]],
+                     epoch: str | None, advance: bool) -> int:
+        """One commit script: ``records`` written if the offsets and epoch check out; the offsets
+        advanced too when ``advance``."""
         keys = [self.offsets_key(group or "_none"), self.epoch_key]
-        args: list = [epoch or "", len(offsets)]
+        args: list = [epoch or "", len(offsets), "1" if advance else "0"]
         for name, (expected, new) in offsets.items():
             args += [name, str(expected), str(new)]
         for rec in records:
             keys.append(self.entity_key(rec.view_key, rec.key))
             ttl = 0 if rec.ttl_ms is None else rec.ttl_ms + TTL_GRACE_MS
-            args += [rec.state, rec.values, rec.watermark, -1 if rec.valid_until is None else rec.valid_until, ttl]
+            args += [rec.state, rec.values, rec.watermark, -1 if rec.valid_until is None else rec.valid_until, ttl,
+                     rec.applied]
         return int(self._evalsha_packed(self._commit, keys, args))
 
     def _evalsha_packed(self, script, keys: list, args: list):
@@ -243,13 +299,18 @@ class RedisOnlineStore:
         return {k.decode(): int(v) for k, v in raw.items()}
 
     def load_states(self, view_key: str, keys: list[str]) -> dict[str, bytes | None]:
-        """The stored state of each entity (None when absent), in one script call: one command to
-        encode however many keys, where a pipeline of HGETs costs a Python command object per key."""
-        out: dict[str, bytes | None] = {}
+        """The stored state of each entity (None when absent), in one script call per ``LOAD_CHUNK``
+        keys: one command to encode however many keys, where a pipeline of HGETs costs a Python
+        command object per key."""
+        return {k: blob for k, (blob, _) in self.load_states_applied(view_key, keys).items()}
+
+    def load_states_applied(self, view_key: str, keys: list[str]) -> dict[str, tuple[bytes | None, bytes]]:
+        """(state or None, ``OnlineRecord.applied`` as written, b"" when none) of each entity."""
+        out: dict[str, tuple[bytes | None, bytes]] = {}
         for lo in range(0, len(keys), LOAD_CHUNK):  # a script blocks the server: keep each call short (~1-2 ms)
             chunk = keys[lo:lo + LOAD_CHUNK]
-            blobs = self._load_states(keys=[self.entity_key(view_key, k) for k in chunk])
-            out.update(zip(chunk, (b or None for b in blobs)))
+            flat = self._load_states(keys=[self.entity_key(view_key, k) for k in chunk])
+            out.update(zip(chunk, ((blob or None, applied or b"") for blob, applied in zip(flat[::2], flat[1::2]))))
         return out
 
     def load_state(self, view_key: str, key: str) -> bytes | None:

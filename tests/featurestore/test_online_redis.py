@@ -29,8 +29,8 @@ def project(servers, unique_name):
 
 
 def rec(view_key: str, key: str, wm: int = 1000, ttl: int | None = 60_000, state: bytes = b"S", values: bytes = b"[1]",
-        until: int | None = None) -> OnlineRecord:
-    return OnlineRecord(view_key, key, state, values, wm, until, ttl)
+        until: int | None = None, applied: bytes = b"") -> OnlineRecord:
+    return OnlineRecord(view_key, key, state, values, wm, until, ttl, applied)
 
 
 def test_commit_compare_and_set(servers, project) -> None:
@@ -47,6 +47,48 @@ def test_commit_compare_and_set(servers, project) -> None:
     assert store.load_offsets("g") == {"topic:0": 20, "topic:1": 3}
     # Groups are separate.
     assert store.load_offsets("other") == {}
+
+
+def test_chunked_commit(servers, project) -> None:
+    store = RedisOnlineStore.from_url(servers.redis_url, project)
+    vk = store.view_key("v", 1)
+    parts = []
+    part = store._commit_part
+    store._commit_part = lambda *a: parts.append(a[-1]) or part(*a)  # records each script's "advance" flag
+    records = [rec(vk, f"k{i}", state=f"S{i}".encode(), applied=f"0:{i}".encode()) for i in range(5)]
+    assert store.commit(records, "g", {"t:0": (-1, 4)}, chunk=2) == 1
+    assert parts == [False, False, True]  # three scripts; only the last advances the offsets
+    assert store.load_offsets("g") == {"t:0": 4}
+    assert store.load_states_applied(vk, ["k0", "k4", "none"]) == {"k0": (b"S0", b"0:0"), "k4": (b"S4", b"0:4"),
+                                                                   "none": (None, b"")}
+    # Records of one entity (its views) are never split between two scripts.
+    parts.clear()
+    together = [rec(vk, "a"), rec(vk2 := store.view_key("w", 1), "a"), rec(vk, "b"), rec(vk2, "b"), rec(vk, "c")]
+    sizes = []
+    store._commit_part = lambda *a: sizes.append(len(a[0])) or part(*a)
+    assert store.commit(together, "g", {"t:0": (4, 4)}, chunk=3) == 1
+    assert sizes == [4, 1]
+    store._commit_part = lambda *a: parts.append(a[-1]) or part(*a)
+    # A write that does not track offsets clears them (no stale offsets left on a state it rewrote).
+    assert store.commit([rec(vk, "k0", state=b"T0")], None, {}) == 1
+    assert store.load_states_applied(vk, ["k0"]) == {"k0": (b"T0", b"")}
+
+    # Another writer advances the offsets between two chunks: the next chunk is fenced, the offsets stay
+    # as that writer left them, and what the first chunk wrote stays (it carries its own offsets).
+    parts.clear()
+
+    def interleaved(*a):
+        parts.append(a[-1])
+        if len(parts) == 2:
+            assert store.commit([], "g", {"t:0": (4, 9)}) == 1
+        return part(*a)
+
+    store._commit_part = interleaved
+    late = [rec(vk, f"k{i}", state=b"ZOMBIE", applied=b"0:8") for i in range(4)]
+    assert store.commit(late, "g", {"t:0": (4, 8)}, chunk=2) == 0
+    assert store.load_offsets("g") == {"t:0": 9}
+    states = store.load_states(vk, ["k0", "k1", "k2", "k3"])
+    assert states == {"k0": b"ZOMBIE", "k1": b"ZOMBIE", "k2": b"S2", "k3": b"S3"}
 
 
 def test_epoch_marker(servers, project) -> None:

@@ -430,6 +430,11 @@ def test_to_bytes_round_trip():
     check_values(specs, dict(sum=12.5, n=6), again.evaluate(T0 + 13 * M), "twice values", batch=False)
     empty = ViewState.from_bytes(specs, ViewState(specs, lateness_ms=0).to_bytes(), lateness_ms=0)
     assert empty.watermark is None
+    # ids leave a restored state at the same time as a live one's (past the lateness horizon)
+    later = [(T0 + 30 * M, {"x": 1.0}, "g")]
+    assert state.apply(later) == again.apply(later) == []
+    assert state.ids == again.ids == {"g": T0 + 30 * M}
+    assert state.to_bytes() == again.to_bytes()
     check_values(specs, empties(specs), empty.evaluate(T0), "empty round trip", batch=False)
 
 

@@ -108,6 +108,18 @@ def progress(client: redis.Redis, project: str, group: str, names=None) -> int:
     return sum(off + 1 for name, off in offsets.items() if names is None or name in names)
 
 
+def states_ahead_of_offsets(client: redis.Redis, project: str, view, stored: dict[str, int]) -> list[str]:
+    """Entities whose stored state holds events past its partition's stored offset (written by a
+    chunk of a commit whose offsets were not)."""
+    ahead = []
+    for key in client.scan_iter(match=f"fs:{project}:{view.name}:v1:*", count=1000):
+        for item in filter(None, (client.hget(key, "o") or b"").split(b",")):
+            part, off = item.split(b":")
+            if int(off) > stored.get(f"{view.source.topic}:{int(part)}", -1):
+                ahead.append(key.decode())
+    return ahead
+
+
 def wait_for(predicate, timeout: float, what, interval: float = 0.01):
     """Poll ``predicate`` until it returns a true value (returned); ``what`` (a string or a
     function giving one, called at the timeout) describes it in the error."""
@@ -266,6 +278,9 @@ KILL_POINTS = [
     # Precise points inside a batch: the process SIGKILLs itself.
     pytest.param(("before_redis_commit", 8), id="sigkill-after-event-log-before-redis"),
     pytest.param(("before_kafka_commit", 8), id="sigkill-after-redis-before-kafka"),
+    # Commits in chunks of 5 states: the first chunks of the 4th such batch written, its last chunk
+    # and the offsets not; the restart re-runs the batch and each state skips what it already holds.
+    pytest.param(("between_redis_chunks", 4), id="sigkill-between-redis-chunks"),
 ]
 
 
@@ -284,15 +299,20 @@ def test_sigkill_mid_stream_then_restart(kill, servers, topic_factory, unique_na
         first.sigkill()
         assert first.proc.returncode == -signal.SIGKILL
     else:
-        first = spawn("first", topic, project, group, "--crash-at", mode, "--crash-after-batches", where)
+        chunked = ("--commit-chunk", 5) if mode == "between_redis_chunks" else ()
+        first = spawn("first", topic, project, group, "--crash-at", mode, "--crash-after-batches", where, *chunked)
         first.proc.wait(40)
         assert first.proc.returncode == -signal.SIGKILL, first.tail()
     done = progress(shared_redis, project, group)
     assert 0 < done < sent.total, f"the kill was not mid-stream: {done} of {sent.total} committed"
     logged = len(event_log(servers.postgres_dsn, pg_schema, project))
-    if mode == "before_redis_commit":
-        # The batch in flight reached the event log but not Redis: the restart must replay it once.
+    if mode in ("before_redis_commit", "between_redis_chunks"):
+        # The batch in flight reached the event log but not (all of it) Redis: the restart must replay it once.
         assert logged > done
+    if mode == "between_redis_chunks":  # states ahead of their partition's stored offset: the case replay must skip
+        stored = stored_offsets(shared_redis, project, group)
+        ahead = states_ahead_of_offsets(shared_redis, project, view, stored)
+        assert ahead, "no state was written ahead of the stored offsets"
     if mode == "before_kafka_commit":
         admin = KafkaAdminClient(bootstrap_servers=servers.kafka_bootstrap)
         try:
@@ -308,6 +328,7 @@ def test_sigkill_mid_stream_then_restart(kill, servers, topic_factory, unique_na
     code, _, out = second.sigterm()
     assert code == 0, second.tail()
     assert out["records_done"] == sent.total - done  # nothing committed twice, nothing skipped
+    assert out["dead_letters"] == {}  # a replayed event is not refused (as late or repeated) by a state that has it
     assert_clean_result(shared_redis, project, view, sent.events, servers.postgres_dsn, pg_schema)
 
 

@@ -73,13 +73,14 @@ def test_push_and_materialize_refused_while_a_worker_consumes_the_topic(servers,
 
 def test_announcement_of_a_killed_worker_expires(servers, unique_name):
     online = RedisOnlineStore.from_url(servers.redis_url, unique_name("live"))
-    online.announce_worker("g", "w1", ["t1"], ttl_ms=300)
+    online.announce_worker("g", "w1", ["t1"], ttl_ms=3000)
     online.announce_worker("g", "w2", ["t2"], ttl_ms=60_000)
     with pytest.raises(WorkerRunningError, match="t1"):
         online.refuse_if_consumed(["t1", "t3"], "push")
     online.refuse_if_consumed(["t3"], "push")  # nobody consumes t3
-    time.sleep(0.5)
+    time.sleep(3.2)
     assert [w["worker"] for w in online.live_workers()] == ["w2"]
+    assert online.client.hkeys(online.live_key) == [b"g:w2"]  # the expired announcement was removed
     online.refuse_if_consumed(["t1"], "push")  # w1 never renewed: expired
     online.retire_worker("g", "w2")
     assert online.live_workers() == []

@@ -3,16 +3,19 @@
     python -m tests.workers.worker_main --topic T --project P --group G --schema S \\
         --bootstrap HOST:PORT --redis redis://... --postgres postgresql://... \\
         [--batch-size N] [--exit-after-idle SECONDS] [--dead-letter-topic D] \\
-        [--throttle-ms MS] [--crash-at POINT --crash-after-batches K]
+        [--throttle-ms MS] [--commit-chunk N] [--crash-at POINT --crash-after-batches K]
 
 Builds the same Worker as ``tests.workers.support.build_worker`` (``make_view(topic)``),
-installs the SIGTERM/SIGINT handlers, runs, and prints ``{"records_done": n}`` on stdout
+installs the SIGTERM/SIGINT handlers, runs, and prints ``{"records_done": n, "dead_letters":
+{reason: n}}`` on stdout
 when it exits (by a signal, or after ``--exit-after-idle`` seconds without new records).
 
 Test-only knobs: ``--throttle-ms`` sleeps after each micro-batch (keeps a stream going
 long enough to hit it mid-way); ``--crash-at`` SIGKILLs the process itself at a precise
 point of the ``--crash-after-batches``-th batch that has something to commit:
-``before_redis_commit`` (event log and dead letters written, Redis not) or
+``before_redis_commit`` (event log and dead letters written, Redis not),
+``between_redis_chunks`` (the first chunks of states written, the last chunk and the
+offsets not: needs a batch of more than ``--commit-chunk`` states) or
 ``before_kafka_commit`` (Redis committed, Kafka not).
 """
 
@@ -30,7 +33,7 @@ from types import SimpleNamespace
 
 from tests.workers.support import build_worker, make_view
 
-CRASH_POINTS = ("before_redis_commit", "before_kafka_commit")
+CRASH_POINTS = ("before_redis_commit", "between_redis_chunks", "before_kafka_commit")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -48,6 +51,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "a new committed record")
     p.add_argument("--dead-letter-topic", default=None)
     p.add_argument("--throttle-ms", type=float, default=0.0)
+    p.add_argument("--commit-chunk", type=int, default=None, help="WorkerConfig.commit_chunk (default: its default)")
     p.add_argument("--crash-at", choices=CRASH_POINTS, default=None)
     p.add_argument("--crash-after-batches", type=int, default=1)
     return p.parse_args(argv)
@@ -65,13 +69,28 @@ def _install_crash(worker, point: str, after: int) -> None:
     if point == "before_redis_commit":
         commit = worker.online.commit
 
-        def crashing_commit(records, group, offsets, epoch=None):
+        def crashing_commit(records, group, offsets, epoch=None, chunk=None):
             seen["n"] += 1
             if seen["n"] >= after:
                 _kill_self()
-            return commit(records, group, offsets, epoch)
+            return commit(records, group, offsets, epoch, chunk)
 
         worker.online.commit = crashing_commit
+    elif point == "between_redis_chunks":
+        part = worker.online._commit_part
+        written = {"chunks": 0}
+
+        def crashing_part(records, group, offsets, epoch, advance):
+            if not advance:
+                written["chunks"] += 1
+            elif written["chunks"]:  # the last chunk of a commit that already wrote others
+                written["chunks"] = 0
+                seen["n"] += 1
+                if seen["n"] >= after:
+                    _kill_self()
+            return part(records, group, offsets, epoch, advance)
+
+        worker.online._commit_part = crashing_part
     elif point == "before_kafka_commit":
         commit_kafka = worker._commit_kafka
 
@@ -103,6 +122,8 @@ def main(argv=None) -> int:
     logging.getLogger("kafka").setLevel(logging.WARNING)
     servers = SimpleNamespace(kafka_bootstrap=args.bootstrap, redis_url=args.redis, postgres_dsn=args.postgres)
     config = {"batch_size": args.batch_size}
+    if args.commit_chunk is not None:
+        config["commit_chunk"] = args.commit_chunk
     if args.dead_letter_topic:
         config["dead_letter_topic"] = args.dead_letter_topic
     worker = build_worker(servers, make_view(args.topic), args.project, args.group, args.schema, **config)
@@ -126,7 +147,9 @@ def main(argv=None) -> int:
     sys.stderr.write(f"worker_main: pid {os.getpid()} running\n")
     sys.stderr.flush()
     code = worker.run(until=until)
-    print(json.dumps({"records_done": worker.records_done}), flush=True)
+    letters = {s.labels["reason"]: int(s.value) for m in worker.metrics.dead_letters.collect()
+               for s in m.samples if s.name.endswith("_total") and s.value}
+    print(json.dumps({"records_done": worker.records_done, "dead_letters": letters}), flush=True)
     return code
 
 

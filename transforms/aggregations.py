@@ -61,13 +61,45 @@ def sample_variance(count, m2):
     return max(m2, 0.0) / (count - 1)
 
 
+def scalar_stddev(count, m2):
+    var = sample_variance(count, m2)
+    return None if var is None else math.sqrt(var)
+
+
+#: The value of each function from a merged scalar partial, as a Python expression over
+#: ``{n}`` n_events, ``{c}`` count, ``{s}`` total, ``{mu}`` mean, ``{q}`` m2, ``{lo}``, ``{hi}``
+#: and ``{w}`` window_ms.  ``finalize`` compiles these for scalars, and the streaming kernels
+#: (``transforms.kernels``) write them inline: one definition, no call per feature.
+SCALAR_FINAL = {
+    "count_events": "{n}",
+    "events_per_minute": "{n} / ({w} / 60000)",
+    "count": "{c}",
+    "sum": "{s}",
+    "mean": "({s} / {c} if {c} else None)",
+    "min": "({lo} if {c} else None)",
+    "max": "({hi} if {c} else None)",
+    "var": "sample_variance({c}, {q})",
+    "stddev": "scalar_stddev({c}, {q})",
+}
+#: Names the expressions of ``SCALAR_FINAL`` call.
+SCALAR_NAMESPACE = {"sample_variance": sample_variance, "scalar_stddev": scalar_stddev}
+_SCALAR = {fn: eval("lambda n, c, s, mu, q, lo, hi, w: " + expr.format(n="n", c="c", s="s", mu="mu", q="q",  # noqa: S307
+                                                                       lo="lo", hi="hi", w="w"), dict(SCALAR_NAMESPACE))
+           for fn, expr in SCALAR_FINAL.items()}
+
+
 def finalize(function: str, *, n_events, count, total, mean, m2, lo, hi, window_ms):
     """Feature value of ``function`` from a merged partial.
 
-    Scalars give Python values with ``None`` for null; arrays give float
+    Scalars give Python values with ``None`` for null (``SCALAR_FINAL``); arrays give float
     arrays with NaN for null (the batch path turns NaN into null at the end).
     """
     is_array = isinstance(count, np.ndarray) or isinstance(n_events, np.ndarray)
+    if not is_array:
+        scalar = _SCALAR.get(function)
+        if scalar is None:
+            raise ValueError(f"finalize does not handle {function!r}")
+        return scalar(n_events, count, total, mean, m2, lo, hi, window_ms)
     if function == "count_events":
         return n_events
     if function == "events_per_minute":
@@ -77,22 +109,13 @@ def finalize(function: str, *, n_events, count, total, mean, m2, lo, hi, window_
     if function == "sum":
         return total
     if function == "mean":
-        if is_array:
-            with np.errstate(invalid="ignore", divide="ignore"):
-                return np.where(count > 0, total / np.where(count > 0, count, 1), np.nan)
-        return total / count if count else None
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(count > 0, total / np.where(count > 0, count, 1), np.nan)
     if function in ("min", "max"):
-        value = lo if function == "min" else hi
-        if is_array:
-            return np.where(count > 0, value, np.nan)
-        return value if count else None
+        return np.where(count > 0, lo if function == "min" else hi, np.nan)
     if function in ("var", "stddev"):
         var = sample_variance(count, m2)
-        if function == "var":
-            return var
-        if is_array:
-            return np.sqrt(var)
-        return None if var is None else math.sqrt(var)
+        return var if function == "var" else np.sqrt(var)
     raise ValueError(f"finalize does not handle {function!r}")
 
 

@@ -35,9 +35,10 @@ hops, windows, columns and field offsets as constants, and compiles it once:
   of the features (``wanted``), it merges only the windows and fields they need
   and returns their values (still in spec order).
 
-The algebra is not repeated here: merges call ``merge_moments`` and values
-call ``finalize`` from ``transforms.aggregations`` — the functions the batch
-path uses.  ``print(transforms.state._layout(specs).kernels.source)`` shows what was generated.
+The algebra is not repeated here: merges call ``merge_moments`` from
+``transforms.aggregations`` — the function the batch path uses — and values are
+its ``SCALAR_FINAL`` expressions written inline, the ones ``finalize`` compiles
+for scalars.  ``print(transforms.state._layout(specs).kernels.source)`` shows what was generated.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cached_property
 
-from .aggregations import EMPTY_VALUES, finalize, merge_moments
+from .aggregations import EMPTY_VALUES, SCALAR_FINAL, SCALAR_NAMESPACE, merge_moments
 
 #: Column fields of a tile, in layout order, with their empty value.
 FIELDS = {"c": 0, "s": 0.0, "mu": 0.0, "q": 0.0, "lo": None, "hi": None,
@@ -240,21 +241,20 @@ def build(groups: tuple, specs: tuple, group_index: dict, special: frozenset,
             continue
         m = mindex[(group_index[name], spec.window_ms)]
         if fn in ACTIVITY:
-            call = (f"finalize({fn!r}, n_events=n{m}, count=0, total=0.0, mean=0.0, m2=0.0, lo=None, hi=None, "
-                    f"window_ms={spec.window_ms})")
+            call = SCALAR_FINAL[fn].format(n=f"n{m}", w=spec.window_ms)
         else:
             s = f"{m}_{columns.index(spec.column)}"
             if fn in ("first", "last"):
                 emit(f"    o{o} = {'fv' if fn == 'first' else 'lv'}{s}")
                 continue
-            call = (f"finalize({fn!r}, n_events=n{m}, count=c{s}, total=s{s}, mean=mu{s}, m2=q{s}, "
-                    f"lo=lo{s}, hi=hi{s}, window_ms={spec.window_ms})")
+            call = SCALAR_FINAL[fn].format(n=f"n{m}", c=f"c{s}", s=f"s{s}", mu=f"mu{s}", q=f"q{s}", lo=f"lo{s}",
+                                           hi=f"hi{s}", w=spec.window_ms)
         if fn in EMPTY_VALUES:
             call = f"({EMPTY_VALUES[fn]!r} if not n{m} else {call})"
         emit(f"    o{o} = {call}")
     emit(f"    return [{', '.join(f'o{o}' for o in range(len(chosen)))}], horizon")
 
     source = "\n".join(lines) + "\n"
-    namespace = {"merge_moments": merge_moments, "finalize": finalize}
+    namespace = {"merge_moments": merge_moments, **SCALAR_NAMESPACE}
     exec(compile(source, f"<transforms.kernels {len(specs)} specs>", "exec"), namespace)  # noqa: S102 (our own source)
     return Kernels(namespace["add"], namespace["prune"], namespace["evaluate"], source)

@@ -123,6 +123,9 @@ class Worker:
     def __init__(self, views: list[PreparedView], online: RedisOnlineStore, offline_factory, config: WorkerConfig):
         """``offline_factory``: a coroutine function returning the offline store; it is
         created inside this worker's own event loop (asyncpg pools are bound to one)."""
+        if config.commit_chunk is not None and config.commit_chunk < 1:
+            raise ValueError(f"commit_chunk must be at least 1 state per script (None: the whole batch in one), "
+                             f"not {config.commit_chunk}")
         self.views = views
         self.online = online
         self.config = config

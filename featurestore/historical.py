@@ -279,18 +279,25 @@ def compute_view(view: FeatureView, events: pd.DataFrame, keys: pd.Series, ts: n
 def _finish_numeric(vals: np.ndarray, qrows: np.ndarray, missing: np.ndarray, dtype, default: Any) -> pd.Series:
     """``_finish`` for numeric arrays (same result), without going through Python objects."""
     nq = len(missing)
+    every = len(qrows) == nq  # every query has a key: ``vals`` (a fresh array) is the column already
     if dtype == FLOAT64:
-        col = np.full(nq, np.nan, dtype="float64")
-        col[qrows] = vals
+        if every and vals.dtype == np.float64:
+            col = vals
+        else:
+            col = np.full(nq, np.nan, dtype="float64")
+            col[qrows] = vals
         col[missing] = np.nan if default is None else float(default)
-        return pd.Series(col)
-    col = np.zeros(nq, dtype="int64")
-    col[qrows] = vals
+        return pd.Series(col, copy=False)
+    if every and vals.dtype == np.int64:
+        col = vals
+    else:
+        col = np.zeros(nq, dtype="int64")
+        col[qrows] = vals
     if default is not None:
         col[missing] = int(default)
-        return pd.Series(col)
+        return pd.Series(col, copy=False)
     if not missing.any():
-        return pd.Series(col)
+        return pd.Series(col, copy=False)
     return pd.Series(pd.arrays.IntegerArray(col, missing.copy()))
 
 

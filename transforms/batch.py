@@ -31,6 +31,10 @@ no id column) acceptance is decided without grouping: nothing can be late.
 
 from __future__ import annotations
 
+import functools
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -79,6 +83,15 @@ def _valid_mask(values: np.ndarray) -> np.ndarray:
         [not (isinstance(v, float) and v != v) for v in values], dtype=bool)
 
 
+def _locked(method):
+    """Run ``method`` under the object's lock (lazy caches shared by the slice threads)."""
+    @functools.wraps(method)
+    def run(self, *args):
+        with self.lock:
+            return method(self, *args)
+    return run
+
+
 class _Column:
     """Per-column arrays over the sorted accepted events, built lazily."""
 
@@ -87,7 +100,9 @@ class _Column:
         self.valid = _valid_mask(raw)
         self.all_valid = bool(self.valid.all())
         self._cache: dict = {}
+        self.lock = threading.RLock()  # slices evaluated in threads build the lazy arrays once
 
+    @_locked
     def numeric(self) -> np.ndarray:
         if "x" not in self._cache:
             if self.all_valid:
@@ -98,6 +113,7 @@ class _Column:
             self._cache["x"] = x
         return self._cache["x"]
 
+    @_locked
     def prefix(self, what: str) -> np.ndarray:
         key = "p_" + what
         if key not in self._cache:
@@ -107,6 +123,7 @@ class _Column:
             self._cache[key] = out
         return self._cache[key]
 
+    @_locked
     def neighbours(self):
         """(next_valid, prev_valid): nearest non-null row at or after / at or before each row (n = none / -1)."""
         if "nb" not in self._cache:
@@ -118,6 +135,7 @@ class _Column:
             self._cache["nb"] = (next_valid, prev_valid)
         return self._cache["nb"]
 
+    @_locked
     def floor(self, op: str) -> np.ndarray:
         """Values with nulls as the identity of ``op`` (+inf for min, -inf for max)."""
         key = ("floor", op)
@@ -126,6 +144,7 @@ class _Column:
             self._cache[key] = x if self.all_valid else np.where(self.valid, x, np.inf if op == "min" else -np.inf)
         return self._cache[key]
 
+    @_locked
     def lifting(self, levels: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """Moments of blocks [i, i + 2^j) for j <= levels (blocks clipped at the end)."""
         table = self._cache.get("lift")
@@ -289,6 +308,25 @@ def _rejects_frame(rows: np.ndarray, reasons: np.ndarray, ev_ts: np.ndarray, key
 #: by the allocator instead of being faulted in afresh), and min/max tables cover only the events
 #: the slice's windows reach.
 CHUNK_ROWS = 1 << 16
+#: Threads evaluating slices at once: numpy releases the GIL in the gathers, binary searches and
+#: prefix sums that make up a slice's work, so a second core nearly halves it.
+COMPUTE_THREADS = min(2, os.cpu_count() or 1)
+
+
+class _InPlace:
+    """``ThreadPoolExecutor``'s ``map`` in the calling thread (one compute thread)."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    @staticmethod
+    def map(fn, items):
+        return map(fn, items)
+
+
 #: A slice builds its own min/max table over the events its windows reach when those are at most
 #: this many times CHUNK_ROWS (sorted queries); otherwise (unsorted queries, windows holding huge
 #: numbers of events) it uses one table over the whole history, built once.
@@ -302,7 +340,8 @@ class _Shared:
         self.events, self.order, self.s_ts, self.ekey = events, order, s_ts, ekey
         self.base, self.span = base, span
         self.columns: dict[str, _Column] = {}
-        self.buffers: dict = {}  # reusable sparse-table storage per (column, op)
+        self.buffers: dict = {}  # reusable sparse-table storage per (thread, column, op)
+        self.lock = threading.Lock()
         # windows each (column, min/max) reads: one table per slice serves them all
         self.extremum_windows: dict = {}
         # windows read through prefix sums or min/max tables: a slice's tables cover their ranges
@@ -314,10 +353,11 @@ class _Shared:
                 self.range_windows.add(_window_key(spec))
 
     def column(self, name: str) -> _Column:
-        if name not in self.columns:
-            raw = self.events[name].to_numpy()
-            self.columns[name] = _Column(raw[self.order])
-        return self.columns[name]
+        with self.lock:
+            if name not in self.columns:
+                raw = self.events[name].to_numpy()
+                self.columns[name] = _Column(raw[self.order])
+            return self.columns[name]
 
 
 def _window_key(spec: AggSpec):
@@ -422,15 +462,17 @@ class _Slice:
         cached = self._cache.get(key)
         if cached is None:
             if size == len(col.raw):  # ranges reach across the whole history: one table for all slices
-                built = col._cache.get(("sp", op))  # (levels, table): more levels serve fewer
-                if built is None or built[0] < levels:
-                    built = col._cache[("sp", op)] = (levels, _sparse_table(col.floor(op), op, levels))
+                with col.lock:
+                    built = col._cache.get(("sp", op))  # (levels, table): more levels serve fewer
+                    if built is None or built[0] < levels:
+                        built = col._cache[("sp", op)] = (levels, _sparse_table(col.floor(op), op, levels))
                 flat = built[1]
             else:
-                buf = self.shared.buffers.get((name, op))
+                slot = (threading.get_ident(), name, op)  # a buffer per thread: slices run concurrently
+                buf = self.shared.buffers.get(slot)
                 flat = _sparse_table(col.floor(op)[origin:origin + size], op, levels, buf)
                 if buf is None or len(buf) < len(flat):
-                    self.shared.buffers[(name, op)] = flat
+                    self.shared.buffers[slot] = flat
             cached = self._cache[key] = flat
         _, first, second, has = picks[_window_key(spec)]
         a, b = cached[first], cached[second]
@@ -535,24 +577,29 @@ def compute_batch(specs, events: pd.DataFrame, queries: pd.DataFrame | None = No
     shared = _Shared(specs, events, order, s_ts, ekey, base, span)
     m = len(q_ts)
     out = {"key": q_keys, "ts": q_ts}
-    columns: dict = {}
-    for r0 in range(0, max(m, 1), CHUNK_ROWS):
+
+    def evaluate_slice(r0: int) -> dict:
         r1 = min(m, r0 + CHUNK_ROWS)
         if queries is None:
             part_start, part_hi = _event_bounds(s_codes, ekey, r0, r1)
         else:
             part_start, part_hi = ent_start[r0:r1], hi[r0:r1]
         part = _Slice(shared, q_codes[r0:r1], q_ts[r0:r1], part_hi, part_start)
-        for spec in specs:
-            value = _evaluate(spec, part)
-            if r0 == 0 and r1 == m:  # one slice: keep the arrays (distinct objects per column)
-                if any(value is v for v in columns.values()):
-                    value = value.copy()
-                columns[spec.name] = value
-                continue
-            if spec.name not in columns:
-                columns[spec.name] = np.empty(m, dtype=value.dtype)
-            columns[spec.name][r0:r1] = value
+        return {spec.name: _evaluate(spec, part) for spec in specs}
+
+    starts = range(0, max(m, 1), CHUNK_ROWS)
+    columns: dict = {}
+    if len(starts) == 1:  # one slice: keep the arrays (distinct objects per column)
+        for name, value in evaluate_slice(0).items():
+            columns[name] = value.copy() if any(value is v for v in columns.values()) else value
+    else:
+        threads = min(COMPUTE_THREADS, len(starts))
+        with ThreadPoolExecutor(threads) if threads > 1 else _InPlace() as pool:
+            for r0, values in zip(starts, pool.map(evaluate_slice, starts)):
+                for name, value in values.items():
+                    if name not in columns:
+                        columns[name] = np.empty(m, dtype=value.dtype)
+                    columns[name][r0:r0 + len(value)] = value
     for spec in specs:
         out[spec.name] = columns[spec.name]
     values = pd.DataFrame(out, copy=False)

@@ -339,3 +339,33 @@ def test_d_micro_batches_and_round_trips(sc, data):
 
 def reasons_of(rows, reasons):
     return [reasons[r] for r in rows]
+
+
+@settings(deadline=None, max_examples=60)
+@given(scenarios(), st.integers(1, 5))
+def test_e_queries_in_slices_on_two_threads(sc, rows_per_slice):
+    """compute_batch cut into slices of a few queries, evaluated by two threads (what large
+    inputs get: ``CHUNK_ROWS`` queries per slice) == the reference, with and without queries."""
+    import transforms.batch as batch_module
+
+    saved = batch_module.CHUNK_ROWS, batch_module.COMPUTE_THREADS
+    batch_module.CHUNK_ROWS, batch_module.COMPUTE_THREADS = rows_per_slice, 2
+    try:
+        queried = batch(sc, sc.batch_queries)
+        per_event = batch(sc, None)
+    finally:
+        batch_module.CHUNK_ROWS, batch_module.COMPUTE_THREADS = saved
+    groups = accepted_by_entity(sc.events, reference_accept(sc.events, sc.lateness, sc.has_ids))
+    v = queried.values
+    assert [(k, int(t)) for k, t in zip(v["key"], v["ts"])] == sc.batch_queries
+    for i, (key, t) in enumerate(sc.batch_queries):
+        bad = mismatches(sc.specs, reference_values(sc.specs, groups.get(key, []), t), row(v, sc.specs, i),
+                         scale_of(sc, key), batch=True)
+        if bad:
+            fail(f"batch query, slices of {rows_per_slice}", sc, key, t, bad)
+    v = per_event.values.sort_values(["key", "ts"], kind="mergesort").reset_index(drop=True)
+    for i, (key, t) in enumerate(zip(v["key"], v["ts"])):
+        bad = mismatches(sc.specs, reference_values(sc.specs, groups[key], int(t)), row(v, sc.specs, i),
+                         scale_of(sc, key), batch=True)
+        if bad:
+            fail(f"batch as-of-event, slices of {rows_per_slice}", sc, key, int(t), bad)

@@ -49,10 +49,9 @@ def add_derived_columns(views: list[PreparedView], events: list[ValidEvent]) -> 
     transforms = [bt for pv in views for bt in pv.view.batch_transforms()]
     if not transforms or not events:
         return
-    inputs = dict.fromkeys(c for bt in transforms for c in bt.inputs)
-    frame = pd.DataFrame({c: [e.values.get(c) for e in events] for c in inputs})
-    for bt in transforms:
-        column = bt.apply(frame).tolist()
+    inputs = {c: [e.values.get(c) for e in events] for bt in transforms for c in bt.inputs}
+    for bt in transforms:  # a frame of its inputs per transform: no selection and copy (~0.2-0.3 ms each)
+        column = bt.apply(pd.DataFrame({c: inputs[c] for c in bt.inputs}), owned=True).tolist()
         for event, value in zip(events, column):
             event.values[bt.column] = value
 

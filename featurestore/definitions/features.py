@@ -252,17 +252,19 @@ class BatchTransform(Feature):
     def to_spec(self) -> AggSpec:
         return AggSpec(self.name, "last", column=self.column)
 
-    def apply(self, df: pd.DataFrame) -> pd.Series:
+    def apply(self, df: pd.DataFrame, owned: bool = False) -> pd.Series:
         """Run ``fn`` on ``df[inputs]`` and return the derived column (indexed like
         ``df``) converted to ``dtype``; ``InvalidInputError`` naming the transform
         when inputs are missing, ``fn`` fails, or its output has the wrong length
-        or type (e.g. embedding dimension)."""
+        or type (e.g. embedding dimension).  ``owned``: ``df`` is a frame of exactly
+        the inputs that ``fn`` may modify (no copy is made for it)."""
         where = f"BatchTransform {self.name!r}"
         missing = [c for c in self.inputs if c not in df.columns]
         if missing:
             raise InvalidInputError(f"{where}: input frame lacks columns {missing}")
+        mine = owned and tuple(df.columns) == self.inputs
         try:
-            out = self.fn(df[list(self.inputs)].copy())
+            out = self.fn(df if mine else df[list(self.inputs)].copy())
         except Exception as exc:  # noqa: BLE001 - user code
             raise InvalidInputError(f"{where}: fn raised {type(exc).__name__}: {exc}") from exc
         if isinstance(out, pd.DataFrame):

@@ -39,7 +39,7 @@ import tempfile
 import time
 import uuid
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -54,7 +54,7 @@ from featurestore.schema import validate_frame, validator_for
 from featurestore.types import BOOL, FLOAT64, INT64, STRING, TIMESTAMP
 from transforms import ViewState, compute_batch
 
-from .processor import PreparedView, SourceProcessor
+from .processor import PreparedView, SourceProcessor, encode_applied
 
 logger = logging.getLogger(__name__)
 
@@ -807,6 +807,9 @@ class _Backfill:
     def _commit_states(self, records: list) -> None:
         group = self.group if self.handoff else None
         fence = self._fence()
+        applied = self._applied_cutover()
+        if applied:  # a worker that starts before the offsets are handed off skips what these states hold
+            records = [replace(r, applied=applied) for r in records]
         for lo in range(0, len(records), ONLINE_BATCH):
             result = self.online.commit(records[lo:lo + ONLINE_BATCH], group, fence, self.epoch)
             if result == 0:
@@ -814,6 +817,13 @@ class _Backfill:
                                     f"stop its workers while a hand-off backfill runs")
             if result == -1:
                 raise BackfillError("the online store lost its data during the backfill (epoch marker changed)")
+
+    def _applied_cutover(self) -> bytes:
+        """``OnlineRecord.applied`` of the states of a Kafka or event-log backfill: each holds every
+        event of its entity up to the cut-over of each partition (b"" for files: no positions)."""
+        prefix = f"{self.src.topic}:"
+        cut = {int(name[len(prefix):]): int(off) for name, off in self.report.cutover.items() if name.startswith(prefix)}
+        return encode_applied(cut)
 
     def _commit_offsets(self, header: dict) -> None:
         rep = self.report

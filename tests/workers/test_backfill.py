@@ -250,6 +250,43 @@ def test_postgres_backfill_over_worker_event_log_equals_worker(servers, topic_fa
     assert_history_equals_reference(view, events, history(servers, view, project, pg_schema))
 
 
+def test_handoff_interrupted_before_the_offsets_then_a_worker_counts_nothing_twice(
+        servers, topic_factory, unique_name, redis_client, pg_schema, monkeypatch):
+    """A hand-off that wrote the states but died before handing off the offsets: a worker started
+    anyway reads the topic from the start, and each backfilled state skips the events it holds."""
+    from workers import backfill as backfill_module
+
+    topic = topic_factory(partitions=3)
+    view = make_view(topic)
+    events = make_events(600, customers=20, seed=23)
+    send(servers, topic, events[:400])
+    project, group = unique_name("p"), unique_name("g")
+
+    def die(self, header):
+        raise RuntimeError("killed before the offsets")
+
+    monkeypatch.setattr(backfill_module._Backfill, "_commit_offsets", die)
+    with pytest.raises(RuntimeError, match="killed before the offsets"):
+        backfill(servers, view, project, pg_schema, source="kafka", online=True, group=group, chunks=2)
+    monkeypatch.undo()
+    online = RedisOnlineStore.from_url(servers.redis_url, project)
+    assert set(online.load_offsets(group).values()) <= {-1}  # nothing handed off (the fence writes -1: none)
+    assert list(redis_client.scan_iter(match=f"fs:{project}:{view.name}:v1:*"))  # but the states are written
+
+    send(servers, topic, events[400:])
+    worker = build_worker(servers, view, project, group, pg_schema, batch_size=100)
+    run_until(worker, len(events)).join(90)
+    assert worker.records_done == len(events)  # it read everything again ...
+    letters = {s.labels["reason"]: s.value for m in worker.metrics.dead_letters.collect() for s in m.samples
+               if s.name.endswith("_total") and s.value}
+    assert letters == {}  # ... refused none as late or repeated ...
+    expected = reference_values(view, events)  # ... and counted each event once
+    names = [s.name for s in view.agg_specs()]
+    got = {k.decode().rsplit(":", 1)[1]: dict(zip(names, orjson.loads(redis_client.hget(k, "v"))))
+           for k in redis_client.scan_iter(match=f"fs:{project}:{view.name}:v1:*")}
+    assert_values_close({k: [v] for k, v in got.items()}, {k: [v] for k, v in expected.items()})
+
+
 def test_kafka_handoff_at_time_cutover_equals_streaming(servers, topic_factory, unique_name, redis_client, pg_schema):
     topic = topic_factory(partitions=3)
     view = make_view(topic)

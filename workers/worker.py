@@ -10,7 +10,8 @@ Per micro-batch, in this order:
 4. send the dead letters (original bytes, reason, topic, partition, offset);
 5. commit the new states to Redis in scripts of ``commit_chunk`` states, each
    only if the stored offsets are still the ones this worker read (compare-and-set
-   fencing) and the store's epoch marker is ours; the last one also advances each
+   fencing), the partitions are still claimed by this worker (it claims them when
+   assigned) and the store's epoch marker is ours; the last one also advances each
    partition's last applied offset.  Every state carries the highest offset per
    partition applied to it;
 6. commit the Kafka offsets (for lag monitoring and as a fallback start point).
@@ -158,6 +159,8 @@ class Worker:
         self.probes: ProbeServer | None = None
         self._saved_gc: tuple | None = None
         self.worker_id = uuid.uuid4().hex[:12]  # names this process's announcement in the online store
+        self.token = self.worker_id  # owner of the partitions it was assigned last (claimed in on_assigned)
+        self.assignments = 0
         self.batches = 0
         self.records_done = 0  # records committed by this process (applied or dead-lettered)
 
@@ -253,6 +256,10 @@ class Worker:
     def on_assigned(self, assigned) -> None:
         for processor in self.processors.values():
             processor.invalidate()
+        # Claim the partitions: a worker that lost them (and still runs a batch) cannot commit another chunk.
+        self.assignments += 1
+        self.token = f"{self.worker_id}:{self.assignments}"
+        self.online.claim_partitions(self.config.group, [f"{tp.topic}:{tp.partition}" for tp in assigned], self.token)
         stored = self.online.load_offsets(self.config.group)
         for tp in assigned:
             name = f"{tp.topic}:{tp.partition}"
@@ -341,7 +348,8 @@ class Worker:
             write.result()
         self._send_dead_letters(dead)
         offsets = {name: (self.applied.get(name, -1), off) for name, off in advance.items()}
-        result = self.online.commit(records, self.config.group, offsets, self.epoch, chunk=self.config.commit_chunk)
+        result = self.online.commit(records, self.config.group, offsets, self.epoch, chunk=self.config.commit_chunk,
+                                    token=self.token)
         if result == 0:
             self.metrics.fenced.inc()
             logger.warning("commit fenced: another worker advanced %s; reloading", sorted(advance))
@@ -453,6 +461,8 @@ class Worker:
         self.rebuild_pending = True
         self.epoch = self.online.ensure_epoch(uuid.uuid4().hex)
         assigned = list(self.consumer.assignment())
+        # the claims went with the data (a restart without persistence): claim what this worker holds
+        self.online.claim_partitions(self.config.group, [f"{tp.topic}:{tp.partition}" for tp in assigned], self.token)
         stored = self.online.load_offsets(self.config.group)
         for source_name, processor in self.processors.items():
             processor.invalidate()
@@ -464,7 +474,7 @@ class Worker:
             if not len(events):
                 continue
             records, offsets = self._rebuilt_records(processor, source, events, stored)
-            if self.online.commit(records, self.config.group, offsets, self.epoch) != 1:
+            if self.online.commit(records, self.config.group, offsets, self.epoch, token=self.token) != 1:
                 raise StoreUnavailableError("could not commit the rebuilt state; retrying")
         self._resync()
         self.rebuild_pending = False

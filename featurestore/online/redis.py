@@ -43,20 +43,21 @@ LOAD_CHUNK = 1000  # keys per state-loading script call
 _COMMIT = """
 if ARGV[1] ~= '' and redis.call('GET', KEYS[2]) ~= ARGV[1] then return -1 end
 local n = tonumber(ARGV[2])
-local i = 4
+local i = 5
 for p = 1, n do
   local cur = redis.call('HGET', KEYS[1], ARGV[i])
   if (cur or '-1') ~= ARGV[i + 1] then return 0 end
+  if ARGV[4] ~= '' and redis.call('HGET', KEYS[3], ARGV[i]) ~= ARGV[4] then return 0 end
   i = i + 3
 end
 if ARGV[3] == '1' then
-  i = 4
+  i = 5
   for p = 1, n do
     redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 2])
     i = i + 3
   end
 end
-for k = 3, #KEYS do
+for k = 4, #KEYS do
   redis.call('HSET', KEYS[k], 's', ARGV[i], 'v', ARGV[i + 1], 'w', ARGV[i + 2], 'u', ARGV[i + 3], 'o', ARGV[i + 5])
   local ttl = tonumber(ARGV[i + 4])
   if ttl > 0 then redis.call('PEXPIRE', KEYS[k], ttl) else redis.call('PERSIST', KEYS[k]) end
@@ -219,20 +220,30 @@ class RedisOnlineStore:
             f"{LIVE_TTL_MS // 1000} s after its last renewal).")
 
     # -- writing -----------------------------------------------------------------
+    def owners_key(self, group: str) -> str:
+        return f"fs:{self.project}:owners:{group}"
+
+    def claim_partitions(self, group: str, names: list[str], token: str) -> None:
+        """Record ``token`` as the owner of partitions ``names`` ("topic:partition") of ``group``: from
+        now on a commit carrying another token for one of them writes nothing."""
+        if names:
+            self.client.hset(self.owners_key(group), mapping=dict.fromkeys(names, token))
+
     def commit(self, records: list[OnlineRecord], group: str | None, offsets: dict[str, tuple[int, int]],
-               epoch: str | None = None, chunk: int | None = None) -> int:
+               epoch: str | None = None, chunk: int | None = None, token: str | None = None) -> int:
         """Write ``records`` and advance ``offsets`` ({"topic:partition": (expected, new)}).
 
         Returns 1 on success; 0 when a stored offset differs from the expected one
-        (another writer got there first); -1 when ``epoch`` is given and the store's
-        marker differs (the server lost its data).
+        (another writer got there first), or when ``token`` is given and is not the owner
+        claimed for one of the partitions (``claim_partitions``: another worker took them);
+        -1 when ``epoch`` is given and the store's marker differs (the server lost its data).
 
         One script writes everything (atomic) unless ``chunk`` is given: then ``chunk``
         records per script, each checking the offsets and the epoch, the offsets advanced by
         the last one; adjacent records of one entity key are never split, so a reader sees all
-        views of an entity as of one commit when they are passed together.  A script blocks the server, so a 20,000-state batch in one script
-        stalls every read for ~80 ms; in chunks of 1,000 for ~4 ms at a time.  A failure (or a
-        crash) after the first chunk leaves the earlier chunks written with the offsets not
+        views of an entity as of one commit when they are passed together.  A script blocks the
+        server: one of ~63k states held every read for ~0.4 s, one of 250 holds them ~1 ms
+        (``bench_online``).  A failure (or a crash) after the first chunk leaves the earlier chunks written with the offsets not
         advanced, so chunked records must be safe to replay: the worker's carry the offsets
         of the events applied to each state (``OnlineRecord.applied``), and a replay skips those.
         """
@@ -244,18 +255,18 @@ class RedisOnlineStore:
                 hi += 1
             if hi == n:
                 break
-            result = self._commit_part(records[lo:hi], group, offsets, epoch, False)
+            result = self._commit_part(records[lo:hi], group, offsets, epoch, False, token)
             if result != 1:
                 return result
             lo = hi
-        return self._commit_part(records[lo:], group, offsets, epoch, True)
+        return self._commit_part(records[lo:], group, offsets, epoch, True, token)
 
     def _commit_part(self, records: list[OnlineRecord], group: str | None, offsets: dict[str, tuple[int, int]],
-                     epoch: str | None, advance: bool) -> int:
-        """One commit script: ``records`` written if the offsets and epoch check out; the offsets
-        advanced too when ``advance``."""
-        keys = [self.offsets_key(group or "_none"), self.epoch_key]
-        args: list = [epoch or "", len(offsets), "1" if advance else "0"]
+                     epoch: str | None, advance: bool, token: str | None = None) -> int:
+        """One commit script: ``records`` written if the offsets, the epoch and the owner token check
+        out; the offsets advanced too when ``advance``."""
+        keys = [self.offsets_key(group or "_none"), self.epoch_key, self.owners_key(group or "_none")]
+        args: list = [epoch or "", len(offsets), "1" if advance else "0", token or ""]
         for name, (expected, new) in offsets.items():
             args += [name, str(expected), str(new)]
         for rec in records:

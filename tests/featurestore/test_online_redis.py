@@ -54,7 +54,7 @@ def test_chunked_commit(servers, project) -> None:
     vk = store.view_key("v", 1)
     parts = []
     part = store._commit_part
-    store._commit_part = lambda *a: parts.append(a[-1]) or part(*a)  # records each script's "advance" flag
+    store._commit_part = lambda *a: parts.append(a[4]) or part(*a)  # records each script's "advance" flag
     records = [rec(vk, f"k{i}", state=f"S{i}".encode(), applied=f"0:{i}".encode()) for i in range(5)]
     assert store.commit(records, "g", {"t:0": (-1, 4)}, chunk=2) == 1
     assert parts == [False, False, True]  # three scripts; only the last advances the offsets
@@ -68,7 +68,7 @@ def test_chunked_commit(servers, project) -> None:
     store._commit_part = lambda *a: sizes.append(len(a[0])) or part(*a)
     assert store.commit(together, "g", {"t:0": (4, 4)}, chunk=3) == 1
     assert sizes == [4, 1]
-    store._commit_part = lambda *a: parts.append(a[-1]) or part(*a)
+    store._commit_part = lambda *a: parts.append(a[4]) or part(*a)
     # A write that does not track offsets clears them (no stale offsets left on a state it rewrote).
     assert store.commit([rec(vk, "k0", state=b"T0")], None, {}) == 1
     assert store.load_states_applied(vk, ["k0"]) == {"k0": (b"T0", b"")}
@@ -78,7 +78,7 @@ def test_chunked_commit(servers, project) -> None:
     parts.clear()
 
     def interleaved(*a):
-        parts.append(a[-1])
+        parts.append(a[4])
         if len(parts) == 2:
             assert store.commit([], "g", {"t:0": (4, 9)}) == 1
         return part(*a)
@@ -89,6 +89,34 @@ def test_chunked_commit(servers, project) -> None:
     assert store.load_offsets("g") == {"t:0": 9}
     states = store.load_states(vk, ["k0", "k1", "k2", "k3"])
     assert states == {"k0": b"ZOMBIE", "k1": b"ZOMBIE", "k2": b"S2", "k3": b"S3"}
+
+
+def test_chunked_commit_fenced_by_the_partition_owner(servers, project) -> None:
+    """A worker that loses its partition in the middle of a chunked commit writes no further chunk,
+    even before the new owner advances the offsets (which alone would not stop it)."""
+    store = RedisOnlineStore.from_url(servers.redis_url, project)
+    vk = store.view_key("v", 1)
+    store.claim_partitions("g", ["t:0", "t:1"], "A:1")
+    part, calls = store._commit_part, []
+
+    def taken_over_after_the_first_chunk(*a):
+        calls.append(a[4])
+        if len(calls) == 2:
+            store.claim_partitions("g", ["t:0"], "B:1")  # B is assigned t:0 (A does not know yet)
+        return part(*a)
+
+    store._commit_part = taken_over_after_the_first_chunk
+    mine = [rec(vk, f"k{i}", state=b"A") for i in range(4)]
+    assert store.commit(mine, "g", {"t:0": (-1, 7)}, chunk=2, token="A:1") == 0
+    store._commit_part = part
+    assert calls == [False, True]
+    assert store.load_states(vk, ["k0", "k1", "k2", "k3"]) == {"k0": b"A", "k1": b"A", "k2": None, "k3": None}
+    assert store.load_offsets("g") == {}
+    assert store.commit([rec(vk, "k2", state=b"B")], "g", {"t:0": (-1, 9)}, chunk=2, token="B:1") == 1
+    assert store.commit([rec(vk, "k3")], "g", {"t:0": (9, 10)}, token="A:1") == 0  # not the owner
+    assert store.commit([rec(vk, "k3")], "g", {"t:1": (-1, 3)}, token="A:1") == 1  # still owns t:1
+    assert store.commit([rec(vk, "k3")], "g", {"t:0": (9, 10)}) == 1  # no token (backfill, push): offsets only
+    assert store.load_offsets("g") == {"t:0": 10, "t:1": 3}
 
 
 def test_epoch_marker(servers, project) -> None:

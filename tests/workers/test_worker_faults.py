@@ -294,7 +294,7 @@ def test_sigkill_mid_stream_then_restart(kill, servers, topic_factory, unique_na
     mode, where = kill
 
     if mode == "progress":
-        first = spawn("first", topic, project, group, "--throttle-ms", 40)
+        first = spawn("first", topic, project, group, "--throttle-ms", 40, "--commit-chunk", 5)
         wait_for(lambda: progress(shared_redis, project, group) >= where * sent.total, 40, f"{where:.0%} committed")
         first.sigkill()
         assert first.proc.returncode == -signal.SIGKILL
@@ -339,8 +339,9 @@ def test_two_workers_one_killed_the_other_takes_over(servers, topic_factory, uni
     topic = topic_factory(partitions=4)
     view = make_view(topic)
     group = unique_name("g")
-    a = spawn("a", topic, project, group, "--throttle-ms", 60)
-    b = spawn("b", topic, project, group, "--throttle-ms", 60)
+    # commits in chunks of 5 states (~4 per batch): rebalances and the kill also land between chunks
+    a = spawn("a", topic, project, group, "--throttle-ms", 60, "--commit-chunk", 5)
+    b = spawn("b", topic, project, group, "--throttle-ms", 60, "--commit-chunk", 5)
 
     def split():
         pa, pb = a.assignment(), b.assignment()
@@ -361,6 +362,7 @@ def test_two_workers_one_killed_the_other_takes_over(servers, topic_factory, uni
     code, _, out = b.sigterm()
     assert code == 0, b.tail()
     assert out["records_done"] == sent.total - done_a
+    assert out["dead_letters"] == {}  # a's partitions replayed from the stored offsets: nothing refused as repeated
     assert_clean_result(shared_redis, project, view, sent.events, servers.postgres_dsn, pg_schema)
 
 
@@ -370,9 +372,9 @@ def test_second_worker_joins_mid_stream(servers, topic_factory, unique_name, pro
     view = make_view(topic)
     group = unique_name("g")
     sent = send_events(servers, topic, make_events(N_EVENTS, seed=9))
-    a = spawn("a", topic, project, group, "--throttle-ms", 200)
+    a = spawn("a", topic, project, group, "--throttle-ms", 200, "--commit-chunk", 5)
     wait_for(lambda: progress(shared_redis, project, group) > 0, 40, "a first commit")
-    b = spawn("b", topic, project, group, "--throttle-ms", 200)
+    b = spawn("b", topic, project, group, "--throttle-ms", 200, "--commit-chunk", 5)
     wait_for(lambda: b.assignment(), 40, "the second worker's partitions", interval=0.1)
     assert progress(shared_redis, project, group) < sent.total, "the stream ended before the second worker joined"
     assert 0 < len(b.assignment()) < 4 and not set(b.assignment()) & set(a.assignment())
@@ -384,6 +386,7 @@ def test_second_worker_joins_mid_stream(servers, topic_factory, unique_name, pro
     assert out_b["records_done"] > 0
     # Each record committed by exactly one of them (compare-and-set on the offsets).
     assert out_a["records_done"] + out_b["records_done"] == sent.total
+    assert out_a["dead_letters"] == out_b["dead_letters"] == {}
     assert_clean_result(shared_redis, project, view, sent.events, servers.postgres_dsn, pg_schema)
 
 

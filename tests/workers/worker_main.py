@@ -69,18 +69,18 @@ def _install_crash(worker, point: str, after: int) -> None:
     if point == "before_redis_commit":
         commit = worker.online.commit
 
-        def crashing_commit(records, group, offsets, epoch=None, chunk=None):
+        def crashing_commit(records, group, offsets, epoch=None, chunk=None, token=None):
             seen["n"] += 1
             if seen["n"] >= after:
                 _kill_self()
-            return commit(records, group, offsets, epoch, chunk)
+            return commit(records, group, offsets, epoch, chunk, token)
 
         worker.online.commit = crashing_commit
     elif point == "between_redis_chunks":
         part = worker.online._commit_part
         written = {"chunks": 0}
 
-        def crashing_part(records, group, offsets, epoch, advance):
+        def crashing_part(records, group, offsets, epoch, advance, token=None):
             if not advance:
                 written["chunks"] += 1
             elif written["chunks"]:  # the last chunk of a commit that already wrote others
@@ -88,7 +88,7 @@ def _install_crash(worker, point: str, after: int) -> None:
                 seen["n"] += 1
                 if seen["n"] >= after:
                     _kill_self()
-            return part(records, group, offsets, epoch, advance)
+            return part(records, group, offsets, epoch, advance, token)
 
         worker.online._commit_part = crashing_part
     elif point == "before_kafka_commit":

@@ -311,22 +311,6 @@ CHUNK_ROWS = 1 << 16
 #: Threads evaluating slices at once: numpy releases the GIL in the gathers, binary searches and
 #: prefix sums that make up a slice's work, so a second core nearly halves it.
 COMPUTE_THREADS = min(2, os.cpu_count() or 1)
-
-
-class _InPlace:
-    """``ThreadPoolExecutor``'s ``map`` in the calling thread (one compute thread)."""
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-    @staticmethod
-    def map(fn, items):
-        return map(fn, items)
-
-
 #: A slice builds its own min/max table over the events its windows reach when those are at most
 #: this many times CHUNK_ROWS (sorted queries); otherwise (unsorted queries, windows holding huge
 #: numbers of events) it uses one table over the whole history, built once.
@@ -594,12 +578,17 @@ def compute_batch(specs, events: pd.DataFrame, queries: pd.DataFrame | None = No
             columns[name] = value.copy() if any(value is v for v in columns.values()) else value
     else:
         threads = min(COMPUTE_THREADS, len(starts))
-        with ThreadPoolExecutor(threads) if threads > 1 else _InPlace() as pool:
-            for r0, values in zip(starts, pool.map(evaluate_slice, starts)):
+        pool = ThreadPoolExecutor(threads) if threads > 1 else None
+        try:
+            results = pool.map(evaluate_slice, starts) if pool is not None else map(evaluate_slice, starts)
+            for r0, values in zip(starts, results):
                 for name, value in values.items():
                     if name not in columns:
                         columns[name] = np.empty(m, dtype=value.dtype)
                     columns[name][r0:r0 + len(value)] = value
+        finally:
+            if pool is not None:
+                pool.shutdown()
     for spec in specs:
         out[spec.name] = columns[spec.name]
     values = pd.DataFrame(out, copy=False)

@@ -139,31 +139,24 @@ class SourceProcessor:
         refused: dict[int, Rejection] = {}
         for pv in self.views:
             states = self._states(pv, list(by_key))
-            if positions is None:
-                for key, batch in applied.items():
-                    state = states[key]
-                    for r in state.apply(batch):
-                        refused.setdefault(by_key[key][r.index], r)
-                    touched.append((pv, key, state))
-                continue
             done_by_key = self.applied[pv.view_key]
             for key, batch in applied.items():
                 state, idxs = states[key], by_key[key]
-                done = done_by_key.get(key)
-                if done is None:
-                    done = done_by_key[key] = {}
-                fresh = self._fresh(idxs, positions, done)
-                if fresh is None:  # none applied before (the usual case)
-                    for r in state.apply(batch):
-                        refused.setdefault(idxs[r.index], r)
-                elif fresh:
-                    for r in state.apply([batch[j] for j in fresh]):
-                        refused.setdefault(idxs[fresh[r.index]], r)
-                else:
-                    continue  # every event already in this state: nothing to write
-                for i in idxs:  # arrival order: offsets increase per partition
-                    part, off = positions[i]
-                    done[part] = off
+                fresh = None  # positions in the key's batch of the events this state lacks; None: all
+                if positions is not None:
+                    done = done_by_key.get(key)
+                    if done is None:
+                        done = done_by_key[key] = {}
+                    fresh = self._fresh(idxs, positions, done)
+                    if fresh == []:
+                        continue  # every event already in this state: nothing to write
+                    for i in idxs:  # arrival order: offsets increase per partition
+                        part, off = positions[i]
+                        done[part] = off
+                if fresh is not None:
+                    batch, idxs = [batch[j] for j in fresh], [idxs[j] for j in fresh]
+                for r in state.apply(batch):
+                    refused.setdefault(idxs[r.index], r)
                 touched.append((pv, key, state))
         return touched, refused
 

@@ -66,8 +66,13 @@ RETRYABLE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, re
              asyncpg.exceptions.TooManyConnectionsError)
 
 SHUTDOWN_GRACE_S = 30
-_record_key = operator.attrgetter("key")
 LAG_PERIOD_S = 5.0
+_record_key = operator.attrgetter("key")
+
+
+def _name(tp) -> str:
+    """A partition as the online store names it: ``topic:partition``."""
+    return f"{tp.topic}:{tp.partition}"
 
 
 @dataclass
@@ -159,8 +164,7 @@ class Worker:
         self.probes: ProbeServer | None = None
         self._saved_gc: tuple | None = None
         self.worker_id = uuid.uuid4().hex[:12]  # names this process's announcement in the online store
-        self.token = self.worker_id  # owner of the partitions it was assigned last (claimed in on_assigned)
-        self.assignments = 0
+        self.assignments = 0  # rebalances that assigned this process partitions (see token)
         self.batches = 0
         self.records_done = 0  # records committed by this process (applied or dead-lettered)
 
@@ -246,30 +250,34 @@ class Worker:
         finally:
             self.close()
 
+    @property
+    def token(self) -> str:
+        """Owner of the partitions of the latest assignment (claimed in on_assigned)."""
+        return f"{self.worker_id}:{self.assignments}"
+
     # -- rebalance ----------------------------------------------------------------
     def on_revoked(self, revoked) -> None:
         for processor in self.processors.values():
             processor.invalidate()
         for tp in revoked:
-            self.applied.pop(f"{tp.topic}:{tp.partition}", None)
+            self.applied.pop(_name(tp), None)
 
     def on_assigned(self, assigned) -> None:
         for processor in self.processors.values():
             processor.invalidate()
         # Claim the partitions: a worker that lost them (and still runs a batch) cannot commit another chunk.
         self.assignments += 1
-        self.token = f"{self.worker_id}:{self.assignments}"
-        self.online.claim_partitions(self.config.group, [f"{tp.topic}:{tp.partition}" for tp in assigned], self.token)
+        self.online.claim_partitions(self.config.group, [_name(tp) for tp in assigned], self.token)
         stored = self.online.load_offsets(self.config.group)
         for tp in assigned:
-            name = f"{tp.topic}:{tp.partition}"
+            name = _name(tp)
             if name in stored:
                 self.applied[name] = stored[name]
                 self.consumer.seek(tp, stored[name] + 1)
             else:
                 self.applied.pop(name, None)
                 self._unverified.append(tp)  # checked in process(): no blocking calls inside this callback
-        logger.info("assigned %s", sorted(f"{tp.topic}:{tp.partition}" for tp in assigned))
+        logger.info("assigned %s", sorted(_name(tp) for tp in assigned))
 
     def _kafka_committed(self, tp) -> bool:
         try:
@@ -302,7 +310,7 @@ class Worker:
         advance: dict[str, int] = {}
         n_new = 0
         for tp, records in batch.items():
-            name = f"{tp.topic}:{tp.partition}"
+            name = _name(tp)
             done = self.applied.get(name, -1)
             source = self.sources[tp.topic]
             validate = validator_for(source)
@@ -352,7 +360,7 @@ class Worker:
                                     token=self.token)
         if result == 0:
             self.metrics.fenced.inc()
-            logger.warning("commit fenced: another worker advanced %s; reloading", sorted(advance))
+            logger.warning("commit fenced: another worker took or advanced %s; reloading", sorted(advance))
             self._resync()
             return
         if result == -1:
@@ -416,7 +424,7 @@ class Worker:
             processor.invalidate()
         stored = self.online.load_offsets(self.config.group)
         for tp in self.consumer.assignment():
-            name = f"{tp.topic}:{tp.partition}"
+            name = _name(tp)
             if name in stored:
                 self.applied[name] = stored[name]
                 self.consumer.seek(tp, stored[name] + 1)
@@ -449,7 +457,7 @@ class Worker:
         except KafkaError:
             return
         for tp in assigned:
-            position = self.applied.get(f"{tp.topic}:{tp.partition}", -1) + 1
+            position = self.applied.get(_name(tp), -1) + 1
             self.metrics.lag.labels(tp.topic, str(tp.partition)).set(max(0, ends.get(tp, 0) - position))
 
     # -- recovery when Redis lost its data --------------------------------------------
@@ -462,7 +470,7 @@ class Worker:
         self.epoch = self.online.ensure_epoch(uuid.uuid4().hex)
         assigned = list(self.consumer.assignment())
         # the claims went with the data (a restart without persistence): claim what this worker holds
-        self.online.claim_partitions(self.config.group, [f"{tp.topic}:{tp.partition}" for tp in assigned], self.token)
+        self.online.claim_partitions(self.config.group, [_name(tp) for tp in assigned], self.token)
         stored = self.online.load_offsets(self.config.group)
         for source_name, processor in self.processors.items():
             processor.invalidate()

@@ -185,6 +185,10 @@ class RedisOnlineStore:
         """The announcements of the workers running now (or stopped less than their ``ttl_ms`` ago
         without retiring: killed, say); expired ones are removed.  One hash per project: no scan of
         the keyspace (which holds every entity's state)."""
+        return self._live_workers()[1]
+
+    def _live_workers(self) -> tuple[int, list[dict]]:
+        """(the server's time in ms, ``live_workers()``) in one round trip."""
         pipe = self.client.pipeline(transaction=False)
         pipe.time()
         pipe.hgetall(self.live_key)
@@ -199,17 +203,17 @@ class RedisOnlineStore:
                 expired.append(field)
         if expired:
             self.client.hdel(self.live_key, *expired)
-        return sorted(live, key=lambda d: (d["group"], d["worker"]))
+        return now, sorted(live, key=lambda d: (d["group"], d["worker"]))
 
     def refuse_if_consumed(self, topics, action: str) -> None:
         """Raise ``WorkerRunningError`` when a live worker consumes one of ``topics``: ``action``
         would write states that the worker holds in its cache and overwrites at its next commit
         (or, after a reload, counts events twice)."""
         wanted = set(topics)
-        busy = [w for w in self.live_workers() if wanted & set(w.get("topics", ()))]
+        now, live = self._live_workers()
+        busy = [w for w in live if wanted & set(w.get("topics", ()))]
         if not busy:
             return
-        now = self._server_ms()
         who = "; ".join(f"group {w['group']!r} worker {w['worker']} (pid {w['pid']} on {w['host']}, "
                         f"renewed {(now - w['at_ms']) / 1000:.0f} s ago) consumes {', '.join(sorted(wanted & set(w['topics'])))}"
                         for w in busy)
@@ -239,13 +243,17 @@ class RedisOnlineStore:
         -1 when ``epoch`` is given and the store's marker differs (the server lost its data).
 
         One script writes everything (atomic) unless ``chunk`` is given: then ``chunk``
-        records per script, each checking the offsets and the epoch, the offsets advanced by
-        the last one; adjacent records of one entity key are never split, so a reader sees all
-        views of an entity as of one commit when they are passed together.  A script blocks the
-        server: one of ~63k states held every read for ~0.4 s, one of 250 holds them ~1 ms
-        (``bench_online``).  A failure (or a crash) after the first chunk leaves the earlier chunks written with the offsets not
-        advanced, so chunked records must be safe to replay: the worker's carry the offsets
-        of the events applied to each state (``OnlineRecord.applied``), and a replay skips those.
+        records per script, each checking the offsets, the owner token and the epoch, the
+        offsets advanced by the last one; adjacent records of one entity key are never split,
+        so a reader sees all views of an entity as of one commit when they are passed together.
+        A script blocks the server: one of ~63k states held every read for ~0.4 s, one of 250
+        holds them ~1 ms (``bench_online``).  A failure (or a crash) after the first chunk
+        leaves the earlier chunks written with the offsets not advanced, so chunked records
+        must be safe to replay: the worker's carry the offsets of the events applied to each
+        state (``OnlineRecord.applied``), and a replay skips those.  The offsets' compare-and-set
+        alone does not fence a worker that lost its partitions half way through a chunked
+        commit (its chunks and the new owner's could interleave until the new owner advances
+        the offsets): the worker passes its ``token``, which every chunk checks.
         """
         n = len(records)
         lo = 0

@@ -27,6 +27,9 @@ prefix sums gathered at ``hi`` per column, counts and totals per window, and
 one min (max) table per column serving all its windows.  Sorting uses 16-bit
 radix passes; when every entity's events arrive in time order (and there is
 no id column) acceptance is decided without grouping: nothing can be late.
+Inputs of ``PARALLEL_ROWS`` rows or more are cut into ``COMPUTE_THREADS`` parts
+of consecutive entities, each sorted, accepted and evaluated on its own thread
+(numpy releases the GIL in the sorts, gathers and binary searches).
 """
 
 from __future__ import annotations
@@ -308,8 +311,8 @@ def _rejects_frame(rows: np.ndarray, reasons: np.ndarray, ev_ts: np.ndarray, key
 #: by the allocator instead of being faulted in afresh), and min/max tables cover only the events
 #: the slice's windows reach.
 CHUNK_ROWS = 1 << 16
-#: Threads evaluating slices at once: numpy releases the GIL in the gathers, binary searches and
-#: prefix sums that make up a slice's work, so a second core nearly halves it.
+#: Threads evaluating slices (or parts of entities) at once: numpy releases the GIL in the gathers,
+#: binary searches and prefix sums that make up a slice's work, so a second core nearly halves it.
 COMPUTE_THREADS = min(2, os.cpu_count() or 1)
 #: A slice builds its own min/max table over the events its windows reach when those are at most
 #: this many times CHUNK_ROWS (sorted queries); otherwise (unsorted queries, windows holding huge
@@ -507,7 +510,12 @@ class _Slice:
 
 def compute_batch(specs, events: pd.DataFrame, queries: pd.DataFrame | None = None,
                   lateness_ms: int = 0, id_column: str | None = None) -> BatchResult:
-    """Feature values as of each query (or each accepted event); see the module docstring."""
+    """Feature values as of each query (or each accepted event); see the module docstring.
+
+    Entities are independent, so large inputs are cut into ``COMPUTE_THREADS`` parts of
+    consecutive entities (``_entity_parts``), each sorted, accepted and evaluated on its own
+    thread; the parts' rows are put back in query order (or, without queries, in the global
+    (entity, time, arrival) order, which is the parts' order)."""
     specs = list(specs)
     n = len(events)
     ev_ts = events["ts"].to_numpy(dtype="int64")
@@ -525,74 +533,181 @@ def compute_batch(specs, events: pd.DataFrame, queries: pd.DataFrame | None = No
     span = top - base + 2
     if (len(uniques) + 1) * span >= 2**62:
         raise ValueError("time span x entities too large for one batch: split the batch by entity")
-    order_all, in_order, s_codes, s_ts = _sort_events(ev_codes, ev_ts, base, span)
-
     ids = events[id_column].to_numpy(dtype=object) if id_column else None
-    # No ids, and times never go back per entity (or never by more than the lateness): nothing to reject.
-    if ids is None and (in_order or lateness_ms >= (int(ev_ts.max()) - int(ev_ts.min()) if n else 0)):
-        accepted = np.ones(n, dtype=bool)
-        rejects = _rejects_frame(np.zeros(0, dtype="int64"), np.empty(0, dtype=object), ev_ts, keys)
-        order = order_all
+    q_codes_all = None if queries is None else codes_all[n:]
+    bounds = _entity_parts(ev_codes, q_codes_all, len(uniques))
+    job = _Job(specs, events, keys, uniques, ev_codes, ev_ts, ids, lateness_ms, base, span,
+               q_codes_all, q_ts_in if queries is not None else None)
+    if len(bounds) == 2:  # one part: every row, slices on the threads
+        parts = [job.run(bounds[0], bounds[1], COMPUTE_THREADS)]
     else:
-        accepted, reasons = accept_events(ev_codes, ev_ts, ids, lateness_ms)
+        with ThreadPoolExecutor(len(bounds) - 1) as pool:
+            parts = list(pool.map(lambda i: job.run(bounds[i], bounds[i + 1], 1), range(len(bounds) - 1)))
+
+    accepted = np.ones(n, dtype=bool)
+    reasons = None
+    for part in parts:
+        if part.reasons is not None:
+            if reasons is None:
+                reasons = np.full(n, None, dtype=object)
+            accepted[part.ev_rows] = part.accepted
+            reasons[part.ev_rows] = part.reasons
+    if reasons is None:
+        rejects = _rejects_frame(np.zeros(0, dtype="int64"), np.empty(0, dtype=object), ev_ts, keys)
+    else:
         rejected_rows = np.flatnonzero(~accepted)
         rejects = _rejects_frame(rejected_rows, reasons[rejected_rows], ev_ts, keys)
-        order = order_all
-        if len(rejected_rows):
-            keep = accepted[order_all]
-            order, s_codes, s_ts = order_all[keep], s_codes[keep], s_ts[keep]
-    del order_all
-    ekey = s_codes * span
-    ekey += s_ts
-    ekey -= base
 
-    if queries is None:
-        q_codes, q_ts = s_codes, s_ts
-        q_keys = _key_column(keys, uniques, s_codes, order)
-        hi = ent_start = None  # per slice (_event_bounds)
+    if queries is None:  # parts hold consecutive entities: their rows concatenate in the global order
+        out = {"key": _concat([p.q_keys for p in parts]), "ts": _concat([p.q_ts for p in parts])}
+        for spec in specs:
+            out[spec.name] = _concat([p.columns[spec.name] for p in parts])
     else:
-        q_codes = codes_all[n:]
-        q_ts = q_ts_in
-        q_keys = queries["key"].to_numpy(dtype=object)
-        qbase = q_codes * span
-        hi = np.searchsorted(ekey, qbase + (q_ts - base), side="right")
-        ent_start = np.searchsorted(ekey, qbase, side="left")
-
-    shared = _Shared(specs, events, order, s_ts, ekey, base, span)
-    m = len(q_ts)
-    out = {"key": q_keys, "ts": q_ts}
-
-    def evaluate_slice(r0: int) -> dict:
-        r1 = min(m, r0 + CHUNK_ROWS)
-        if queries is None:
-            part_start, part_hi = _event_bounds(s_codes, ekey, r0, r1)
-        else:
-            part_start, part_hi = ent_start[r0:r1], hi[r0:r1]
-        part = _Slice(shared, q_codes[r0:r1], q_ts[r0:r1], part_hi, part_start)
-        return {spec.name: _evaluate(spec, part) for spec in specs}
-
-    starts = range(0, max(m, 1), CHUNK_ROWS)
-    columns: dict = {}
-    if len(starts) == 1:  # one slice: keep the arrays (distinct objects per column)
-        for name, value in evaluate_slice(0).items():
-            columns[name] = value.copy() if any(value is v for v in columns.values()) else value
-    else:
-        threads = min(COMPUTE_THREADS, len(starts))
-        pool = ThreadPoolExecutor(threads) if threads > 1 else None
-        try:
-            results = pool.map(evaluate_slice, starts) if pool is not None else map(evaluate_slice, starts)
-            for r0, values in zip(starts, results):
-                for name, value in values.items():
-                    if name not in columns:
-                        columns[name] = np.empty(m, dtype=value.dtype)
-                    columns[name][r0:r0 + len(value)] = value
-        finally:
-            if pool is not None:
-                pool.shutdown()
-    for spec in specs:
-        out[spec.name] = columns[spec.name]
+        out = {"key": queries["key"].to_numpy(dtype=object), "ts": q_ts_in}
+        m = len(q_ts_in)
+        for spec in specs:
+            if len(parts) == 1:
+                out[spec.name] = parts[0].columns[spec.name]
+                continue
+            filled = [p for p in parts if len(p.q_rows)]
+            column = np.empty(m, dtype=np.result_type(*[p.columns[spec.name] for p in filled]) if filled else "float64")
+            for p in filled:
+                column[p.q_rows] = p.columns[spec.name]
+            out[spec.name] = column
     values = pd.DataFrame(out, copy=False)
     return BatchResult(values=values, rejects=rejects, accepted=accepted)
+
+
+#: Inputs (events + queries) of at least this many rows are cut into ``COMPUTE_THREADS`` parts of
+#: consecutive entities evaluated in parallel: the sort, acceptance and binary searches run on
+#: every core, not only the slices' evaluation.
+PARALLEL_ROWS = 1 << 20
+
+
+def _entity_parts(ev_codes: np.ndarray, q_codes: np.ndarray | None, n_codes: int) -> list[int]:
+    """Code boundaries ``[b0, b1, ...]`` of parts ``[b_i, b_i+1)`` holding about as many rows (events
+    and queries) each; the first part starts at -1 (null keys)."""
+    rows = len(ev_codes) + (0 if q_codes is None else len(q_codes))
+    parts = min(COMPUTE_THREADS, n_codes)
+    if parts < 2 or rows < PARALLEL_ROWS:
+        return [-1, n_codes]
+    weight = np.bincount(ev_codes[ev_codes >= 0], minlength=n_codes)
+    if q_codes is not None:
+        weight += np.bincount(q_codes[q_codes >= 0], minlength=n_codes)
+    cum = np.cumsum(weight)
+    cuts = np.searchsorted(cum, [cum[-1] * i // parts for i in range(1, parts)], side="right")
+    bounds = [-1] + sorted({int(c) for c in cuts if 0 < c < n_codes}) + [n_codes]
+    return bounds
+
+
+def _concat(arrays: list[np.ndarray]) -> np.ndarray:
+    return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
+
+
+@dataclass
+class _Part:
+    """What one part of entities gives: rows are global (input rows of events / queries)."""
+
+    ev_rows: np.ndarray | slice  # the part's event rows
+    accepted: np.ndarray | None  # over ev_rows, None when every event is accepted
+    reasons: np.ndarray | None
+    q_rows: np.ndarray | slice  # the part's query rows (queries given)
+    q_keys: np.ndarray | None  # key and time of each output row (no queries)
+    q_ts: np.ndarray | None
+    columns: dict
+
+
+@dataclass
+class _Job:
+    """``compute_batch``'s inputs, shared by its parts."""
+
+    specs: list
+    events: pd.DataFrame
+    keys: pd.Series
+    uniques: object
+    ev_codes: np.ndarray
+    ev_ts: np.ndarray
+    ids: np.ndarray | None
+    lateness_ms: int
+    base: int
+    span: int
+    q_codes: np.ndarray | None  # None: the queries are the accepted events
+    q_ts: np.ndarray | None
+
+    def run(self, lo_code: int, hi_code: int, threads: int) -> _Part:
+        """The entities with codes in ``[lo_code, hi_code)``: sorted, accepted, evaluated (slices on ``threads``)."""
+        everything = lo_code <= -1 and hi_code >= len(self.uniques)
+        if everything:
+            ev_rows = slice(None)
+            codes, ts = self.ev_codes, self.ev_ts
+        else:
+            ev_rows = np.flatnonzero((self.ev_codes >= lo_code) & (self.ev_codes < hi_code))
+            codes, ts = self.ev_codes[ev_rows], self.ev_ts[ev_rows]
+        base, span = self.base, self.span
+        n = len(codes)
+        local, in_order, s_codes, s_ts = _sort_events(codes, ts, base, span)
+        ids = None if self.ids is None else self.ids[ev_rows]
+        accepted = reasons = None
+        # No ids, and times never go back per entity (or never by more than the lateness): nothing to reject.
+        if not (ids is None and (in_order or self.lateness_ms >= (int(ts.max()) - int(ts.min()) if n else 0))):
+            accepted, reasons = accept_events(codes, ts, ids, self.lateness_ms)
+            if not accepted.all():
+                keep = accepted[local]
+                local, s_codes, s_ts = local[keep], s_codes[keep], s_ts[keep]
+        order = local if everything else ev_rows[local]  # rows of the events frame
+        del local
+        ekey = s_codes * span
+        ekey += s_ts
+        ekey -= base
+
+        q_rows: np.ndarray | slice = slice(0, 0)
+        q_keys = q_ts_out = None
+        if self.q_codes is None:
+            q_codes, q_ts = s_codes, s_ts
+            q_keys, q_ts_out = _key_column(self.keys, self.uniques, s_codes, order), s_ts
+            hi = ent_start = None  # per slice (_event_bounds)
+        else:
+            if everything:
+                q_rows = slice(None)
+                q_codes, q_ts = self.q_codes, self.q_ts
+            else:
+                q_rows = np.flatnonzero((self.q_codes >= lo_code) & (self.q_codes < hi_code))
+                q_codes, q_ts = self.q_codes[q_rows], self.q_ts[q_rows]
+            qbase = q_codes * span
+            hi = np.searchsorted(ekey, qbase + (q_ts - base), side="right")
+            ent_start = np.searchsorted(ekey, qbase, side="left")
+
+        shared = _Shared(self.specs, self.events, order, s_ts, ekey, base, span)
+        m = len(q_ts)
+
+        def evaluate_slice(r0: int) -> dict:
+            r1 = min(m, r0 + CHUNK_ROWS)
+            if self.q_codes is None:
+                part_start, part_hi = _event_bounds(s_codes, ekey, r0, r1)
+            else:
+                part_start, part_hi = ent_start[r0:r1], hi[r0:r1]
+            part = _Slice(shared, q_codes[r0:r1], q_ts[r0:r1], part_hi, part_start)
+            return {spec.name: _evaluate(spec, part) for spec in self.specs}
+
+        starts = range(0, max(m, 1), CHUNK_ROWS)
+        columns: dict = {}
+        if len(starts) == 1:  # one slice: keep the arrays (distinct objects per column)
+            for name, value in evaluate_slice(0).items():
+                columns[name] = value.copy() if any(value is v for v in columns.values()) else value
+        else:
+            threads = min(threads, len(starts))
+            pool = ThreadPoolExecutor(threads) if threads > 1 else None
+            try:
+                results = pool.map(evaluate_slice, starts) if pool is not None else map(evaluate_slice, starts)
+                for r0, values in zip(starts, results):
+                    for name, value in values.items():
+                        if name not in columns:
+                            columns[name] = np.empty(m, dtype=value.dtype)
+                        columns[name][r0:r0 + len(value)] = value
+            finally:
+                if pool is not None:
+                    pool.shutdown()
+        return _Part(ev_rows, accepted, reasons, q_rows, q_keys, q_ts_out, columns)
 
 
 def _evaluate(spec: AggSpec, part: _Slice):

@@ -369,3 +369,33 @@ def test_e_queries_in_slices_on_two_threads(sc, rows_per_slice):
                          scale_of(sc, key), batch=True)
         if bad:
             fail(f"batch as-of-event, slices of {rows_per_slice}", sc, key, int(t), bad)
+
+
+@settings(deadline=None, max_examples=60)
+@given(scenarios(), st.integers(2, 3), st.integers(1, 5))
+def test_e_entities_in_parts_on_threads(sc, parts, rows_per_slice):
+    """compute_batch cut into parts of consecutive entities, each sorted, accepted and evaluated on
+    its own thread (what inputs of ``PARALLEL_ROWS`` rows get) == the reference, and row for row the
+    same frames (values, rejects, accepted mask) as one part."""
+    import transforms.batch as batch_module
+
+    whole_q, whole_e = batch(sc, sc.batch_queries), batch(sc, None)
+    saved = batch_module.CHUNK_ROWS, batch_module.COMPUTE_THREADS, batch_module.PARALLEL_ROWS
+    batch_module.CHUNK_ROWS, batch_module.COMPUTE_THREADS, batch_module.PARALLEL_ROWS = rows_per_slice, parts, 1
+    try:
+        queried = batch(sc, sc.batch_queries)
+        per_event = batch(sc, None)
+    finally:
+        batch_module.CHUNK_ROWS, batch_module.COMPUTE_THREADS, batch_module.PARALLEL_ROWS = saved
+    groups = accepted_by_entity(sc.events, reference_accept(sc.events, sc.lateness, sc.has_ids))
+    v = queried.values
+    assert [(k, int(t)) for k, t in zip(v["key"], v["ts"])] == sc.batch_queries
+    for i, (key, t) in enumerate(sc.batch_queries):
+        bad = mismatches(sc.specs, reference_values(sc.specs, groups.get(key, []), t), row(v, sc.specs, i),
+                         scale_of(sc, key), batch=True)
+        if bad:
+            fail(f"batch query, {parts} parts", sc, key, t, bad)
+    for got, whole in ((queried, whole_q), (per_event, whole_e)):
+        pd.testing.assert_frame_equal(got.values, whole.values)
+        pd.testing.assert_frame_equal(got.rejects, whole.rejects)
+        assert np.array_equal(got.accepted, whole.accepted)

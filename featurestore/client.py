@@ -505,6 +505,30 @@ class FeatureStore:
         views = [v for v in self.repo.views.values() if v.source.name == source.name]
         return SourceProcessor(self._prepared(views), self.online)
 
+    # -- compaction of the event log ------------------------------------------------------
+    def compact(self, sources: list[str] | None = None, rebuild: bool = False) -> dict:
+        """Compact the event logs of ``sources`` (default: every source of the repository) into
+        segments, so full scans (training sets over many entities) read packed columns instead of
+        every row (``PostgresOfflineStore.compact_events``).  Returns a report per source; a source
+        whose logs cannot have segments (text keys, an event id field) reports why and is left alone
+        unless named in ``sources`` (then ``InvalidInputError``)."""
+        return self._run(self.acompact(sources, rebuild))
+
+    async def acompact(self, sources: list[str] | None = None, rebuild: bool = False) -> dict:
+        """``compact`` on the running event loop."""
+        offline, _ = await self._stores()
+        names = list(self.repo.sources) if sources is None else list(sources)
+        report: dict = {}
+        for name in names:
+            source = self.repo.source(name)
+            try:
+                report[name] = await offline.compact_events(source, rebuild=rebuild)
+            except InvalidInputError as exc:
+                if sources is not None:
+                    raise
+                report[name] = {"skipped": str(exc)}
+        return report
+
     # -- materialize -----------------------------------------------------------------------
     def materialize(self, start, end, views: list[str] | None = None, force: bool = False) -> dict:
         """Load offline values into the online store (Feast ``materialize``).

@@ -125,3 +125,114 @@ def test_historical_same_whichever_read_path(offline) -> None:
     copied = loop.run_until_complete(get_historical_features(store, repo, None, entity_df, refs))
     pd.testing.assert_frame_equal(scanned, copied)
     assert scanned["score_sum_1h"].notna().sum() > 100
+
+
+def _no_block_scan(*_args, **_kwargs):
+    raise AssertionError("the block scan ran: the segments were not read")
+
+
+def test_segments_equal_rows(offline) -> None:
+    """``compact_events`` segments (several per partition) plus the rows after them give the frames
+    ``load_events`` gives, filtered or not; compaction adds only new rows; partition -1 stays rows."""
+    loop, store = offline
+    src = _source()
+    loop.run_until_complete(store.migrate([src]))
+    _write(loop, store, src)  # 6,000 rows: 2,000 each in partitions 2, 0 and -1
+    added = loop.run_until_complete(store.compact_events(src, segment_rows=300))
+    assert added == {"segments": 14, "events": 4000}  # 7 segments of at most 300 per Kafka partition
+    assert loop.run_until_complete(store.compact_events(src, segment_rows=300)) == {"segments": 0, "events": 0}
+    # Rows after the segments: later offsets of partitions 0 and 2, a partition never compacted, pushes.
+    rng = np.random.default_rng(9)
+    n = 900
+    more, rejects = validate_frame(src, pd.DataFrame({
+        "uid": rng.integers(0, 300, size=n), "score": np.round(rng.normal(size=n), 3),
+        "n": pd.array(rng.integers(0, 50, size=n), dtype="Int64"), "ok": pd.array(rng.random(n) < 0.5, dtype="boolean"),
+        "m": rng.integers(-5, 5, size=n), "at": T0 + 610 * MIN + np.arange(n) * 1000}))
+    assert rejects.empty
+    more["__partition"] = np.repeat([0, 2, 5, -1], [300, 200, 200, 200])
+    more["__offset"] = np.concatenate([np.arange(6000, 6300), np.arange(7000, 7200), np.arange(200), np.arange(6000, 6200)])
+    loop.run_until_complete(store.write_events(src, more))
+
+    keys = list(range(0, 300, 2)) + [10_000]
+    cases = [(None, None), (None, T0 + 300 * MIN), (keys, None), (keys, T0 + 615 * MIN)]
+    expected = [loop.run_until_complete(store.load_events(src, keys=ks, end_ms=end)) for ks, end in cases]
+    block_scan, store._block_scan = store._block_scan, _no_block_scan
+    for (ks, end), slow in zip(cases, expected):
+        pd.testing.assert_frame_equal(loop.run_until_complete(store.load_events_fast(src, keys=ks, end_ms=end)), slow)
+        sub = loop.run_until_complete(store.load_events_fast(src, keys=ks, end_ms=end, fields=["score"]))
+        pd.testing.assert_frame_equal(sub, slow[list(sub.columns)])
+    assert loop.run_until_complete(store.compact_events(src, segment_rows=300)) == {"segments": 3, "events": 700}
+    pd.testing.assert_frame_equal(loop.run_until_complete(store.load_events_fast(src)), expected[0])
+    # Without segments: the block scan, same frame.
+    store._block_scan = block_scan
+    store.USE_SEGMENTS = False
+    pd.testing.assert_frame_equal(loop.run_until_complete(store.load_events_fast(src)), expected[0])
+
+
+def test_segments_after_a_field_is_added(offline) -> None:
+    """Segments written before a field existed are not used for it (the rows are read) until
+    ``compact_events(rebuild=True)``; sources that cannot have segments say why."""
+    loop, store = offline
+    src = _source()
+    loop.run_until_complete(store.migrate([src]))
+    _write(loop, store, src, n=1200)
+    loop.run_until_complete(store.compact_events(src))
+    wider = EventSource(name=src.name, topic=src.topic, schema={**src.schema, "extra": "float64"},
+                        timestamp_field="at", entity_field="uid", allowed_lateness="2m",
+                        optional_fields=("score", "n", "ok", "extra"))
+    loop.run_until_complete(store.migrate([wider]))
+    slow = loop.run_until_complete(store.load_events(wider))
+    assert slow["extra"].isna().all()
+    block_scan, store._block_scan = store._block_scan, _no_block_scan
+    with pytest.raises(AssertionError, match="block scan ran"):
+        loop.run_until_complete(store.load_events_fast(wider))
+    store._block_scan = block_scan
+    pd.testing.assert_frame_equal(loop.run_until_complete(store.load_events_fast(wider)), slow)
+    assert loop.run_until_complete(store.compact_events(wider, rebuild=True)) == {"segments": 2, "events": 800}
+    store._block_scan = _no_block_scan
+    pd.testing.assert_frame_equal(loop.run_until_complete(store.load_events_fast(wider)), slow)
+
+    from featurestore.exceptions import InvalidInputError
+    texts = EventSource(name="texts", topic="t", schema={"uid": "string", "at": "timestamp"},
+                        timestamp_field="at", entity_field="uid")
+    with pytest.raises(InvalidInputError, match="int64 entity keys"):
+        loop.run_until_complete(store.compact_events(texts))
+    ids = EventSource(name="ids", topic="t", schema={"uid": "int64", "id": "string", "at": "timestamp"},
+                      timestamp_field="at", entity_field="uid", event_id_field="id")
+    with pytest.raises(InvalidInputError, match="event id field"):
+        loop.run_until_complete(store.compact_events(ids))
+
+
+def test_compaction_waits_for_writes_in_flight(offline, servers) -> None:
+    """A write in flight (holding the log's lock shared, not committed) holds compaction back, and
+    its rows land in the segments once it commits: no row is left between segments and tail."""
+    import asyncpg
+
+    loop, store = offline
+    src = _source()
+    loop.run_until_complete(store.migrate([src]))
+    _write(loop, store, src, n=600)
+    table = store.qualified(store.events_table(src.name))
+
+    async def scenario():
+        conn = await asyncpg.connect(servers.postgres_dsn)
+        try:
+            tx = conn.transaction()
+            await tx.start()
+            await conn.execute("SELECT pg_advisory_xact_lock_shared($1)", store._log_lock(src))
+            await conn.execute(f'INSERT INTO {table} ("partition", "offset", "entity_key", "event_time", "uid", "m") '
+                               f"VALUES (0, 5000, 7, {T0}, 7, 1)")
+            task = asyncio.ensure_future(store.compact_events(src))
+            await asyncio.sleep(1.0)
+            assert not task.done(), "compaction ran while a write was in flight"
+            await tx.commit()
+            return await task
+        finally:
+            await conn.close()
+
+    assert loop.run_until_complete(scenario()) == {"segments": 2, "events": 401}
+    block_scan, store._block_scan = store._block_scan, _no_block_scan
+    fast = loop.run_until_complete(store.load_events_fast(src))
+    store._block_scan = block_scan
+    pd.testing.assert_frame_equal(fast, loop.run_until_complete(store.load_events(src)))
+    assert ((fast["key"] == 7) & (fast["ts"] == T0)).any()

@@ -310,7 +310,11 @@ class PostgresOfflineStore:
         stmts.append(f'CREATE TABLE IF NOT EXISTS {seg} ("partition" int NOT NULL, "first_offset" bigint NOT NULL, '
                      '"last_offset" bigint NOT NULL, "n" int NOT NULL, "field" text NOT NULL, "data" bytea NOT NULL, '
                      'PRIMARY KEY ("partition", "first_offset", "field"))')
-        stmts.append(f'ALTER TABLE {seg} ALTER COLUMN "data" SET STORAGE EXTERNAL')  # no compression: packed numbers
+        # Stored uncompressed (packed numbers barely compress, and decompressing costs time); set once,
+        # as ALTER TABLE locks the table against readers.
+        stmts.append(f"DO $$ BEGIN IF (SELECT attstorage FROM pg_attribute WHERE attrelid = '{seg}'::regclass "
+                     f"AND attname = 'data') <> 'e' THEN ALTER TABLE {seg} ALTER COLUMN \"data\" SET STORAGE EXTERNAL; "
+                     "END IF; END $$")
         return stmts
 
     def _history_ddl(self, view: FeatureView, version: int) -> list[str]:

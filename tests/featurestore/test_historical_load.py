@@ -142,12 +142,12 @@ def test_segments_equal_rows(offline) -> None:
     assert added == {"segments": 14, "events": 4000}  # 7 segments of at most 300 per Kafka partition
     assert loop.run_until_complete(store.compact_events(src, segment_rows=300)) == {"segments": 0, "events": 0}
 
-    async def storage() -> str:
+    async def storage() -> bytes:
         async with store.pool.acquire() as conn:
             return await conn.fetchval("SELECT attstorage FROM pg_attribute WHERE attname = 'data' AND attrelid = "
                                        f"'{store.qualified(store.segments_table(src.name))}'::regclass")
 
-    assert loop.run_until_complete(storage()) == "e"  # packed values stored uncompressed
+    assert loop.run_until_complete(storage()) == b"e"  # packed values stored uncompressed ("char" column)
     # Rows after the segments: later offsets of partitions 0 and 2, a partition never compacted, pushes.
     rng = np.random.default_rng(9)
     n = 900

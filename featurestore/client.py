@@ -510,8 +510,8 @@ class FeatureStore:
         """Compact the event logs of ``sources`` (default: every source of the repository) into
         segments, so full scans (training sets over many entities) read packed columns instead of
         every row (``PostgresOfflineStore.compact_events``).  Returns a report per source; a source
-        whose logs cannot have segments (text keys, an event id field) reports why and is left alone
-        unless named in ``sources`` (then ``InvalidInputError``)."""
+        that cannot have segments (an entity key neither int64 nor string) reports why and is left
+        alone unless named in ``sources`` (then ``InvalidInputError``)."""
         return self._run(self.acompact(sources, rebuild))
 
     async def acompact(self, sources: list[str] | None = None, rebuild: bool = False) -> dict:

@@ -174,17 +174,48 @@ async def _create_stage(conn: asyncpg.Connection, stage: str, cols_sql: str, tar
 
 # -- full scans of the event log: block ranges or segments ----------------------------------
 
-def _scan_columns(items: list[tuple[str, str, ValueType]]) -> tuple[list[tuple[str, str, str]], list[tuple[str, ValueType]]]:
-    """What a full scan reads: (name, SQL of the binary value, numpy dtype) per column — key, time,
-    partition, offset and each field (NULL-able int/bool fields with a ``__null_<field>`` mask
-    column) — and the masked (field, type) pairs."""
-    cols: list[tuple[str, str, str]] = [("key", 'int8send("entity_key")', ">i8"), ("ts", 'int8send("event_time")', ">i8"),
-                                        ("__p", 'int4send("partition")', ">i4"), ("__o", 'int8send("offset")', ">i8")]
+#: Value types a full scan reads (``_scan_columns``); lists and embeddings are read row by row.
+SCAN_TYPES = (FLOAT64, INT64, TIMESTAMP, BOOL, STRING)
+TEXT = "text"  # dtype of a column of ``_scan_columns`` holding UTF-8 bytes (lengths in ``__len_<name>``)
+
+
+def _text_columns(name: str, column_sql: str, nullable: bool) -> list[tuple[str, str, str]]:
+    """A text column as scanned: its values' UTF-8 bytes end to end, their lengths, and (``nullable``)
+    a NULL mask."""
+    value = f"coalesce({column_sql}, '')" if nullable else column_sql
+    cols = [(name, f"convert_to({value}, 'UTF8')", TEXT), (f"__len_{name}", f"int4send(octet_length({value}))", ">i4")]
+    if nullable:
+        cols.append((f"__null_{name}", f"CASE WHEN {column_sql} IS NULL THEN '\\x01'::bytea ELSE '\\x00'::bytea END", "u1"))
+    return cols
+
+
+def _scan_columns(items: list[tuple[str, str, ValueType]], key_vt: ValueType = INT64, with_id: bool = False
+                  ) -> tuple[list[tuple[str, str, str]], list[tuple[str, ValueType]], list[str]]:
+    """What a full scan reads: (name, SQL of the binary value, numpy dtype or ``TEXT``) per column —
+    key, time, partition, offset, the event id and each field (NULL-able int/bool fields with a
+    ``__null_<field>`` mask column, text with ``_text_columns``) — the masked (field, type) pairs
+    and the text columns."""
+    cols: list[tuple[str, str, str]] = []
+    texts: list[str] = []
+    if key_vt == INT64:
+        cols.append(("key", 'int8send("entity_key")', ">i8"))
+    else:
+        cols += _text_columns("key", '"entity_key"', nullable=False)
+        texts.append("key")
+    cols += [("ts", 'int8send("event_time")', ">i8"), ("__p", 'int4send("partition")', ">i4"),
+             ("__o", 'int8send("offset")', ">i8")]
+    if with_id:
+        cols += _text_columns("__eid", '"event_id"', nullable=True)
+        texts.append("__eid")
     masked: list[tuple[str, ValueType]] = []
     for field, col, vt in items:
         c = qident(col)
         if vt == FLOAT64:
             cols.append((field, f"float8send(coalesce({c}, 'NaN'::float8))", ">f8"))
+            continue
+        if vt == STRING:
+            cols += _text_columns(field, c, nullable=True)
+            texts.append(field)
             continue
         if vt == BOOL:
             cols.append((field, f"CASE WHEN {c} THEN '\\x01'::bytea ELSE '\\x00'::bytea END", "u1"))
@@ -192,7 +223,38 @@ def _scan_columns(items: list[tuple[str, str, ValueType]]) -> tuple[list[tuple[s
             cols.append((field, f"int8send(coalesce({c}, 0))", ">i8"))
         cols.append((f"__null_{field}", f"CASE WHEN {c} IS NULL THEN '\\x01'::bytea ELSE '\\x00'::bytea END", "u1"))
         masked.append((field, vt))
-    return cols, masked
+    return cols, masked, texts
+
+
+def _wire(dtype: str) -> str:
+    """The dtype of a scanned column as PostgreSQL sends it (``TEXT``: its bytes)."""
+    return "u1" if dtype == TEXT else dtype
+
+
+def _native(dtype: str) -> str:
+    """The in-memory dtype of a scanned column (``TEXT``: its bytes)."""
+    return "u1" if dtype == TEXT else dtype.replace(">", "<")
+
+
+def _decode_texts(native: dict[str, np.ndarray], texts: list[str]) -> None:
+    """Replace each text column's bytes (and lengths, NULL mask) by an object array of ``str`` / None."""
+    import pyarrow as pa
+
+    for name in texts:
+        lengths = native.pop(f"__len_{name}")
+        null = native.pop(f"__null_{name}", None)
+        offsets = np.zeros(len(lengths) + 1, dtype="int64")
+        np.cumsum(lengths, out=offsets[1:])
+        data = native[name]
+        if offsets[-1] != len(data):
+            raise StoreUnavailableError(f"full scan: text column {name!r} holds {len(data)} bytes, its lengths add up to {offsets[-1]}")
+        values = pa.LargeStringArray.from_buffers(len(lengths), pa.py_buffer(offsets), pa.py_buffer(data))
+        out = values.to_numpy(zero_copy_only=False)
+        if out.dtype != object:
+            out = out.astype(object)
+        if null is not None and null.any():
+            out[null.view(bool)] = None
+        native[name] = out
 
 
 def _finish_scan(native: dict[str, np.ndarray], masked: list[tuple[str, ValueType]], keys: Sequence[Any] | None,
@@ -202,7 +264,10 @@ def _finish_scan(native: dict[str, np.ndarray], masked: list[tuple[str, ValueTyp
     if end_ms is not None:
         keep = native["ts"] <= int(end_ms)
     if keys is not None:
-        wanted = np.isin(native["key"], np.asarray([int(k) for k in keys], dtype="int64"))
+        if native["key"].dtype == object:  # text keys: a hash lookup (np.isin would sort the strings)
+            wanted = pd.Series(native["key"], copy=False).isin([str(k) for k in keys]).to_numpy()
+        else:
+            wanted = np.isin(native["key"], np.asarray([int(k) for k in keys], dtype="int64"))
         keep = wanted if keep is None else keep & wanted
     rows = np.flatnonzero(keep) if keep is not None and not keep.all() else None
     # Arrival order: usually the physical order already; else sort by (partition, offset).
@@ -498,12 +563,12 @@ class PostgresOfflineStore:
         """``load_events`` (same rows, order and dtypes) of only the schema ``fields`` given
         (default all; the entity and timestamp fields and the event id come anyway).
 
-        * int64 entity keys, no event id, only fixed-width fields (int/timestamp/float/bool), and
-          no keys or keys covering a large part of the log (``SCAN_KEY_FRACTION``): the log is
-          read in block ranges over several connections sharing one snapshot, each range as one
-          ``string_agg`` of binary values per column (``_scan_events``: no per-row protocol
-          messages), keys and ``end_ms`` filtered and rows put in arrival order
-          ``(partition, offset)`` with numpy;
+        * int64 or string entity keys, fields of ``SCAN_TYPES`` (no list or embedding), and no keys
+          or keys covering a large part of the log (``SCAN_KEY_FRACTION``): the log is read in block
+          ranges over several connections sharing one snapshot (or from its segments, see
+          ``compact_events``), each range as one ``string_agg`` of binary values per column (text:
+          UTF-8 bytes end to end plus lengths; ``_scan_events``: no per-row protocol messages),
+          keys and ``end_ms`` filtered and rows put in arrival order ``(partition, offset)`` with numpy;
         * otherwise ``COPY (query ORDER BY partition, offset) TO STDOUT``: binary, decoded with
           one numpy ``frombuffer``, when every column read is fixed-width (a NULL float is read
           as NaN, as ``load_events`` gives it), else CSV parsed by pyarrow.
@@ -524,8 +589,7 @@ class PostgresOfflineStore:
             keys = list(pd.unique(pd.Series(list(keys), dtype=object).dropna()))
         with_id = src.event_id_field is not None
         data: dict[str, Any] = {}
-        scannable = (key_vt == INT64 and not with_id
-                     and all(vt in (FLOAT64, INT64, TIMESTAMP, BOOL) for _, _, vt in items))
+        scannable = key_vt in (INT64, STRING) and all(vt in SCAN_TYPES for _, _, vt in items)
         if scannable and (keys is None or await self._many_keys(src, len(keys))):
             data = await self._scan_events(src, items, keys, end_ms)
         else:
@@ -554,8 +618,10 @@ class PostgresOfflineStore:
                 none.fill(None)
                 out[id_col] = pd.Series(none, dtype=object, copy=False)  # dtype given: no 5M-element inference scan
         # copy=False: the columns are fresh arrays; no consolidation into 2-D blocks (a copy).
-        return pd.DataFrame({k: (v if isinstance(v, pd.Series) else pd.Series(v, copy=False)) for k, v in out.items()},
-                            copy=False)
+        # dtype=object kept for text: pandas would infer its own string dtype (load_events gives object).
+        return pd.DataFrame({k: (v if isinstance(v, pd.Series) else
+                                 pd.Series(v, copy=False, dtype=object if v.dtype == object else None))
+                             for k, v in out.items()}, copy=False)
 
     async def _many_keys(self, src: EventSource, n_keys: int) -> bool:
         """Whether ``n_keys`` keys are at least ``SCAN_KEY_FRACTION`` of the event log's distinct
@@ -581,10 +647,11 @@ class PostgresOfflineStore:
         its values' binary send form (NULL int/bool values read as a mask column).  Then
         ``keys`` / ``end_ms`` filtered and the rows put in ``(partition, offset)`` order.
         Returns output name -> array (int fields with NULLs as ``Int64``, bools as ``boolean``)."""
-        cols, masked = _scan_columns(items)
+        cols, masked, texts = _scan_columns(items, src.schema[src.entity_field], src.event_id_field is not None)
         native = await self._segment_scan(src, cols) if self.USE_SEGMENTS else None
         if native is None:
             native = await self._block_scan(src, cols)
+        _decode_texts(native, texts)
         return _finish_scan(native, masked, keys, end_ms)
 
     async def _block_scan(self, src: EventSource, cols: list[tuple[str, str, str]]) -> dict[str, np.ndarray]:
@@ -636,8 +703,8 @@ class PostgresOfflineStore:
                     count = int(row[0])
                     arrays = []
                     for (name, _, dtype), raw in zip(cols, row[1:]):
-                        arr = np.frombuffer(raw or b"", dtype=dtype)
-                        if len(arr) != count:
+                        arr = np.frombuffer(raw or b"", dtype=_wire(dtype))
+                        if len(arr) != count and dtype != TEXT:
                             raise StoreUnavailableError(f"load_events_fast({src.name!r}): column {name!r} has "
                                                         f"{len(arr)} values for {count} rows")
                         arrays.append(arr)
@@ -649,7 +716,7 @@ class PostgresOfflineStore:
                     raise result
         native = {}  # name -> native-endian array of all ranges (one pass: byte swap while concatenating)
         for j, (name, _, dtype) in enumerate(cols):
-            native[name] = np.concatenate([parts[i][j] for i in range(n_ranges)], dtype=dtype.replace(">", "<"))
+            native[name] = np.concatenate([parts[i][j] for i in range(n_ranges)], dtype=_native(dtype))
         return native
 
     # -- segments: columnar copies of the event log for full scans ----------------------
@@ -666,15 +733,14 @@ class PostgresOfflineStore:
 
     @staticmethod
     def _segment_items(src: EventSource) -> list[tuple[str, str, ValueType]]:
-        """The fields segments hold (the fixed-width ones); ``InvalidInputError`` when the source's
-        full scans cannot use segments (text keys or an event id field, read by the COPY path)."""
-        if src.schema[src.entity_field] != INT64:
-            raise InvalidInputError(f"source {src.name!r}: segments need int64 entity keys "
+        """The fields segments hold (those of ``SCAN_TYPES``: lists and embeddings are left out, and a
+        full scan asking for one reads the rows); ``InvalidInputError`` when the source's entity key
+        is neither int64 nor string."""
+        if src.schema[src.entity_field] not in (INT64, STRING):
+            raise InvalidInputError(f"source {src.name!r}: segments need int64 or string entity keys "
                                     f"({src.entity_field!r} is {src.schema[src.entity_field]})")
-        if src.event_id_field is not None:
-            raise InvalidInputError(f"source {src.name!r}: segments are for sources without an event id field "
-                                    f"(it has {src.event_id_field!r})")
-        return [(f, c, vt) for f, c, vt in PostgresOfflineStore._field_items(src) if vt in (FLOAT64, INT64, TIMESTAMP, BOOL)]
+        return [(f, c, vt) for f, c, vt in PostgresOfflineStore._field_items(src)
+                if vt in SCAN_TYPES and f != src.entity_field]
 
     async def _partitions(self, conn: asyncpg.Connection, table: str) -> list[int]:
         """Distinct partitions of an event log, by a skip scan of its primary key (one probe per partition)."""
@@ -702,14 +768,16 @@ class PostgresOfflineStore:
         size = int(segment_rows or self.SEGMENT_ROWS)
         table = self.qualified(self.events_table(src.name))
         seg = self.qualified(self.segments_table(src.name))
-        cols, _ = _scan_columns(items)
+        cols, _, _ = _scan_columns(items, src.schema[src.entity_field], src.event_id_field is not None)
         cols = [c for c in cols if c[0] != "__p"]
-        aggs = ", ".join(f"string_agg({expr}, ''::bytea)" for _, expr, _ in cols)
         added = {"segments": 0, "events": 0}
-        async with self.pool.acquire() as conn, conn.transaction():  # all segments of this run or none
-            await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"compact:{self.schema}:{seg}")
+        async with self.pool.acquire() as conn:
+            if await conn.fetchval("SELECT to_regclass($1)", table) is None:
+                raise UnknownNameError(f"event log of source {src.name!r} does not exist: run `featurestore apply`")
+            # Outside a transaction (a session lock taken in one outlives its rollback): wait for the
+            # writes in flight, note each partition's last offset, let writers go on.
             lock = self._log_lock(src)
-            await conn.execute("SELECT pg_advisory_lock($1)", lock)  # waits for the writes in flight
+            await conn.execute("SELECT pg_advisory_lock($1)", lock)
             try:
                 ends = {}
                 for p in await self._partitions(conn, table):
@@ -717,35 +785,45 @@ class PostgresOfflineStore:
                         ends[p] = int(await conn.fetchval(f'SELECT max("offset") FROM {table} WHERE "partition" = $1', p))
             finally:
                 await conn.execute("SELECT pg_advisory_unlock($1)", lock)
-            if rebuild:
-                await conn.execute(f"DELETE FROM {seg}")
-            done = {int(r[0]): int(r[1]) for r in await conn.fetch(
-                f'SELECT "partition", max("last_offset") FROM {seg} WHERE "field" = \'__o\' GROUP BY "partition"')}
-            for p, end in sorted(ends.items()):
-                after = done.get(p, -1)
-                while after < end:
+            async with conn.transaction():  # all segments of this run or none
+                await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"compact:{self.schema}:{seg}")
+                await self._compact_up_to(conn, table, seg, cols, ends, size, rebuild, added)
+        return added
+
+    async def _compact_up_to(self, conn: asyncpg.Connection, table: str, seg: str, cols: list, ends: dict[int, int],
+                             size: int, rebuild: bool, added: dict) -> None:
+        """``compact_events``' writes, in its transaction: segments of each partition up to ``ends``."""
+        # Rows in offset order: a sorted subquery feeds the aggregates in order in practice; when it
+        # did not (checked below), every aggregate sorts its input.
+        aggs = ", ".join(f"string_agg({expr}, ''::bytea)" for _, expr, _ in cols)
+        ordered_aggs = ", ".join(f"string_agg({expr}, ''::bytea ORDER BY \"offset\")" for _, expr, _ in cols)
+        if rebuild:
+            await conn.execute(f"DELETE FROM {seg}")
+        done = {int(r[0]): int(r[1]) for r in await conn.fetch(
+            f'SELECT "partition", max("last_offset") FROM {seg} WHERE "field" = \'__o\' GROUP BY "partition"')}
+        for p, end in sorted(ends.items()):
+            after = done.get(p, -1)
+            while after < end:
+                for select in (aggs, ordered_aggs):
                     row = await conn.fetchrow(
-                        f"SELECT count(*), {aggs} FROM (SELECT * FROM {table} WHERE \"partition\" = $1 AND \"offset\" > $2 "
+                        f"SELECT count(*), {select} FROM (SELECT * FROM {table} WHERE \"partition\" = $1 AND \"offset\" > $2 "
                         f"AND \"offset\" <= $3 ORDER BY \"offset\" LIMIT $4) e", p, after, end, size)
                     n = int(row[0])
-                    if n == 0:
-                        break
-                    arrays = {name: np.frombuffer(raw, dtype=dtype).astype(dtype.replace(">", "<"))
+                    arrays = {name: np.frombuffer(raw or b"", dtype=_wire(dtype)).astype(_native(dtype))
                               for (name, _, dtype), raw in zip(cols, row[1:])}
                     offsets = arrays["__o"]
-                    if not np.all(offsets[1:] > offsets[:-1]):  # aggregate input order is not guaranteed
-                        order = np.argsort(offsets, kind="stable")
-                        arrays = {name: arr[order] for name, arr in arrays.items()}
-                        offsets = arrays["__o"]
-                    first, last = int(offsets[0]), int(offsets[-1])
-                    await conn.executemany(
-                        f'INSERT INTO {seg} ("partition", "first_offset", "last_offset", "n", "field", "data") '
-                        "VALUES ($1, $2, $3, $4, $5, $6)",
-                        [(p, first, last, n, name, arr.tobytes()) for name, arr in arrays.items()])
-                    added["segments"] += 1
-                    added["events"] += n
-                    after = last
-        return added
+                    if np.all(offsets[1:] > offsets[:-1]):
+                        break
+                if n == 0:
+                    break
+                first, last = int(offsets[0]), int(offsets[-1])
+                await conn.executemany(
+                    f'INSERT INTO {seg} ("partition", "first_offset", "last_offset", "n", "field", "data") '
+                    "VALUES ($1, $2, $3, $4, $5, $6)",
+                    [(p, first, last, n, name, arr.tobytes()) for name, arr in arrays.items()])
+                added["segments"] += 1
+                added["events"] += n
+                after = last
 
     async def _segment_scan(self, src: EventSource, cols: list[tuple[str, str, str]]) -> dict[str, np.ndarray] | None:
         """``_block_scan``'s columns from the segments plus the log's rows after them (one snapshot),
@@ -780,8 +858,13 @@ class PostgresOfflineStore:
                 f"SELECT count(*), {aggs} FROM unnest($1::int[], $2::bigint[]) AS w(p, o) CROSS JOIN LATERAL "
                 f'(SELECT * FROM {table} WHERE "partition" = w.p AND "offset" > w.o) e', partitions, after)
         n_tail = int(tail[0])
-        tail_arrays = {name: np.frombuffer(raw or b"", dtype=dtype).astype(dtype.replace(">", "<"))
+        tail_arrays = {name: np.frombuffer(raw or b"", dtype=_wire(dtype)).astype(_native(dtype))
                        for (name, _, dtype), raw in zip(cols, tail[1:])}
+        tail_bytes = {}  # text column -> byte offset of each tail row (and the end)
+        for name, _, dtype in cols:
+            if dtype == TEXT:
+                tail_bytes[name] = np.zeros(n_tail + 1, dtype="int64")
+                np.cumsum(tail_arrays[f"__len_{name}"], out=tail_bytes[name][1:])
         pieces: list[dict[str, np.ndarray]] = []
         tail_p = tail_arrays["__p"]
         by_partition = n_tail == 0 or bool(np.all(tail_p[1:] >= tail_p[:-1]))
@@ -789,18 +872,25 @@ class PostgresOfflineStore:
         for p in sorted(set(seg_partitions) | (set(np.unique(tail_p).tolist()) if by_partition else set())):
             for at, parts in segments.items():  # in (partition, first offset) order
                 if at[0] == p:
-                    piece = {name: np.frombuffer(parts[name], dtype=dtype.replace(">", "<"))
-                             for name, _, dtype in cols if name != "__p"}
+                    piece = {name: np.frombuffer(parts[name], dtype=_native(dtype)) for name, _, dtype in cols if name != "__p"}
                     piece["__p"] = np.full(sizes[at], p, dtype="int32")
                     pieces.append(piece)
             if by_partition and n_tail:
                 lo, hi = np.searchsorted(tail_p, [p, p + 1])
                 if hi > lo:
-                    pieces.append({name: arr[lo:hi] for name, arr in tail_arrays.items()})
+                    piece = {}
+                    for name, _, dtype in cols:  # rows lo..hi; a text column's bytes by its lengths
+                        arr = tail_arrays[name]
+                        if dtype == TEXT:
+                            a, b = (int(x) for x in tail_bytes[name][[lo, hi]])
+                            piece[name] = arr[a:b]
+                        else:
+                            piece[name] = arr[lo:hi]
+                    pieces.append(piece)
         if not by_partition:  # never seen: _finish_scan sorts by (partition, offset)
             pieces.append(tail_arrays)
         return {name: np.concatenate([piece[name] for piece in pieces]) if pieces
-                else np.zeros(0, dtype=dtype.replace(">", "<")) for name, _, dtype in cols}
+                else np.zeros(0, dtype=_native(dtype)) for name, _, dtype in cols}
 
     async def _copy_events(self, src: EventSource, items: list[tuple[str, str, ValueType]],
                            keys: Sequence[Any] | None, end_ms: int | None) -> dict[str, Any] | None:

@@ -178,7 +178,7 @@ def test_segments_equal_rows(offline) -> None:
 
 def test_segments_after_a_field_is_added(offline) -> None:
     """Segments written before a field existed are not used for it (the rows are read) until
-    ``compact_events(rebuild=True)``; sources that cannot have segments say why."""
+    ``compact_events(rebuild=True)``; a source with no event log is named in the error."""
     loop, store = offline
     src = _source()
     loop.run_until_complete(store.migrate([src]))
@@ -199,15 +199,11 @@ def test_segments_after_a_field_is_added(offline) -> None:
     store._block_scan = _no_block_scan
     pd.testing.assert_frame_equal(loop.run_until_complete(store.load_events_fast(wider)), slow)
 
-    from featurestore.exceptions import InvalidInputError
-    texts = EventSource(name="texts", topic="t", schema={"uid": "string", "at": "timestamp"},
-                        timestamp_field="at", entity_field="uid")
-    with pytest.raises(InvalidInputError, match="int64 entity keys"):
-        loop.run_until_complete(store.compact_events(texts))
-    ids = EventSource(name="ids", topic="t", schema={"uid": "int64", "id": "string", "at": "timestamp"},
-                      timestamp_field="at", entity_field="uid", event_id_field="id")
-    with pytest.raises(InvalidInputError, match="event id field"):
-        loop.run_until_complete(store.compact_events(ids))
+    from featurestore.exceptions import UnknownNameError
+    unknown = EventSource(name="never_applied", topic="t", schema={"uid": "string", "at": "timestamp"},
+                          timestamp_field="at", entity_field="uid")
+    with pytest.raises(UnknownNameError, match="never_applied"):
+        loop.run_until_complete(store.compact_events(unknown))
 
 
 def test_compaction_waits_for_writes_in_flight(offline, servers) -> None:
@@ -243,3 +239,57 @@ def test_compaction_waits_for_writes_in_flight(offline, servers) -> None:
     store._block_scan = block_scan
     pd.testing.assert_frame_equal(fast, loop.run_until_complete(store.load_events(src)))
     assert ((fast["key"] == 7) & (fast["ts"] == T0)).any()
+
+
+def test_text_keys_ids_and_strings_scan_and_segments(offline) -> None:
+    """String keys, an event id and string fields (NULL, empty, non-ASCII) through the block scan
+    and through segments plus rows: the frames ``load_events`` gives."""
+    loop, store = offline
+    src = EventSource(name="orders", topic="orders",
+                      schema={"buyer": "string", "txn": "string", "city": "string", "amount": "float64",
+                              "n": "int64", "at": "timestamp"},
+                      timestamp_field="at", entity_field="buyer", event_id_field="txn",
+                      optional_fields=("city", "n"))
+    loop.run_until_complete(store.migrate([src]))
+    rng = np.random.default_rng(4)
+    cities = np.array(["Zürich", "東京", "", "Lyon", None], dtype=object)
+
+    def rows(lo: int, n: int, partitions) -> pd.DataFrame:
+        raw = pd.DataFrame({
+            "buyer": [f"u{int(k):03d}" for k in rng.integers(0, 200, size=n)],
+            "txn": [f"t{i}" for i in range(lo, lo + n)],
+            "city": cities[rng.integers(0, len(cities), size=n)],
+            "amount": np.round(rng.normal(size=n), 3),
+            "n": pd.array(np.where(rng.random(n) < 0.2, None, rng.integers(0, 9, size=n)), dtype="Int64"),
+            "at": T0 + np.arange(lo, lo + n) * 1000})
+        valid, rejects = validate_frame(src, raw)
+        assert rejects.empty
+        valid["__partition"] = np.resize(partitions, n)
+        valid["__offset"] = np.arange(lo, lo + n)
+        return valid
+
+    loop.run_until_complete(store.write_events(src, rows(0, 4000, [0, 1, -1])))
+
+    async def analyze() -> None:
+        async with store.pool.acquire() as conn:
+            await conn.execute(f"ANALYZE {store.qualified(store.events_table(src.name))}")
+
+    loop.run_until_complete(analyze())
+    store.SCAN_RANGE_PAGES = 3
+    keys = [f"u{k:03d}" for k in range(0, 200, 2)] + ["nobody"]
+    assert loop.run_until_complete(store._many_keys(src, len(keys)))
+    cases = [(None, None), (keys, T0 + 3000 * 1000)]
+
+    def check() -> None:
+        for ks, end in cases:
+            slow = loop.run_until_complete(store.load_events(src, keys=ks, end_ms=end))
+            fast = loop.run_until_complete(store.load_events_fast(src, keys=ks, end_ms=end))
+            pd.testing.assert_frame_equal(fast, slow)
+            assert slow["city"].isna().any() and (slow["city"] == "").any() and (slow["city"] == "東京").any()
+
+    check()  # block scan
+    assert loop.run_until_complete(store.compact_events(src, segment_rows=500)) == {"segments": 6, "events": 2667}
+    loop.run_until_complete(store.write_events(src, rows(4000, 600, [1, 2, -1])))
+    block_scan, store._block_scan = store._block_scan, _no_block_scan
+    check()  # segments plus rows
+    store._block_scan = block_scan

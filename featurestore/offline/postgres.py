@@ -171,7 +171,6 @@ async def _create_stage(conn: asyncpg.Connection, stage: str, cols_sql: str, tar
     await conn.execute(f"CREATE TEMP TABLE {stage} ON COMMIT DROP AS SELECT {cols_sql} FROM {target} WITH NO DATA")
 
 
-
 # -- full scans of the event log: block ranges or segments ----------------------------------
 
 #: Value types a full scan reads (``_scan_columns``); lists and embeddings are read row by row.
@@ -832,11 +831,10 @@ class PostgresOfflineStore:
         table = self.qualified(self.events_table(src.name))
         names = [name for name, _, _ in cols if name != "__p"]
         async with self.pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
-            try:
-                rows = await conn.fetch(f'SELECT "partition", "first_offset", "last_offset", "n", "field", "data" FROM {seg} '
-                                        'WHERE "field" = ANY($1::text[]) ORDER BY "partition", "first_offset"', names)
-            except asyncpg.UndefinedTableError:  # a log created before segments existed: migrate adds the table
+            if await conn.fetchval("SELECT to_regclass($1)", seg) is None:  # a log migrated before segments existed
                 return None
+            rows = await conn.fetch(f'SELECT "partition", "first_offset", "last_offset", "n", "field", "data" FROM {seg} '
+                                    'WHERE "field" = ANY($1::text[]) ORDER BY "partition", "first_offset"', names)
             if not rows:
                 return None
             segments: dict[tuple[int, int], dict] = {}  # (partition, first offset) -> column -> packed values

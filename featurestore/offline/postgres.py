@@ -480,18 +480,20 @@ class PostgresOfflineStore:
         cols_sql = ", ".join(qident(c) for c in columns)
         stage = "_fs_stage_events"
         try:
-            async with self.pool.acquire() as conn, conn.transaction():
-                # shared with other writers; ``compact_events`` takes it alone to see no write in flight
-                await conn.execute("SELECT pg_advisory_xact_lock_shared($1)", self._log_lock(src))
+            lock = self._log_lock(src)  # shared with other writers; ``compact_events`` takes it alone
+            async with self.pool.acquire() as conn:
                 try:  # all rows or none: the common case (nothing logged yet) in one COPY
-                    async with conn.transaction():  # a savepoint: a replay's failed COPY undoes only itself
+                    async with conn.transaction():
+                        await conn.execute("SELECT pg_advisory_xact_lock_shared($1)", lock)
                         status = await conn.copy_records_to_table(self.events_table(src.name), schema_name=self.schema,
                                                                   records=records, columns=columns)
                 except asyncpg.UniqueViolationError:  # a replay: stage, then skip the rows already logged
-                    await _create_stage(conn, stage, cols_sql, target)
-                    await conn.copy_records_to_table(stage, records=records, columns=columns)
-                    status = await conn.execute(f"INSERT INTO {target} ({cols_sql}) SELECT {cols_sql} FROM {stage} "
-                                                'ON CONFLICT ("partition", "offset") DO NOTHING')
+                    async with conn.transaction():
+                        await conn.execute("SELECT pg_advisory_xact_lock_shared($1)", lock)
+                        await _create_stage(conn, stage, cols_sql, target)
+                        await conn.copy_records_to_table(stage, records=records, columns=columns)
+                        status = await conn.execute(f"INSERT INTO {target} ({cols_sql}) SELECT {cols_sql} FROM {stage} "
+                                                    'ON CONFLICT ("partition", "offset") DO NOTHING')
         except asyncpg.UndefinedTableError as exc:
             raise UnknownNameError(
                 f"event log of source {src.name!r} does not exist: run `featurestore apply` (offline migrate)"

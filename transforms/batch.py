@@ -27,9 +27,10 @@ prefix sums gathered at ``hi`` per column, counts and totals per window, and
 one min (max) table per column serving all its windows.  Sorting uses 16-bit
 radix passes; when every entity's events arrive in time order (and there is
 no id column) acceptance is decided without grouping: nothing can be late.
-Inputs of ``PARALLEL_ROWS`` rows or more are cut into ``COMPUTE_THREADS`` parts
-of consecutive entities, each sorted, accepted and evaluated on its own thread
-(numpy releases the GIL in the sorts, gathers and binary searches).
+Inputs with queries of ``PARALLEL_ROWS`` rows or more are cut into
+``COMPUTE_THREADS`` parts of consecutive entities, each sorted, accepted and
+evaluated on its own thread (numpy releases the GIL in the sorts, gathers and
+binary searches).
 """
 
 from __future__ import annotations
@@ -512,10 +513,11 @@ def compute_batch(specs, events: pd.DataFrame, queries: pd.DataFrame | None = No
                   lateness_ms: int = 0, id_column: str | None = None) -> BatchResult:
     """Feature values as of each query (or each accepted event); see the module docstring.
 
-    Entities are independent, so large inputs are cut into ``COMPUTE_THREADS`` parts of
-    consecutive entities (``_entity_parts``), each sorted, accepted and evaluated on its own
-    thread; the parts' rows are put back in query order (or, without queries, in the global
-    (entity, time, arrival) order, which is the parts' order)."""
+    Entities are independent, so large inputs with queries are cut into ``COMPUTE_THREADS`` parts
+    of consecutive entities (``_entity_parts``), each sorted, accepted and evaluated on its own
+    thread, and the parts' rows put back in query order.  (Without queries, parts would each
+    allocate their outputs and then be concatenated: measured 1.9-3.4 s instead of 0.9-1.1 s for
+    5M events, so values as of every event use one part and slices on the threads.)"""
     specs = list(specs)
     n = len(events)
     ev_ts = events["ts"].to_numpy(dtype="int64")
@@ -535,7 +537,7 @@ def compute_batch(specs, events: pd.DataFrame, queries: pd.DataFrame | None = No
         raise ValueError("time span x entities too large for one batch: split the batch by entity")
     ids = events[id_column].to_numpy(dtype=object) if id_column else None
     q_codes_all = None if queries is None else codes_all[n:]
-    bounds = _entity_parts(ev_codes, q_codes_all, len(uniques))
+    bounds = [-1, len(uniques)] if q_codes_all is None else _entity_parts(ev_codes, q_codes_all, len(uniques))
     job = _Job(specs, events, keys, uniques, ev_codes, ev_ts, ids, lateness_ms, base, span,
                q_codes_all, q_ts_in if queries is not None else None)
     if len(bounds) == 2:  # one part: every row, slices on the threads
@@ -558,10 +560,8 @@ def compute_batch(specs, events: pd.DataFrame, queries: pd.DataFrame | None = No
         rejected_rows = np.flatnonzero(~accepted)
         rejects = _rejects_frame(rejected_rows, reasons[rejected_rows], ev_ts, keys)
 
-    if queries is None:  # parts hold consecutive entities: their rows concatenate in the global order
-        out = {"key": _concat([p.q_keys for p in parts]), "ts": _concat([p.q_ts for p in parts])}
-        for spec in specs:
-            out[spec.name] = _concat([p.columns[spec.name] for p in parts])
+    if queries is None:  # one part: its rows in (entity, time, arrival) order
+        out = {"key": parts[0].q_keys, "ts": parts[0].q_ts, **parts[0].columns}
     else:
         out = {"key": queries["key"].to_numpy(dtype=object), "ts": q_ts_in}
         m = len(q_ts_in)
@@ -578,30 +578,24 @@ def compute_batch(specs, events: pd.DataFrame, queries: pd.DataFrame | None = No
     return BatchResult(values=values, rejects=rejects, accepted=accepted)
 
 
-#: Inputs (events + queries) of at least this many rows are cut into ``COMPUTE_THREADS`` parts of
-#: consecutive entities evaluated in parallel: the sort, acceptance and binary searches run on
-#: every core, not only the slices' evaluation.
+#: Inputs with queries (events + queries) of at least this many rows are cut into ``COMPUTE_THREADS``
+#: parts of consecutive entities evaluated in parallel: the sort, acceptance and binary searches run
+#: on every core, not only the slices' evaluation.
 PARALLEL_ROWS = 1 << 20
 
 
-def _entity_parts(ev_codes: np.ndarray, q_codes: np.ndarray | None, n_codes: int) -> list[int]:
+def _entity_parts(ev_codes: np.ndarray, q_codes: np.ndarray, n_codes: int) -> list[int]:
     """Code boundaries ``[b0, b1, ...]`` of parts ``[b_i, b_i+1)`` holding about as many rows (events
     and queries) each; the first part starts at -1 (null keys)."""
-    rows = len(ev_codes) + (0 if q_codes is None else len(q_codes))
     parts = min(COMPUTE_THREADS, n_codes)
-    if parts < 2 or rows < PARALLEL_ROWS:
+    if parts < 2 or len(ev_codes) + len(q_codes) < PARALLEL_ROWS:
         return [-1, n_codes]
     weight = np.bincount(ev_codes[ev_codes >= 0], minlength=n_codes)
-    if q_codes is not None:
-        weight += np.bincount(q_codes[q_codes >= 0], minlength=n_codes)
+    weight += np.bincount(q_codes[q_codes >= 0], minlength=n_codes)
     cum = np.cumsum(weight)
     cuts = np.searchsorted(cum, [cum[-1] * i // parts for i in range(1, parts)], side="right")
     bounds = [-1] + sorted({int(c) for c in cuts if 0 < c < n_codes}) + [n_codes]
     return bounds
-
-
-def _concat(arrays: list[np.ndarray]) -> np.ndarray:
-    return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
 
 
 @dataclass

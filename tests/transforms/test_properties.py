@@ -374,9 +374,10 @@ def test_e_queries_in_slices_on_two_threads(sc, rows_per_slice):
 @settings(deadline=None, max_examples=60)
 @given(scenarios(), st.integers(2, 3), st.integers(1, 5))
 def test_e_entities_in_parts_on_threads(sc, parts, rows_per_slice):
-    """compute_batch cut into parts of consecutive entities, each sorted, accepted and evaluated on
-    its own thread (what inputs of ``PARALLEL_ROWS`` rows get) == the reference, and row for row the
-    same frames (values, rejects, accepted mask) as one part."""
+    """compute_batch with queries cut into parts of consecutive entities, each sorted, accepted and
+    evaluated on its own thread (what inputs of ``PARALLEL_ROWS`` rows get) == the reference, and row
+    for row the same frames (values, rejects, accepted mask) as one part; values as of every event
+    (one part, whatever the settings) unchanged too."""
     import transforms.batch as batch_module
 
     whole_q, whole_e = batch(sc, sc.batch_queries), batch(sc, None)

@@ -9,7 +9,7 @@ from typing import Any
 from featurestore.cli import build_parser
 
 COMPOSE_FILE = Path(__file__).resolve().parents[1] / "docker-compose.yml"
-APP_SERVICES = {"apply", "worker", "producer", "backfill"}
+APP_SERVICES = {"apply", "worker", "producer", "backfill", "compact"}
 
 
 def _load_compose(text: str) -> dict[str, Any]:
@@ -73,10 +73,13 @@ def _featurestore_subcommands(compose: dict[str, Any]) -> dict[str, str]:
             command = command.split()
         if not command:
             continue
+        in_shell = re.search(r"\bfeaturestore\s+([a-z][a-z-]*)", " ".join(command))
         if command[0] == "featurestore":
             used[name] = command[1]
         elif "build" in service and "entrypoint" not in service:
             used[name] = command[0]
+        elif in_shell:  # a shell loop running featurestore
+            used[name] = in_shell.group(1)
     return used
 
 

@@ -346,6 +346,12 @@ def validate_frame(source: EventSource, df: pd.DataFrame) -> tuple[pd.DataFrame,
     return valid, rejects
 
 
+def typed_column(values: list, vt: ValueType) -> pd.Series:
+    """Values of one field (plain Python, None for missing) as ``validate_frame`` types its column,
+    so a BatchTransform sees the same dtypes in the worker as in the batch path."""
+    return _tidy(pd.Series(values, dtype=object), vt)
+
+
 def _tidy(s: pd.Series, vt: ValueType) -> pd.Series:
     """Give the surviving values their natural dtype."""
     has_null = s.isna().any() if s.dtype != object else any(v is None for v in s.tolist())

@@ -136,7 +136,7 @@ class ViewState:
         self.watermark: int | None = None
         self.seq = 0
         self.ids: dict[str, int] = {}
-        self._ids_floor: int | None = None  # a lower bound of the event times in ids
+        self._ids_floor: int | None = None  # when the oldest id (front) may be stale: pruning is skipped above it
         layout = _layout(self.specs)
         self.groups: dict[int | None, _Tiles] = {g.hop: _Tiles(g.hop) for g in layout.groups}
         self.distinct: dict[str, dict] = {s.name: {} for s in layout.distinct}  # value -> latest ts
@@ -204,9 +204,20 @@ class ViewState:
     def _prune(self, wm: int) -> None:
         self._kernels.prune(self._group_list, wm)
         horizon = wm - self.lateness_ms
-        if self.ids and (self._ids_floor is None or self._ids_floor < horizon):
-            self.ids = {i: ts for i, ts in self.ids.items() if ts >= horizon}
-            self._ids_floor = min(self.ids.values(), default=None)
+        ids = self.ids
+        if ids and (self._ids_floor is None or self._ids_floor < horizon):
+            # Ids are kept in arrival order, nearly time order: drop them from the oldest up to the first
+            # still inside the horizon (a real-time entity holds rate x lateness ids: rebuilding the dict
+            # each batch cost more than the rest of the update).  An older one arrived later stays until
+            # it reaches the front; it changes no decision: a repeat carries its original time, late by then.
+            stale = []
+            for event_id, ts in ids.items():
+                if ts >= horizon:
+                    break
+                stale.append(event_id)
+            for event_id in stale:
+                del ids[event_id]
+            self._ids_floor = next(iter(ids.values()), None)
         for spec in self._distinct_specs:
             if spec.window_ms is not None:
                 seen = self.distinct[spec.name]

@@ -20,6 +20,15 @@ a name longer than PostgreSQL's 63 bytes is cut and suffixed with a hash):
   and float lists/embeddings, stored as ``double precision[]`` (``real[]`` would round
   values the online path sees unrounded).
 
+* ``{project}__evseg__{source}`` — segments of the event log (``compact_events``)::
+
+      partition int, first_offset bigint, last_offset bigint, n int, field text, data bytea,
+      PRIMARY KEY (partition, first_offset, field)
+
+  one row per (run of up to ``SEGMENT_ROWS`` events of a Kafka partition, column): the column's
+  values packed as a full scan reads them (``_scan_columns``), ``data`` stored uncompressed.
+  Event-log writers hold an advisory lock (``_log_lock``) shared until they commit.
+
 * ``{project}__history__{view}__v{version}`` — feature values over time::
 
       entity_key, event_time bigint, seq int, <one typed column per feature>,
@@ -641,13 +650,15 @@ class PostgresOfflineStore:
 
     async def _scan_events(self, src: EventSource, items: list[tuple[str, str, ValueType]],
                            keys: Sequence[Any] | None, end_ms: int | None) -> dict[str, Any]:
-        """Every event (int64 keys, fixed-width fields), read in ranges of ``SCAN_RANGE_PAGES``
-        blocks (TID range scans) over up to ``SCAN_CONNECTIONS`` connections in one exported
-        snapshot (what one query would see: every row is in exactly one range, the last range
-        is open-ended).  Per range one row: ``count(*)`` and per column the ``string_agg`` of
-        its values' binary send form (NULL int/bool values read as a mask column).  Then
-        ``keys`` / ``end_ms`` filtered and the rows put in ``(partition, offset)`` order.
-        Returns output name -> array (int fields with NULLs as ``Int64``, bools as ``boolean``)."""
+        """Every event (int64 or string keys, fields of ``SCAN_TYPES``): from the segments and the
+        rows after them (``_segment_scan``) when there are segments, else read in ranges of
+        ``SCAN_RANGE_PAGES`` blocks (TID range scans) over up to ``SCAN_CONNECTIONS`` connections
+        in one exported snapshot (``_block_scan``: what one query would see, every row in exactly
+        one range, the last range open-ended).  Per range one row: ``count(*)`` and per column the
+        ``string_agg`` of its values' binary send form (NULL int/bool values read as a mask column,
+        text as UTF-8 bytes and lengths).  Then ``keys`` / ``end_ms`` filtered and the rows put in
+        ``(partition, offset)`` order.  Returns output name -> array (int fields with NULLs as
+        ``Int64``, bools as ``boolean``, text as object arrays of ``str`` / None)."""
         cols, masked, texts = _scan_columns(items, src.schema[src.entity_field], src.event_id_field is not None)
         native = await self._segment_scan(src, cols) if self.USE_SEGMENTS else None
         if native is None:

@@ -19,7 +19,7 @@ Timed:
   aggregation, no database read).
 
 Usage: python -m bench.bench_historical [--events 5000000] [--labels 1000000] [--entities 100000]
-       [--schema NAME --keep]   (reuse / keep a loaded schema between runs)
+       [--string-keys] [--event-ids] [--schema NAME --keep]   (reuse / keep a loaded schema between runs)
 """
 
 from __future__ import annotations
@@ -46,10 +46,15 @@ WINDOWS = ("1h", "24h", "7d")
 FUNCS = ("sum", "count", "mean", "min", "max")
 
 
-def build_repo() -> tuple[Repository, EventSource, FeatureView]:
-    customer = Entity(name="customer", join_key="customer_id", key_type="int64")
-    source = EventSource(name="txns", topic="bench_txns",
-                         schema={"customer_id": "int64", "amount": "float64", "event_time": "timestamp"},
+def build_repo(string_keys: bool = False, event_ids: bool = False) -> tuple[Repository, EventSource, FeatureView]:
+    """The benchmark's repository: int64 keys and no event id, or (``string_keys``) keys like
+    ``C000042`` and (``event_ids``) a ``txn`` event-id field, as the example's transactions have."""
+    key_type = "string" if string_keys else "int64"
+    customer = Entity(name="customer", join_key="customer_id", key_type=key_type)
+    schema = {"customer_id": key_type, "amount": "float64", "event_time": "timestamp"}
+    if event_ids:
+        schema["txn"] = "string"
+    source = EventSource(name="txns", topic="bench_txns", schema=schema, event_id_field="txn" if event_ids else None,
                          timestamp_field="event_time", entity_field="customer_id", allowed_lateness="5m")
     view = FeatureView(name="amount_stats", entity=customer, source=source, ttl="90d",
                        features=[Aggregate(f"amount_{f}_{w}", "amount", f, w) for w in WINDOWS for f in FUNCS])
@@ -68,6 +73,10 @@ def make_labels(n_labels: int, n_entities: int, days: int = 30, seed: int = 11) 
     return pd.DataFrame({"customer_id": keys.astype("int64"), "event_timestamp": ts.astype("int64")})
 
 
+def string_key(keys) -> np.ndarray:
+    return np.array([f"C{int(k):06d}" for k in keys], dtype=object)
+
+
 async def load(store: PostgresOfflineStore, source: EventSource, events: pd.DataFrame, chunk: int = 500_000) -> float:
     started = time.perf_counter()
     for lo in range(0, len(events), chunk):
@@ -78,6 +87,8 @@ async def load(store: PostgresOfflineStore, source: EventSource, events: pd.Data
             "customer_id": part["key"].to_numpy(), "amount": part["amount"].to_numpy(),
             "event_time": part["ts"].to_numpy(),
         })
+        if "txn" in source.schema:
+            frame["__event_id"] = frame["txn"] = np.array([f"t{i}" for i in range(lo, lo + len(part))], dtype=object)
         await store.write_events(source, frame)
     async with store.pool.acquire() as conn:
         await conn.execute(f"ANALYZE {store.qualified(store.events_table(source.name))}")
@@ -113,6 +124,8 @@ def main() -> None:
     parser.add_argument("--entities", type=int, default=100_000)
     parser.add_argument("--schema", default=None, help="PostgreSQL schema to use (reused when it holds the events)")
     parser.add_argument("--keep", action="store_true", help="keep the schema afterwards")
+    parser.add_argument("--string-keys", action="store_true", help="keys like C000042 instead of int64")
+    parser.add_argument("--event-ids", action="store_true", help="an event-id field (acceptance then checks repeats)")
     parser.add_argument("--profile", action="store_true", help="print a cProfile of ours to stderr")
     parser.add_argument("--profile-sort", default="cumulative", help="cProfile sort key (e.g. tottime)")
     args = parser.parse_args()
@@ -122,11 +135,15 @@ def main() -> None:
     settings = bench_settings()
     dsn = settings.postgres_dsn.get_secret_value()
     schema = args.schema or f"bench_{uuid.uuid4().hex[:10]}"
-    repo, source, view = build_repo()
+    repo, source, view = build_repo(args.string_keys, args.event_ids)
     events = make_events(args.events, args.entities)
     labels = make_labels(args.labels, args.entities)
+    if args.string_keys:
+        events["key"] = string_key(events["key"])
+        labels["customer_id"] = string_key(labels["customer_id"])
     report: dict = {"events": args.events, "labels": args.labels, "entities": args.entities, "days": 30,
-                    "features": len(view.features)}
+                    "features": len(view.features), "keys": "string" if args.string_keys else "int64",
+                    "event_ids": args.event_ids}
 
     loop = asyncio.new_event_loop()
     store = loop.run_until_complete(PostgresOfflineStore.create(dsn, PROJECT, schema))

@@ -273,7 +273,7 @@ def _finish_scan(native: dict[str, np.ndarray], masked: list[tuple[str, ValueTyp
         keep = native["ts"] <= int(end_ms)
     if keys is not None:
         if native["key"].dtype == object:  # text keys: a hash lookup (np.isin would sort the strings)
-            wanted = pd.Series(native["key"], copy=False).isin([str(k) for k in keys]).to_numpy()
+            wanted = pd.Series(native["key"], copy=False, dtype=object).isin([str(k) for k in keys]).to_numpy()
         else:
             wanted = np.isin(native["key"], np.asarray([int(k) for k in keys], dtype="int64"))
         keep = wanted if keep is None else keep & wanted

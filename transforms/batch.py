@@ -598,6 +598,11 @@ def _entity_parts(ev_codes: np.ndarray, q_codes: np.ndarray, n_codes: int) -> li
     return bounds
 
 
+def _rows_in(codes: np.ndarray, lo_code: int, hi_code: int, everything: bool) -> np.ndarray | slice:
+    """Rows whose entity code is in ``[lo_code, hi_code)``; ``slice(None)`` (views, no copy) for every row."""
+    return slice(None) if everything else np.flatnonzero((codes >= lo_code) & (codes < hi_code))
+
+
 @dataclass
 class _Part:
     """What one part of entities gives: rows are global (input rows of events / queries)."""
@@ -631,12 +636,8 @@ class _Job:
     def run(self, lo_code: int, hi_code: int, threads: int) -> _Part:
         """The entities with codes in ``[lo_code, hi_code)``: sorted, accepted, evaluated (slices on ``threads``)."""
         everything = lo_code <= -1 and hi_code >= len(self.uniques)
-        if everything:
-            ev_rows = slice(None)
-            codes, ts = self.ev_codes, self.ev_ts
-        else:
-            ev_rows = np.flatnonzero((self.ev_codes >= lo_code) & (self.ev_codes < hi_code))
-            codes, ts = self.ev_codes[ev_rows], self.ev_ts[ev_rows]
+        ev_rows = _rows_in(self.ev_codes, lo_code, hi_code, everything)
+        codes, ts = self.ev_codes[ev_rows], self.ev_ts[ev_rows]
         base, span = self.base, self.span
         n = len(codes)
         local, in_order, s_codes, s_ts = _sort_events(codes, ts, base, span)
@@ -661,12 +662,8 @@ class _Job:
             q_keys, q_ts_out = _key_column(self.keys, self.uniques, s_codes, order), s_ts
             hi = ent_start = None  # per slice (_event_bounds)
         else:
-            if everything:
-                q_rows = slice(None)
-                q_codes, q_ts = self.q_codes, self.q_ts
-            else:
-                q_rows = np.flatnonzero((self.q_codes >= lo_code) & (self.q_codes < hi_code))
-                q_codes, q_ts = self.q_codes[q_rows], self.q_ts[q_rows]
+            q_rows = _rows_in(self.q_codes, lo_code, hi_code, everything)
+            q_codes, q_ts = self.q_codes[q_rows], self.q_ts[q_rows]
             qbase = q_codes * span
             hi = np.searchsorted(ekey, qbase + (q_ts - base), side="right")
             ent_start = np.searchsorted(ekey, qbase, side="left")

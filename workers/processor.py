@@ -53,9 +53,9 @@ def add_derived_columns(views: list[PreparedView], events: list[ValidEvent]) -> 
     transforms = [bt for pv in views for bt in pv.view.batch_transforms()]
     if not transforms or not events:
         return
-    schema = views[0].view.source.schema
-    inputs = {c: [e.values.get(c) for e in events] for bt in transforms for c in bt.inputs}
-    inputs = {c: typed_column(values, schema[c]) if c in schema else pd.Series(values) for c, values in inputs.items()}
+    schema = views[0].view.source.schema  # inputs are fields of the views' one source
+    inputs = {c: typed_column([e.values.get(c) for e in events], schema[c])
+              for c in dict.fromkeys(c for bt in transforms for c in bt.inputs)}
     for bt in transforms:  # a frame of its inputs per transform: no selection and copy (~0.2-0.3 ms each)
         column = bt.apply(pd.DataFrame({c: inputs[c] for c in bt.inputs}, copy=False), owned=True).tolist()
         for event, value in zip(events, column):

@@ -782,7 +782,6 @@ class PostgresOfflineStore:
         seg = self.qualified(self.segments_table(src.name))
         cols, _, _ = _scan_columns(items, src.schema[src.entity_field], src.event_id_field is not None)
         cols = [c for c in cols if c[0] != "__p"]
-        added = {"segments": 0, "events": 0}
         async with self.pool.acquire() as conn:
             if await conn.fetchval("SELECT to_regclass($1)", table) is None:
                 raise UnknownNameError(f"event log of source {src.name!r} does not exist: run `featurestore apply`")
@@ -799,12 +798,13 @@ class PostgresOfflineStore:
                 await conn.execute("SELECT pg_advisory_unlock($1)", lock)
             async with conn.transaction():  # all segments of this run or none
                 await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"compact:{self.schema}:{seg}")
-                await self._compact_up_to(conn, table, seg, cols, ends, size, rebuild, added)
-        return added
+                return await self._compact_up_to(conn, table, seg, cols, ends, size, rebuild)
 
     async def _compact_up_to(self, conn: asyncpg.Connection, table: str, seg: str, cols: list, ends: dict[int, int],
-                             size: int, rebuild: bool, added: dict) -> None:
-        """``compact_events``' writes, in its transaction: segments of each partition up to ``ends``."""
+                             size: int, rebuild: bool) -> dict:
+        """``compact_events``' writes, in its transaction: segments of each partition up to ``ends``;
+        returns the segments and events written."""
+        added = {"segments": 0, "events": 0}
         # Rows in offset order: a sorted subquery feeds the aggregates in order in practice; when it
         # did not (checked below), every aggregate sorts its input.
         aggs = ", ".join(f"string_agg({expr}, ''::bytea)" for _, expr, _ in cols)
@@ -836,6 +836,7 @@ class PostgresOfflineStore:
                 added["segments"] += 1
                 added["events"] += n
                 after = last
+        return added
 
     async def _segment_scan(self, src: EventSource, cols: list[tuple[str, str, str]]) -> dict[str, np.ndarray] | None:
         """``_block_scan``'s columns from the segments plus the log's rows after them (one snapshot),
@@ -879,8 +880,7 @@ class PostgresOfflineStore:
         pieces: list[dict[str, np.ndarray]] = []
         tail_p = tail_arrays["__p"]
         by_partition = n_tail == 0 or bool(np.all(tail_p[1:] >= tail_p[:-1]))
-        seg_partitions = sorted({p for p, _ in segments})
-        for p in sorted(set(seg_partitions) | (set(np.unique(tail_p).tolist()) if by_partition else set())):
+        for p in sorted({p for p, _ in segments} | (set(np.unique(tail_p).tolist()) if by_partition else set())):
             for at, parts in segments.items():  # in (partition, first offset) order
                 if at[0] == p:
                     piece = {name: np.frombuffer(parts[name], dtype=_native(dtype)) for name, _, dtype in cols if name != "__p"}

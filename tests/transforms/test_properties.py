@@ -10,6 +10,7 @@ loads it from HYPOTHESIS_PROFILE); only the deadline is switched off here.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 
@@ -341,20 +342,23 @@ def reasons_of(rows, reasons):
     return [reasons[r] for r in rows]
 
 
-@settings(deadline=None, max_examples=60)
-@given(scenarios(), st.integers(1, 5))
-def test_e_queries_in_slices_on_two_threads(sc, rows_per_slice):
-    """compute_batch cut into slices of a few queries, evaluated by two threads (what large
-    inputs get: ``CHUNK_ROWS`` queries per slice) == the reference, with and without queries."""
+@contextlib.contextmanager
+def batch_settings(**values):
+    """``transforms.batch`` module settings (CHUNK_ROWS, COMPUTE_THREADS, PARALLEL_ROWS) for a block."""
     import transforms.batch as batch_module
 
-    saved = batch_module.CHUNK_ROWS, batch_module.COMPUTE_THREADS
-    batch_module.CHUNK_ROWS, batch_module.COMPUTE_THREADS = rows_per_slice, 2
+    saved = {name: getattr(batch_module, name) for name in values}
+    for name, value in values.items():
+        setattr(batch_module, name, value)
     try:
-        queried = batch(sc, sc.batch_queries)
-        per_event = batch(sc, None)
+        yield
     finally:
-        batch_module.CHUNK_ROWS, batch_module.COMPUTE_THREADS = saved
+        for name, value in saved.items():
+            setattr(batch_module, name, value)
+
+
+def check_queried(sc, queried, label: str) -> None:
+    """``compute_batch`` with the scenario's queries == the reference, in query order."""
     groups = accepted_by_entity(sc.events, reference_accept(sc.events, sc.lateness, sc.has_ids))
     v = queried.values
     assert [(k, int(t)) for k, t in zip(v["key"], v["ts"])] == sc.batch_queries
@@ -362,7 +366,19 @@ def test_e_queries_in_slices_on_two_threads(sc, rows_per_slice):
         bad = mismatches(sc.specs, reference_values(sc.specs, groups.get(key, []), t), row(v, sc.specs, i),
                          scale_of(sc, key), batch=True)
         if bad:
-            fail(f"batch query, slices of {rows_per_slice}", sc, key, t, bad)
+            fail(label, sc, key, t, bad)
+
+
+@settings(deadline=None, max_examples=60)
+@given(scenarios(), st.integers(1, 5))
+def test_e_queries_in_slices_on_two_threads(sc, rows_per_slice):
+    """compute_batch cut into slices of a few queries, evaluated by two threads (what large
+    inputs get: ``CHUNK_ROWS`` queries per slice) == the reference, with and without queries."""
+    with batch_settings(CHUNK_ROWS=rows_per_slice, COMPUTE_THREADS=2):
+        queried = batch(sc, sc.batch_queries)
+        per_event = batch(sc, None)
+    check_queried(sc, queried, f"batch query, slices of {rows_per_slice}")
+    groups = accepted_by_entity(sc.events, reference_accept(sc.events, sc.lateness, sc.has_ids))
     v = per_event.values.sort_values(["key", "ts"], kind="mergesort").reset_index(drop=True)
     for i, (key, t) in enumerate(zip(v["key"], v["ts"])):
         bad = mismatches(sc.specs, reference_values(sc.specs, groups[key], int(t)), row(v, sc.specs, i),
@@ -378,24 +394,11 @@ def test_e_entities_in_parts_on_threads(sc, parts, rows_per_slice):
     evaluated on its own thread (what inputs of ``PARALLEL_ROWS`` rows get) == the reference, and row
     for row the same frames (values, rejects, accepted mask) as one part; values as of every event
     (one part, whatever the settings) unchanged too."""
-    import transforms.batch as batch_module
-
     whole_q, whole_e = batch(sc, sc.batch_queries), batch(sc, None)
-    saved = batch_module.CHUNK_ROWS, batch_module.COMPUTE_THREADS, batch_module.PARALLEL_ROWS
-    batch_module.CHUNK_ROWS, batch_module.COMPUTE_THREADS, batch_module.PARALLEL_ROWS = rows_per_slice, parts, 1
-    try:
+    with batch_settings(CHUNK_ROWS=rows_per_slice, COMPUTE_THREADS=parts, PARALLEL_ROWS=1):
         queried = batch(sc, sc.batch_queries)
         per_event = batch(sc, None)
-    finally:
-        batch_module.CHUNK_ROWS, batch_module.COMPUTE_THREADS, batch_module.PARALLEL_ROWS = saved
-    groups = accepted_by_entity(sc.events, reference_accept(sc.events, sc.lateness, sc.has_ids))
-    v = queried.values
-    assert [(k, int(t)) for k, t in zip(v["key"], v["ts"])] == sc.batch_queries
-    for i, (key, t) in enumerate(sc.batch_queries):
-        bad = mismatches(sc.specs, reference_values(sc.specs, groups.get(key, []), t), row(v, sc.specs, i),
-                         scale_of(sc, key), batch=True)
-        if bad:
-            fail(f"batch query, {parts} parts", sc, key, t, bad)
+    check_queried(sc, queried, f"batch query, {parts} parts")
     for got, whole in ((queried, whole_q), (per_event, whole_e)):
         pd.testing.assert_frame_equal(got.values, whole.values)
         pd.testing.assert_frame_equal(got.rejects, whole.rejects)

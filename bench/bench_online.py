@@ -117,7 +117,7 @@ def main() -> None:
     def raw(i):
         pipe = client.pipeline(transaction=False)
         for v in views:
-            pipe.hmget(f"fs:{v.view_key}:{keys[i % len(keys)]}", "v", "w", "u")
+            pipe.hmget(f"fs:{v.view_key}:{keys[i % len(keys)]}", "v")  # the values row: values, watermark, valid-until
         pipe.execute()
 
     floor = timed_reads(raw, args.reads)
@@ -125,10 +125,10 @@ def main() -> None:
     hundred = timed_reads(lambda i: store.get_online_features(rows, features=features, at_ms=at), 1000)
     hundred_keys = [f"fs:{v.view_key}:{k}" for v in views for k in keys[:100]]
 
-    def raw_hundred(i):  # the same 500 hashes' ready fields, redis-py pipelined: no state, no decoding
+    def raw_hundred(i):  # the same 500 hashes' values rows, redis-py pipelined: no state, no decoding
         pipe = client.pipeline(transaction=False)
         for key in hundred_keys:
-            pipe.hmget(key, "v", "w", "u")
+            pipe.hmget(key, "v")
         pipe.execute()
 
     hundred_floor = timed_reads(raw_hundred, 1000)

@@ -1,10 +1,11 @@
 """Online reads evaluated at the request time.
 
 One round trip (``RedisOnlineStore.read_packed``, a Lua read) returns, for every
-(view, entity), the values as of the entity's last event and its watermark when
-they are exact at the request time (before ``valid_until``), else the state:
-a tile left a window since the last event, so the state is evaluated here at
-the request time and windows that emptied read as empty.  Expiry is decided in
+(view, entity), the values row (the values as of the entity's last event, its
+watermark and ``valid_until``) and, when the values are not exact at the request
+time (at or past ``valid_until``: a tile left a window since the last event),
+the state too, evaluated here at the request time so windows that emptied read
+as empty.  Expiry is decided in
 event time: a view whose latest event is older than its TTL at the request
 time reads as expired.
 
@@ -26,6 +27,8 @@ from operator import itemgetter
 import orjson
 
 from transforms import compile_reader
+
+from .redis import OFFSET, ROW_HEADER
 
 PRESENT, MISSING, EXPIRED = "present", "missing", "expired"
 
@@ -90,7 +93,7 @@ def read_rows(store, reads: list[ViewRead], keys_per_view: list[list[str]], at_m
         prefix = store.entity_key(r.view_key, "")
         full += [prefix + k for k in keys]
     flat, stale = store.read_packed(full, t) if full else ([], [])
-    states = dict(zip(stale[::2], stale[1::2])) if stale else None
+    states = dict(zip(stale[::2], stale[1::2])) if stale else {}
     loads = orjson.loads
     out = []
     pos = 0
@@ -102,26 +105,26 @@ def read_rows(store, reads: list[ViewRead], keys_per_view: list[list[str]], at_m
         from_state = [False] * n
         ttl, pick, clock, default = r.ttl_ms, r.pick, r.clock_idx, r.default_row
         for i in range(n):
-            payload = flat[pos]
-            wm = flat[pos + 1]
-            pos += 2
-            if wm is None or wm < 0:
+            row = flat[pos]
+            if row is None:
                 rows[i] = default
                 statuses[i] = MISSING
+                pos += 1
                 continue
-            times[i] = wm
+            times[i] = wm = int(row[16:ROW_HEADER]) - OFFSET  # redis.row_watermark, inlined
             t_eval = t if t > wm else wm  # a clock behind the newest event time reads as of that event
             if ttl is not None and t_eval - wm > ttl:
                 rows[i] = default
                 statuses[i] = EXPIRED
-            elif payload is None:  # a window moved since the last event: evaluate the state at t
-                rows[i] = r.evaluate(states[pos // 2 - 1], t_eval)
+            elif pos in states:  # a window moved since the last event: evaluate the state at t
+                rows[i] = r.evaluate(states[pos], t_eval)
                 from_state[i] = True
             else:
-                values = loads(payload)
+                values = loads(row[ROW_HEADER:])
                 for j in clock:
                     values[j] = (t_eval - wm) / 1000
                 rows[i] = values if pick is None else pick(values)
+            pos += 1
         out.append((rows, statuses, times, from_state))
     return out
 

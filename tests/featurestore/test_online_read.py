@@ -175,7 +175,7 @@ def test_many_entities_at_many_times_equal_viewstate(example) -> None:
     ready = stale = 0
     for t in (last, last + 2 * HOUR):
         out, states = online.read_packed(items, t)
-        ready += sum(v is not None for v in out[0::2])
+        ready += sum(v is not None for v in out) - len(states) // 2
         stale += len(states) // 2
     assert ready and stale
 

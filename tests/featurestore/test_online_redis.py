@@ -11,7 +11,7 @@ import pytest
 import redis
 
 from featurestore.online import OnlineRecord, RedisOnlineStore
-from featurestore.online.redis import TTL_GRACE_MS
+from featurestore.online.redis import TTL_GRACE_MS, pack_row, unpack_row
 
 pytestmark = pytest.mark.integration
 
@@ -153,6 +153,49 @@ def test_read_values_and_states_round_trip(servers, project) -> None:
     assert store.load_states(vk, ["a", "zzz"]) == {"a": b"\x00\xffbin", "zzz": None}
     assert store.load_state(vk, "b") == b"S"
     assert store.load_states(vk, ["a", "b"]) == {"a": b"\x00\xffbin", "b": b"S"}
+
+
+def test_read_packed_decides_exact_values_at_valid_until(servers, project) -> None:
+    """The read script returns each values row, and the state of those not exact at ``t``
+    (``t >= valid_until``), comparing the 16-digit fields as strings: also for times before
+    1970 and for request times far outside the stored range."""
+    store = RedisOnlineStore.from_url(servers.redis_url, project)
+    vk = store.view_key("v", 1)
+    store.commit([rec(vk, "a", wm=1_000, until=5_000, values=b"[1]", state=b"SA"),
+                  rec(vk, "b", wm=-9_000, until=-2_000, values=b"[2]", state=b"SB"),
+                  rec(vk, "c", wm=7, until=None, values=b"[3]", state=b"SC")], None, {})
+    keys = [store.entity_key(vk, k) for k in ("a", "b", "c", "nobody")]
+    for t, stale in ((4_999, {1: b"SB"}), (5_000, {0: b"SA", 1: b"SB"}), (-2_001, {}), (-2_000, {1: b"SB"}),
+                     (-10 ** 18, {}), (10 ** 18, {0: b"SA", 1: b"SB"})):
+        rows, states = store.read_packed(keys, t)
+        assert [None if r is None else unpack_row(r) for r in rows] == [
+            (b"[1]", 1_000, 5_000), (b"[2]", -9_000, -2_000), (b"[3]", 7, None), None], t
+        assert dict(zip(states[::2], states[1::2])) == stale, t
+
+
+def test_rows_of_the_former_layout_are_read(servers, project) -> None:
+    """Rows written before the packed layout (bare JSON in ``v``, ``w`` and ``u`` beside it) read as
+    the packed rows, until the entity's next write replaces them."""
+    store = RedisOnlineStore.from_url(servers.redis_url, project)
+    vk = store.view_key("v", 1)
+    store.client.hset(store.entity_key(vk, "old"), mapping={"s": b"S0", "v": b"[1.5]", "w": 1_000, "u": 5_000})
+    store.client.hset(store.entity_key(vk, "forever"), mapping={"s": b"S1", "v": b"[2]", "w": 3, "u": -1})
+    keys = [store.entity_key(vk, "old"), store.entity_key(vk, "forever")]
+    for t, stale in ((4_999, {}), (5_000, {0: b"S0"})):
+        rows, states = store.read_packed(keys, t)
+        assert [unpack_row(r) for r in rows] == [(b"[1.5]", 1_000, 5_000), (b"[2]", 3, None)]
+        assert dict(zip(states[::2], states[1::2])) == stale
+    assert store.read_values([(vk, "old"), (vk, "forever")]) == [(b"[1.5]", 1_000, 5_000), (b"[2]", 3, None)]
+    store.commit([rec(vk, "old", wm=6_000, until=9_000, values=b"[4]")], None, {})
+    assert store.read_values([(vk, "old")]) == [(b"[4]", 6_000, 9_000)]
+
+
+def test_pack_row_refuses_timestamps_it_cannot_order() -> None:
+    assert unpack_row(pack_row(b"[]", -10 ** 15, 10 ** 16 - 2 - 10 ** 15)) == (b"[]", -10 ** 15, 10 ** 16 - 2 - 10 ** 15)
+    with pytest.raises(ValueError, match="cannot be stored"):
+        pack_row(b"[]", 0, 10 ** 16)
+    with pytest.raises(ValueError, match="cannot be stored"):
+        pack_row(b"[]", -10 ** 15 - 1, None)
 
 
 def test_keys_are_namespaced_by_project_and_version(servers, project) -> None:

@@ -12,6 +12,7 @@ from kafka import KafkaProducer
 from featurestore.definitions import Activity, Aggregate, Entity, EventSource, FeatureView, Latest
 from featurestore.offline.postgres import PostgresOfflineStore
 from featurestore.online import RedisOnlineStore
+from featurestore.online.redis import unpack_row
 from transforms import ViewState
 from workers.processor import prepare_view
 from workers.worker import Worker, WorkerConfig
@@ -62,7 +63,7 @@ def online_values(client, project: str, view: FeatureView, version: int = 1) -> 
     specs = view.agg_specs()
     out = {}
     for key in client.scan_iter(match=f"fs:{project}:{view.name}:v{version}:*"):
-        values = client.hget(key, "v")
+        values, _, _ = unpack_row(client.hget(key, "v"))
         out[key.decode().rsplit(":", 1)[1]] = dict(zip([s.name for s in specs], orjson.loads(values)))
     return out
 

@@ -23,6 +23,7 @@ import pytest
 from featurestore.definitions import FileHistory
 from featurestore.offline.postgres import PostgresOfflineStore
 from featurestore.online import RedisOnlineStore
+from featurestore.online.redis import unpack_row
 from tests.transforms.reference import Event, mismatches, reference_accept, reference_values as ref_values, value_scale
 from tests.workers.support import T0, build_worker, make_events, make_view, reference_values, run_until, send
 from transforms import ViewState
@@ -282,7 +283,7 @@ def test_handoff_interrupted_before_the_offsets_then_a_worker_counts_nothing_twi
     assert letters == {}  # ... refused none as late or repeated ...
     expected = reference_values(view, events)  # ... and counted each event once
     names = [s.name for s in view.agg_specs()]
-    got = {k.decode().rsplit(":", 1)[1]: dict(zip(names, orjson.loads(redis_client.hget(k, "v"))))
+    got = {k.decode().rsplit(":", 1)[1]: dict(zip(names, orjson.loads(unpack_row(redis_client.hget(k, "v"))[0])))
            for k in redis_client.scan_iter(match=f"fs:{project}:{view.name}:v1:*")}
     assert_values_close({k: [v] for k, v in got.items()}, {k: [v] for k, v in expected.items()})
 
@@ -316,7 +317,7 @@ def test_kafka_handoff_at_time_cutover_equals_streaming(servers, topic_factory, 
     got = {}
     for k in redis_client.scan_iter(match=f"fs:{project}:{view.name}:v1:*"):
         names = [s.name for s in view.agg_specs()]
-        got[k.decode().rsplit(":", 1)[1]] = dict(zip(names, orjson.loads(redis_client.hget(k, "v"))))
+        got[k.decode().rsplit(":", 1)[1]] = dict(zip(names, orjson.loads(unpack_row(redis_client.hget(k, "v"))[0])))
     assert_values_close({k: [v] for k, v in got.items()}, {k: [v] for k, v in expected.items()})
 
     # the event log: every event once (the backfill's part and the worker's part), no duplicates

@@ -31,6 +31,7 @@ from confluent_kafka import Producer
 from bench.servers import bench_settings
 from featurestore.offline.postgres import PostgresOfflineStore
 from featurestore.online import RedisOnlineStore
+from featurestore.online.redis import OFFSET
 from featurestore.repo import load_repo
 from featurestore.runtime import DEFAULT_REPO
 from workers.processor import prepare_view
@@ -98,7 +99,8 @@ def run_rate(settings, rate: int, seconds: float, customers: int, workers: int =
     producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 2, "partitioner": "murmur2_random"})
     client = redis.Redis.from_url(redis_url)
     watermarks = client.register_script(
-        "local out = {} for i, k in ipairs(KEYS) do out[i] = redis.call('HGET', k, 'w') or false end return out")
+        "local out = {} for i, k in ipairs(KEYS) do local r = redis.call('HGET', k, 'v') "
+        "out[i] = r and string.sub(r, 17, 32) or false end return out")  # the values row's watermark field
     view_key = prepare_view(views[0], 1, project).view_key
     samples: list[tuple[str, int, float]] = []
     latencies: list[float] = []
@@ -117,7 +119,7 @@ def run_rate(settings, rate: int, seconds: float, customers: int, workers: int =
             marks = watermarks(keys=[f"fs:{view_key}:{key}" for key, _, _ in pending]) if pending else []
             now = time.perf_counter()
             for (key, ts, sent), wm in zip(pending, marks):
-                if wm is not None and int(wm) >= ts:
+                if wm is not None and int(wm) - OFFSET >= ts:
                     latencies.append(now - sent)
                 else:
                     still.append((key, ts, sent))

@@ -26,12 +26,11 @@ import pandas as pd
 
 from .definitions import EventSource, FeatureService, FeatureView
 from .exceptions import ConfigurationError, InvalidInputError, RegistryError, StoreUnavailableError, UnknownNameError
+from .offline.postgres import PUSH_PARTITION
 from .online.reader import PRESENT, ViewRead, picker, read_rows
 from .repo import Repository
 
 PUSH_TARGETS = ("online", "offline", "online_and_offline")
-#: Partition of the event log rows written by ``push`` (Kafka partitions are >= 0).
-PUSH_PARTITION = -1
 
 
 @dataclass

@@ -42,10 +42,12 @@ import redis
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.errors import KafkaError
+from kafka.partitioner.default import murmur2
 from kafka.structs import OffsetAndMetadata
 
 from featurestore.definitions import EventSource
 from featurestore.exceptions import StoreUnavailableError
+from featurestore.offline.postgres import PUSH_PARTITION
 from featurestore.online import RedisOnlineStore
 from featurestore.schema import validator_for
 from transforms import ViewState
@@ -73,6 +75,26 @@ _record_key = operator.attrgetter("key")
 def _name(tp) -> str:
     """A partition as the online store names it: ``topic:partition``."""
     return f"{tp.topic}:{tp.partition}"
+
+
+def owned_events(events: pd.DataFrame, parts: list[int], n_partitions: int, on_kafka: set) -> pd.DataFrame:
+    """The rows of ``events`` (``load_events(partitions=...)``: Kafka ``parts`` and pushed rows,
+    partition -1) that the worker holding ``parts`` rebuilds: its partitions' rows, and the pushed
+    rows of the entities it owns — those with rows on ``parts``, and those with no row on any Kafka
+    partition (not in ``on_kafka``) whose key Kafka's default partitioner (murmur2 of the key's
+    text, as ``featurestore produce`` and the Java client send it) maps to one of ``parts``: where
+    their first event will arrive."""
+    pushed = (events["partition"] == PUSH_PARTITION).to_numpy()
+    if not pushed.any():
+        return events
+    keys = events["key"]
+    mine = set(keys[~pushed].tolist())
+    wanted = set(parts)
+    for key in pd.unique(keys[pushed]):
+        if key not in mine and key not in on_kafka and n_partitions and \
+                (murmur2(str(key).encode()) & 0x7FFFFFFF) % n_partitions in wanted:
+            mine.add(key)
+    return events[~pushed | keys.isin(mine).to_numpy()].reset_index(drop=True)
 
 
 @dataclass
@@ -478,7 +500,8 @@ class Worker:
             parts = [tp.partition for tp in assigned if tp.topic == source.topic]
             if not parts:
                 continue
-            events = self._run(self.offline.load_events(source, partitions=parts))
+            events = self._run(self.offline.load_events(source, partitions=[*parts, PUSH_PARTITION]))
+            events = self._own_events(source, events, parts)
             if not len(events):
                 continue
             records, offsets = self._rebuilt_records(processor, source, events, stored)
@@ -487,10 +510,20 @@ class Worker:
         self._resync()
         self.rebuild_pending = False
 
+    def _own_events(self, source, events: pd.DataFrame, parts: list[int]) -> pd.DataFrame:
+        """``owned_events`` of this worker (``parts`` of the source's topic), asking the event log
+        which pushed entities have events from Kafka."""
+        pushed = (events["partition"] == PUSH_PARTITION).to_numpy()
+        if not pushed.any():
+            return events
+        candidates = set(pd.unique(events["key"][pushed])) - set(events["key"][~pushed])
+        on_kafka = self._run(self.offline.keys_on_kafka_partitions(source, sorted(candidates)))
+        return owned_events(events, parts, len(self.consumer.partitions_for_topic(source.topic) or ()), on_kafka)
+
     def _rebuilt_records(self, processor, source, events: pd.DataFrame, stored):
         records, offsets = [], {}
         if len(events):
-            last = events.groupby("partition", sort=False)["offset"].max()
+            last = events[events["partition"] != PUSH_PARTITION].groupby("partition", sort=False)["offset"].max()
             for part, off in last.items():
                 name = f"{source.topic}:{int(part)}"
                 offsets[name] = (stored.get(name, -1), int(off))

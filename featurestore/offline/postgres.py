@@ -70,6 +70,7 @@ __all__ = [
 
 #: Columns of the event log that are not schema fields.
 SYSTEM_COLUMNS = ("partition", "offset", "entity_key", "event_time", "event_id", "ingested_at")
+PUSH_PARTITION = -1  # event-log partition of events not read from Kafka (pushes, files); offsets from a sequence
 _MAX_IDENT = 63
 
 
@@ -541,6 +542,18 @@ class PostgresOfflineStore:
         async with self.pool.acquire() as conn:
             rows = await conn.fetch(sql, ks, ids)
         return {(r[0], r[1]) for r in rows} & pairs
+
+    async def keys_on_kafka_partitions(self, source: str | EventSource, keys: Sequence[Any]) -> set:
+        """Those of ``keys`` with at least one event-log row from a Kafka partition (>= 0), through the
+        (entity_key, event_time) index."""
+        src = self._source(source)
+        if not len(keys):
+            return set()
+        where, args = _event_filter(src.schema[src.entity_field], keys)
+        sql = (f'SELECT DISTINCT "entity_key" FROM {self.qualified(self.events_table(src.name))} '
+               f'WHERE {where[0]} AND "partition" >= 0')
+        async with self.pool.acquire() as conn:
+            return {r[0] for r in await conn.fetch(sql, *args)}
 
     async def allocate_push_offsets(self, source: str | EventSource, n: int) -> np.ndarray:
         """``n`` increasing offsets for pushed events of ``source`` (partition -1): consecutive

@@ -13,6 +13,7 @@ from featurestore.definitions import Activity, Aggregate, Entity, EventSource, F
 from featurestore.offline.postgres import PostgresOfflineStore
 from featurestore.online import RedisOnlineStore
 from featurestore.online.redis import unpack_row
+from featurestore.repo import Repository
 from transforms import ViewState
 from workers.processor import prepare_view
 from workers.worker import Worker, WorkerConfig
@@ -66,6 +67,15 @@ def online_values(client, project: str, view: FeatureView, version: int = 1) -> 
         values, _, _ = unpack_row(client.hget(key, "v"))
         out[key.decode().rsplit(":", 1)[1]] = dict(zip([s.name for s in specs], orjson.loads(values)))
     return out
+
+
+def repo_of(view: FeatureView) -> Repository:
+    """A repository holding ``view`` (its entity and source too)."""
+    repo = Repository(path=None)  # type: ignore[arg-type]
+    repo.entities[view.entity.name] = view.entity
+    repo.sources[view.source.name] = view.source
+    repo.views[view.name] = view
+    return repo
 
 
 def build_worker(servers, view, project, group, schema, **config) -> Worker:

@@ -16,16 +16,7 @@ import pytest
 from featurestore.client import FeatureStore
 from featurestore.exceptions import WorkerRunningError
 from featurestore.online import RedisOnlineStore
-from featurestore.repo import Repository
-from tests.workers.support import T0, build_worker, make_events, make_view, send
-
-
-def _repo(view) -> Repository:
-    repo = Repository(path=None)  # type: ignore[arg-type]
-    repo.entities[view.entity.name] = view.entity
-    repo.sources[view.source.name] = view.source
-    repo.views[view.name] = view
-    return repo
+from tests.workers.support import T0, build_worker, make_events, make_view, repo_of, send
 
 
 def _rows(customer: str, n: int = 2) -> pd.DataFrame:
@@ -43,7 +34,7 @@ def test_push_and_materialize_refused_while_a_worker_consumes_the_topic(servers,
     thread = threading.Thread(target=worker.run, daemon=True)  # runs until asked to stop
     thread.start()
     online = RedisOnlineStore.from_url(servers.redis_url, project)
-    store = FeatureStore(_repo(view), online, {view.name: 1}, project)
+    store = FeatureStore(repo_of(view), online, {view.name: 1}, project)
     try:
         deadline = time.monotonic() + 30
         while not online.live_workers() and time.monotonic() < deadline:

@@ -16,20 +16,11 @@ from kafka.partitioner.default import murmur2
 
 from featurestore.client import FeatureStore
 from featurestore.online import RedisOnlineStore
-from featurestore.repo import Repository
-from tests.workers.support import (T0, assert_same, build_worker, make_events, make_view, online_values,
+from tests.workers.support import (T0, assert_same, build_worker, make_events, make_view, online_values, repo_of,
                                    reference_values, run_until, send)
 from workers.worker import owned_events
 
 pytestmark = pytest.mark.integration
-
-
-def _repo(view) -> Repository:
-    repo = Repository(path=None)  # type: ignore[arg-type]
-    repo.entities[view.entity.name] = view.entity
-    repo.sources[view.source.name] = view.source
-    repo.views[view.name] = view
-    return repo
 
 
 def _pushed() -> list[dict]:
@@ -52,7 +43,7 @@ def test_rebuild_after_redis_lost_its_data_includes_pushed_events(servers, topic
     run_until(build_worker(servers, view, project, group, pg_schema), len(events)).join(60)
 
     online = RedisOnlineStore.from_url(servers.redis_url, project)
-    store = FeatureStore(_repo(view), online, {view.name: 1}, project, postgres_dsn=servers.postgres_dsn,
+    store = FeatureStore(repo_of(view), online, {view.name: 1}, project, postgres_dsn=servers.postgres_dsn,
                          pg_schema=pg_schema)
     pushed = _pushed()
     result = store.push("txns", pd.DataFrame(pushed), to="online_and_offline")

@@ -189,9 +189,9 @@ class SourceProcessor:
     @staticmethod
     def record(pv: PreparedView, key: str, state: ViewState, applied: dict[int, int] | None = None) -> OnlineRecord:
         wm = state.watermark
+        if wm is None:  # no event accepted: nothing to serve (the first event of a state is always accepted)
+            raise ValueError(f"{pv.view_key}: the state of entity {key!r} holds no event; it is not written")
         done = encode_applied(applied)
-        if wm is None:
-            return OnlineRecord(pv.view_key, key, state.to_bytes(), b"null", -1, None, pv.ttl_ms, done)
         values, until = state.snapshot_values(wm)
         return OnlineRecord(pv.view_key, key, state.to_bytes(), orjson.dumps(values, option=orjson.OPT_SERIALIZE_NUMPY),
                             wm, until, pv.ttl_ms, done)

@@ -81,6 +81,9 @@ def main() -> None:
                         help="events per commit of the concurrent ingestion (the worker's --batch-size)")
     parser.add_argument("--commit-chunk", type=int, default=WorkerConfig.commit_chunk,
                         help="states per commit script of the concurrent ingestion (the worker's --commit-chunk)")
+    parser.add_argument("--warmup-seconds", type=float, default=8,
+                        help="wait for the ingesting process's imports and first commits before reading")
+    parser.add_argument("--read-seconds", type=float, default=10, help="duration of the reads while it commits")
     args = parser.parse_args()
     settings = bench_settings()
     project = f"bench{int(time.time())}"
@@ -146,12 +149,12 @@ def main() -> None:
         child = ctx.Process(target=ingest, args=(settings.redis_url.get_secret_value(), project, args.ingest_batch,
                                                  chunk, stop, queue))
         child.start()
-        time.sleep(8)  # the child's imports and first commits
-        # Open loop: reads scheduled every 1/READ_RATE s for 10 s (several commits fall inside), each
+        time.sleep(args.warmup_seconds)  # the child's imports and first commits
+        # Open loop: reads scheduled every 1/READ_RATE s for --read-seconds (several commits fall inside at the default 10 s), each
         # timed from its scheduled start, so a read queued behind a late one counts its wait too (a
         # back-to-back loop would let one stalled read hide all those a stall delays: coordinated omission).
         loaded, start0 = [], time.perf_counter()
-        for i in range(10 * READ_RATE):
+        for i in range(int(args.read_seconds * READ_RATE)):
             due = start0 + i / READ_RATE
             wait = due - time.perf_counter()
             if wait > 0:

@@ -140,6 +140,7 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=5_000_000)
     parser.add_argument("--entities", type=int, default=100_000)
     parser.add_argument("--streaming-events", type=int, default=500_000)
+    parser.add_argument("--hot-events", type=int, default=1_000_000, help="events of the one hot entity whose state is sized")
     args = parser.parse_args()
 
     events = make_events(args.events, args.entities)
@@ -167,7 +168,7 @@ def main() -> None:
         "agreement_exact_vs_duckdb": agreement(ours, dd_out, columns),
     }
     report["streaming"] = bench_streaming(events.head(args.streaming_events))
-    report["state_size_hot_entity"] = bench_state_size()
+    report["state_size_hot_entity"] = bench_state_size(args.hot_events)
     print(json.dumps(report, indent=2))
 
 

@@ -1,0 +1,52 @@
+"""The benchmarks run end to end (``./dev bench --quick``, tiny sizes, on the test servers).
+
+The goals are checked by the benchmarks, not here: this only catches a benchmark broken by a change
+(a layout it reads, an argument it passes), which would otherwise surface at the next measurement.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+pytestmark = pytest.mark.integration
+
+#: what each benchmark's report must hold: its measurement and the same-run baseline it is compared with
+EXPECTED = {
+    "transforms": ("batch", "streaming", "state_size_hot_entity"),
+    "backfill": ("end_to_end", "compute_only", "baselines"),
+    "historical": ("ours", "goal", "meets_goal"),
+    "online": ("read_1_entity", "raw_hmget_floor", "read_100_entities", "raw_hmget_100_entities_floor",
+               "read_1_entity_while_a_worker_commits"),
+    "worker": ("end_to_end_events_per_s", "floors_events_per_s", "meets_goal"),
+    "latency": ("runs", "goal"),
+}
+
+
+def test_every_benchmark_runs_and_reports(servers) -> None:
+    env = {**os.environ, "FEATURESTORE_KAFKA_BOOTSTRAP_SERVERS": servers.kafka_bootstrap,
+           "FEATURESTORE_REDIS_URL": servers.redis_url, "FEATURESTORE_POSTGRES_DSN": servers.postgres_dsn}
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "run_all.py"), "--quick"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-4000:]
+    report = json.loads(done.stdout)
+    assert report["failed"] == [] and set(report["benchmarks"]) == set(EXPECTED)
+    for name, keys in EXPECTED.items():
+        got = report["benchmarks"][name]["report"]
+        assert set(keys) <= set(got), (name, sorted(got))
+    [run] = report["benchmarks"]["latency"]["report"]["runs"]
+    assert run["p99_ms"] is not None and run["unseen_after_60s"] == 0  # every sample became visible
+    assert report["benchmarks"]["online"]["report"]["read_100_entities"]["n"] == 1000
+
+
+def test_unknown_benchmark_is_named() -> None:
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "run_all.py"), "nosuch"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "unknown benchmark(s) nosuch" in done.stderr

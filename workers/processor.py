@@ -193,8 +193,9 @@ class SourceProcessor:
             raise ValueError(f"{pv.view_key}: the state of entity {key!r} holds no event; it is not written")
         done = encode_applied(applied)
         values, until = state.snapshot_values(wm)
-        return OnlineRecord(pv.view_key, key, state.to_bytes(), orjson.dumps(values, option=orjson.OPT_SERIALIZE_NUMPY),
-                            wm, until, pv.ttl_ms, done)
+        blob, ids = state.to_parts()
+        return OnlineRecord(pv.view_key, key, blob, orjson.dumps(values, option=orjson.OPT_SERIALIZE_NUMPY),
+                            wm, until, pv.ttl_ms, done, ids)
 
     def _states(self, pv: PreparedView, keys: list[str]) -> dict[str, ViewState]:
         states = self.cache[pv.view_key]
@@ -206,8 +207,8 @@ class SourceProcessor:
                     states[key] = state
         if missing:
             applied = self.applied[pv.view_key]
-            for key, (blob, done) in self.online.load_states_applied(pv.view_key, missing).items():
+            for key, (blob, done, ids) in self.online.load_states_applied(pv.view_key, missing).items():
                 states[key] = (ViewState(pv.specs, pv.lateness_ms) if blob is None
-                               else ViewState.from_bytes(pv.specs, blob, pv.lateness_ms))
+                               else ViewState.from_bytes(pv.specs, blob, pv.lateness_ms, ids))
                 applied[key] = decode_applied(done)
         return states

@@ -27,6 +27,9 @@ class OnlineRecord:
     #: partition of the source's topic); b"" when the writer does not track them.  A worker that
     #: replays a batch skips, per state, what is at or below them (commits may be chunked).
     applied: bytes = b""
+    #: the state's event ids (``ViewState.to_parts``), kept beside ``state`` so that online reads,
+    #: which never need them, do not fetch them; b"" when none (or when ``state`` holds them)
+    ids: bytes = b""
 
 
 class OnlineStore(Protocol):
@@ -40,7 +43,7 @@ class OnlineStore(Protocol):
 
     def load_states(self, view_key: str, keys: list[str]) -> dict[str, bytes | None]: ...
 
-    def load_states_applied(self, view_key: str, keys: list[str]) -> dict[str, tuple[bytes | None, bytes]]: ...
+    def load_states_applied(self, view_key: str, keys: list[str]) -> dict[str, tuple[bytes | None, bytes, bytes]]: ...
 
     def load_offsets(self, group: str) -> dict[str, int]: ...
 

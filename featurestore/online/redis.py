@@ -2,7 +2,8 @@
 
 Layout, for project ``p``:
 
-* ``fs:{view_key}:{entity}`` — hash: ``s`` state, ``v`` the values row (``pack_row``: valid-until
+* ``fs:{view_key}:{entity}`` — hash: ``s`` state (without its event ids), ``i`` the event ids
+  (``OnlineRecord.ids``), ``v`` the values row (``pack_row``: valid-until
   and watermark in ms as two 16-digit fields, then the values' JSON as of the watermark), ``o`` the
   offsets of the events applied to the state (``OnlineRecord.applied``, empty when the writer does
   not track them); expires ``ttl + TTL_GRACE_MS`` after its last write (expiry in event time is
@@ -60,10 +61,10 @@ if ARGV[3] == '1' then
   end
 end
 for k = 4, #KEYS do
-  redis.call('HSET', KEYS[k], 's', ARGV[i], 'v', ARGV[i + 1], 'o', ARGV[i + 3])
+  redis.call('HSET', KEYS[k], 's', ARGV[i], 'v', ARGV[i + 1], 'o', ARGV[i + 3], 'i', ARGV[i + 4])
   local ttl = tonumber(ARGV[i + 2])
   if ttl > 0 then redis.call('PEXPIRE', KEYS[k], ttl) else redis.call('PERSIST', KEYS[k]) end
-  i = i + 4
+  i = i + 5
 end
 return 1
 """
@@ -134,9 +135,10 @@ return {out, states}
 _LOAD_STATES = """
 local out = {}
 for i = 1, #KEYS do
-  local r = redis.call('HMGET', KEYS[i], 's', 'o')
-  out[2 * i - 1] = r[1] or false
-  out[2 * i] = r[2] or false
+  local r = redis.call('HMGET', KEYS[i], 's', 'o', 'i')
+  out[3 * i - 2] = r[1] or false
+  out[3 * i - 1] = r[2] or false
+  out[3 * i] = r[3] or false
 end
 return out
 """
@@ -314,7 +316,7 @@ class RedisOnlineStore:
         for rec in records:
             keys.append(self.entity_key(rec.view_key, rec.key))
             ttl = 0 if rec.ttl_ms is None else rec.ttl_ms + TTL_GRACE_MS
-            args += [rec.state, pack_row(rec.values, rec.watermark, rec.valid_until), ttl, rec.applied]
+            args += [rec.state, pack_row(rec.values, rec.watermark, rec.valid_until), ttl, rec.applied, rec.ids]
         return int(self._evalsha_packed(self._commit, keys, args))
 
     def _evalsha_packed(self, script, keys: list, args: list):
@@ -353,16 +355,18 @@ class RedisOnlineStore:
     def load_states(self, view_key: str, keys: list[str]) -> dict[str, bytes | None]:
         """The stored state of each entity (None when absent), in one script call per ``LOAD_CHUNK``
         keys: one command to encode however many keys, where a pipeline of HGETs costs a Python
-        command object per key."""
-        return {k: blob for k, (blob, _) in self.load_states_applied(view_key, keys).items()}
+        command object per key.  The event ids are not in it (``load_states_applied``)."""
+        return {k: blob for k, (blob, _, _) in self.load_states_applied(view_key, keys).items()}
 
-    def load_states_applied(self, view_key: str, keys: list[str]) -> dict[str, tuple[bytes | None, bytes]]:
-        """(state or None, ``OnlineRecord.applied`` as written, b"" when none) of each entity."""
-        out: dict[str, tuple[bytes | None, bytes]] = {}
+    def load_states_applied(self, view_key: str, keys: list[str]) -> dict[str, tuple[bytes | None, bytes, bytes]]:
+        """(state or None, ``OnlineRecord.applied`` as written, ``OnlineRecord.ids``) of each entity
+        (b"" for what was not written)."""
+        out: dict[str, tuple[bytes | None, bytes, bytes]] = {}
         for lo in range(0, len(keys), LOAD_CHUNK):  # a script blocks the server: keep each call short (~1-2 ms)
             chunk = keys[lo:lo + LOAD_CHUNK]
             flat = self._load_states(keys=[self.entity_key(view_key, k) for k in chunk])
-            out.update(zip(chunk, ((blob or None, applied or b"") for blob, applied in zip(flat[::2], flat[1::2]))))
+            out.update(zip(chunk, ((blob or None, applied or b"", ids or b"")
+                                   for blob, applied, ids in zip(flat[::3], flat[1::3], flat[2::3]))))
         return out
 
     def load_state(self, view_key: str, key: str) -> bytes | None:

@@ -29,8 +29,8 @@ def project(servers, unique_name):
 
 
 def rec(view_key: str, key: str, wm: int = 1000, ttl: int | None = 60_000, state: bytes = b"S", values: bytes = b"[1]",
-        until: int | None = None, applied: bytes = b"") -> OnlineRecord:
-    return OnlineRecord(view_key, key, state, values, wm, until, ttl, applied)
+        until: int | None = None, applied: bytes = b"", ids: bytes = b"") -> OnlineRecord:
+    return OnlineRecord(view_key, key, state, values, wm, until, ttl, applied, ids)
 
 
 def test_commit_compare_and_set(servers, project) -> None:
@@ -55,12 +55,13 @@ def test_chunked_commit(servers, project) -> None:
     parts = []
     part = store._commit_part
     store._commit_part = lambda *a: parts.append(a[4]) or part(*a)  # records each script's "advance" flag
-    records = [rec(vk, f"k{i}", state=f"S{i}".encode(), applied=f"0:{i}".encode()) for i in range(5)]
+    records = [rec(vk, f"k{i}", state=f"S{i}".encode(), applied=f"0:{i}".encode(), ids=f"I{i}".encode())
+               for i in range(5)]
     assert store.commit(records, "g", {"t:0": (-1, 4)}, chunk=2) == 1
     assert parts == [False, False, True]  # three scripts; only the last advances the offsets
     assert store.load_offsets("g") == {"t:0": 4}
-    assert store.load_states_applied(vk, ["k0", "k4", "none"]) == {"k0": (b"S0", b"0:0"), "k4": (b"S4", b"0:4"),
-                                                                   "none": (None, b"")}
+    assert store.load_states_applied(vk, ["k0", "k4", "none"]) == {
+        "k0": (b"S0", b"0:0", b"I0"), "k4": (b"S4", b"0:4", b"I4"), "none": (None, b"", b"")}
     # Records of one entity (its views) are never split between two scripts.
     parts.clear()
     together = [rec(vk, "a"), rec(vk2 := store.view_key("w", 1), "a"), rec(vk, "b"), rec(vk2, "b"), rec(vk, "c")]
@@ -69,9 +70,10 @@ def test_chunked_commit(servers, project) -> None:
     assert store.commit(together, "g", {"t:0": (4, 4)}, chunk=3) == 1
     assert sizes == [4, 1]
     store._commit_part = lambda *a: parts.append(a[4]) or part(*a)
-    # A write that does not track offsets clears them (no stale offsets left on a state it rewrote).
+    # A write that does not track offsets clears them (no stale offsets left on a state it rewrote), and
+    # a state without ids clears those written before.
     assert store.commit([rec(vk, "k0", state=b"T0")], None, {}) == 1
-    assert store.load_states_applied(vk, ["k0"]) == {"k0": (b"T0", b"")}
+    assert store.load_states_applied(vk, ["k0"]) == {"k0": (b"T0", b"", b"")}
 
     # Another writer advances the offsets between two chunks: the next chunk is fenced, the offsets stay
     # as that writer left them, and what the first chunk wrote stays (it carries its own offsets).

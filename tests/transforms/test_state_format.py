@@ -77,3 +77,25 @@ def test_format_1_state_upgrades_to_the_same_values() -> None:
     for dt in (3 * M, 2 * H, 2 * D, 9 * D):
         same(expected.evaluate(wm + dt), upgraded.evaluate(wm + dt), f"after more events at wm+{dt}")
         same(expected.evaluate(wm + dt), again.evaluate(wm + dt), f"re-serialized at wm+{dt}")
+
+
+def test_state_and_its_event_ids_apart_join_to_the_same_state() -> None:
+    """``to_parts``: the state without its ids (what an online read fetches) and the ids; joined by
+    ``from_bytes`` they behave as the whole state (``to_bytes``), redelivered ids refused alike."""
+    whole = fresh_state()
+    assert whole.ids  # the fixture's events carry ids within the lateness
+    blob, ids = whole.to_parts()
+    assert orjson.loads(blob)["ids"] == {} and orjson.loads(ids) == whole.ids
+    joined = ViewState.from_bytes(SPECS, blob, lateness_ms=LATENESS, ids=ids)
+    legacy = ViewState.from_bytes(SPECS, whole.to_bytes(), lateness_ms=LATENESS)  # ids inside the state
+    read = compile_reader(SPECS, [s.name for s in SPECS])
+    wm = whole.watermark
+    for dt in (0, 30 * M, 3 * H, 3 * D):
+        same(whole.evaluate(wm + dt), joined.evaluate(wm + dt), f"joined at wm+{dt}")
+        same(whole.evaluate(wm + dt), dict(zip([s.name for s in SPECS], read(blob, wm + dt))), f"reader at wm+{dt}")
+    redelivered = [(ts, {k: (math.nan if v == "nan" else v) for k, v in values.items()}, eid)
+                   for ts, values, eid in FIXTURE["events"][-5:]]
+    outcomes = [[(r.index, r.reason) for r in s.apply(redelivered)] for s in (whole, joined, legacy)]
+    assert outcomes[0] == outcomes[1] == outcomes[2] and len(outcomes[0]) == 5
+    assert REJECT_DUPLICATE in {reason for _, reason in outcomes[0]}
+    assert ViewState(SPECS).to_parts()[1] == b""  # no ids: nothing beside the state

@@ -40,6 +40,12 @@ def test_evicted_states_reload_from_redis(servers, unique_name):
         assert sorted((r.key, r.values, r.watermark, r.valid_until) for r in records) == \
             sorted((r.key, r.values, r.watermark, r.valid_until) for r in expected)
     assert bounded.evicted > 0
+    # The event ids come back with the states (stored beside them): the last batch again is refused
+    # as repeated (or late), nothing counted twice.
+    bounded.invalidate()
+    records, refused = bounded.apply(events[-50:])
+    assert len(refused) == 50 and {r.reason for r in refused.values()} <= {"duplicate_event_id", "late"}
+    assert "duplicate_event_id" in {r.reason for r in refused.values()}
 
 
 def test_replay_skips_per_state_what_each_state_already_applied(servers, unique_name):

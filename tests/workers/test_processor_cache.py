@@ -82,6 +82,7 @@ def test_replay_skips_per_state_what_each_state_already_applied(servers, unique_
     assert skipped == {r.key for r in written} - {str(e.key) for e in events()[200:]}
     assert online.commit(again, None, {}) == 1
     keys = sorted({r.key for r in expected})
-    got = {k: online.load_state(pv.view_key, k) for k in keys}
-    want = {k: clean.load_state(clean_pv.view_key, k) for k in keys}
-    assert got == want
+    # the same states and the same event ids beside them (the applied offsets differ: the runs differ)
+    got = {k: (blob, ids) for k, (blob, _, ids) in online.load_states_applied(pv.view_key, keys).items()}
+    want = {k: (blob, ids) for k, (blob, _, ids) in clean.load_states_applied(clean_pv.view_key, keys).items()}
+    assert got == want and any(ids for _, ids in got.values())

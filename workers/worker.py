@@ -91,8 +91,7 @@ def owned_events(events: pd.DataFrame, parts: list[int], n_partitions: int, on_k
     mine = set(keys[~pushed].tolist())
     wanted = set(parts)
     for key in pd.unique(keys[pushed]):
-        if key not in mine and key not in on_kafka and n_partitions and \
-                (murmur2(str(key).encode()) & 0x7FFFFFFF) % n_partitions in wanted:
+        if key not in mine and key not in on_kafka and (murmur2(str(key).encode()) & 0x7FFFFFFF) % n_partitions in wanted:
             mine.add(key)
     return events[~pushed | keys.isin(mine).to_numpy()].reset_index(drop=True)
 
@@ -518,7 +517,10 @@ class Worker:
             return events
         candidates = set(pd.unique(events["key"][pushed])) - set(events["key"][~pushed])
         on_kafka = self._run(self.offline.keys_on_kafka_partitions(source, sorted(candidates)))
-        return owned_events(events, parts, len(self.consumer.partitions_for_topic(source.topic) or ()), on_kafka)
+        n_partitions = len(self.consumer.partitions_for_topic(source.topic) or ())
+        if not n_partitions:  # without it the pushed-only entities would be left out: retry the batch instead
+            raise StoreUnavailableError(f"no partition count known for topic {source.topic!r} yet; retrying the rebuild")
+        return owned_events(events, parts, n_partitions, on_kafka)
 
     def _rebuilt_records(self, processor, source, events: pd.DataFrame, stored):
         records, offsets = [], {}

@@ -27,7 +27,7 @@ import pandas as pd
 from .definitions import EventSource, FeatureService, FeatureView
 from .exceptions import ConfigurationError, InvalidInputError, RegistryError, StoreUnavailableError, UnknownNameError
 from .offline.postgres import PUSH_PARTITION
-from .online.reader import PRESENT, ViewRead, picker, read_rows
+from .online.reader import PRESENT, ViewRead, aread_rows, picker, read_rows
 from .repo import Repository
 
 PUSH_TARGETS = ("online", "offline", "online_and_offline")
@@ -252,10 +252,12 @@ class FeatureStore:
             self._loop = None
 
     async def aclose(self) -> None:
-        """Close the pool this store opened on the running loop."""
+        """Close the pool this store opened on the running loop, and the online store's asyncio client there."""
         own = self._pools.pop(asyncio.get_running_loop(), None)
         if own is not None:
             await own[0].close()
+        if hasattr(self.online, "aclose"):
+            await self.online.aclose()
 
     def __enter__(self) -> "FeatureStore":
         return self
@@ -300,14 +302,26 @@ class FeatureStore:
         ``request_data``: per-row values for on-demand features (dict of lists or DataFrame).
         Output columns are feature names (``view__feature`` with ``full_names`` or on collision).
         """
+        plan, rows, keys = self._online_request(entity_rows, features, feature_service)
+        results = read_rows(self.online, plan.reads, keys, at_ms)
+        return self._assemble(plan, rows, results, request_data, full_names)
+
+    async def aget_online_features(self, entity_rows, features=None, feature_service=None, request_data=None,
+                                   at_ms: int | None = None, full_names: bool = False) -> OnlineResponse:
+        """``get_online_features`` for asyncio servers: the Redis round trip is awaited (redis-py's
+        asyncio client, one per event loop, closed by ``aclose``); the rest is the same code."""
+        plan, rows, keys = self._online_request(entity_rows, features, feature_service)
+        results = await aread_rows(self.online, plan.reads, keys, at_ms)
+        return self._assemble(plan, rows, results, request_data, full_names)
+
+    def _online_request(self, entity_rows, features, feature_service) -> tuple["_OnlinePlan", list, list[list[str]]]:
+        """(the plan of this request shape, the entity rows as dicts, the entity keys per view read)."""
         rows = entity_rows.to_dict("records") if isinstance(entity_rows, pd.DataFrame) else list(entity_rows)
         plan_key = (tuple(features) if features is not None else None, feature_service if isinstance(feature_service, (str, type(None))) else id(feature_service))
         plan = self._plans.get(plan_key)
         if plan is None:
             plan = self._plans[plan_key] = self._plan(features, feature_service)
-        keys = self._entity_keys(plan, rows)
-        results = read_rows(self.online, plan.reads, keys, at_ms)
-        return self._assemble(plan, rows, results, request_data, full_names)
+        return plan, rows, self._entity_keys(plan, rows)
 
     def _plan(self, features, feature_service) -> _OnlinePlan:
         """What one request shape reads (cached per shape: resolution is not on the hot path)."""

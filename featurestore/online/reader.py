@@ -88,11 +88,32 @@ def read_rows(store, reads: list[ViewRead], keys_per_view: list[list[str]], at_m
     ``keys_per_view[v]`` as of ``at_ms`` (default now); ``rows[i]`` holds the values of
     ``reads[v].features`` in that order (the defaults when missing or expired)."""
     t = now_ms() if at_ms is None else at_ms
+    full = _full_keys(store, reads, keys_per_view)
+    flat, stale = store.read_packed(full, t) if full else ([], [])
+    return decode_rows(reads, keys_per_view, t, flat, stale)
+
+
+async def aread_rows(store, reads: list[ViewRead], keys_per_view: list[list[str]], at_ms: int | None = None
+                     ) -> list[tuple[list, list[str], list[int | None], list[bool]]]:
+    """``read_rows`` with the round trip awaited (``RedisOnlineStore.aread_packed``, redis-py's
+    asyncio client); the decoding is the same code."""
+    t = now_ms() if at_ms is None else at_ms
+    full = _full_keys(store, reads, keys_per_view)
+    flat, stale = (await store.aread_packed(full, t)) if full else ([], [])
+    return decode_rows(reads, keys_per_view, t, flat, stale)
+
+
+def _full_keys(store, reads: list[ViewRead], keys_per_view: list[list[str]]) -> list[str]:
     full: list[str] = []
     for r, keys in zip(reads, keys_per_view):
         prefix = store.entity_key(r.view_key, "")
         full += [prefix + k for k in keys]
-    flat, stale = store.read_packed(full, t) if full else ([], [])
+    return full
+
+
+def decode_rows(reads: list[ViewRead], keys_per_view: list[list[str]], t: int, flat: list, stale: list
+                ) -> list[tuple[list, list[str], list[int | None], list[bool]]]:
+    """``read_rows`` of the read script's reply ``[flat, stale]`` (``RedisOnlineStore.read_packed``)."""
     states = dict(zip(stale[::2], stale[1::2])) if stale else {}
     loads = orjson.loads
     out = []

@@ -3,6 +3,7 @@ assembly, checked against ``ViewState`` evaluating the stored states (real Redis
 
 from __future__ import annotations
 
+import asyncio
 import random
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pandas as pd
 import pytest
 
 from featurestore.client import FeatureStore
+from featurestore.exceptions import ConfigurationError
 from featurestore.online import RedisOnlineStore
 from featurestore.online.reader import (
     EXPIRED,
@@ -234,3 +236,45 @@ def test_read_views_and_script_reload(example) -> None:
     assert rows[0][0] == (at - times[0]) / 1000
     online.client.script_flush()
     assert read_rows(online, [read], [keys], at)[0][0] == rows
+
+
+def test_asyncio_read_equals_the_sync_read(example) -> None:
+    """``aget_online_features`` (redis-py's asyncio client) answers exactly as ``get_online_features``:
+    every feature of both views and the service's on-demand ones, at times where values are ready,
+    re-evaluated from states, expired and missing; also many reads in flight at once."""
+    store, online, prepared, last = example
+    rows = [{"customer_id": f"C{i}"} for i in range(40)] + [{"customer_id": "nobody"}]
+    features = [f"{pv.view.name}:{f}" for pv in prepared for f in pv.view.feature_names]
+    times = (last, last + 2 * HOUR, last + 2 * DAY, last + 100 * DAY)
+
+    def same(a, b) -> None:
+        assert a.to_dict() == b.to_dict() and a.statuses == b.statuses and a.event_times == b.event_times
+
+    async def main() -> None:
+        online.client.script_flush()  # the first read finds no script: loaded again, the read retried
+        try:
+            for t in times:
+                same(await store.aget_online_features(rows, features=features, at_ms=t),
+                     store.get_online_features(rows, features=features, at_ms=t))
+            request = {"current_amount": [5.0] * len(rows)}
+            same(await store.aget_online_features(rows, feature_service="fraud_detection", request_data=request,
+                                                  at_ms=last + HOUR),
+                 store.get_online_features(rows, feature_service="fraud_detection", request_data=request,
+                                           at_ms=last + HOUR))
+            together = await asyncio.gather(*(store.aget_online_features([row], features=features, at_ms=last + HOUR)
+                                              for row in rows))
+            for row, got in zip(rows, together):
+                same(got, store.get_online_features([row], features=features, at_ms=last + HOUR))
+        finally:
+            await store.aclose()
+        assert not online._async_clients  # closed and forgotten
+
+    asyncio.run(main())
+
+
+def test_asyncio_read_needs_the_store_url(servers, unique_name) -> None:
+    import redis
+
+    online = RedisOnlineStore(redis.Redis.from_url(servers.redis_url), unique_name("p"))
+    with pytest.raises(ConfigurationError, match="from_url"):
+        asyncio.run(online.aread_packed(["k"], T0))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -15,7 +16,7 @@ from featurestore.exceptions import ConfigurationError, FeatureStoreError
 from featurestore.logging import configure_logging
 from featurestore.settings import Settings
 
-__all__ = ["COMMAND_MODULES", "build_parser", "common_options", "load_settings", "main"]
+__all__ = ["COMMAND_MODULES", "build_parser", "common_options", "load_settings", "main", "print_store_report"]
 
 # Each module has `register(subparsers)` adding its subcommands; a leaf parser sets
 # `handler=<callable(args) -> int>` with set_defaults.
@@ -65,6 +66,17 @@ def load_settings(args: argparse.Namespace) -> Settings:
         return Settings(**overrides)
     except pydantic.ValidationError as exc:
         raise ConfigurationError(f"invalid settings: {exc}") from exc
+
+
+def print_store_report(args: argparse.Namespace, call) -> int:
+    """Connect a ``FeatureStore`` to the repository ``--repo`` and the configured servers, print
+    ``call(store)`` (a report) as JSON; the exit code."""
+    from featurestore.client import FeatureStore
+
+    with FeatureStore.connect(args.repo, load_settings(args)) as store:
+        report = call(store)
+    print(json.dumps(report, indent=2))
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import json
 
-from featurestore.cli import common_options, load_settings
+from featurestore.cli import common_options, print_store_report
 
 __all__ = ["register"]
 
@@ -23,9 +22,4 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def cmd_compact(args: argparse.Namespace) -> int:
-    from featurestore.client import FeatureStore
-
-    with FeatureStore.connect(args.repo, load_settings(args)) as store:
-        report = store.compact(args.sources or None, rebuild=args.rebuild)
-    print(json.dumps(report, indent=2))
-    return 0
+    return print_store_report(args, lambda store: store.compact(args.sources or None, rebuild=args.rebuild))

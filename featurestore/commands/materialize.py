@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import json
 
-from featurestore.cli import common_options, load_settings
+from featurestore.cli import common_options, print_store_report
 
 __all__ = ["register"]
 
@@ -24,9 +23,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def cmd_materialize(args: argparse.Namespace) -> int:
-    from featurestore.client import FeatureStore
-
-    with FeatureStore.connect(args.repo, load_settings(args)) as store:
-        report = store.materialize(args.start, args.end, views=args.views or None, force=args.force)
-    print(json.dumps(report, indent=2))
-    return 0
+    return print_store_report(args, lambda store: store.materialize(args.start, args.end, views=args.views or None,
+                                                                    force=args.force))

@@ -245,6 +245,17 @@ def _native(dtype: str) -> str:
     return "u1" if dtype == TEXT else dtype.replace(">", "<")
 
 
+def _aggs_sql(cols: list[tuple[str, str, str]], order: str = "") -> str:
+    """One ``string_agg`` of the binary values per scanned column (``order``: an ORDER BY clause)."""
+    return ", ".join(f"string_agg({expr}, ''::bytea{order})" for _, expr, _ in cols)
+
+
+def _unpack_aggs(cols: list[tuple[str, str, str]], raws) -> dict[str, np.ndarray]:
+    """The native arrays of one row of ``_aggs_sql`` values."""
+    return {name: np.frombuffer(raw or b"", dtype=_wire(dtype)).astype(_native(dtype))
+            for (name, _, dtype), raw in zip(cols, raws)}
+
+
 def _decode_texts(native: dict[str, np.ndarray], texts: list[str]) -> None:
     """Replace each text column's bytes (and lengths, NULL mask) by an object array of ``str`` / None."""
     import pyarrow as pa
@@ -683,7 +694,7 @@ class PostgresOfflineStore:
         """The whole event log's ``cols`` (``_scan_columns``) as native arrays, physical order, by the
         parallel block-range scan of ``_scan_events``."""
         table = self.qualified(self.events_table(src.name))
-        aggs = ", ".join(f"string_agg({expr}, ''::bytea)" for _, expr, _ in cols)
+        aggs = _aggs_sql(cols)
         pool_max = self.pool.get_max_size() or 1
         n_conn = max(1, min(self.SCAN_CONNECTIONS, os.cpu_count() or 1, pool_max))
         parts: dict[int, list[np.ndarray]] = {}
@@ -820,8 +831,7 @@ class PostgresOfflineStore:
         added = {"segments": 0, "events": 0}
         # Rows in offset order: a sorted subquery feeds the aggregates in order in practice; when it
         # did not (checked below), every aggregate sorts its input.
-        aggs = ", ".join(f"string_agg({expr}, ''::bytea)" for _, expr, _ in cols)
-        ordered_aggs = ", ".join(f"string_agg({expr}, ''::bytea ORDER BY \"offset\")" for _, expr, _ in cols)
+        aggs, ordered_aggs = _aggs_sql(cols), _aggs_sql(cols, ' ORDER BY "offset"')
         if rebuild:
             await conn.execute(f"DELETE FROM {seg}")
         done = {int(r[0]): int(r[1]) for r in await conn.fetch(
@@ -834,8 +844,7 @@ class PostgresOfflineStore:
                         f"SELECT count(*), {select} FROM (SELECT * FROM {table} WHERE \"partition\" = $1 AND \"offset\" > $2 "
                         f"AND \"offset\" <= $3 ORDER BY \"offset\" LIMIT $4) e", p, after, end, size)
                     n = int(row[0])
-                    arrays = {name: np.frombuffer(raw or b"", dtype=_wire(dtype)).astype(_native(dtype))
-                              for (name, _, dtype), raw in zip(cols, row[1:])}
+                    arrays = _unpack_aggs(cols, row[1:])
                     offsets = arrays["__o"]
                     if np.all(offsets[1:] > offsets[:-1]):
                         break
@@ -876,15 +885,14 @@ class PostgresOfflineStore:
                 return None  # a field added to the schema after these segments were written
             partitions = await self._partitions(conn, table)
             after = [done.get(p, -(2**63)) for p in partitions]
-            aggs = ", ".join(f"string_agg({expr}, ''::bytea)" for _, expr, _ in cols)
+            aggs = _aggs_sql(cols)
             for setting in ("enable_seqscan", "enable_bitmapscan", "enable_hashjoin", "enable_mergejoin"):
                 await conn.execute(f"SET LOCAL {setting} = off")  # the tail through the primary key, in offset order
             tail = await conn.fetchrow(
                 f"SELECT count(*), {aggs} FROM unnest($1::int[], $2::bigint[]) AS w(p, o) CROSS JOIN LATERAL "
                 f'(SELECT * FROM {table} WHERE "partition" = w.p AND "offset" > w.o) e', partitions, after)
         n_tail = int(tail[0])
-        tail_arrays = {name: np.frombuffer(raw or b"", dtype=_wire(dtype)).astype(_native(dtype))
-                       for (name, _, dtype), raw in zip(cols, tail[1:])}
+        tail_arrays = _unpack_aggs(cols, tail[1:])
         tail_bytes = {}  # text column -> byte offset of each tail row (and the end)
         for name, _, dtype in cols:
             if dtype == TEXT:

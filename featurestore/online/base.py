@@ -28,7 +28,8 @@ class OnlineRecord:
     #: replays a batch skips, per state, what is at or below them (commits may be chunked).
     applied: bytes = b""
     #: the state's event ids (``ViewState.to_parts``), kept beside ``state`` so that online reads,
-    #: which never need them, do not fetch them; b"" when none (or when ``state`` holds them)
+    #: which never need them, do not fetch them: the stored pairs to replace (b"" when none, or when
+    #: ``state`` holds them), or ``b"+"`` and the pairs to append to them (``transforms.state.append_ids``)
     ids: bytes = b""
 
 

@@ -3,7 +3,7 @@
 Layout, for project ``p``:
 
 * ``fs:{view_key}:{entity}`` — hash: ``s`` state (without its event ids), ``i`` the event ids
-  (``OnlineRecord.ids``), ``v`` the values row (``pack_row``: valid-until
+  (``[id, ts]`` pairs, appended to by each commit: ``OnlineRecord.ids``), ``v`` the values row (``pack_row``: valid-until
   and watermark in ms as two 16-digit fields, then the values' JSON as of the watermark), ``o`` the
   offsets of the events applied to the state (``OnlineRecord.applied``, empty when the writer does
   not track them); expires ``ttl + TTL_GRACE_MS`` after its last write (expiry in event time is
@@ -65,7 +65,18 @@ if ARGV[3] == '1' then
   end
 end
 for k = 4, #KEYS do
-  redis.call('HSET', KEYS[k], 's', ARGV[i], 'v', ARGV[i + 1], 'o', ARGV[i + 3], 'i', ARGV[i + 4])
+  local ids = ARGV[i + 4]
+  if string.byte(ids, 1) == 43 then  -- '+': pairs to append to the stored ids (ViewState.to_parts)
+    if #ids == 1 then
+      redis.call('HSET', KEYS[k], 's', ARGV[i], 'v', ARGV[i + 1], 'o', ARGV[i + 3])
+    else
+      local cur = redis.call('HGET', KEYS[k], 'i')
+      if cur and #cur > 0 then ids = cur .. ',' .. string.sub(ids, 2) else ids = string.sub(ids, 2) end
+      redis.call('HSET', KEYS[k], 's', ARGV[i], 'v', ARGV[i + 1], 'o', ARGV[i + 3], 'i', ids)
+    end
+  else
+    redis.call('HSET', KEYS[k], 's', ARGV[i], 'v', ARGV[i + 1], 'o', ARGV[i + 3], 'i', ids)
+  end
   local ttl = tonumber(ARGV[i + 2])
   if ttl > 0 then redis.call('PEXPIRE', KEYS[k], ttl) else redis.call('PERSIST', KEYS[k]) end
   i = i + 5

@@ -24,6 +24,7 @@ from transforms import (
     ViewState,
     compile_reader,
 )
+from transforms.state import append_ids
 
 FIXTURE = json.loads((Path(__file__).parent / "data" / "state_v1.json").read_text())
 SPECS = tuple(AggSpec(**s) for s in FIXTURE["specs"])
@@ -84,8 +85,8 @@ def test_state_and_its_event_ids_apart_join_to_the_same_state() -> None:
     ``from_bytes`` they behave as the whole state (``to_bytes``), redelivered ids refused alike."""
     whole = fresh_state()
     assert whole.ids  # the fixture's events carry ids within the lateness
-    blob, ids = whole.to_parts()
-    assert orjson.loads(blob)["ids"] == {} and orjson.loads(ids) == whole.ids
+    blob, ids = whole.to_parts()  # a new state: its ids whole, as [id, ts] pairs
+    assert orjson.loads(blob)["ids"] == {} and orjson.loads(b"[" + ids + b"]") == [list(p) for p in whole.ids.items()]
     joined = ViewState.from_bytes(SPECS, blob, lateness_ms=LATENESS, ids=ids)
     legacy = ViewState.from_bytes(SPECS, whole.to_bytes(), lateness_ms=LATENESS)  # ids inside the state
     read = compile_reader(SPECS, [s.name for s in SPECS])
@@ -99,3 +100,43 @@ def test_state_and_its_event_ids_apart_join_to_the_same_state() -> None:
     assert outcomes[0] == outcomes[1] == outcomes[2] and len(outcomes[0]) == 5
     assert REJECT_DUPLICATE in {reason for _, reason in outcomes[0]}
     assert ViewState(SPECS).to_parts()[1] == b""  # no ids: nothing beside the state
+    # ids stored by the previous layout (one JSON object) still load
+    old = ViewState.from_bytes(SPECS, blob, lateness_ms=LATENESS, ids=orjson.dumps(whole.ids))
+    assert old.ids == whole.ids and old.to_parts()[1] == ids  # and are rewritten whole at the next write
+
+
+def test_event_ids_written_incrementally_reload_as_the_state_in_memory() -> None:
+    """A state written after every batch sends only the ids accepted since (``b"+"`` and the pairs)
+    while it knows what is stored; pruned ids stay stored until they outnumber the live ones by half
+    (then the ids are rewritten whole).  Loaded from what is stored at any step, a state holds the
+    same ids as the one kept in memory and refuses and accepts the same events."""
+    lateness = 60_000
+    spec = AggSpec("n", "count", "x", 3_600_000, 60_000)
+    kept = ViewState((spec,), lateness_ms=lateness)
+    stored, appends, rewrites, most = None, 0, 0, 0
+    t0 = 1_767_225_600_000
+    for batch in range(200):
+        # ~3 events a second of event time, one arriving out of order, one id redelivered, and
+        # from batch 100 on the ids of batch 10 again with new times (ids reused after they expired)
+        ts = [t0 + batch * 1000 + j * 300 for j in range(3)] + [t0 + batch * 1000 - 20_000]
+        rows = [(t, {"x": 1.0}, f"e{batch}-{j}") for j, t in enumerate(ts)]
+        rows.append((ts[0], {"x": 1.0}, f"e{max(batch - 1, 0)}-0"))
+        if batch >= 100:
+            rows.append((ts[2] + 1, {"x": 1.0}, f"e{batch - 90}-1"))
+        kept.apply(rows)
+        _, part = kept.to_parts()
+        if part[:1] == b"+":
+            appends += 1
+        else:
+            rewrites += 1
+        stored = append_ids(stored, part)
+        pairs = orjson.loads(b"[" + stored + b"]")
+        most = max(most, len(pairs) / max(len(kept.ids), 1))
+        loaded = ViewState.from_bytes((spec,), kept.to_bytes(), lateness_ms=lateness, ids=stored)
+        assert loaded.ids == kept.ids and list(loaded.ids) == list(kept.ids), batch
+        probe = [(ts[0] + 5, {"x": 1.0}, f"e{batch}-1"), (ts[0] - 30_000, {"x": 1.0}, f"e{batch - 30}-2"),
+                 (ts[0] + 6, {"x": 1.0}, "fresh")]
+        twin = ViewState.from_bytes((spec,), kept.to_bytes(), lateness_ms=lateness)  # ids inside the state
+        assert [(r.index, r.reason) for r in loaded.apply(probe)] == [(r.index, r.reason) for r in twin.apply(probe)]
+    assert appends > 150 and rewrites >= 3  # mostly appends; a rewrite now and then
+    assert most <= 1.5 + 32 / 60  # stored pairs stay within half the live ones (plus 32)

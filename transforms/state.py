@@ -280,12 +280,14 @@ class ViewState:
         """
         stored, new, live = self._ids_stored, self._ids_new, len(self.ids)
         if stored is not None and stored + len(new) <= live + max(live // 2, 32):
+            if not new:
+                return self._doc_bytes({}), b"+"
             self._ids_stored = stored + len(new)
-            part = b"+" + orjson.dumps(new)[1:-1] if new else b"+"
+            part = b"+" + orjson.dumps(new)[1:-1]
         else:
             self._ids_stored = live
             part = orjson.dumps(list(self.ids.items()))[1:-1] if live else b""
-        self._ids_new = []
+        new.clear()
         return self._doc_bytes({}), part
 
     def _doc_bytes(self, ids: dict) -> bytes:

@@ -27,6 +27,10 @@ class WorkerMetrics:
                                ["error"], registry=r)
         self.fenced = Counter("featurestore_fenced_commits_total",
                               "Commits refused because another worker advanced the offsets", registry=r)
+        self.from_log = Counter("featurestore_states_from_event_log_total",
+                                "Entities absent from the online store (hash expired or deleted) whose states were "
+                                "rebuilt from the event log, per source (a retried batch counts again)", ["source"],
+                                registry=r)
         self.ready = False
         self.alive = True
 

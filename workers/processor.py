@@ -76,6 +76,24 @@ def decode_applied(raw: bytes | None) -> dict[int, int]:
         raise ValueError(f"stored applied offsets {raw[:100]!r} are not 'partition:offset,...'") from exc
 
 
+def log_batches(views: list[PreparedView], events: pd.DataFrame, id_column: str
+                ) -> dict[str, tuple[list[tuple], dict[int, int]]]:
+    """Per entity of ``events`` (an event-log frame of ``load_events`` with ``partition`` and
+    ``offset``, in the order to apply): its events as ``ViewState.apply`` takes them, with the
+    views' derived columns, and the highest offset per Kafka partition among them."""
+    if not len(events):
+        return {}
+    events = events.copy()
+    for bt in {bt.column: bt for pv in views for bt in pv.view.batch_transforms()}.values():
+        events[bt.column] = bt.apply(events).to_numpy()
+    out = {}
+    for key, group in events.groupby("key", sort=False):
+        rows = group.to_dict("records")
+        applied = {int(r["partition"]): int(r["offset"]) for r in rows if r["partition"] >= 0}  # offsets rise per partition
+        out[str(key)] = ([(r["ts"], r, r.get(id_column)) for r in rows], applied)
+    return out
+
+
 class SourceProcessor:
     """States of the views of one source, cached between batches.
 
@@ -90,12 +108,19 @@ class SourceProcessor:
     partition applied to it (written with it as ``OnlineRecord.applied``), and a state skips the
     events at or below it: a batch re-run after a commit that wrote only some of its states (a
     crash between chunks) applies each event once to each state.
+
+    ``history(keys)``, when given, is asked for the entities whose state the online store does not
+    hold (a new entity, or one whose hash expired or was deleted while its events stay in the event
+    log): ``log_batches`` of the events already applied to them, which their new states apply
+    first.  Without it such an entity starts afresh.
     """
 
-    def __init__(self, views: list[PreparedView], online, max_states: int | None = None):
+    def __init__(self, views: list[PreparedView], online, max_states: int | None = None, history=None):
         self.views = views
         self.online = online
         self.max_states = max_states
+        self.history = history
+        self.seeded = 0  # states rebuilt from ``history``
         self.cache: dict[str, dict[str, ViewState]] = {pv.view_key: {} for pv in views}
         # view_key -> entity -> {partition: highest applied offset}, for the states in the cache
         self.applied: dict[str, dict[str, dict[int, int]]] = {pv.view_key: {} for pv in views}
@@ -143,8 +168,13 @@ class SourceProcessor:
                    for key, idxs in by_key.items()}
         touched = []
         refused: dict[int, Rejection] = {}
+        keys = list(by_key)
+        absent: dict[str, list[str]] = {}
+        loaded = {pv.view_key: self._states(pv, keys, absent.setdefault(pv.view_key, [])) for pv in self.views}
+        if self.history is not None and any(absent.values()):
+            self._seed(absent, loaded)
         for pv in self.views:
-            states = self._states(pv, list(by_key))
+            states = loaded[pv.view_key]
             done_by_key = self.applied[pv.view_key]
             for key, batch in applied.items():
                 state, idxs = states[key], by_key[key]
@@ -197,7 +227,21 @@ class SourceProcessor:
         return OnlineRecord(pv.view_key, key, blob, orjson.dumps(values, option=orjson.OPT_SERIALIZE_NUMPY),
                             wm, until, pv.ttl_ms, done, ids)
 
-    def _states(self, pv: PreparedView, keys: list[str]) -> dict[str, ViewState]:
+    def _seed(self, absent: dict[str, list[str]], loaded: dict[str, dict[str, ViewState]]) -> None:
+        """Apply ``history`` to the new states of the entities the online store does not hold."""
+        found = self.history(sorted(set().union(*absent.values())))
+        for pv in self.views:
+            states, applied = loaded[pv.view_key], self.applied[pv.view_key]
+            for key in absent[pv.view_key]:
+                past = found.get(key)
+                if past is not None:
+                    states[key].apply(past[0])
+                    applied[key] = dict(past[1])
+                    self.seeded += 1
+
+    def _states(self, pv: PreparedView, keys: list[str], absent: list[str] | None = None) -> dict[str, ViewState]:
+        """The states of ``keys`` (cached, else loaded, else new); ``absent`` collects the keys of the
+        states the online store did not hold."""
         states = self.cache[pv.view_key]
         missing = [k for k in keys if k not in states]
         if self.max_states is not None and len(missing) < len(keys):  # keep the dict in least-recently-used order
@@ -208,7 +252,11 @@ class SourceProcessor:
         if missing:
             applied = self.applied[pv.view_key]
             for key, (blob, done, ids) in self.online.load_states_applied(pv.view_key, missing).items():
-                states[key] = (ViewState(pv.specs, pv.lateness_ms) if blob is None
-                               else ViewState.from_bytes(pv.specs, blob, pv.lateness_ms, ids))
+                if blob is None:
+                    states[key] = ViewState(pv.specs, pv.lateness_ms)
+                    if absent is not None:
+                        absent.append(key)
+                else:
+                    states[key] = ViewState.from_bytes(pv.specs, blob, pv.lateness_ms, ids)
                 applied[key] = decode_applied(done)
         return states

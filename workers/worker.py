@@ -25,6 +25,7 @@ rows it already has.
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import logging
 import operator
@@ -47,13 +48,13 @@ from kafka.structs import OffsetAndMetadata
 
 from featurestore.definitions import EventSource
 from featurestore.exceptions import StoreUnavailableError
-from featurestore.offline.postgres import PUSH_PARTITION
+from featurestore.offline.postgres import PUSH_PARTITION, event_id_column
 from featurestore.online import RedisOnlineStore
 from featurestore.schema import validator_for
 from transforms import ViewState
 
 from .metrics import ProbeServer, WorkerMetrics
-from .processor import PreparedView, SourceProcessor
+from .processor import PreparedView, SourceProcessor, log_batches
 from .retry import Retry
 
 logger = logging.getLogger(__name__)
@@ -162,7 +163,8 @@ class Worker:
         for pv in views:
             self.sources[pv.view.source.topic] = pv.view.source
             by_source[pv.view.source.name].append(pv)
-        self.processors = {name: SourceProcessor(pvs, online, config.max_cached_states)
+        self.processors = {name: SourceProcessor(pvs, online, config.max_cached_states,
+                                                 history=functools.partial(self._history, name))
                            for name, pvs in by_source.items()}
         self.applied: dict[str, int] = {}
         self._unverified: list = []  # assigned partitions with no offset in the online store
@@ -529,12 +531,28 @@ class Worker:
             for part, off in last.items():
                 name = f"{source.topic}:{int(part)}"
                 offsets[name] = (stored.get(name, -1), int(off))
-        for bt in (bt for pv in processor.views for bt in pv.view.batch_transforms()):
-            events[bt.column] = bt.apply(events).to_numpy()
+        batches = log_batches(processor.views, events, event_id_column(source))
         for pv in processor.views:
-            for key, group in events.groupby("key", sort=False):
+            for key, (past, _) in batches.items():
                 state = ViewState(pv.specs, pv.lateness_ms)
-                rows = group.to_dict("records")
-                state.apply([(r["ts"], r, r.get("event_id")) for r in rows])
-                records.append(SourceProcessor.record(pv, str(key), state))
+                state.apply(past)
+                records.append(SourceProcessor.record(pv, key, state))
         return records, offsets
+
+    def _history(self, source_name: str, keys: list[str]) -> dict:
+        """``SourceProcessor.history``: the logged events of entities whose state the online store
+        does not hold, as far as this worker applied them — every pushed row (partition -1) and the
+        rows of its partitions up to the offsets committed (later ones, logged by a batch that never
+        committed, are in the batch being applied or in the next ones)."""
+        source = self._source(source_name)
+        parts = [tp.partition for tp in self.consumer.assignment() if tp.topic == source.topic]
+        events = self._run(self.offline.load_events(source, keys=keys, partitions=[*parts, PUSH_PARTITION]))
+        if len(events):
+            done = events["partition"].map(lambda p: self.applied.get(f"{source.topic}:{p}", -1))
+            events = events[(events["partition"] == PUSH_PARTITION) | (events["offset"] <= done)]
+        found = log_batches(self.processors[source_name].views, events, event_id_column(source))
+        if found:
+            self.metrics.from_log.labels(source_name).inc(len(found))
+            logger.info("%d entities of %s absent from the online store: their states rebuilt from the event log",
+                        len(found), source_name)
+        return found

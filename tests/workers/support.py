@@ -101,6 +101,18 @@ def run_until(worker: Worker, n_records: int, timeout: float = 60.0) -> threadin
     return thread
 
 
+def consumed_stream(servers, topic_factory, unique_name, schema, prefix: str, seed: int, n: int = 200):
+    """A 2-partition topic with ``n`` events (1-day lateness) consumed by a worker that then stopped:
+    ``(view, project, group, events)``."""
+    topic = topic_factory(partitions=2)
+    project, group = unique_name(prefix), unique_name("g")
+    view = make_view(topic, lateness="1d")
+    events = make_events(n, seed=seed)
+    send(servers, topic, events)
+    run_until(build_worker(servers, view, project, group, schema), len(events)).join(60)
+    return view, project, group, events
+
+
 def assert_same(actual: dict, expected: dict) -> None:
     """Same entities and feature values (floats within 1e-9)."""
     assert set(actual) == set(expected)

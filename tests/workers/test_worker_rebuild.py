@@ -16,8 +16,8 @@ from kafka.partitioner.default import murmur2
 
 from featurestore.client import FeatureStore
 from featurestore.online import RedisOnlineStore
-from tests.workers.support import (T0, assert_same, build_worker, make_events, make_view, online_values, repo_of,
-                                   reference_values, run_until, send)
+from tests.workers.support import (T0, assert_same, build_worker, consumed_stream, make_events, online_values,
+                                   reference_values, repo_of, run_until, send)
 from workers.worker import owned_events
 
 pytestmark = pytest.mark.integration
@@ -35,12 +35,8 @@ def _pushed() -> list[dict]:
 
 
 def test_rebuild_after_redis_lost_its_data_includes_pushed_events(servers, topic_factory, unique_name, pg_schema):
-    topic = topic_factory(partitions=2)
-    project, group = unique_name("rb"), unique_name("g")
-    view = make_view(topic, lateness="1d")
-    events = make_events(200, seed=21)
-    send(servers, topic, events)
-    run_until(build_worker(servers, view, project, group, pg_schema), len(events)).join(60)
+    view, project, group, events = consumed_stream(servers, topic_factory, unique_name, pg_schema, "rb", 21)
+    topic = view.source.topic
 
     online = RedisOnlineStore.from_url(servers.redis_url, project)
     store = FeatureStore(repo_of(view), online, {view.name: 1}, project, postgres_dsn=servers.postgres_dsn,

@@ -472,7 +472,12 @@ class FeatureStore:
                 valid["__key"].tolist(), valid["__ts"].tolist(),
                 valid["__event_id"].tolist() if "__event_id" in valid.columns else [None] * len(valid),
                 _records(valid[list(source.schema)]))]
-            records, refused = processor.apply(events)
+            if self._dsn is not None or self.offline is not None:
+                processor.history = self._history_of(source, processor.views, (await self._stores())[0])
+                # in a thread: the history lookup of entities absent from Redis awaits on this loop
+                records, refused = await asyncio.get_running_loop().run_in_executor(None, processor.apply, events)
+            else:
+                records, refused = processor.apply(events)
             if refused:
                 idx = sorted(refused)
                 keep[idx] = False
@@ -511,6 +516,23 @@ class FeatureStore:
         if missing:
             raise UnknownNameError(f"feature view(s) {', '.join(missing)} not applied: run `featurestore apply`")
         return [prepare_view(v, self.versions[v.name], self.project) for v in views]
+
+    @staticmethod
+    def _history_of(source: EventSource, views: list, offline):
+        """``SourceProcessor.history`` for ``push``: every logged event of the entities whose state the
+        online store does not hold (no worker consumes the topic while a push writes states), asked
+        from a thread running ``SourceProcessor.apply`` on the running loop."""
+        from workers.processor import log_batches
+
+        from .offline.postgres import event_id_column
+
+        loop = asyncio.get_running_loop()
+
+        def history(keys: list[str]) -> dict:
+            events = asyncio.run_coroutine_threadsafe(offline.load_events(source, keys=keys, positions=True), loop)
+            return log_batches(views, events.result(), event_id_column(source))
+
+        return history
 
     def _processor(self, source: EventSource):
         from workers.processor import SourceProcessor

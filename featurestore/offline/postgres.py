@@ -1009,12 +1009,13 @@ class PostgresOfflineStore:
 
     async def load_events(self, source: str | EventSource, keys: Sequence[Any] | None = None,
                           start_ms: int | None = None, end_ms: int | None = None,
-                          partitions: Sequence[int] | None = None) -> pd.DataFrame:
+                          partitions: Sequence[int] | None = None, positions: bool = False) -> pd.DataFrame:
         """Events of ``source`` (optionally of ``keys``, with ``start_ms <= ts <= end_ms`` and
         of the Kafka ``partitions``) in arrival order ``(partition, offset)``.  Columns: ``key``,
         ``ts`` (int64 ms), every schema field (the timestamp field equal to ``ts``; dtypes as
         ``validate_frame`` gives them) and ``event_id`` (str or None); when ``partitions`` is
-        given, ``partition`` and ``offset`` (int64) come first (the worker rebuilds from them)."""
+        given, or ``positions``, ``partition`` and ``offset`` (int64) come first (the worker
+        rebuilds from them)."""
         src = self._source(source)
         if "ts" in src.schema and src.timestamp_field != "ts":
             raise InvalidInputError(f"source {src.name!r}: a field named 'ts' must be the timestamp field")
@@ -1046,7 +1047,7 @@ class PostgresOfflineStore:
         if id_col not in out:
             out[id_col] = pd.Series(cols[2], dtype=object)
         order = ["key", "ts"] + [f for f in src.schema if f != "ts"] + ([id_col] if id_col not in src.schema else [])
-        if partitions is not None:
+        if partitions is not None or positions:
             out["partition"] = pd.Series(cols[-2], dtype="int64")
             out["offset"] = pd.Series(cols[-1], dtype="int64")
             order = ["partition", "offset"] + order

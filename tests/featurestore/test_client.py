@@ -213,6 +213,31 @@ def test_push_online_and_offline_all_or_nothing(connected) -> None:
             store.push("nosuchsource", frame)
 
 
+def test_push_to_an_entity_gone_from_redis_goes_on_from_its_logged_events(connected) -> None:
+    """An entity whose hash left Redis (expired after an idle spell, or deleted) while its events stay
+    in the event log: a push goes on from those events, as a worker does, instead of starting afresh;
+    its lifetime totals then equal what a training set counts."""
+    settings, _ = connected
+    with FeatureStore.connect(EXAMPLE, settings) as store:
+        first = txns(6)
+        store.push("transactions", first, to="online_and_offline")
+        for view in ("customer_stats", "transaction_stats"):  # C1's hashes go, C2's stay
+            assert store.online.client.delete(store.online.entity_key(f"{settings.project}:{view}:v1", "C1")) == 1
+        later = txns(4, start=T0 + 30 * 86_400_000, prefix="v")
+        store.push("transactions", later, to="online_and_offline")
+        at = int(later["event_time"].max())
+        refs = ["customer_stats:total_purchases", "customer_stats:total_spend"]
+        got = store.get_online_features([{"customer_id": "C1"}, {"customer_id": "C2"}], features=refs, at_ms=at)
+        rows = pd.concat([first, later])
+        for i, key in enumerate(["C1", "C2"]):
+            mine = rows[rows["customer_id"] == key]
+            assert got.to_dict()["total_purchases"][i] == len(mine)
+            assert close(got.to_dict()["total_spend"][i], float(mine["amount"].sum()))
+        training = store.get_historical_features(pd.DataFrame({"customer_id": ["C1"], "event_timestamp": [at]}),
+                                                 features=refs)
+        assert int(training["total_purchases"].iloc[0]) == got.to_dict()["total_purchases"][0]
+
+
 # -- a small repository in a private schema --------------------------------------------------------
 
 customer = Entity(name="customer", join_key="customer_id")

@@ -529,7 +529,10 @@ class FeatureStore:
         loop = asyncio.get_running_loop()
 
         def history(keys: list[str]) -> dict:
-            events = asyncio.run_coroutine_threadsafe(offline.load_events(source, keys=keys, positions=True), loop)
+            logged = asyncio.run_coroutine_threadsafe(offline.logged_keys(source, keys), loop).result()
+            if not logged:
+                return {}
+            events = asyncio.run_coroutine_threadsafe(offline.load_events(source, keys=sorted(logged), positions=True), loop)
             return log_batches(views, events.result(), event_id_column(source))
 
         return history

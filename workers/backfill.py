@@ -662,7 +662,7 @@ class _Backfill:
                                                                   o.read_rows):
                 id_col = event_id_column(self.src)
                 frame = frame.rename(columns={"key": "__key", "ts": "__ts", id_col: "__eid",
-                                              "partition": "__part", "offset": "__off"})
+                                              "__partition": "__part", "__offset": "__off"})
                 spill.add(frame, frame["bucket"].to_numpy())
                 bar.update(len(frame))
         else:

@@ -78,8 +78,8 @@ def decode_applied(raw: bytes | None) -> dict[int, int]:
 
 def log_batches(views: list[PreparedView], events: pd.DataFrame, id_column: str
                 ) -> dict[str, tuple[list[tuple], dict[int, int]]]:
-    """Per entity of ``events`` (an event-log frame of ``load_events`` with ``partition`` and
-    ``offset``, in the order to apply): its events as ``ViewState.apply`` takes them, with the
+    """Per entity of ``events`` (an event-log frame of ``load_events`` with ``__partition`` and
+    ``__offset``, in the order to apply): its events as ``ViewState.apply`` takes them, with the
     views' derived columns, and the highest offset per Kafka partition among them."""
     if not len(events):
         return {}
@@ -89,7 +89,7 @@ def log_batches(views: list[PreparedView], events: pd.DataFrame, id_column: str
     out = {}
     for key, group in events.groupby("key", sort=False):
         rows = group.to_dict("records")
-        applied = {int(r["partition"]): int(r["offset"]) for r in rows if r["partition"] >= 0}  # offsets rise per partition
+        applied = {int(r["__partition"]): int(r["__offset"]) for r in rows if r["__partition"] >= 0}  # offsets rise per partition
         out[str(key)] = ([(r["ts"], r, r.get(id_column)) for r in rows], applied)
     return out
 

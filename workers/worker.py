@@ -85,7 +85,7 @@ def owned_events(events: pd.DataFrame, parts: list[int], n_partitions: int, on_k
     partition (not in ``on_kafka``) whose key Kafka's default partitioner (murmur2 of the key's
     text, as ``featurestore produce`` and the Java client send it) maps to one of ``parts``: where
     their first event will arrive."""
-    pushed = (events["partition"] == PUSH_PARTITION).to_numpy()
+    pushed = (events["__partition"] == PUSH_PARTITION).to_numpy()
     if not pushed.any():
         return events
     keys = events["key"]
@@ -514,7 +514,7 @@ class Worker:
     def _own_events(self, source, events: pd.DataFrame, parts: list[int]) -> pd.DataFrame:
         """``owned_events`` of this worker (``parts`` of the source's topic), asking the event log
         which pushed entities have events from Kafka."""
-        pushed = (events["partition"] == PUSH_PARTITION).to_numpy()
+        pushed = (events["__partition"] == PUSH_PARTITION).to_numpy()
         if not pushed.any():
             return events
         candidates = set(pd.unique(events["key"][pushed])) - set(events["key"][~pushed])
@@ -527,7 +527,7 @@ class Worker:
     def _rebuilt_records(self, processor, source, events: pd.DataFrame, stored):
         records, offsets = [], {}
         if len(events):
-            last = events[events["partition"] != PUSH_PARTITION].groupby("partition", sort=False)["offset"].max()
+            last = events[events["__partition"] != PUSH_PARTITION].groupby("__partition", sort=False)["__offset"].max()
             for part, off in last.items():
                 name = f"{source.topic}:{int(part)}"
                 offsets[name] = (stored.get(name, -1), int(off))
@@ -546,10 +546,13 @@ class Worker:
         committed, are in the batch being applied or in the next ones)."""
         source = self._source(source_name)
         parts = [tp.partition for tp in self.consumer.assignment() if tp.topic == source.topic]
-        events = self._run(self.offline.load_events(source, keys=keys, partitions=[*parts, PUSH_PARTITION]))
+        logged = self._run(self.offline.logged_keys(source, keys, [*parts, PUSH_PARTITION]))  # usually none: new entities
+        if not logged:
+            return {}
+        events = self._run(self.offline.load_events(source, keys=sorted(logged), partitions=[*parts, PUSH_PARTITION]))
         if len(events):
-            done = events["partition"].map(lambda p: self.applied.get(f"{source.topic}:{p}", -1))
-            events = events[(events["partition"] == PUSH_PARTITION) | (events["offset"] <= done)]
+            done = events["__partition"].map(lambda p: self.applied.get(f"{source.topic}:{p}", -1))
+            events = events[(events["__partition"] == PUSH_PARTITION) | (events["__offset"] <= done)]
         found = log_batches(self.processors[source_name].views, events, event_id_column(source))
         if found:
             self.metrics.from_log.labels(source_name).inc(len(found))

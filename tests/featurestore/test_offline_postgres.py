@@ -106,6 +106,18 @@ def test_load_order_filters_and_types(store) -> None:
     assert only["ts"].between(T0 + 3000, T0 + 8000).all()
     assert len(only) == 4
     assert len(loop.run_until_complete(s.load_events(src, keys=[]))) == 0
+    # With positions (the worker rebuilds from them) a schema field named "partition" keeps its values.
+    pos = loop.run_until_complete(s.load_events(src, positions=True))
+    assert pos["__partition"].tolist() == [0] * 10 + [1] * 10 and pos["__offset"].tolist() == list(range(10)) * 2
+    assert pos["partition"].tolist() == ev["partition"].tolist()
+    assert set(loop.run_until_complete(s.logged_keys(src, [0, 1, 7]))) == {0, 1}
+    assert loop.run_until_complete(s.logged_keys(src, [0, 1], partitions=[5])) == set()
+
+    async def by_bucket():
+        return [f async for f in s.iter_events_by_bucket(src, 1, [0])]
+    (bucket,) = loop.run_until_complete(by_bucket())
+    assert bucket["__partition"].tolist() == pos["__partition"].tolist()
+    assert bucket["partition"].tolist() == ev["partition"].tolist()
 
 
 def test_history_upsert(store) -> None:

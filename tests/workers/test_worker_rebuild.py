@@ -65,13 +65,13 @@ def test_owned_events_splits_pushed_rows_between_the_partitions_owners() -> None
     """Pushed rows go with their entity's Kafka partition; those of entities never seen on Kafka to
     the partition Kafka's default partitioner gives their key; each row to exactly one owner."""
     keys = ["A", "A", "B", "A", "C", "D", "E", "F"]
-    frame = pd.DataFrame({"key": keys, "partition": [0, 0, 1, -1, -1, -1, -1, -1],
-                          "offset": [0, 1, 0, 0, 1, 2, 3, 4]})
+    frame = pd.DataFrame({"key": keys, "__partition": [0, 0, 1, -1, -1, -1, -1, -1],
+                          "__offset": [0, 1, 0, 0, 1, 2, 3, 4]})
     on_kafka = {"D"}  # D has Kafka rows, on a partition of neither frame (another topic size, say)
-    mine = [owned_events(frame[frame["partition"].isin([p, -1])], [p], 2, on_kafka) for p in (0, 1)]
-    assert list(mine[0]["key"][mine[0]["partition"] >= 0]) == ["A", "A"]
-    assert list(mine[1]["key"][mine[1]["partition"] >= 0]) == ["B"]
-    pushed = [set(m["key"][m["partition"] == -1]) for m in mine]
+    mine = [owned_events(frame[frame["__partition"].isin([p, -1])], [p], 2, on_kafka) for p in (0, 1)]
+    assert list(mine[0]["key"][mine[0]["__partition"] >= 0]) == ["A", "A"]
+    assert list(mine[1]["key"][mine[1]["__partition"] >= 0]) == ["B"]
+    pushed = [set(m["key"][m["__partition"] == -1]) for m in mine]
     assert "A" in pushed[0] and "A" not in pushed[1]
     assert "D" not in pushed[0] | pushed[1]
     for key in "CEF":

@@ -76,6 +76,10 @@ def decode_applied(raw: bytes | None) -> dict[int, int]:
         raise ValueError(f"stored applied offsets {raw[:100]!r} are not 'partition:offset,...'") from exc
 
 
+#: Entities per ``SourceProcessor.history`` call: bounds what one call holds (every logged event of each).
+HISTORY_CHUNK = 1000
+
+
 def log_batches(views: list[PreparedView], events: pd.DataFrame, id_column: str
                 ) -> dict[str, tuple[list[tuple], dict[int, int]]]:
     """Per entity of ``events`` (an event-log frame of ``load_events`` with ``__partition`` and
@@ -228,16 +232,19 @@ class SourceProcessor:
                             wm, until, pv.ttl_ms, done, ids)
 
     def _seed(self, absent: dict[str, list[str]], loaded: dict[str, dict[str, ViewState]]) -> None:
-        """Apply ``history`` to the new states of the entities the online store does not hold."""
-        found = self.history(sorted(set().union(*absent.values())))
-        for pv in self.views:
-            states, applied = loaded[pv.view_key], self.applied[pv.view_key]
-            for key in absent[pv.view_key]:
-                past = found.get(key)
-                if past is not None:
-                    states[key].apply(past[0])
-                    applied[key] = dict(past[1])
-                    self.seeded += 1
+        """Apply ``history`` to the new states of the entities the online store does not hold, asked
+        for ``HISTORY_CHUNK`` entities at a time (each one's whole logged history is held meanwhile)."""
+        keys = sorted(set().union(*absent.values()))
+        wanted = {pv.view_key: set(absent[pv.view_key]) for pv in self.views}
+        for lo in range(0, len(keys), HISTORY_CHUNK):
+            found = self.history(keys[lo:lo + HISTORY_CHUNK])
+            for pv in self.views:
+                states, applied, mine = loaded[pv.view_key], self.applied[pv.view_key], wanted[pv.view_key]
+                for key, (past, offsets) in found.items():
+                    if key in mine:
+                        states[key].apply(past)
+                        applied[key] = dict(offsets)
+                        self.seeded += 1
 
     def _states(self, pv: PreparedView, keys: list[str], absent: list[str] | None = None) -> dict[str, ViewState]:
         """The states of ``keys`` (cached, else loaded, else new); ``absent`` collects the keys of the

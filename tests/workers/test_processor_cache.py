@@ -125,3 +125,37 @@ def test_event_ids_appended_by_the_commit_script_reload_as_the_cached_states(ser
     outcomes = [sorted((i, r.reason) for i, r in p.apply(again)[1].items())
                 for p in (cached, SourceProcessor([pv], online))]
     assert outcomes[0] == outcomes[1] and len(outcomes[0]) == 60
+
+
+def test_history_of_absent_entities_is_asked_in_chunks_and_applied_first(servers, unique_name, monkeypatch):
+    """Entities the online store does not hold get ``history`` applied before the batch, asked for
+    ``HISTORY_CHUNK`` entities at a time (each call holds those entities' whole logged history)."""
+    import workers.processor as processor_module
+
+    view = make_view(unique_name("t"))
+    project = unique_name("p")
+    pv = prepare_view(view, 1, project)
+    validate = validator_for(view.source)
+    raw = make_events(300, customers=25)
+    past, now = [validate(r) for r in raw[:250]], [validate(r) for r in raw[250:]]
+    asked: list[list[str]] = []
+
+    def history(keys):
+        asked.append(keys)
+        mine = [e for e in past if str(e.key) in keys]
+        return {k: ([(e.ts_ms, e.values, e.event_id) for e in mine if str(e.key) == k], {0: 1}) for k in keys}
+
+    monkeypatch.setattr(processor_module, "HISTORY_CHUNK", 10)
+    seeded = SourceProcessor([pv], RedisOnlineStore.from_url(servers.redis_url, project), history=history)
+    records, refused = seeded.apply(now)
+    assert not refused
+    touched = sorted({str(e.key) for e in now})
+    assert [len(k) for k in asked] == [10] * (len(touched) // 10) + ([len(touched) % 10] if len(touched) % 10 else [])
+    assert sorted(k for chunk in asked for k in chunk) == touched
+    other = unique_name("q")  # the reference: every event applied in order by one processor
+    reference = SourceProcessor([prepare_view(view, 1, other)], RedisOnlineStore.from_url(servers.redis_url, other))
+    reference.apply(past)
+    expected, _ = reference.apply(now)
+    assert sorted((r.key, r.values, r.watermark, r.valid_until) for r in records) == \
+        sorted((r.key, r.values, r.watermark, r.valid_until) for r in expected)
+    assert seeded.applied[pv.view_key][touched[0]] == {0: 1}  # offsets from the history

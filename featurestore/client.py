@@ -461,7 +461,9 @@ class FeatureStore:
             processor = self._processor(source)  # raises before anything is written
             if not force:
                 self.online.refuse_if_consumed([source.topic], f"push to {source.name!r} online")
-        offline = (await self._stores())[0] if to != "online" else None
+        # the offline store where rows go, and wherever there is one: it holds the history of entities gone from Redis
+        has_offline = self._dsn is not None or self.offline is not None
+        offline = (await self._stores())[0] if to != "online" or has_offline else None
 
         keep = np.ones(len(valid), dtype=bool)
         records: list = []
@@ -472,8 +474,8 @@ class FeatureStore:
                 valid["__key"].tolist(), valid["__ts"].tolist(),
                 valid["__event_id"].tolist() if "__event_id" in valid.columns else [None] * len(valid),
                 _records(valid[list(source.schema)]))]
-            if self._dsn is not None or self.offline is not None:
-                processor.history = self._history_of(source, processor.views, (await self._stores())[0])
+            if offline is not None:
+                processor.history = self._history_of(source, processor.views, offline)
                 # in a thread: the history lookup of entities absent from Redis awaits on this loop
                 records, refused = await asyncio.get_running_loop().run_in_executor(None, processor.apply, events)
             else:
@@ -483,7 +485,7 @@ class FeatureStore:
                 keep[idx] = False
                 result.refused = pd.DataFrame({"row": valid.index[idx], "reason": [refused[i].reason for i in idx],
                                                "detail": [refused[i].detail for i in idx]})
-        if offline is not None:
+        if offline is not None and to != "online":
             frame = valid[keep]
             if "__event_id" in frame.columns and len(frame):
                 seen = await offline.existing_event_ids(source, frame["__key"].tolist(), frame["__event_id"].tolist())
@@ -529,11 +531,8 @@ class FeatureStore:
         loop = asyncio.get_running_loop()
 
         def history(keys: list[str]) -> dict:
-            logged = asyncio.run_coroutine_threadsafe(offline.logged_keys(source, keys), loop).result()
-            if not logged:
-                return {}
-            events = asyncio.run_coroutine_threadsafe(offline.load_events(source, keys=sorted(logged), positions=True), loop)
-            return log_batches(views, events.result(), event_id_column(source))
+            events = asyncio.run_coroutine_threadsafe(offline.entity_events(source, keys), loop).result()
+            return log_batches(views, events, event_id_column(source))
 
         return history
 

@@ -124,7 +124,6 @@ class SourceProcessor:
         self.online = online
         self.max_states = max_states
         self.history = history
-        self.seeded = 0  # states rebuilt from ``history``
         self.cache: dict[str, dict[str, ViewState]] = {pv.view_key: {} for pv in views}
         # view_key -> entity -> {partition: highest applied offset}, for the states in the cache
         self.applied: dict[str, dict[str, dict[int, int]]] = {pv.view_key: {} for pv in views}
@@ -244,7 +243,6 @@ class SourceProcessor:
                     if key in mine:
                         states[key].apply(past)
                         applied[key] = dict(offsets)
-                        self.seeded += 1
 
     def _states(self, pv: PreparedView, keys: list[str], absent: list[str] | None = None) -> dict[str, ViewState]:
         """The states of ``keys`` (cached, else loaded, else new); ``absent`` collects the keys of the

@@ -546,10 +546,7 @@ class Worker:
         committed, are in the batch being applied or in the next ones)."""
         source = self._source(source_name)
         parts = [tp.partition for tp in self.consumer.assignment() if tp.topic == source.topic]
-        logged = self._run(self.offline.logged_keys(source, keys, [*parts, PUSH_PARTITION]))  # usually none: new entities
-        if not logged:
-            return {}
-        events = self._run(self.offline.load_events(source, keys=sorted(logged), partitions=[*parts, PUSH_PARTITION]))
+        events = self._run(self.offline.entity_events(source, keys, [*parts, PUSH_PARTITION]))
         if len(events):
             done = events["__partition"].map(lambda p: self.applied.get(f"{source.topic}:{p}", -1))
             events = events[(events["__partition"] == PUSH_PARTITION) | (events["__offset"] <= done)]

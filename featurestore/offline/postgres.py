@@ -565,6 +565,14 @@ class PostgresOfflineStore:
         (entity_key, event_time) index: a round trip where ``load_events`` of nothing costs ~3 ms."""
         return await self._keys_with_rows(source, keys, partitions)
 
+    async def entity_events(self, source: str | EventSource, keys: Sequence[Any],
+                            partitions: Sequence[int] | None = None) -> pd.DataFrame:
+        """``load_events(positions=True)`` of ``keys`` (of ``partitions`` when given), asking first which
+        of them have rows at all (``logged_keys``): entities new to the log, the common case for
+        whoever asks, cost one index probe each instead of building an empty frame (~3 ms)."""
+        logged = await self.logged_keys(source, keys, partitions)
+        return await self.load_events(source, keys=sorted(logged), partitions=partitions, positions=True)
+
     async def _keys_with_rows(self, source: str | EventSource, keys: Sequence[Any], partitions: Sequence[int] | None,
                               condition: str | None = None) -> set:
         src = self._source(source)

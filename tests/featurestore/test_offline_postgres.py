@@ -112,6 +112,14 @@ def test_load_order_filters_and_types(store) -> None:
     assert pos["partition"].tolist() == ev["partition"].tolist()
     assert set(loop.run_until_complete(s.logged_keys(src, [0, 1, 7]))) == {0, 1}
     assert loop.run_until_complete(s.logged_keys(src, [0, 1], partitions=[5])) == set()
+    # entity_events: load_events(positions=True) of the keys; of keys with no row, the same empty frame
+    # (columns and dtypes) without reading the log, and a fresh one at each call
+    some = loop.run_until_complete(s.entity_events(src, [1, 7]))
+    pd.testing.assert_frame_equal(some, pos[pos["key"] == 1].reset_index(drop=True))
+    none = loop.run_until_complete(s.entity_events(src, [7, 8]))
+    pd.testing.assert_frame_equal(none, pos.iloc[:0].reset_index(drop=True), check_index_type=False)
+    none["key"] = none["key"] + 1
+    assert loop.run_until_complete(s.entity_events(src, [0], partitions=[5])).columns.tolist() == pos.columns.tolist()
 
     async def by_bucket():
         return [f async for f in s.iter_events_by_bucket(src, 1, [0])]

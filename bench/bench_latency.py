@@ -34,6 +34,7 @@ import redis
 from confluent_kafka import Producer
 from kafka import KafkaConsumer
 
+from bench.bench_worker import WithoutTransforms
 from bench.servers import bench_settings
 from featurestore.offline.postgres import PostgresOfflineStore
 from featurestore.online import RedisOnlineStore
@@ -54,9 +55,11 @@ def example_views(topic: str):
     return source, [v.model_copy(update={"source": source}) for v in repo.views.values()]
 
 
-def worker_process(bootstrap: str, redis_url: str, dsn: str, project: str, topic: str, stop, assigned, report) -> None:
+def worker_process(bootstrap: str, redis_url: str, dsn: str, project: str, topic: str, stop, assigned, report,
+                   sizes: dict | None = None) -> None:
     """The worker, in a child process; ``assigned`` is set once it holds partitions; its batch
-    statistics go to the ``report`` queue when it stops."""
+    statistics go to the ``report`` queue when it stops.  With ``sizes`` its transforms are taken out
+    (``bench_worker.WithoutTransforms``: records of those mean sizes)."""
     _, views = example_views(topic)
 
     async def offline():
@@ -67,6 +70,19 @@ def worker_process(bootstrap: str, redis_url: str, dsn: str, project: str, topic
                     WorkerConfig(group=f"{project}-g", metrics_port=None, poll_timeout_ms=LATENCY_POLL_MS,
                                  kafka_options={"bootstrap_servers": bootstrap}))
 
+    if sizes is not None:
+        worker.processors = {name: WithoutTransforms(p.views, p.online, p.max_states, p.history, sizes=sizes)
+                             for name, p in worker.processors.items()}
+    totals = np.zeros(4)  # records, state bytes, values bytes, ids bytes committed
+    commit = worker.online.commit
+
+    def measured_commit(records, *a, **kw):
+        totals[:] += (len(records), sum(len(r.state) for r in records), sum(len(r.values) for r in records),
+                      sum(len(r.ids) for r in records))
+        return commit(records, *a, **kw)
+
+    worker.online.commit = measured_commit
+
     def until(w) -> bool:
         if w.consumer.assignment():
             assigned.set()
@@ -76,7 +92,8 @@ def worker_process(bootstrap: str, redis_url: str, dsn: str, project: str, topic
     worker.run(until=until)
     report.put({"batches": worker.batches, "records": worker.records_done,
                 "seconds_in_batches": round(worker.metrics.batch_seconds._sum.get(), 2),
-                "worker_cpu_seconds": round(time.process_time() - cpu, 2)})
+                "worker_cpu_seconds": round(time.process_time() - cpu, 2),
+                "record_bytes": dict(zip(("state", "values", "ids"), (totals[1:] / max(totals[0], 1)).round(1).tolist()))})
 
 
 def floor_consumer(bootstrap: str, topic: str, stop, assigned, report) -> None:
@@ -151,7 +168,7 @@ def run_floor(settings, rate: int, seconds: float, customers: int) -> dict:
                     "event time, ms resolution; no processing, no Redis"}
 
 
-def run_rate(settings, rate: int, seconds: float, customers: int, workers: int = 1) -> dict:
+def run_rate(settings, rate: int, seconds: float, customers: int, workers: int = 1, sizes: dict | None = None) -> dict:
     bootstrap = settings.kafka_bootstrap_servers
     redis_url = settings.redis_url.get_secret_value()
     dsn = settings.postgres_dsn.get_secret_value()
@@ -170,7 +187,7 @@ def run_rate(settings, rate: int, seconds: float, customers: int, workers: int =
     ctx = multiprocessing.get_context("spawn")
     stop, report = ctx.Event(), ctx.Queue()
     assigned = [ctx.Event() for _ in range(workers)]
-    children = [ctx.Process(target=worker_process, args=(bootstrap, redis_url, dsn, project, topic, stop, ready, report))
+    children = [ctx.Process(target=worker_process, args=(bootstrap, redis_url, dsn, project, topic, stop, ready, report, sizes))
                 for ready in assigned]
     for child in children:  # one consumer group: the partitions are shared
         child.start()
@@ -246,12 +263,21 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--customers", type=int, default=10000)
     parser.add_argument("--workers", type=int, default=1, help="worker processes in the consumer group")
+    parser.add_argument("--without-transforms", action="store_true",
+                        help="also run each rate with the workers' transforms taken out (what the rest of the path allows)")
     args = parser.parse_args()
     settings = bench_settings()
     results = []
     for rate in args.rates:
         run = run_rate(settings, rate, args.seconds, args.customers, args.workers)
         run["kafka_consumer_floor"] = run_floor(settings, rate, args.seconds, args.customers)
+        if args.without_transforms:
+            sizes = run["worker"][0]["record_bytes"]
+            ceiling = run_rate(settings, rate, args.seconds, args.customers, args.workers, sizes)
+            run["ceiling_without_transforms"] = {
+                key: ceiling[key] for key in ("p50_ms", "p99_ms", "unseen_after_60s", "worker")} | {
+                "note": "the same run with the workers' transforms taken out (bench_worker.WithoutTransforms: one "
+                        "record per (view, entity) touched per batch, of the sizes the real workers wrote)"}
         results.append(run)
     at_goal_rate = [r for r in results if r["target_rate"] == GOAL_RATE]
     print(json.dumps({"runs": results, "goal": f"p99 < {GOAL_P99_MS} ms at a steady {GOAL_RATE} events/s",

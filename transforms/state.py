@@ -59,23 +59,34 @@ class _Tiles:
 
 def _set_valued(spec: AggSpec, t: int, items):
     """count_distinct (``items``: the latest time of each value) or last_n (``items``: ``[ts, seq, value]``
-    oldest first) as of ``t``, and the time it may next change without a new event."""
+    in (ts, seq) order, oldest first) as of ``t``, and the time it may next change without a new event."""
     w = spec.window_ms
     if spec.function == "count_distinct":
         if w is None:
             return len(items), None
+        if not items:
+            return 0, None
         start = window_start(t, w, spec.hop_ms)
-        times = [ts for ts in items if ts >= start]
-        value = len(times)
+        oldest = min(items)
+        if oldest >= start:  # every value in the window (always so at the watermark, after _prune)
+            value = len(items)
+        else:
+            times = [ts for ts in items if ts >= start]
+            if not times:
+                return 0, None
+            value, oldest = len(times), min(times)
     elif w is None:
         return [v for _, _, v in items], None
-    else:
+    else:  # items in (ts, seq) order: the ones in the window are a suffix
         start = window_start(t, w, spec.hop_ms)
-        kept = [item for item in items if item[0] >= start]
-        value, times = [v for _, _, v in kept], [ts for ts, _, _ in kept]
-    if not times:
-        return value, None
-    return value, (min(times) // spec.hop_ms + 1) * spec.hop_ms + w
+        first = 0
+        while first < len(items) and items[first][0] < start:
+            first += 1
+        if first == len(items):
+            return [], None
+        value = [v for _, _, v in (items[first:] if first else items)]
+        oldest = items[first][0]
+    return value, (oldest // spec.hop_ms + 1) * spec.hop_ms + w
 
 
 @dataclass(frozen=True)

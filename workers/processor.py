@@ -64,7 +64,12 @@ def add_derived_columns(views: list[PreparedView], events: list[ValidEvent]) -> 
 
 def encode_applied(applied: dict[int, int] | None) -> bytes:
     """``OnlineRecord.applied`` of a state: its highest applied offset per partition."""
-    return ",".join(f"{p}:{o}" for p, o in applied.items()).encode() if applied else b""
+    if not applied:
+        return b""
+    if len(applied) == 1:  # an entity's events come from one partition (keyed produce)
+        for p, o in applied.items():
+            return b"%d:%d" % (p, o)
+    return ",".join(f"{p}:{o}" for p, o in applied.items()).encode()
 
 
 def decode_applied(raw: bytes | None) -> dict[int, int]:

@@ -10,7 +10,9 @@ and polling share the 2 cores with the worker and the servers).
 The floor, measured in the same run at each rate: the same producer into a new topic, consumed by
 a bare kafka-python consumer with the worker's consumer settings that only decodes (every event
 timed, arrival minus event time): the latency of the broker path itself, which the worker's
-batches, writes and the visibility poll add to.
+batches, writes and the visibility poll add to.  With ``--without-transforms`` each rate runs again
+with the workers' transforms taken out (``bench_worker.WithoutTransforms``): what the rest of the
+worker's path allows.
 
 The load generator produces with librdkafka (confluent-kafka, Java-compatible murmur2 partitioner:
 the partition kafka-python's default partitioner picks for the key) and the poller reads every

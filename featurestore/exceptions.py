@@ -55,3 +55,9 @@ class StoreUnavailableError(FeatureStoreError):
 class WorkerRunningError(FeatureStoreError):
     """A running worker consumes the topic whose online states an operation (push, materialize,
     an online backfill) would write: its cached states would overwrite them."""
+
+
+class GroupConflictError(ConfigurationError):
+    """A worker would join a consumer group whose running workers compute other feature views (or
+    other versions): the group's partitions are shared, so each view would miss the events of the
+    partitions the other workers hold."""

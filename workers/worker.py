@@ -47,9 +47,10 @@ from kafka.partitioner.default import murmur2
 from kafka.structs import OffsetAndMetadata
 
 from featurestore.definitions import EventSource
-from featurestore.exceptions import StoreUnavailableError
+from featurestore.exceptions import GroupConflictError, StoreUnavailableError
 from featurestore.offline.postgres import PUSH_PARTITION, event_id_column
 from featurestore.online import RedisOnlineStore
+from featurestore.online.redis import LIVE_TTL_MS
 from featurestore.schema import validator_for
 from transforms import ViewState
 
@@ -187,6 +188,9 @@ class Worker:
         self.probes: ProbeServer | None = None
         self._saved_gc: tuple | None = None
         self.worker_id = uuid.uuid4().hex[:12]  # names this process's announcement in the online store
+        self.view_keys = sorted(pv.view_key for pv in views)  # announced: a group's workers must compute the same
+        self.started_ms: int | None = None  # the online store's clock at this worker's first announcement
+        self.exit_code = 0
         self.assignments = 0  # rebalances that assigned this process partitions (see token)
         self.batches = 0
         self.records_done = 0  # records committed by this process (applied or dead-lettered)
@@ -198,6 +202,7 @@ class Worker:
             gc.collect()
             gc.freeze()  # what exists at start-up (modules, definitions) is never collected: stop scanning it
             gc.set_threshold(*self.config.gc_threshold)
+        self._refuse_conflicting_group()  # before joining: a refused worker must not take partitions
         opts = self.config.kafka_options
         self.consumer = KafkaConsumer(
             group_id=self.config.group, enable_auto_commit=False, auto_offset_reset="earliest",
@@ -269,7 +274,7 @@ class Worker:
                     self._announce()
                 if until is not None and until(self):
                     break
-            return 0
+            return self.exit_code
         finally:
             self.close()
 
@@ -465,11 +470,47 @@ class Worker:
         self.metrics.batch_seconds.observe(time.perf_counter() - started)
 
     def _announce(self) -> None:
-        """Tell ``push`` / ``materialize`` which topics a running worker consumes (renewed every LAG_PERIOD_S)."""
+        """Tell ``push`` / ``materialize`` which topics a running worker consumes, and the group which views
+        it computes (renewed every LAG_PERIOD_S).  A worker that finds a worker of its group computing other
+        views, started before it (both passed the start-up check at once), stops with exit code 2."""
         try:
-            self.online.announce_worker(self.config.group, self.worker_id, sorted(self.sources))
+            at = self.online.announce_worker(self.config.group, self.worker_id, sorted(self.sources),
+                                             views=self.view_keys, started_ms=self.started_ms)
+            if self.started_ms is None:
+                self.started_ms = at
+            earlier = [w for w in self._conflicting_workers()
+                       if (w.get("started_ms") or 0, w["worker"]) < (self.started_ms, self.worker_id)]
         except RETRYABLE as exc:  # the next batch's commit retries against the same outage
             logger.warning("could not renew this worker's announcement in the online store: %s", exc)
+            return
+        if earlier and not self.stopping:
+            logger.error("%s; stopping", self._conflict_message(earlier))
+            self.exit_code = 2
+            self.request_stop()
+
+    def _conflicting_workers(self) -> list[dict]:
+        """Live workers of this group (announced by this release or a later one) computing other views."""
+        return [w for w in self.online.live_workers()
+                if w["group"] == self.config.group and w["worker"] != self.worker_id
+                and w.get("views") is not None and w["views"] != self.view_keys]
+
+    def _conflict_message(self, others: list[dict]) -> str:
+        who = "; ".join(f"worker {w['worker']} (pid {w['pid']} on {w['host']}) computes {', '.join(w['views'])}"
+                        for w in others)
+        return (f"consumer group {self.config.group!r} runs workers computing other feature views: {who}; this worker "
+                f"computes {', '.join(self.view_keys)}. The workers of one group share its partitions, so each view "
+                f"would miss the events of the partitions the others hold. Give each set of views its own --group, or "
+                f"stop the group before starting workers of a new repository version (the announcement of a worker "
+                f"killed without stopping expires {LIVE_TTL_MS // 1000} s after its last renewal)")
+
+    def _refuse_conflicting_group(self) -> None:
+        try:
+            others = self._conflicting_workers()
+        except RETRYABLE as exc:  # checked again at every announcement
+            logger.warning("could not read the running workers of group %r: %s", self.config.group, exc)
+            return
+        if others:
+            raise GroupConflictError(self._conflict_message(others))
 
     def _update_lag(self) -> None:
         assigned = list(self.consumer.assignment())

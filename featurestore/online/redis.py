@@ -223,15 +223,21 @@ class RedisOnlineStore:
         seconds, micros = self.client.time()
         return seconds * 1000 + micros // 1000
 
-    def announce_worker(self, group: str, worker: str, topics: list[str], ttl_ms: int = LIVE_TTL_MS) -> None:
-        """Record (or renew) that ``worker`` of ``group`` consumes ``topics``, for ``ttl_ms`` (by the
-        Redis server's clock, so hosts with skewed clocks agree)."""
+    def announce_worker(self, group: str, worker: str, topics: list[str], ttl_ms: int = LIVE_TTL_MS,
+                        views: list[str] | None = None, started_ms: int | None = None) -> int:
+        """Record (or renew) that ``worker`` of ``group`` consumes ``topics`` (computing the view keys
+        ``views``, running since ``started_ms``), for ``ttl_ms`` (by the Redis server's clock, so hosts
+        with skewed clocks agree).  Returns the server time written (``started_ms`` when not given)."""
+        now = self._server_ms()
         doc = {"group": group, "worker": worker, "topics": sorted(topics), "host": socket.gethostname(),
-               "pid": os.getpid(), "at_ms": self._server_ms(), "ttl_ms": ttl_ms}
+               "pid": os.getpid(), "at_ms": now, "ttl_ms": ttl_ms,
+               "views": sorted(views) if views is not None else None,
+               "started_ms": now if started_ms is None else started_ms}
         pipe = self.client.pipeline(transaction=False)
         pipe.hset(self.live_key, f"{group}:{worker}", orjson.dumps(doc))
         pipe.pexpire(self.live_key, max(ttl_ms, LIVE_TTL_MS))  # gone when no worker of the project renews it
         pipe.execute()
+        return now
 
     def retire_worker(self, group: str, worker: str) -> None:
         self.client.hdel(self.live_key, f"{group}:{worker}")

@@ -75,3 +75,46 @@ def test_announcement_of_a_killed_worker_expires(servers, unique_name):
     online.refuse_if_consumed(["t1"], "push")  # w1 never renewed: expired
     online.retire_worker("g", "w2")
     assert online.live_workers() == []
+
+
+def test_worker_refuses_a_group_whose_workers_compute_other_views(servers, topic_factory, unique_name, pg_schema,
+                                                                   monkeypatch):
+    """Workers of one group share its partitions: a worker computing other views (another --views, another
+    repository version) would leave each view without the events of the partitions the others hold."""
+    import workers.worker as worker_module
+    from featurestore.exceptions import GroupConflictError
+
+    topic = topic_factory(partitions=2)
+    project, group = unique_name("guard"), unique_name("g")
+    view = make_view(topic)
+    online = RedisOnlineStore.from_url(servers.redis_url, project)
+    mine = [f"{project}:stats:v1"]
+    # a worker of an older release (no views announced) and one of another group are not in the way
+    online.announce_worker(group, "old-release", [topic])
+    online.announce_worker("another-group", "w0", [topic], views=[f"{project}:other:v1"])
+    online.announce_worker(group, "same-views", [topic], views=mine)
+    online.announce_worker(group, "w1", [topic], views=[f"{project}:stats:v2", f"{project}:other:v1"])
+    worker = build_worker(servers, view, project, group, pg_schema)
+    with pytest.raises(GroupConflictError, match=rf"group '{group}'.*worker w1 .* computes {project}:other:v1, "
+                                                 rf"{project}:stats:v2; this worker computes {project}:stats:v1"):
+        worker.run()
+    assert worker.consumer is None  # refused before joining the group: no partition was taken
+    online.retire_worker(group, "w1")
+
+    # Two workers that passed the check at the same moment: the one started later stops (exit code 2).
+    monkeypatch.setattr(worker_module, "LAG_PERIOD_S", 0.2)  # the announcement period, where it is checked
+    send(servers, topic, make_events(50, seed=4))
+    worker = build_worker(servers, view, project, group, pg_schema)
+    thread = threading.Thread(target=lambda: setattr(worker, "returned", worker.run()), daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while worker.started_ms is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    online.announce_worker(group, "later", [topic], views=[f"{project}:other:v1"], started_ms=worker.started_ms + 1)
+    time.sleep(1.5)
+    assert not worker.stopping and worker.exit_code == 0  # a worker started after this one is the one to leave
+    online.retire_worker(group, "later")
+    online.announce_worker(group, "earlier", [topic], views=[f"{project}:other:v1"], started_ms=worker.started_ms - 1)
+    thread.join(30)
+    assert not thread.is_alive() and worker.returned == 2
+    assert [w["worker"] for w in online.live_workers() if w["group"] == group] == ["earlier", "old-release", "same-views"]

@@ -98,6 +98,14 @@ class Repository:
                     f"{kind} {obj.name!r} is defined differently in {first} and {origin}"
                 )
             return
+        if kind == "EventSource":
+            shared = next((src for src in self.sources.values() if src.topic == obj.topic), None)
+            if shared is not None:
+                raise DefinitionError(
+                    f"EventSource {obj.name!r} in {origin} reads topic {obj.topic!r}, which EventSource "
+                    f"{shared.name!r} in {self.origins[(kind, shared.name)]} reads too: a worker reads each topic as "
+                    f"one source (one schema, one entity key the events are partitioned by); give each source its "
+                    f"own topic")
         if kind in ("FeatureView", "OnDemandFeatureView"):
             other_table, other = (self.odfvs, "OnDemandFeatureView") if kind == "FeatureView" else (self.views, "FeatureView")
             if obj.name in other_table:

@@ -27,6 +27,10 @@ class WorkerMetrics:
                                ["error"], registry=r)
         self.fenced = Counter("featurestore_fenced_commits_total",
                               "Commits refused because another worker advanced the offsets", registry=r)
+        self.spread = Counter("featurestore_entities_on_new_partitions_total",
+                              "Entities whose events came from a Kafka partition other than the one(s) their "
+                              "state held events of (events not keyed by the entity key, or partitions added)",
+                              ["source"], registry=r)
         self.from_log = Counter("featurestore_states_from_event_log_total",
                                 "Entities absent from the online store (hash expired or deleted) whose states were "
                                 "rebuilt from the event log, per source (a retried batch counts again)", ["source"],

@@ -133,6 +133,11 @@ class SourceProcessor:
         # view_key -> entity -> {partition: highest applied offset}, for the states in the cache
         self.applied: dict[str, dict[str, dict[int, int]]] = {pv.view_key: {} for pv in views}
         self.evicted = 0
+        #: entities of the last ``update`` whose events came from a Kafka partition other than the ones their
+        #: state already held events of: the producer does not key the events by the entity key (or the
+        #: topic's partitions were increased, which moves keys once).  Several workers would then hold the
+        #: same entity's state and overwrite each other's commits.
+        self.spread: set[str] = set()
 
     def invalidate(self) -> None:
         for states in self.cache.values():
@@ -176,6 +181,7 @@ class SourceProcessor:
                    for key, idxs in by_key.items()}
         touched = []
         refused: dict[int, Rejection] = {}
+        self.spread = set()
         keys = list(by_key)
         absent: dict[str, list[str]] = {}
         loaded = {pv.view_key: self._states(pv, keys, absent.setdefault(pv.view_key, [])) for pv in self.views}
@@ -194,9 +200,12 @@ class SourceProcessor:
                     fresh = self._fresh(idxs, positions, done)
                     if fresh == []:
                         continue  # every event already in this state: nothing to write
+                    held = len(done)
                     for i in idxs:  # arrival order: offsets increase per partition
                         part, off = positions[i]
                         done[part] = off
+                    if len(done) > max(held, 1):
+                        self.spread.add(key)
                 if fresh is not None:
                     batch, idxs = [batch[j] for j in fresh], [idxs[j] for j in fresh]
                 for r in state.apply(batch):

@@ -47,7 +47,7 @@ from kafka.partitioner.default import murmur2
 from kafka.structs import OffsetAndMetadata
 
 from featurestore.definitions import EventSource
-from featurestore.exceptions import GroupConflictError, StoreUnavailableError
+from featurestore.exceptions import ConfigurationError, GroupConflictError, StoreUnavailableError
 from featurestore.offline.postgres import PUSH_PARTITION, event_id_column
 from featurestore.online import RedisOnlineStore
 from featurestore.online.redis import LIVE_TTL_MS
@@ -162,7 +162,10 @@ class Worker:
         self.sources: dict[str, EventSource] = {}
         by_source: dict[str, list[PreparedView]] = defaultdict(list)
         for pv in views:
-            self.sources[pv.view.source.topic] = pv.view.source
+            other = self.sources.setdefault(pv.view.source.topic, pv.view.source)
+            if other.name != pv.view.source.name:
+                raise ConfigurationError(f"views of sources {other.name!r} and {pv.view.source.name!r} both read topic "
+                                         f"{pv.view.source.topic!r}: a worker reads each topic as one source")
             by_source[pv.view.source.name].append(pv)
         self.processors = {name: SourceProcessor(pvs, online, config.max_cached_states,
                                                  history=functools.partial(self._history, name))
@@ -372,6 +375,8 @@ class Worker:
             processor = self.processors[source_name]
             states, refused = processor.update(p.events, [(part, off) for part, off, _ in p.where])
             touched.append((processor, states))
+            if processor.spread:
+                self._report_spread(source_name, processor.spread)
             applied_counts[source_name] = len(p.events) - len(refused)
             for idx, rej in refused.items():
                 dead.append((p.where[idx][2], rej.reason, rej.detail))
@@ -401,6 +406,13 @@ class Worker:
         self.records_done += n_new
         self._commit_kafka(advance)
         self._observe(pending, applied_counts, started)
+
+    def _report_spread(self, source_name: str, keys: set[str]) -> None:
+        self.metrics.spread.labels(source_name).inc(len(keys))
+        logger.error("%d entities of source %s had events on a Kafka partition other than their earlier events "
+                     "(e.g. %s): the topic's events must be keyed by the entity key, or several workers hold the "
+                     "same entity and overwrite each other's states (expected once per entity after the topic's "
+                     "partitions were increased)", len(keys), source_name, ", ".join(sorted(keys)[:5]))
 
     def _run(self, coro):
         """Run a coroutine in the I/O loop and wait for it."""

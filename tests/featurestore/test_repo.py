@@ -157,3 +157,19 @@ def test_missing_path(tmp_path):
         load_repo(tmp_path / "nope.py")
     with pytest.raises(DefinitionError, match="no .py files"):
         load_repo(tmp_path)
+
+
+def test_two_sources_on_one_topic_are_refused(tmp_path):
+    """A worker reads a topic as one source (its schema, its entity key the events are partitioned by): a
+    second source on the same topic would silently get no events."""
+    write(tmp_path / "a.py", HEADER)
+    write(tmp_path / "b.py", """
+from featurestore.definitions import EventSource
+
+merchants = EventSource(name="merchant_events", topic="events",
+    schema={"merchant_id": "string", "amount": "float64", "ts": "timestamp"},
+    timestamp_field="ts", entity_field="merchant_id")
+""")
+    with pytest.raises(DefinitionError, match=r"EventSource 'merchant_events' in .*b\.py reads topic 'events', which "
+                                              r"EventSource 'events' in .*a\.py reads too"):
+        load_repo(tmp_path)

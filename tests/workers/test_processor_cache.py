@@ -159,3 +159,34 @@ def test_history_of_absent_entities_is_asked_in_chunks_and_applied_first(servers
     assert sorted((r.key, r.values, r.watermark, r.valid_until) for r in records) == \
         sorted((r.key, r.values, r.watermark, r.valid_until) for r in expected)
     assert seeded.applied[pv.view_key][touched[0]] == {0: 1}  # offsets from the history
+
+
+def test_entities_with_events_on_a_new_partition_are_reported(servers, unique_name):
+    """An entity's events on two Kafka partitions (a producer not keying by the entity key, or partitions
+    added): ``spread`` names it at the batch where its state first gets events of another partition, also
+    when the state comes back from Redis."""
+    view = make_view(unique_name("t"))
+    project = unique_name("p")
+    online = RedisOnlineStore.from_url(servers.redis_url, project)
+    processor = SourceProcessor([prepare_view(view, 1, project)], online)
+    validate = validator_for(view.source)
+    events = [validate(r) for r in make_events(40, seed=9)]
+    by_key: dict[str, list] = {}
+    for event in events:
+        by_key.setdefault(str(event.key), []).append(event)
+    a, b = sorted(by_key, key=lambda k: -len(by_key[k]))[:2]  # two entities with several events each
+    assert len(by_key[a]) >= 4 and len(by_key[b]) >= 3
+
+    def apply(batch, positions):
+        records, _ = processor.apply(batch, positions)
+        assert online.commit(records, None, {}) == 1
+        return processor.spread
+
+    assert apply(by_key[a][:1] + by_key[b][:1], [(0, 1), (1, 2)]) == set()  # one partition each
+    assert apply(by_key[a][1:2] + by_key[b][1:2], [(0, 3), (1, 4)]) == set()  # same partitions
+    assert apply(by_key[a][2:3], [(1, 5)]) == {a}  # a's event on b's partition
+    processor.invalidate()  # states reloaded from Redis keep their partitions
+    assert apply(by_key[a][3:4] + by_key[b][2:3], [(2, 6), (1, 7)]) == {a}
+    c = next(k for k in sorted(by_key, key=lambda k: -len(by_key[k])) if k not in (a, b))
+    assert len(by_key[c]) >= 2
+    assert apply(by_key[c][:2], [(0, 8), (1, 9)]) == {c}  # a new entity's first batch on two partitions

@@ -118,3 +118,16 @@ def test_worker_refuses_a_group_whose_workers_compute_other_views(servers, topic
     thread.join(30)
     assert not thread.is_alive() and worker.returned == 2
     assert [w["worker"] for w in online.live_workers() if w["group"] == group] == ["earlier", "old-release", "same-views"]
+
+
+def test_worker_refuses_two_sources_on_one_topic(servers) -> None:
+    """A worker reads each topic as one source: views of a second source on the same topic would get nothing."""
+    from featurestore.exceptions import ConfigurationError
+    from workers.processor import prepare_view
+    from workers.worker import Worker, WorkerConfig
+
+    view = make_view("shared-topic")
+    other = view.model_copy(update={"name": "other", "source": view.source.model_copy(update={"name": "merchants"})})
+    online = RedisOnlineStore.from_url(servers.redis_url, "p")
+    with pytest.raises(ConfigurationError, match="sources 'txns' and 'merchants' both read topic 'shared-topic'"):
+        Worker([prepare_view(view, 1, "p"), prepare_view(other, 1, "p")], online, None, WorkerConfig(group="g"))

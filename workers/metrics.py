@@ -27,6 +27,9 @@ class WorkerMetrics:
                                ["error"], registry=r)
         self.fenced = Counter("featurestore_fenced_commits_total",
                               "Commits refused because another worker advanced the offsets", registry=r)
+        self.state_conflicts = Counter("featurestore_state_conflicts_total",
+                                       "Commits refused because another writer changed a cached state since it was "
+                                       "loaded (the batch is applied again on the stored states)", registry=r)
         self.spread = Counter("featurestore_entities_on_new_partitions_total",
                               "Entities whose events came from a Kafka partition other than the one(s) their "
                               "state held events of (events not keyed by the entity key, or partitions added)",

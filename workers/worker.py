@@ -168,7 +168,7 @@ class Worker:
                                          f"{pv.view.source.topic!r}: a worker reads each topic as one source")
             by_source[pv.view.source.name].append(pv)
         self.processors = {name: SourceProcessor(pvs, online, config.max_cached_states,
-                                                 history=functools.partial(self._history, name))
+                                                 history=functools.partial(self._history, name), check_stored=True)
                            for name, pvs in by_source.items()}
         self.applied: dict[str, int] = {}
         self._unverified: list = []  # assigned partitions with no offset in the online store
@@ -400,7 +400,20 @@ class Worker:
             logger.error("the online store lost its data (epoch marker changed): rebuilding from the event log")
             self.rebuild_from_event_log()
             return
+        if result == -2:
+            self.metrics.state_conflicts.inc()
+            logger.warning("commit refused: another writer changed a state this worker cached (events of one entity "
+                           "on partitions of several workers?); reloading and applying the batch again")
+            for processor in self.processors.values():
+                processor.invalidate()
+            for tp, records_of_tp in batch.items():  # read the batch again (its earlier chunks are skipped per state)
+                name = _name(tp)
+                if name in advance:
+                    self.consumer.seek(tp, self.applied.get(name, records_of_tp[0].offset - 1) + 1)
+            return
         self.applied.update(advance)
+        for processor in self.processors.values():
+            processor.committed(records)
         for processor in self.processors.values():  # every cached state is in Redis now
             processor.evict()
         self.records_done += n_new

@@ -31,6 +31,10 @@ class OnlineRecord:
     #: which never need them, do not fetch them: the stored pairs to replace (b"" when none, or when
     #: ``state`` holds them), or ``b"+"`` and the pairs to append to them (``transforms.state.append_ids``)
     ids: bytes = b""
+    #: the ``applied`` the writer last saw stored for this (view, entity) (b"": none, or no state): the commit
+    #: writes nothing when the stored one differs — another writer changed the state since this one loaded
+    #: it (events of one entity on several partitions, read by several workers).  None: not checked.
+    expected: bytes | None = None
 
 
 class OnlineStore(Protocol):

@@ -57,6 +57,12 @@ for p = 1, n do
   if ARGV[4] ~= '' and redis.call('HGET', KEYS[3], ARGV[i]) ~= ARGV[4] then return 0 end
   i = i + 3
 end
+local j = i
+for k = 4, #KEYS do  -- each state as its writer last saw it stored ('*': not checked)
+  local want = ARGV[j + 5]
+  if want ~= '*' and (redis.call('HGET', KEYS[k], 'o') or '') ~= want then return -2 end
+  j = j + 6
+end
 if ARGV[3] == '1' then
   i = 5
   for p = 1, n do
@@ -79,7 +85,7 @@ for k = 4, #KEYS do
   end
   local ttl = tonumber(ARGV[i + 2])
   if ttl > 0 then redis.call('PEXPIRE', KEYS[k], ttl) else redis.call('PERSIST', KEYS[k]) end
-  i = i + 5
+  i = i + 6
 end
 return 1
 """
@@ -301,7 +307,9 @@ class RedisOnlineStore:
         Returns 1 on success; 0 when a stored offset differs from the expected one
         (another writer got there first), or when ``token`` is given and is not the owner
         claimed for one of the partitions (``claim_partitions``: another worker took them);
-        -1 when ``epoch`` is given and the store's marker differs (the server lost its data).
+        -1 when ``epoch`` is given and the store's marker differs (the server lost its data);
+        -2 when a record's ``expected`` differs from the applied offsets stored for its state (another
+        writer changed the state since this writer loaded it).  The checks precede every write.
 
         One script writes everything (atomic) unless ``chunk`` is given: then ``chunk``
         records per script, each checking the offsets, the owner token and the epoch, the
@@ -341,7 +349,8 @@ class RedisOnlineStore:
         for rec in records:
             keys.append(self.entity_key(rec.view_key, rec.key))
             ttl = 0 if rec.ttl_ms is None else rec.ttl_ms + TTL_GRACE_MS
-            args += [rec.state, pack_row(rec.values, rec.watermark, rec.valid_until), ttl, rec.applied, rec.ids]
+            args += [rec.state, pack_row(rec.values, rec.watermark, rec.valid_until), ttl, rec.applied, rec.ids,
+                     b"*" if rec.expected is None else rec.expected]
         return int(self._evalsha_packed(self._commit, keys, args))
 
     def _evalsha_packed(self, script, keys: list, args: list):

@@ -244,10 +244,9 @@ class SourceProcessor:
         State by state: most touched entities hold a handful of tiles, where a Python merge beats the
         numpy set-up of ``transforms.many`` (measured: 0.10 ms vs 0.20 ms per state on the example repo).
         """
-        if self.check_stored:
-            return [self.record(pv, key, state, self.applied[pv.view_key].get(key), self.stored[pv.view_key].get(key, b""))
-                    for pv, key, state in touched if state.watermark is not None]
-        return [self.record(pv, key, state, self.applied[pv.view_key].get(key))
+        check = self.check_stored
+        return [self.record(pv, key, state, self.applied[pv.view_key].get(key),
+                            self.stored[pv.view_key].get(key, b"") if check else None)
                 for pv, key, state in touched if state.watermark is not None]
 
     @staticmethod

@@ -450,7 +450,7 @@ class FeatureStore:
         if not isinstance(df, pd.DataFrame):
             raise InvalidInputError(f"push: df must be a pandas DataFrame, got {type(df).__name__}")
         source = self.repo.source(source_name)
-        valid, rejects = validate_frame(source, df)
+        valid, rejects = validate_frame(source, df, ref_ms=int(time.time() * 1000))  # max_future: the push's clock
         if len(rejects):
             raise _invalid_rows(source, rejects, len(df))
         result = PushResult(rows=len(valid))

@@ -61,3 +61,8 @@ class GroupConflictError(ConfigurationError):
     """A worker would join a consumer group whose running workers compute other feature views (or
     other versions): the group's partitions are shared, so each view would miss the events of the
     partitions the other workers hold."""
+
+
+class RecoveryError(FeatureStoreError):
+    """Rebuilding a worker's states from the event log failed for a reason other than a store outage.
+    The worker stops: read the error it chains, fix its cause, and start the worker again."""

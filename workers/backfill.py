@@ -41,6 +41,7 @@ import uuid
 import zlib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import orjson
@@ -271,6 +272,7 @@ def iter_file_history(source: EventSource, read_rows: int):
     if not Path(path).exists():
         raise InvalidInputError(f"history file {path} of source {source.name!r} does not exist")
     row0 = 0
+    started_ms = int(time.time() * 1000)  # max_future's reference for files without a reference column
     if history.format == "parquet":
         import pyarrow.parquet as pq
 
@@ -280,7 +282,14 @@ def iter_file_history(source: EventSource, read_rows: int):
     for raw in batches:
         raw.index = pd.RangeIndex(row0, row0 + len(raw))
         row0 += len(raw)
-        valid, rejects = validate_frame(source, raw)
+        ref: Any = started_ms
+        if history.reference_column is not None:
+            if history.reference_column not in raw.columns:
+                raise InvalidInputError(f"history file {path} of source {source.name!r} has no column "
+                                        f"{history.reference_column!r} (FileHistory reference_column)")
+            ref = pd.to_numeric(raw[history.reference_column], errors="coerce").fillna(started_ms).to_numpy("int64")
+        valid, rejects = validate_frame(source, raw, ref)
+        valid = valid.drop(columns="__ref")
         valid["__part"] = -1
         valid["__off"] = valid.index.to_numpy(dtype="int64")
         if "__event_id" not in valid.columns:
@@ -379,7 +388,7 @@ class KafkaHistory:
                         todo.discard(p)
                         break
                     raw = rec.value
-                    if raw is None or len(raw) > src.max_message_bytes:
+                    if not raw or len(raw) > src.max_message_bytes:
                         reason = "oversize" if raw else "empty_message"
                         refused.append((p, rec.offset, reason, f"message of {len(raw or b'')} bytes", raw, None))
                         cut[p] = rec.offset
@@ -390,7 +399,8 @@ class KafkaHistory:
                         refused.append((p, rec.offset, "malformed_json", str(exc), raw, None))
                         cut[p] = rec.offset
                         continue
-                    result = validate(obj)
+                    result = validate(obj, rec.timestamp if rec.timestamp is not None and rec.timestamp >= 0
+                                      else int(time.time() * 1000))  # as the worker judges max_future
                     if not result.ok:
                         refused.append((p, rec.offset, result.reason, result.detail, raw,
                                         obj.get(src.entity_field) if isinstance(obj, dict) else None))

@@ -17,6 +17,15 @@ class WorkerMetrics:
         self.events = Counter("featurestore_events_total", "Events applied to feature state", ["topic"], registry=r)
         self.dead_letters = Counter("featurestore_dead_letters_total", "Events sent to the dead-letter topic",
                                     ["reason"], registry=r)
+        self.dead_letters_refused = Counter(
+            "featurestore_dead_letters_refused_total", "Dead letters the dead-letter topic refused (kept in the "
+            "offline store's rejects table with the error)", ["reason"], registry=r)
+        self.dead_letters_truncated = Counter(
+            "featurestore_dead_letters_truncated_total", "Dead letters sent with their value cut to the source's "
+            "max_message_bytes (header truncated=true; the whole record is in the rejects table)", registry=r)
+        self.isolations = Counter(
+            "featurestore_batches_isolated_total", "Batches whose processing raised an unexpected error and were "
+            "split to dead-letter the records that raise (reason processing_error)", ["error"], registry=r)
         self.batch_seconds = Histogram("featurestore_batch_seconds", "Time to process and commit one micro-batch",
                                        registry=r, buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
         self.lag = Gauge("featurestore_consumer_lag", "End offset minus next offset to consume",
@@ -43,9 +52,10 @@ class WorkerMetrics:
 
 
 class ProbeServer:
-    """A tiny HTTP server in a daemon thread."""
+    """A tiny HTTP server in a daemon thread, on the loopback address unless ``host`` says otherwise
+    (``"0.0.0.0"``: every interface, for a scraper or a probe from outside the host or container)."""
 
-    def __init__(self, metrics: WorkerMetrics, host: str = "0.0.0.0", port: int = 9108):
+    def __init__(self, metrics: WorkerMetrics, host: str = "127.0.0.1", port: int = 9108):
         metrics_ref = metrics
 
         class Handler(BaseHTTPRequestHandler):
@@ -70,7 +80,7 @@ class ProbeServer:
                 return
 
         self.server = ThreadingHTTPServer((host, port), Handler)
-        self.port = self.server.server_address[1]
+        self.host, self.port = self.server.server_address[:2]
         self.thread = threading.Thread(target=self.server.serve_forever, name="probes", daemon=True)
 
     def start(self) -> "ProbeServer":

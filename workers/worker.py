@@ -7,7 +7,8 @@ Per micro-batch, in this order:
    late or repeated events become dead letters too;
 3. write the accepted events to the PostgreSQL event log: an idempotent upsert
    keyed by (partition, offset), so a replay cannot duplicate a row;
-4. send the dead letters (original bytes, reason, topic, partition, offset);
+4. record the dead letters in PostgreSQL, send them, mark them sent
+   (``workers.dead_letters``: a replay does not send them again);
 5. commit the new states to Redis in scripts of ``commit_chunk`` states, each
    only if the stored offsets are still the ones this worker read (compare-and-set
    fencing), the partitions are still claimed by this worker (it claims them when
@@ -20,6 +21,13 @@ A crash anywhere replays from the offsets in Redis: records at or below them
 are skipped, and so are, per state, records at or below the state's own offsets
 (a crash between two chunks); the rest are applied once.  PostgreSQL ignores
 rows it already has.
+
+A batch whose processing raises an unexpected error (a bug, or a user function
+that raises on some value) is split in halves, each processed and committed on its
+own, down to the single records that raise: each of those is dead-lettered with
+reason ``processing_error`` (the exception's class and message) and its logged row,
+if any, removed.  Only errors of the stores' availability (``RETRYABLE``) retry a
+batch as a whole.  No record can stop a partition.
 """
 
 from __future__ import annotations
@@ -47,13 +55,15 @@ from kafka.partitioner.default import murmur2
 from kafka.structs import OffsetAndMetadata
 
 from featurestore.definitions import EventSource
-from featurestore.exceptions import ConfigurationError, GroupConflictError, StoreUnavailableError
+from featurestore.exceptions import (ConfigurationError, GroupConflictError, RecoveryError, RegistryError,
+                                     StoreUnavailableError, UnknownNameError, WorkerRunningError)
 from featurestore.offline.postgres import PUSH_PARTITION, event_id_column
 from featurestore.online import RedisOnlineStore
 from featurestore.online.redis import LIVE_TTL_MS
 from featurestore.schema import validator_for
 from transforms import ViewState
 
+from .dead_letters import HEADER_ROOM, DeadLetter, DeadLetterSender, clean_text, dead_letter_value_limit
 from .metrics import ProbeServer, WorkerMetrics
 from .processor import PreparedView, SourceProcessor, log_batches
 from .retry import Retry
@@ -67,7 +77,16 @@ RETRYABLE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, re
              OSError, asyncio.TimeoutError, StoreUnavailableError, KafkaError,
              asyncpg.exceptions.PostgresConnectionError, asyncpg.exceptions.CannotConnectNowError,
              asyncpg.exceptions.AdminShutdownError, asyncpg.exceptions.CrashShutdownError,
-             asyncpg.exceptions.TooManyConnectionsError)
+             asyncpg.exceptions.TooManyConnectionsError, asyncpg.exceptions.InsufficientResourcesError,
+             redis.exceptions.OutOfMemoryError, redis.exceptions.ReadOnlyError)
+
+#: Errors of the environment, not of a record (a missing table, refused credentials or permissions, an
+#: inconsistent configuration): the worker stops with them rather than dead-letter every record.
+FATAL = (ConfigurationError, UnknownNameError, RegistryError, GroupConflictError, RecoveryError, WorkerRunningError,
+         asyncpg.exceptions.UndefinedTableError, asyncpg.exceptions.UndefinedColumnError,
+         asyncpg.exceptions.InsufficientPrivilegeError, asyncpg.exceptions.InvalidAuthorizationSpecificationError,
+         asyncpg.exceptions.InvalidSchemaNameError,
+         redis.exceptions.AuthenticationError, redis.exceptions.NoPermissionError)
 
 SHUTDOWN_GRACE_S = 30
 LAG_PERIOD_S = 5.0
@@ -107,6 +126,8 @@ class WorkerConfig:
     batch_size: int = 20000
     poll_timeout_ms: int = 200
     metrics_port: int | None = 9108
+    #: address of the metrics and probe server: loopback unless told (``"0.0.0.0"`` in a container)
+    metrics_host: str = "127.0.0.1"
     session_timeout_ms: int = 6000
     heartbeat_interval_ms: int = 1000
     #: how long the broker may hold a fetch that found nothing new (bounds the wait of an event
@@ -189,6 +210,9 @@ class Worker:
         self.consumer: KafkaConsumer | None = None
         self.producer: KafkaProducer | None = None
         self.probes: ProbeServer | None = None
+        self.dead_letters: DeadLetterSender | None = None
+        #: (topic, partition, offset) -> "Class: message" of records found to raise when processed alone
+        self._poison: dict[tuple[str, int, int], str] = {}
         self._saved_gc: tuple | None = None
         self.worker_id = uuid.uuid4().hex[:12]  # names this process's announcement in the online store
         self.view_keys = sorted(pv.view_key for pv in views)  # announced: a group's workers must compute the same
@@ -219,9 +243,14 @@ class Worker:
         if limit is not None and limit < 1024:
             logger.warning("Redis keeps hash values up to %d bytes compact (hash-max-listpack-value); feature states "
                            "are larger, so each (entity, view) takes about a third more memory than with 8192", limit)
-        self.producer = KafkaProducer(linger_ms=5, acks="all", retries=5, **opts)
+        # The dead-letter producer takes any record the consumer accepts (larger ones are sent truncated).
+        value_limit = dead_letter_value_limit(self.sources.values())
+        self.producer = KafkaProducer(linger_ms=5, acks="all", retries=5, max_request_size=value_limit + HEADER_ROOM,
+                                      **opts)
+        self.dead_letters = DeadLetterSender(self.producer, self.config.dead_letter_topic, value_limit, self.offline,
+                                             self._run, lambda topic: self.sources[topic].name, self.metrics)
         if self.config.metrics_port is not None:
-            self.probes = ProbeServer(self.metrics, port=self.config.metrics_port).start()
+            self.probes = ProbeServer(self.metrics, host=self.config.metrics_host, port=self.config.metrics_port).start()
 
     def request_stop(self, *_args) -> None:
         """SIGTERM/SIGINT: finish the batch in flight, commit, leave the group."""
@@ -269,7 +298,7 @@ class Worker:
                 batch = self.consumer.poll(timeout_ms=self.config.poll_timeout_ms)
                 self.metrics.ready = True
                 if batch:
-                    self.retry.call(lambda: self.process(batch), on_error=self._after_failure)
+                    self.process_guarded(batch)
                     self.batches += 1
                 if time.monotonic() >= self._next_lag_update:  # busy or idle, every LAG_PERIOD_S
                     self._next_lag_update = time.monotonic() + LAG_PERIOD_S
@@ -324,7 +353,63 @@ class Worker:
             processor.invalidate()
 
     # -- one micro-batch ------------------------------------------------------------
+    def process_guarded(self, batch) -> None:
+        """``process`` the batch, retrying errors of the stores' availability; a batch that raises
+        anything else is split to dead-letter the records that raise (``_isolate``)."""
+        try:
+            self.retry.call(lambda: self.process(batch), on_error=self._after_failure)
+        except (*RETRYABLE, *FATAL):
+            raise  # past the shutdown deadline, or not a record's fault
+        except Exception as exc:  # noqa: BLE001 - any error of one record must not stop the partition
+            self._after_failure(exc)
+            self.metrics.isolations.labels(type(exc).__name__).inc()
+            logger.error("processing a batch of %d records raised %s: %s; splitting it to find the records that "
+                         "raise (they are dead-lettered as processing_error, the others applied)",
+                         sum(len(r) for r in batch.values()), type(exc).__name__, exc, exc_info=True)
+            for tp, records in batch.items():
+                self._isolate(tp, records)
+
+    def _isolate(self, tp, records: list) -> None:
+        """Process ``records`` (of partition ``tp``, in order) alone; when that raises an unexpected
+        error, process each half in turn the same way, and dead-letter a single record that raises."""
+        done = self.applied.get(_name(tp), -1)
+        records = [r for r in records if r.offset > done]
+        if not records:
+            return
+        try:
+            self.retry.call(lambda: self.process({tp: records}), on_error=self._after_failure)
+            return
+        except (*RETRYABLE, *FATAL):
+            raise
+        except Exception as exc:  # noqa: BLE001 - see process_guarded
+            self._after_failure(exc)
+            if len(records) == 1:
+                rec = records[0]
+                text = clean_text(f"{type(exc).__name__}: {exc}", 2000)
+                logger.error("record %s:%s@%s raises when processed alone (%s); dead-lettering it as processing_error",
+                             tp.topic, tp.partition, rec.offset, text)
+                self._poison[(tp.topic, tp.partition, rec.offset)] = text
+                try:
+                    self.retry.call(lambda: self.process({tp: records}), on_error=self._after_failure)
+                finally:
+                    self._poison.pop((tp.topic, tp.partition, rec.offset), None)
+                return
+        half = len(records) // 2
+        self._isolate(tp, records[:half])
+        self._isolate(tp, records[half:])
+
     def process(self, batch) -> None:
+        try:
+            self._recover()
+        except (*RETRYABLE, *FATAL):
+            raise
+        except Exception as exc:
+            raise RecoveryError(f"rebuilding this worker's states from the event log failed: {type(exc).__name__}: "
+                                f"{exc}") from exc
+        self._process_records(batch)
+
+    def _recover(self) -> None:
+        """Before a batch: rebuild the states from the event log when the online store lost them."""
         while self._unverified:
             tp = self._unverified.pop()
             if self._kafka_committed(tp):
@@ -335,11 +420,15 @@ class Worker:
                 self.rebuild_pending = True
         if self.rebuild_pending:  # a rebuild failed half way (or never ran): finish it first
             self.rebuild_from_event_log()
+
+    def _process_records(self, batch) -> None:
         started = time.perf_counter()
         pending: dict[str, _Pending] = defaultdict(_Pending)
-        dead: list[tuple] = []
+        dead: list[DeadLetter] = []
         advance: dict[str, int] = {}
         n_new = 0
+        poison = self._poison
+        now_ms = int(time.time() * 1000)
         for tp, records in batch.items():
             name = _name(tp)
             done = self.applied.get(name, -1)
@@ -350,19 +439,27 @@ class Worker:
                     continue  # already applied before a crash or a rebalance
                 advance[name] = rec.offset
                 n_new += 1
+                if poison and (tp.topic, tp.partition, rec.offset) in poison:
+                    dead.append(DeadLetter(rec, "processing_error", poison[(tp.topic, tp.partition, rec.offset)]))
+                    continue
                 raw = rec.value
-                if raw is None or len(raw) > source.max_message_bytes:
-                    dead.append((rec, "oversize" if raw else "empty_message",
-                                 f"message of {len(raw or b'')} bytes exceeds {source.max_message_bytes}" if raw else "no value"))
+                if not raw:
+                    dead.append(DeadLetter(rec, "empty_message", "the record has no value" if raw is None
+                                           else "the record's value is empty (0 bytes)"))
+                    continue
+                if len(raw) > source.max_message_bytes:
+                    dead.append(DeadLetter(rec, "oversize", f"message of {len(raw)} bytes exceeds the source's "
+                                                            f"max_message_bytes ({source.max_message_bytes})"))
                     continue
                 try:
                     obj = orjson.loads(raw)
                 except orjson.JSONDecodeError as exc:
-                    dead.append((rec, "malformed_json", str(exc)))
+                    dead.append(DeadLetter(rec, "malformed_json", str(exc)))
                     continue
-                result = validate(obj)
+                # max_future's reference: the record's Kafka timestamp (the worker's clock when it has none)
+                result = validate(obj, rec.timestamp if rec.timestamp is not None and rec.timestamp >= 0 else now_ms)
                 if not result.ok:
-                    dead.append((rec, result.reason, result.detail))
+                    dead.append(DeadLetter(rec, result.reason, result.detail))
                     continue
                 p = pending[source.name]
                 p.events.append(result)
@@ -379,7 +476,7 @@ class Worker:
                 self._report_spread(source_name, processor.spread)
             applied_counts[source_name] = len(p.events) - len(refused)
             for idx, rej in refused.items():
-                dead.append((p.where[idx][2], rej.reason, rej.detail))
+                dead.append(DeadLetter(p.where[idx][2], rej.reason, rej.detail))
             logged = [(p.where[i][0], p.where[i][1], event) for i, event in enumerate(p.events) if i not in refused]
             if logged:  # starts now, in the I/O thread, while the records are built below
                 writes.append(self._submit(self.offline.write_valid_events(self._source(source_name), logged)))
@@ -387,7 +484,11 @@ class Worker:
         records.sort(key=_record_key)  # an entity's views next to each other: one commit chunk holds them all
         for write in writes:
             write.result()
-        self._send_dead_letters(dead)
+        if poison:  # a record dead-lettered as processing_error may have been logged by the failed attempt
+            for d in dead:
+                if d.reason == "processing_error":
+                    self._run(self.offline.forget_events(self.sources[d.rec.topic], [(d.rec.partition, d.rec.offset)]))
+        self.dead_letters.send(dead)
         offsets = {name: (self.applied.get(name, -1), off) for name, off in advance.items()}
         result = self.online.commit(records, self.config.group, offsets, self.epoch, chunk=self.config.commit_chunk,
                                     token=self.token)
@@ -436,21 +537,6 @@ class Worker:
 
     def _source(self, name: str) -> EventSource:
         return next(s for s in self.sources.values() if s.name == name)
-
-    def _send_dead_letters(self, dead: list[tuple]) -> None:
-        if not dead:
-            return
-        futures = []
-        for rec, reason, detail in dead:
-            headers = [("reason", reason.encode()), ("detail", detail.encode()[:1000]),
-                       ("source_topic", rec.topic.encode()), ("partition", str(rec.partition).encode()),
-                       ("offset", str(rec.offset).encode())]
-            futures.append(self.producer.send(self.config.dead_letter_topic, value=rec.value or b"",
-                                              key=rec.key, headers=headers))
-            self.metrics.dead_letters.labels(reason).inc()
-        self.producer.flush(30)
-        for f in futures:
-            f.get(timeout=30)  # raise (and retry the batch) if a dead letter was not written
 
     def _commit_kafka(self, advance: dict[str, int]) -> None:
         offsets = {}

@@ -40,12 +40,15 @@ class Entity(Definition):
 class FileHistory(Definition):
     """Past events in a Parquet or CSV file (format inferred from the suffix when
     not given).  A relative path is resolved against the repository file's folder
-    by ``load_repo``."""
+    by ``load_repo``.  ``reference_column``: a column of epoch-ms times (when each
+    event was recorded, as a Kafka timestamp is) that the source's ``max_future``
+    judges event times against; without it, the time the backfill starts."""
 
     positional = ("path", "format")
 
     path: str
     format: Literal["parquet", "csv"] | None = None
+    reference_column: str | None = None
 
     @model_validator(mode="after")
     def _infer_format(self) -> "FileHistory":
@@ -64,7 +67,8 @@ class FileHistory(Definition):
         p = Path(self.path)
         if p.is_absolute():
             return self
-        return FileHistory(path=str((Path(base) / p).resolve()), format=self.format)
+        return FileHistory(path=str((Path(base) / p).resolve()), format=self.format,
+                           reference_column=self.reference_column)
 
 
 class TableHistory(Definition):
@@ -98,6 +102,14 @@ with warnings.catch_warnings():
         ``entity_field`` ``"string"`` or ``"int64"``.  All schema fields are required
         in events except ``optional_fields`` (which may also be null).
         ``allowed_lateness`` (``"5m"`` or ms) is how late an event may arrive.
+
+        Limits, so that every accepted event fits the stores (an event beyond one is
+        dead-lettered with a reason, never written): ``max_message_bytes`` per Kafka
+        record (``oversize``); ``max_key_bytes`` per entity key and event id in UTF-8
+        (``key_too_long``); ``max_string_bytes`` per string field, overridden per field
+        by ``string_limits`` (``too_long``); ``max_future``, how far an event time may
+        lie after its record's Kafka timestamp (``future_timestamp``; ``None`` turns
+        the check off).
         """
 
         positional = ("name", "topic", "schema", "timestamp_field", "entity_field")
@@ -111,6 +123,10 @@ with warnings.catch_warnings():
         allowed_lateness: Duration = 0
         history: FileHistory | TableHistory | None = None
         max_message_bytes: int = Field(default=1_000_000, gt=0)
+        max_key_bytes: int = Field(default=512, gt=0, le=2048)
+        max_string_bytes: int = Field(default=65_536, gt=0)
+        string_limits: dict[str, int] = Field(default_factory=dict)
+        max_future: Duration | None = 3_600_000
         optional_fields: tuple[str, ...] = ()
         description: str = ""
         owner: str = ""
@@ -155,6 +171,15 @@ with warnings.catch_warnings():
             need(self.entity_field, "entity_field", (STRING, INT64))
             if self.event_id_field is not None:
                 need(self.event_id_field, "event_id_field", (STRING, INT64))
+            for f, limit in self.string_limits.items():
+                if self.schema.get(f) != STRING:
+                    raise DefinitionError(f"{where}: field 'string_limits': {f!r} is not a string field of the schema "
+                                          f"(fields: {fields})")
+                if not isinstance(limit, int) or limit < 1:
+                    raise DefinitionError(f"{where}: field 'string_limits': the limit of {f!r} must be a positive "
+                                          f"number of bytes, got {limit!r}")
+            if self.max_future is not None and self.max_future < 0:
+                raise DefinitionError(f"{where}: field 'max_future' must not be negative, got {self.max_future} ms")
             for f in self.optional_fields:
                 if f not in self.schema:
                     raise DefinitionError(f"{where}: field 'optional_fields': {f!r} is not in the schema (fields: {fields})")
@@ -165,6 +190,12 @@ with warnings.catch_warnings():
         @property
         def fields(self) -> list[str]:
             return list(self.schema)
+
+        def string_limit(self, field: str) -> int:
+            """Largest UTF-8 size in bytes of string ``field`` (the entity key and event id: ``max_key_bytes``)."""
+            if field in (self.entity_field, self.event_id_field):
+                return min(self.max_key_bytes, self.string_limits.get(field, self.max_key_bytes))
+            return self.string_limits.get(field, self.max_string_bytes)
 
         def to_json(self) -> dict[str, Any]:
             return self.model_dump(mode="json")

@@ -7,11 +7,13 @@ a name longer than PostgreSQL's 63 bytes is cut and suffixed with a hash):
 
       partition int, "offset" bigint, entity_key text|bigint, event_time bigint (epoch ms),
       event_id text NULL, <one column per schema field except the timestamp field>,
-      ingested_at timestamptz DEFAULT now(), PRIMARY KEY (partition, "offset")
+      ingested_at timestamptz DEFAULT now(), __ref_time bigint NULL, PRIMARY KEY (partition, "offset")
 
   ``(partition, offset)`` identifies a Kafka record, so replaying a batch inserts nothing
   new (a plain INSERT in a savepoint, retried with ``ON CONFLICT DO NOTHING`` when a row
-  already exists).  Text entity keys use ``COLLATE "C"`` (byte order: faster index).  Files and pushes use ``partition = -1`` and a stable
+  already exists).  ``__ref_time`` is the reference time (epoch ms) the event time was judged
+  against by the source's ``max_future`` (the Kafka record's timestamp; the clock of a push or
+  of the backfill that read a file), NULL where none was recorded.  Text entity keys use ``COLLATE "C"`` (byte order: faster index).  Files and pushes use ``partition = -1`` and a stable
   row number as offset.  Index on ``(entity_key, event_time)``.  Field columns keep the
   field name, except a field named like a system column (``partition``, ``offset``,
   ``entity_key``, ``event_time``, ``event_id``, ``ingested_at``) is stored as
@@ -39,7 +41,10 @@ a name longer than PostgreSQL's 63 bytes is cut and suffixed with a hash):
   ``write_history`` is an idempotent upsert.
 
 * ``{project}__rejects`` — ``(source, partition, "offset", reason, detail, payload bytea,
-  at timestamptz)``, PRIMARY KEY ``(source, partition, "offset")``.
+  at timestamptz, key bytea, dead_letter_topic text, sent_at timestamptz, send_error text)``,
+  PRIMARY KEY ``(source, partition, "offset")``: every record refused by a backfill or a worker.
+  A worker records its dead letters here before sending them (``record_dead_letters``) and
+  marks each sent (``sent_at``) or refused by the topic (``send_error``) before its commit.
 """
 
 from __future__ import annotations
@@ -387,9 +392,10 @@ class PostgresOfflineStore:
         ]
         fields = [(field_column(f), event_pg_type(vt)) for f, vt in src.schema.items() if f != src.timestamp_field]
         cols += [f"{qident(c)} {t}" for c, t in fields]
-        cols += ['"ingested_at" timestamptz NOT NULL DEFAULT now()', 'PRIMARY KEY ("partition", "offset")']
+        cols += ['"ingested_at" timestamptz NOT NULL DEFAULT now()', '"__ref_time" bigint',
+                 'PRIMARY KEY ("partition", "offset")']
         stmts = [f"CREATE TABLE IF NOT EXISTS {q} ({', '.join(cols)})"]
-        stmts += [f"ALTER TABLE {q} ADD COLUMN IF NOT EXISTS {qident(c)} {t}" for c, t in fields]
+        stmts += [f"ALTER TABLE {q} ADD COLUMN IF NOT EXISTS {qident(c)} {t}" for c, t in [*fields, ("__ref_time", "bigint")]]
         idx = table_name(table, "key_time")
         stmts.append(f'CREATE INDEX IF NOT EXISTS {qident(idx)} ON {q} ("entity_key", "event_time")')
         seg = self.qualified(self.segments_table(src.name))
@@ -416,7 +422,10 @@ class PostgresOfflineStore:
         return [
             f'CREATE TABLE IF NOT EXISTS {q} ("source" text NOT NULL, "partition" int NOT NULL, '
             f'"offset" bigint NOT NULL, "reason" text NOT NULL, "detail" text, "payload" bytea, '
-            f'"at" timestamptz NOT NULL DEFAULT now(), PRIMARY KEY ("source", "partition", "offset"))'
+            f'"at" timestamptz NOT NULL DEFAULT now(), PRIMARY KEY ("source", "partition", "offset"))',
+            *(f"ALTER TABLE {q} ADD COLUMN IF NOT EXISTS {qident(c)} {t}"
+              for c, t in (("key", "bytea"), ("dead_letter_topic", "text"), ("sent_at", "timestamptz"),
+                           ("send_error", "text"))),
         ]
 
     async def migrate(self, sources: Iterable[EventSource],
@@ -476,6 +485,9 @@ class PostgresOfflineStore:
             data.append([None if v is None else (v if type(v) is str else str(v)) for v in ids])
         else:
             data.append([None] * n)
+        if "__ref" in df.columns:
+            columns.append("__ref_time")
+            data.append(_to_py(df["__ref"], INT64))
         for field, col, vt in self._field_items(src):
             columns.append(col)
             data.append(_to_py(df[field], vt) if field in df.columns else [None] * n)
@@ -489,9 +501,23 @@ class PostgresOfflineStore:
         if not events:
             return 0
         fields = [f for f, _, _ in self._field_items(src)]
-        columns = ["partition", "offset", "entity_key", "event_time", "event_id"] + [c for _, c, _ in self._field_items(src)]
-        records = [(p, o, e.key, e.ts_ms, e.event_id, *[e.values.get(f) for f in fields]) for p, o, e in events]
+        columns = ["partition", "offset", "entity_key", "event_time", "event_id", "__ref_time",
+                   *[c for _, c, _ in self._field_items(src)]]
+        records = [(p, o, e.key, e.ts_ms, e.event_id, e.ref_ms, *[e.values.get(f) for f in fields]) for p, o, e in events]
         return await self._log_records(src, columns, records)
+
+    async def forget_events(self, source: str | EventSource, positions: Sequence[tuple[int, int]]) -> int:
+        """Delete the event-log rows at ``(partition, offset)`` ``positions``: records a worker logged in a
+        batch that failed, and then dead-lettered (``processing_error``) instead of applying."""
+        src = self._source(source)
+        if not positions:
+            return 0
+        parts, offs = zip(*positions)
+        async with self.pool.acquire() as conn:
+            status = await conn.execute(
+                f'DELETE FROM {self.qualified(self.events_table(src.name))} WHERE ("partition", "offset") IN '
+                f'(SELECT * FROM unnest($1::int[], $2::bigint[]))', list(parts), list(offs))
+        return int(status.rsplit(" ", 1)[-1])
 
     async def _log_records(self, src: EventSource, columns: list[str], records: list[tuple]) -> int:
         """Append event-log rows, idempotently: one COPY straight into the log (atomic: all rows or
@@ -1173,6 +1199,38 @@ class PostgresOfflineStore:
             f"INSERT INTO {target} ({cols_sql}) SELECT source, partition, \"offset\", reason, detail, "
             f"payload, coalesce(at, now()) FROM {stage} "
             f'ON CONFLICT ("source", "partition", "offset") DO NOTHING')
+
+    async def record_dead_letters(self, rows: Sequence[tuple]) -> set[tuple[str, int, int]]:
+        """Record dead letters before they are sent: ``(source, partition, offset, reason, detail,
+        payload, key, dead_letter_topic)`` rows, kept when already recorded.  Returns the
+        ``(source, partition, offset)`` of those already marked sent (by an attempt that crashed
+        before its commit): the caller does not send them again."""
+        if not rows:
+            return set()
+        target = self.qualified(self.rejects_table())
+        cols = ["source", "partition", "offset", "reason", "detail", "payload", "key", "dead_letter_topic"]
+        cols_sql = ", ".join(qident(c) for c in cols)
+        async with self.pool.acquire() as conn:
+            async with conn.transaction():
+                await _create_stage(conn, "_fs_stage_dead", cols_sql, target)
+                await conn.copy_records_to_table("_fs_stage_dead", records=list(rows), columns=cols)
+                await conn.execute(f"INSERT INTO {target} ({cols_sql}) SELECT {cols_sql} FROM _fs_stage_dead "
+                                   'ON CONFLICT ("source", "partition", "offset") DO NOTHING')
+                sent = await conn.fetch(f'SELECT r.source, r.partition, r."offset" FROM {target} r JOIN _fs_stage_dead d '
+                                        'USING ("source", "partition", "offset") WHERE r.sent_at IS NOT NULL')
+        return {(r["source"], r["partition"], r["offset"]) for r in sent}
+
+    async def mark_dead_letters(self, source: str, positions: Sequence[tuple[int, int]], error: str | None = None) -> None:
+        """Mark recorded dead letters of ``source`` sent (``error`` None) or refused by the topic."""
+        if not positions:
+            return
+        parts, offs = zip(*positions)
+        sql = (f'UPDATE {self.qualified(self.rejects_table())} SET '
+               + ("sent_at = now(), send_error = NULL" if error is None else "send_error = $4")
+               + ' WHERE source = $1 AND ("partition", "offset") IN (SELECT * FROM unnest($2::int[], $3::bigint[]))')
+        args = [source, list(parts), list(offs)] + ([] if error is None else [error])
+        async with self.pool.acquire() as conn:
+            await conn.execute(sql, *args)
 
     async def load_rejects(self, source: str | None = None) -> pd.DataFrame:
         sql = f'SELECT source, partition, "offset", reason, detail, payload, at FROM {self.qualified(self.rejects_table())}'

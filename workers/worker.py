@@ -55,6 +55,7 @@ from kafka.partitioner.default import murmur2
 from kafka.structs import OffsetAndMetadata
 
 from featurestore.definitions import EventSource
+from featurestore.definitions.sources import TOPIC_RE
 from featurestore.exceptions import (ConfigurationError, GroupConflictError, RecoveryError, RegistryError,
                                      StoreUnavailableError, UnknownNameError, WorkerRunningError)
 from featurestore.offline.postgres import PUSH_PARTITION, event_id_column
@@ -173,6 +174,9 @@ class Worker:
     def __init__(self, views: list[PreparedView], online: RedisOnlineStore, offline_factory, config: WorkerConfig):
         """``offline_factory``: a coroutine function returning the offline store; it is
         created inside this worker's own event loop (asyncpg pools are bound to one)."""
+        if not TOPIC_RE.match(config.dead_letter_topic) or config.dead_letter_topic in (".", ".."):
+            raise ConfigurationError(f"dead-letter topic {config.dead_letter_topic!r} is not a valid Kafka topic name "
+                                     f"(1-249 of A-Z, a-z, 0-9, '.', '_', '-'); pass another --dead-letter-topic")
         if config.commit_chunk is not None and config.commit_chunk < 1:
             raise ValueError(f"commit_chunk must be at least 1 state per script (None: the whole batch in one), "
                              f"not {config.commit_chunk}")

@@ -63,9 +63,10 @@ def reference_values(view: FeatureView, events: list[dict]) -> dict[str, dict]:
 def online_values(client, project: str, view: FeatureView, version: int = 1) -> dict[str, dict]:
     specs = view.agg_specs()
     out = {}
-    for key in client.scan_iter(match=f"fs:{project}:{view.name}:v{version}:*"):
+    prefix = f"fs:{project}:{view.name}:v{version}:"
+    for key in client.scan_iter(match=prefix + "*"):
         values, _, _ = unpack_row(client.hget(key, "v"))
-        out[key.decode().rsplit(":", 1)[1]] = dict(zip([s.name for s in specs], orjson.loads(values)))
+        out[key.decode()[len(prefix):]] = dict(zip([s.name for s in specs], orjson.loads(values)))
     return out
 
 

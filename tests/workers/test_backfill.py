@@ -339,3 +339,58 @@ def test_kafka_handoff_at_time_cutover_equals_streaming(servers, topic_factory, 
     with pytest.raises(BackfillError, match="already applied"):
         backfill(servers, view, project, pg_schema, source="kafka", online=True, group=group, end_ms=cut_time - HOUR,
                  chunks=2)
+
+
+def test_wild_event_times_get_the_same_decision_online_and_offline(servers, topic_factory, unique_name, redis_client,
+                                                                   pg_schema, tmp_path):
+    """An event 2 h after its record's reference time, and times in microseconds, nanoseconds or year
+    9999: the worker (reference: the Kafka timestamp) and the file backfill (reference: the file's
+    ``reference_column``) refuse the same events for the same reasons, and keep the same others."""
+    from kafka import KafkaProducer
+
+    from tests.workers.test_poison import headers_of, read_dead_letters
+
+    events = make_events(300, customers=10, seed=8)
+    rows = [(dict(e), e["event_time"] + 1_000) for e in events]
+    base = {"customer_id": "C003", "amount": 9.0}
+    t = events[100]["event_time"]
+    wild = [({**base, "transaction_id": "ahead", "event_time": t + 2 * HOUR}, t, "future_timestamp"),
+            ({**base, "transaction_id": "micros", "event_time": t * 1_000}, t, "out_of_range"),
+            ({**base, "transaction_id": "nanos", "event_time": t * 1_000_000}, t, "out_of_range"),
+            ({**base, "transaction_id": "y9999", "event_time": 253_402_214_400_000}, t, "out_of_range")]
+    for i, (event, ref, _) in enumerate(wild):
+        rows.insert(101 + 3 * i, (event, ref))
+    path = tmp_path / "history.parquet"
+    frame = pd.DataFrame([e for e, _ in rows])
+    frame["recorded_at"] = [ref for _, ref in rows]
+    frame.to_parquet(path)
+    topic, dead_topic = topic_factory(partitions=2), topic_factory(partitions=1, prefix="dead")
+    view = make_view(topic, history=FileHistory(path=str(path), reference_column="recorded_at"))
+    expected_reasons = sorted(reason for _, _, reason in wild)
+
+    producer = KafkaProducer(bootstrap_servers=servers.kafka_bootstrap, linger_ms=5)
+    for event, ref in rows:  # the Kafka timestamp is the file's reference time
+        producer.send(topic, key=event["customer_id"].encode(), value=orjson.dumps(event), timestamp_ms=ref)
+    producer.flush()
+    producer.close()
+    online_project, offline_project = unique_name("p"), unique_name("p")
+    worker = build_worker(servers, view, online_project, unique_name("g"), pg_schema, dead_letter_topic=dead_topic)
+    run_until(worker, len(rows)).join(90)
+    assert worker.records_done == len(rows)
+    letters = read_dead_letters(servers, dead_topic, len(wild))
+    assert sorted(headers_of(r)["reason"] for r in letters) == expected_reasons
+
+    rep = backfill(servers, view, offline_project, pg_schema, source="files")
+    assert sorted(r for r, n in rep.rejected_by_reason.items() for _ in range(n)) == expected_reasons
+    assert_history_equals_reference(view, events, history(servers, view, offline_project, pg_schema))
+    streamed = states_at(redis_client, online_project, view, [0, HOUR, 30 * HOUR])
+    assert streamed.keys() == {e["customer_id"] for e in events}
+    assert_values_close(streamed, {k: [s.evaluate(s.watermark + dt) for dt in (0, HOUR, 30 * HOUR)]
+                                   for k, s in _reference_states(view, events).items()})
+
+
+def _reference_states(view, events) -> dict:
+    states = defaultdict(lambda: ViewState(view.agg_specs(), view.source.allowed_lateness))
+    for e in events:
+        states[e["customer_id"]].apply([(e["event_time"], e, e["transaction_id"])])
+    return states

@@ -26,6 +26,9 @@ class WorkerMetrics:
         self.isolations = Counter(
             "featurestore_batches_isolated_total", "Batches whose processing raised an unexpected error and were "
             "split to dead-letter the records that raise (reason processing_error)", ["error"], registry=r)
+        self.topic_resets = Counter(
+            "featurestore_topic_resets_total", "Assigned partitions whose broker no longer holds the last record this "
+            "group applied (topic recreated, broker emptied)", ["topic", "partition"], registry=r)
         self.batch_seconds = Histogram("featurestore_batch_seconds", "Time to process and commit one micro-batch",
                                        registry=r, buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
         self.lag = Gauge("featurestore_consumer_lag", "End offset minus next offset to consume",

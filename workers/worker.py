@@ -68,6 +68,7 @@ from .dead_letters import HEADER_ROOM, DeadLetter, DeadLetterSender, clean_text,
 from .metrics import ProbeServer, WorkerMetrics
 from .processor import PreparedView, SourceProcessor, log_batches
 from .retry import Retry
+from .topic_reset import ON_TOPIC_RESET, TOPIC_RESET_EXIT, PartitionVerifier, TopicReset
 
 logger = logging.getLogger(__name__)
 
@@ -91,6 +92,7 @@ FATAL = (ConfigurationError, UnknownNameError, RegistryError, GroupConflictError
 
 SHUTDOWN_GRACE_S = 30
 LAG_PERIOD_S = 5.0
+RESET_CHECK_PERIOD_S = 30.0
 _record_key = operator.attrgetter("key")
 
 
@@ -147,6 +149,9 @@ class WorkerConfig:
     #: last; a state records the offsets applied to it, so a batch re-run after a crash between chunks
     #: skips what a chunk already wrote.  None: one script per batch.
     commit_chunk: int | None = 250
+    #: a partition the broker no longer holds our last applied record of (``workers.topic_reset``): ``fail``
+    #: stops the worker (exit 3), ``reprocess`` clears the source and reads the topic from its start
+    on_topic_reset: str = "fail"
 
 
 @dataclass
@@ -177,6 +182,9 @@ class Worker:
         if not TOPIC_RE.match(config.dead_letter_topic) or config.dead_letter_topic in (".", ".."):
             raise ConfigurationError(f"dead-letter topic {config.dead_letter_topic!r} is not a valid Kafka topic name "
                                      f"(1-249 of A-Z, a-z, 0-9, '.', '_', '-'); pass another --dead-letter-topic")
+        if config.on_topic_reset not in ON_TOPIC_RESET:
+            raise ConfigurationError(f"on_topic_reset must be one of {', '.join(ON_TOPIC_RESET)}, "
+                                     f"not {config.on_topic_reset!r}")
         if config.commit_chunk is not None and config.commit_chunk < 1:
             raise ValueError(f"commit_chunk must be at least 1 state per script (None: the whole batch in one), "
                              f"not {config.commit_chunk}")
@@ -197,6 +205,10 @@ class Worker:
                            for name, pvs in by_source.items()}
         self.applied: dict[str, int] = {}
         self._unverified: list = []  # assigned partitions with no offset in the online store
+        self._to_verify: list = []  # assigned partitions, paused until the broker is seen to hold our offsets
+        self.verifier = PartitionVerifier(config.kafka_options)
+        self.topic_reset: TopicReset | None = None
+        self._reset_checked: dict = {}  # partition -> monotonic time before which it is not checked again
         self._next_lag_update = 0.0
         self.stopping = False
         self.stop_deadline: float | None = None
@@ -287,6 +299,7 @@ class Worker:
         if self.producer is not None:
             self.producer.flush(10)
             self.producer.close(5)
+        self.verifier.close()
         if self.probes is not None:
             self.probes.stop()
         self._run(self.offline.close())
@@ -299,8 +312,12 @@ class Worker:
         self.start()
         try:
             while not self.stopping:
+                if self._to_verify:
+                    self._verify_assigned()
+                    if self.stopping:
+                        break
                 batch = self.consumer.poll(timeout_ms=self.config.poll_timeout_ms)
-                self.metrics.ready = True
+                self.metrics.ready = self.topic_reset is None
                 if batch:
                     self.process_guarded(batch)
                     self.batches += 1
@@ -341,7 +358,87 @@ class Worker:
             else:
                 self.applied.pop(name, None)
                 self._unverified.append(tp)  # checked in process(): no blocking calls inside this callback
+        # consumed only once the broker is seen to hold what the stores hold of them (_verify_assigned)
+        self._to_verify = list(assigned)
+        if assigned:
+            self.consumer.pause(*assigned)
         logger.info("assigned %s", sorted(_name(tp) for tp in assigned))
+
+    def _verify_assigned(self) -> None:
+        """Resume the assigned partitions whose last applied record the broker still holds; a
+        partition that lost it is a topic reset (``workers.topic_reset``)."""
+        tps, self._to_verify = self._to_verify, []
+        stored = self.online.load_offsets(self.config.group)
+        try:
+            ends = self.consumer.end_offsets(tps)
+        except KafkaError as exc:
+            logger.warning("could not read the end offsets of %s (%s); the fetch check decides alone", tps, exc)
+            ends = {}
+        good, started_over = [], set()
+        for tp in tps:
+            if tp.topic in started_over:  # its source was just reset (reprocess): read from the start
+                good.append(tp)
+                continue
+            source = self.sources[tp.topic]
+            ours = max(stored.get(_name(tp), -1), self._run(self.offline.last_logged_offset(source, tp.partition)))
+            if ours < 0:
+                # The stores hold nothing of it: read it from its start, whatever offset Kafka kept for the
+                # group (after `featurestore reset`, or a broker restarted empty, that offset is stale).
+                self.consumer.seek_to_beginning(tp)
+                good.append(tp)
+                continue
+            fingerprint = self._run(self.offline.logged_fingerprint(source, tp.partition, ours)) if ours >= 0 else None
+            reset = self.verifier.check(tp, source.name, ours, fingerprint, ends.get(tp))
+            if reset is None:
+                good.append(tp)
+            elif not self._on_topic_reset(reset):
+                return
+            else:
+                started_over.add(tp.topic)
+                good.append(tp)
+        for tp in good:  # from the next record to apply (also after a suspected rewind)
+            if _name(tp) in self.applied:
+                self.consumer.seek(tp, self.applied[_name(tp)] + 1)
+        if good:
+            self.consumer.resume(*good)
+
+    def _suspect_rewind(self, tp, offset: int, done: int) -> None:
+        """The consumer returned a record at or below the last applied offset, though the worker never
+        seeks there: the client reset its position (offset out of range, e.g. a recreated topic).
+        Consume nothing more of ``tp`` until the broker is seen to hold our last applied record."""
+        logger.warning("partition %s returned offset %d at or below the last applied offset %d: checking that the "
+                       "broker still holds that record before consuming on", _name(tp), offset, done)
+        self.consumer.pause(tp)
+        if tp not in self._to_verify:
+            self._to_verify.append(tp)
+
+    def _on_topic_reset(self, reset: TopicReset) -> bool:
+        """Count and report ``reset``; True when the partition may be consumed (``reprocess``)."""
+        self.metrics.topic_resets.labels(reset.topic, str(reset.partition)).inc()
+        if self.config.on_topic_reset == "fail":
+            logger.error("%s", reset.message())
+            self.topic_reset = reset
+            self.applied.pop(f"{reset.topic}:{reset.partition}", None)  # not committed to Kafka on the way out
+            self.metrics.ready = False
+            self.exit_code = TOPIC_RESET_EXIT
+            self.request_stop()
+            return False
+        from featurestore.reset import areset_source
+
+        source = self.sources[reset.topic]
+        logger.error("topic reset: partition %s:%d holds no longer what this group applied (%s); --on-topic-reset "
+                     "reprocess: clearing source %s's offsets, states and event log and reading topic %s from its "
+                     "start", reset.topic, reset.partition, reset.why, source.name, reset.topic)
+        view_keys = [pv.view_key for pv in self.processors[source.name].views]
+        self._run(areset_source(self.online, self.offline, source, view_keys))
+        self.online.claim_partitions(self.config.group, [_name(tp) for tp in self.consumer.assignment()], self.token)
+        for processor in self.processors.values():
+            processor.invalidate()
+        for tp in self.consumer.assignment():
+            if tp.topic == reset.topic:
+                self.applied.pop(_name(tp), None)
+                self.consumer.seek_to_beginning(tp)
+        return True
 
     def _kafka_committed(self, tp) -> bool:
         try:
@@ -438,9 +535,12 @@ class Worker:
             done = self.applied.get(name, -1)
             source = self.sources[tp.topic]
             validate = validator_for(source)
+            if records and records[0].offset <= done and not self._poison:
+                self._suspect_rewind(tp, records[0].offset, done)
+                continue
             for rec in records:
                 if rec.offset <= done:
-                    continue  # already applied before a crash or a rebalance
+                    continue  # already applied (a batch split by _isolate)
                 advance[name] = rec.offset
                 n_new += 1
                 if poison and (tp.topic, tp.partition, rec.offset) in poison:
@@ -635,9 +735,17 @@ class Worker:
             ends = self.consumer.end_offsets(assigned)
         except KafkaError:
             return
+        now = time.monotonic()
         for tp in assigned:
             position = self.applied.get(_name(tp), -1) + 1
             self.metrics.lag.labels(tp.topic, str(tp.partition)).set(max(0, ends.get(tp, 0) - position))
+            # The broker reports fewer records than this group applied: a topic recreated or a broker emptied
+            # leaves the consumer waiting past the end in silence.  End offsets can be under-reported, so the
+            # record itself is fetched (_verify_assigned), at most once per RESET_CHECK_PERIOD_S per partition.
+            if tp in ends and ends[tp] < position and now >= self._reset_checked.get(tp, 0.0) and tp not in self._to_verify:
+                self._reset_checked[tp] = now + RESET_CHECK_PERIOD_S
+                self.consumer.pause(tp)
+                self._to_verify.append(tp)
 
     # -- recovery when Redis lost its data --------------------------------------------
     def rebuild_from_event_log(self) -> None:

@@ -550,6 +550,49 @@ class PostgresOfflineStore:
             raise StoreUnavailableError(f"write_events({src.name!r}): {type(exc).__name__}: {exc}") from exc
         return int(status.rsplit(" ", 1)[-1])
 
+    async def logged_fingerprint(self, source: str | EventSource, partition: int, upto: int) -> tuple[int, int] | None:
+        """``(offset, reference time)`` of the last event-log row of Kafka ``partition`` at or below offset
+        ``upto`` that recorded its reference time (the record's Kafka timestamp), or None: the worker
+        compares it with the broker's record at that offset to tell a topic recreated under it."""
+        src = self._source(source)
+        async with self.pool.acquire() as conn:
+            row = await conn.fetchrow(
+                f'SELECT "offset", "__ref_time" FROM {self.qualified(self.events_table(src.name))} '
+                'WHERE "partition" = $1 AND "offset" <= $2 AND "__ref_time" IS NOT NULL ORDER BY "offset" DESC LIMIT 1',
+                partition, upto)
+        return None if row is None else (int(row["offset"]), int(row["__ref_time"]))
+
+    async def last_logged_offset(self, source: str | EventSource, partition: int) -> int:
+        """Highest offset of Kafka ``partition`` in the event log (rows and segments), -1 when none."""
+        src = self._source(source)
+        async with self.pool.acquire() as conn:
+            rows = await conn.fetchval(f'SELECT max("offset") FROM {self.qualified(self.events_table(src.name))} '
+                                       'WHERE "partition" = $1', partition)
+            segs = await conn.fetchval(f'SELECT max("last_offset") FROM {self.qualified(self.segments_table(src.name))} '
+                                       'WHERE "partition" = $1', partition)
+        return max(-1 if rows is None else int(rows), -1 if segs is None else int(segs))
+
+    async def source_footprint(self, source: str | EventSource) -> dict[str, int]:
+        """What ``reset_source`` would delete: event-log rows, segment rows and rejects of ``source``."""
+        src = self._source(source)
+        async with self.pool.acquire() as conn:
+            return {
+                "event_log_rows": int(await conn.fetchval(f"SELECT count(*) FROM {self.qualified(self.events_table(src.name))}")),
+                "segment_rows": int(await conn.fetchval(f"SELECT count(*) FROM {self.qualified(self.segments_table(src.name))}")),
+                "rejects": int(await conn.fetchval(f"SELECT count(*) FROM {self.qualified(self.rejects_table())} "
+                                                   "WHERE source = $1", src.name)),
+            }
+
+    async def reset_source(self, source: str | EventSource) -> None:
+        """Delete the event log (rows and segments) and the rejects of ``source``, in one transaction."""
+        src = self._source(source)
+        async with self.pool.acquire() as conn:
+            async with conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock($1)", self._log_lock(src))
+                await conn.execute(f"TRUNCATE {self.qualified(self.events_table(src.name))}, "
+                                   f"{self.qualified(self.segments_table(src.name))}")
+                await conn.execute(f"DELETE FROM {self.qualified(self.rejects_table())} WHERE source = $1", src.name)
+
     async def count_events(self, source: str | EventSource) -> int:
         src = self._source(source)
         async with self.pool.acquire() as conn:

@@ -473,6 +473,31 @@ class RedisOnlineStore:
             n += self.client.unlink(*batch)
         return n
 
+    def count_view(self, view_key: str) -> int:
+        """Entities stored for one view version (SCAN)."""
+        return sum(len(batch) for batch in self._scan_batches(f"fs:{view_key}:*"))
+
+    def topic_offsets(self, topic: str) -> dict[str, dict[str, int]]:
+        """Per consumer group: the applied offsets of ``topic``'s partitions (``topic:partition`` -> offset)."""
+        prefix = self.offsets_key("")
+        out: dict[str, dict[str, int]] = {}
+        for key in self.client.scan_iter(match=prefix + "*", count=500):
+            found = {k.decode(): int(v) for k, v in self.client.hgetall(key).items()
+                     if k.decode().rsplit(":", 1)[0] == topic}
+            if found:
+                out[key.decode()[len(prefix):]] = found
+        return out
+
+    def forget_topic(self, topic: str) -> int:
+        """Delete every group's applied offsets and partition claims of ``topic``; returns the fields deleted."""
+        n = 0
+        for prefix in (self.offsets_key(""), self.owners_key("")):
+            for key in self.client.scan_iter(match=prefix + "*", count=500):
+                fields = [k for k in self.client.hkeys(key) if k.decode().rsplit(":", 1)[0] == topic]
+                if fields:
+                    n += self.client.hdel(key, *fields)
+        return n
+
     def _scan_batches(self, pattern: str, size: int = 500):
         batch = []
         for key in self.client.scan_iter(match=pattern, count=size):

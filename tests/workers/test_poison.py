@@ -117,7 +117,7 @@ def run_to_end(worker, n_records: int, timeout: float = 90) -> dict:
     stop = threading.Event()
     thread, outcome = run_in_thread(worker, stop)
     try:
-        wait_for(lambda: worker.records_done >= n_records or "error" in outcome, timeout,
+        wait_for(lambda: worker.records_done >= n_records or "error" in outcome or "code" in outcome, timeout,
                  lambda: f"{n_records} records committed (have {worker.records_done})", interval=0.05)
     finally:
         stop.set()

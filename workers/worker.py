@@ -93,6 +93,7 @@ FATAL = (ConfigurationError, UnknownNameError, RegistryError, GroupConflictError
 SHUTDOWN_GRACE_S = 30
 LAG_PERIOD_S = 5.0
 RESET_CHECK_PERIOD_S = 30.0
+PROGRESS_PERIOD_S = 30.0  # one INFO line of progress (or of what the worker waits for) this often
 _record_key = operator.attrgetter("key")
 
 
@@ -209,6 +210,8 @@ class Worker:
         self.verifier = PartitionVerifier(config.kafka_options)
         self.topic_reset: TopicReset | None = None
         self._reset_checked: dict = {}  # partition -> monotonic time before which it is not checked again
+        self._progress_at = float("inf")
+        self._period = {"applied": 0, "dead": 0, "batches": 0}  # since the last progress line
         self._next_lag_update = 0.0
         self.stopping = False
         self.stop_deadline: float | None = None
@@ -254,6 +257,9 @@ class Worker:
             fetch_max_wait_ms=self.config.fetch_max_wait_ms,
             reconnect_backoff_max_ms=2000, **opts)
         self.consumer.subscribe(sorted(self.sources), listener=_Rebalance(self))
+        logger.info("worker %s started: consumer group %r, topics %s, views %s; joining the group", self.worker_id,
+                    self.config.group, ", ".join(sorted(self.sources)), ", ".join(self.view_keys))
+        self._progress_at = time.monotonic() + PROGRESS_PERIOD_S
         self._announce()
         limit = self.online.hash_value_limit()
         if limit is not None and limit < 1024:
@@ -321,6 +327,8 @@ class Worker:
                 if batch:
                     self.process_guarded(batch)
                     self.batches += 1
+                if time.monotonic() >= self._progress_at:
+                    self._report_progress()
                 if time.monotonic() >= self._next_lag_update:  # busy or idle, every LAG_PERIOD_S
                     self._next_lag_update = time.monotonic() + LAG_PERIOD_S
                     self._update_lag()
@@ -622,8 +630,26 @@ class Worker:
         for processor in self.processors.values():  # every cached state is in Redis now
             processor.evict()
         self.records_done += n_new
+        self._period["applied"] += sum(applied_counts.values())
+        self._period["dead"] += len(dead)
+        self._period["batches"] += 1
         self._commit_kafka(advance)
         self._observe(pending, applied_counts, started)
+
+    def _report_progress(self) -> None:
+        """One INFO line: what the last period did, or what the worker is waiting for."""
+        self._progress_at = time.monotonic() + PROGRESS_PERIOD_S
+        period, self._period = self._period, {"applied": 0, "dead": 0, "batches": 0}
+        assigned = self.consumer.assignment()
+        if not assigned:
+            logger.info("waiting for partitions: no partition of %s assigned to this worker in consumer group %r "
+                        "(joining, or the group's other workers hold them all)", ", ".join(sorted(self.sources)),
+                        self.config.group)
+            return
+        lag = sum(int(self.metrics.lag.labels(tp.topic, str(tp.partition))._value.get()) for tp in assigned)
+        logger.info("progress over %.0f s: %d events applied, %d dead letters, %d batches; lag %d records on %d "
+                    "partitions; %d records committed since start", PROGRESS_PERIOD_S, period["applied"],
+                    period["dead"], period["batches"], lag, len(assigned), self.records_done)
 
     def _report_spread(self, source_name: str, keys: set[str]) -> None:
         self.metrics.spread.labels(source_name).inc(len(keys))

@@ -27,7 +27,7 @@ import pandas as pd
 from .definitions import EventSource, FeatureService, FeatureView
 from .exceptions import ConfigurationError, InvalidInputError, RegistryError, StoreUnavailableError, UnknownNameError
 from .offline.postgres import PUSH_PARTITION
-from .online.reader import PRESENT, ViewRead, aread_rows, picker, read_rows
+from .online.reader import EXPIRED, MISSING, PRESENT, ViewRead, aread_rows, picker, read_rows
 from .repo import Repository
 
 PUSH_TARGETS = ("online", "offline", "online_and_offline")
@@ -93,6 +93,17 @@ class FeatureRef:
         return cls(view, feature)
 
 
+def _odfv_statuses(input_statuses: list[list[str]], n: int, compute_on_missing: bool) -> list[str]:
+    """Per row, the status of an on-demand view's outputs: ``missing`` when an input view is missing,
+    else ``expired`` when one expired, else ``present`` (always ``present`` with ``compute_on_missing``)."""
+    if compute_on_missing or not input_statuses:
+        return [PRESENT] * n
+    out = []
+    for row in zip(*input_statuses):
+        out.append(MISSING if MISSING in row else EXPIRED if EXPIRED in row else PRESENT)
+    return out
+
+
 class _OnlinePlan:
     """One online request shape, compiled once: the views to read, how entity keys are built and
     which response column comes from where (labels per ``full_names``)."""
@@ -118,6 +129,9 @@ class _OnlinePlan:
                          for name in needed for j, f in enumerate(reads[view_index[name]].features)}
         self.odfv_inputs = {ref.view: [(f, self.position[(view, f)][1]) for view, f in repo.odfvs[ref.view].inputs()]
                             for ref in refs if ref.view not in repo.views}
+        #: on-demand view -> indexes of its input views (their statuses decide whether it is computed)
+        self.odfv_views = {ref.view: sorted({self.position[(view, f)][0] for view, f in repo.odfvs[ref.view].inputs()})
+                           for ref in refs if ref.view not in repo.views}
         names = [r.feature for r in refs]
         self.clash = {n for n in set(names) if names.count(n) > 1}
         self._outputs: dict[bool, tuple] = {}
@@ -391,9 +405,14 @@ class FeatureStore:
                 frame = pd.DataFrame({f: list(view_columns[c]) for f, c in plan.odfv_inputs[odfv.name]})
                 for field_name in odfv.request_schema:
                     frame[field_name] = _request_column(request_data, field_name, n, odfv.name)
-                odfv_frames[odfv.name] = odfv.compute(frame)
-            columns[label] = odfv_frames[odfv.name][feature].tolist()
-            statuses[label] = [PRESENT] * n
+                row_status = _odfv_statuses([results[i][1] for i in plan.odfv_views[odfv.name]], n,
+                                            odfv.compute_on_missing)
+                out = odfv.compute(frame)
+                odfv_frames[odfv.name] = (out, row_status)
+            out, row_status = odfv_frames[odfv.name]
+            values = out[feature].tolist()
+            columns[label] = [v if st == PRESENT else None for v, st in zip(values, row_status)]
+            statuses[label] = list(row_status)
             times[label] = [None] * n
         return OnlineResponse(columns, statuses, times)
 

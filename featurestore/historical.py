@@ -175,10 +175,12 @@ _LAST_SEEN = "__fs_last_seen"  # hidden spec: seconds since the latest accepted 
 
 
 def compute_view(view: FeatureView, events: pd.DataFrame, keys: pd.Series, ts: np.ndarray,
-                 names: Sequence[str]) -> dict[str, pd.Series]:
+                 names: Sequence[str], live_out: dict | None = None) -> dict[str, pd.Series]:
     """Values of features ``names`` of ``view`` for the queries ``(keys[i], ts[i])`` from
     ``events`` (loaded in arrival order); returns name -> Series aligned with the queries,
-    typed as described in the module docstring (TTL / missing -> default).
+    typed as described in the module docstring (TTL / missing -> default).  ``live_out``, when
+    given, gets ``live_out[view.name]``: the queries whose entity has a live event (not missing,
+    not expired), as a boolean array.
 
     The queries go to ``compute_batch`` sorted by (key, time) (its binary searches and range
     gathers are then memory-local) and the results are put back in query order."""
@@ -262,6 +264,8 @@ def compute_view(view: FeatureView, events: pd.DataFrame, keys: pd.Series, ts: n
         live &= last_ts >= qts - ttl
     missing = np.ones(nq, dtype=bool)
     missing[qrows[live]] = False
+    if live_out is not None:
+        live_out[view.name] = ~missing
 
     out: dict[str, pd.Series] = {}
     for name in names:
@@ -274,6 +278,20 @@ def compute_view(view: FeatureView, events: pd.DataFrame, keys: pd.Series, ts: n
         col[qrows] = vals
         out[name] = _finish(col, missing, feat.dtype, feat.default)
     return out
+
+
+def _blank(series: pd.Series, keep: np.ndarray) -> pd.Series:
+    """``series`` with the rows not in ``keep`` missing (NaN for floats, <NA> in a nullable dtype)."""
+    if keep.all():
+        return series
+    kind = series.dtype.kind if isinstance(series.dtype, np.dtype) else None
+    if kind == "f":
+        return series.where(keep, np.nan)
+    if kind in ("i", "u"):
+        return series.astype("Int64").where(keep, pd.NA)
+    if kind == "b":
+        return series.astype("boolean").where(keep, pd.NA)
+    return series.astype(object).where(keep, None)
 
 
 def _finish_numeric(vals: np.ndarray, qrows: np.ndarray, missing: np.ndarray, dtype, default: Any) -> pd.Series:
@@ -405,6 +423,7 @@ async def get_historical_features(offline: Any, repo: Repository, registry: Any,
     max_t = int(ts.max()) if len(ts) else 0
 
     computed: dict[tuple[str, str], pd.Series] = {}
+    live: dict[str, np.ndarray] = {}  # view -> rows with a live value (compute_view)
     loaded: dict[tuple[str, str], tuple[pd.Series, pd.DataFrame]] = {}
     for name, feats in needed.items():
         view = views[name]
@@ -423,7 +442,7 @@ async def get_historical_features(offline: Any, repo: Repository, registry: Any,
             loaded[cache_key] = (keys, events)
         keys, events = loaded[cache_key]
         t0 = clock()
-        for fname, series in compute_view(view, events, keys.reset_index(drop=True), ts, feats).items():
+        for fname, series in compute_view(view, events, keys.reset_index(drop=True), ts, feats, live).items():
             computed[(name, fname)] = series
         timings["compute"] += clock() - t0
 
@@ -433,8 +452,12 @@ async def get_historical_features(offline: Any, repo: Repository, registry: Any,
         for c in odfv.request_schema:
             frame[c] = entity_df[c].reset_index(drop=True)
         out = odfv.compute(frame)
+        rows = np.ones(len(frame), dtype=bool)
+        if not odfv.compute_on_missing:  # as online: outputs missing where an input view has no live value
+            for v in {v for v, _ in odfv.inputs()}:
+                rows &= live[v]
         for c in odfv.schema:
-            computed[(odfv.name, c)] = out[c].reset_index(drop=True)
+            computed[(odfv.name, c)] = _blank(out[c].reset_index(drop=True), rows)
 
     # Output columns.
     plain_count: dict[str, int] = {}

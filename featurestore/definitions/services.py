@@ -28,7 +28,14 @@ with warnings.catch_warnings():
         must be unambiguous: two sources with the same feature name, or a feature
         named like a request field, are rejected at definition time.  The same
         ``fn`` runs online (one row per entity) and offline (one row per training
-        row); inputs may be missing (None/NaN) and ``fn`` should handle that.
+        row).
+
+        Where an input view has no live value for a row (the entity has no event up to the
+        request time, or its latest one is older than the view's TTL), the outputs of that
+        row are missing (None; status ``missing``, or ``expired`` when an input expired)
+        and ``fn`` does not see the row's inputs as values; ``compute_on_missing=True``
+        runs ``fn`` on such rows too (their inputs None/NaN or the views' defaults) and
+        reports its outputs present.
         """
 
         positional = ("name", "sources", "schema", "fn", "request_schema")
@@ -38,6 +45,7 @@ with warnings.catch_warnings():
         request_schema: dict[str, TypeField] = {}
         schema: dict[str, TypeField]
         fn: Callable[[pd.DataFrame], pd.DataFrame]
+        compute_on_missing: bool = False
         description: str = ""
         owner: str = ""
         tags: dict[str, str] = {}

@@ -193,9 +193,14 @@ def test_response_forms_services_and_on_demand(example) -> None:
     service = store.repo.service("fraud_detection").resolve()
     assert list(resp.columns) == ["customer_id"] + [f for _, f in service]
     assert resp.to_dict()["customer_id"] == ["C3", "nobody", "C5"]
-    assert resp.statuses["high_value_customer"] == [PRESENT] * 3
+    # an on-demand view computed from an entity with no data is missing, not computed from blanks
+    assert resp.statuses["high_value_customer"] == [PRESENT, MISSING, PRESENT]
+    assert resp.columns["high_value_customer"][1] is None and resp.columns["purchase_frequency_score"][1] is None
     assert resp.event_times["purchase_frequency_score"] == [None] * 3
-    assert resp.columns["high_value_customer"][1] is True  # request data reaches the on-demand view
+    hv = store.get_online_features(pd.DataFrame({"customer_id": ["C3", "C3"]}),
+                                   features=["customer_derived_features:high_value_customer"],
+                                   request_data={"current_amount": [10.0, 900.0]}, at_ms=at)
+    assert hv.columns["high_value_customer"][1] is True  # request data reaches the on-demand view
     assert resp.statuses["spend_1h"][1] == MISSING and resp.event_times["spend_1h"][1] is None
     want = expected(online, prepared[0], "C3", at)
     assert resp.columns["spend_1h"][0] == want[2]["spend_1h"] and resp.event_times["spend_1h"][0] == want[1]
@@ -278,3 +283,18 @@ def test_asyncio_read_needs_the_store_url(servers, unique_name) -> None:
     online = RedisOnlineStore(redis.Redis.from_url(servers.redis_url), unique_name("p"))
     with pytest.raises(ConfigurationError, match="from_url"):
         asyncio.run(online.aread_packed(["k"], T0))
+
+
+def test_on_demand_opting_in_computes_on_missing_inputs(example) -> None:
+    store, _, _, last = example
+    odfv = store.repo.odfvs["customer_derived_features"]
+    store.repo.odfvs["customer_derived_features"] = odfv.model_copy(update={"compute_on_missing": True})
+    store._plans.clear()
+    try:
+        resp = store.get_online_features(pd.DataFrame({"customer_id": ["nobody"]}),
+                                         features=["customer_derived_features:high_value_customer"],
+                                         request_data={"current_amount": [900.0]}, at_ms=last)
+    finally:
+        store.repo.odfvs["customer_derived_features"] = odfv
+        store._plans.clear()
+    assert resp.statuses["high_value_customer"] == [PRESENT] and resp.columns["high_value_customer"] == [True]

@@ -159,6 +159,8 @@ def test_online_equals_historical_streaming_path(setup: Setup) -> None:
     # The request times cover present values, emptied windows and both TTLs expiring.
     assert set(statuses["transaction_stats__events_1h"]) == {"present", "expired", "missing"}
     assert "expired" in statuses["customer_stats__spend_1h"]
+    # on-demand outputs of missing or expired inputs are missing online and null offline alike
+    assert set(statuses["customer_derived_features__high_value_customer"]) == {"present", "expired", "missing"}
     one = setup.store.get_online_features([{"customer_id": "C0"}], features=["customer_stats:spend_1h"],
                                            at_ms=pairs[0][1] + 3 * HOUR)
     assert one.columns["spend_1h"] == [0.0] and one.statuses["spend_1h"] == ["present"]

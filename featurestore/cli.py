@@ -83,13 +83,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code (2 for feature store errors)."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    level = args.log_level
-    if level is None:  # the environment is read by the settings object only
-        try:
-            level = Settings().log_level
-        except pydantic.ValidationError:
-            level = "WARNING"  # the command reports invalid settings itself
-    configure_logging(level, json=args.log_json)
+    try:  # the environment is read by the settings object only
+        settings: Settings | None = Settings()
+    except pydantic.ValidationError:
+        settings = None  # the command reports invalid settings itself
+    level = args.log_level or (settings.log_level if settings else "WARNING")
+    configure_logging(level, json=args.log_json, secrets=settings.secret_values() if settings else ())
     handler = getattr(args, "handler", None)
     if handler is None:  # a command group without its subcommand
         parser.parse_args([*(argv if argv is not None else sys.argv[1:]), "--help"])

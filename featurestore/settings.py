@@ -5,14 +5,14 @@ from __future__ import annotations
 import re
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 from pydantic import SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from featurestore.exceptions import ConfigurationError
 
-__all__ = ["Settings", "mask_url", "ENV_PREFIX", "MASK"]
+__all__ = ["Settings", "mask_url", "url_passwords", "ENV_PREFIX", "MASK"]
 
 ENV_PREFIX = "FEATURESTORE_"
 MASK = "***"
@@ -50,6 +50,19 @@ def mask_url(url: str) -> str:
     return _KV_PASSWORD.sub(lambda m: m.group(1) + MASK, masked)
 
 
+def url_passwords(url: str) -> list[str]:
+    """The passwords written in *url*: of its user info and of a ``password`` query parameter, or
+    the ``password=`` value of a libpq key/value DSN (unquoted)."""
+    if "://" not in url:
+        found = [m.group(2) for m in _KV_PASSWORD.finditer(url)]
+        return [re.sub(r"\\(.)", r"\1", p[1:-1]) if p.startswith("'") else p for p in found]
+    parts = urlsplit(url)
+    userinfo, sep, _ = parts.netloc.rpartition("@")
+    found = [userinfo.split(":", 1)[1]] if sep and ":" in userinfo else []
+    found += parse_qs(parts.query).get("password", [])
+    return [p for p in found if p]
+
+
 class Settings(BaseSettings):
     """Connection and project settings; every field maps to ``FEATURESTORE_<FIELD>``."""
 
@@ -68,6 +81,8 @@ class Settings(BaseSettings):
     state_dir: Path = Path(".featurestore")
     project: str = "default"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"
+    #: address of the worker's /metrics, /healthz and /readyz server ("0.0.0.0": every interface)
+    metrics_host: str = "127.0.0.1"
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -115,6 +130,17 @@ class Settings(BaseSettings):
                 value = str(value)
             result[name] = value
         return result
+
+    def secret_values(self) -> list[str]:
+        """The plain text of every secret that is set: the secret fields, and the passwords inside
+        the URL ones (for logging to redact)."""
+        values: list[str] = []
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if isinstance(value, SecretStr):
+                plain = value.get_secret_value()
+                values.extend(url_passwords(plain) if name in _URL_FIELDS else [plain])
+        return [v for v in values if v]
 
     def uses_embedded(self) -> bool:
         """True when any of Kafka, Redis or PostgreSQL is unset and must come from the embedded stack."""

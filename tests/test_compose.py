@@ -108,3 +108,13 @@ def test_compose_runs_only_existing_subcommands() -> None:
     missing = {service: sub for service, sub in used.items() if sub not in available}
     assert not missing, (f"docker-compose.yml runs featurestore subcommands the CLI lacks: {missing}; "
                          f"the CLI has {sorted(available)}")
+
+
+def test_worker_probes_listen_on_every_interface_of_the_container() -> None:
+    """The worker's metrics server binds loopback by default; in compose it must serve the network."""
+    text = COMPOSE_FILE.read_text()
+    for compose in (_load_compose(text), _tiny_compose_parser(text)):
+        worker = compose["services"]["worker"]
+        args = build_parser().parse_args(worker["command"])
+        env = worker.get("environment") or {}  # the tiny parser reads no environment
+        assert (args.metrics_host or env.get("FEATURESTORE_METRICS_HOST")) == "0.0.0.0", worker

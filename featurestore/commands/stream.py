@@ -29,6 +29,9 @@ def register(subparsers) -> None:
                    help="entity states per Redis commit script (0: the whole batch in one): a script blocks "
                         "every reader while it runs, about 4 us per state")
     p.add_argument("--metrics-port", type=int, default=9108, help="Prometheus /metrics, /healthz, /readyz (0: off)")
+    p.add_argument("--metrics-host", default=None,
+                   help="address the metrics port listens on: 0.0.0.0 for a scraper or probe from another host "
+                        "or container (env FEATURESTORE_METRICS_HOST, default 127.0.0.1)")
     p.add_argument("--exit-when-idle", type=float, default=None, metavar="SECONDS",
                    help="stop after this long without new records (for demos and batch-like runs)")
     p.set_defaults(handler=run_worker)
@@ -88,7 +91,7 @@ def run_worker(args) -> int:
     config = WorkerConfig(group=args.group or f"featurestore-{rt.project}", dead_letter_topic=args.dead_letter_topic,
                           batch_size=args.batch_size, max_cached_states=args.max_cached_states,
                           commit_chunk=args.commit_chunk or None, metrics_port=args.metrics_port or None,
-                          kafka_options=rt.kafka_options())
+                          metrics_host=args.metrics_host or rt.settings.metrics_host, kafka_options=rt.kafka_options())
     worker = Worker(views, rt.online(), rt.offline, config)
     worker.install_signal_handlers()
     until = None

@@ -39,6 +39,25 @@ def check_name(value: Any, what: str = "name") -> str:
     return value
 
 
+def _nul_at(value: Any, where: str = "") -> str | None:
+    """Where a NUL character is in *value* (a string, or lists, tuples, sets and dicts of them,
+    keys included): ``""`` for *value* itself, ``"['team']"`` for an item, ``" key 'te\\x00am'"`` for
+    a key; None when there is none."""
+    if isinstance(value, str):
+        return where if "\x00" in value else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            found = _nul_at(key, f"{where} key {key!r}") or _nul_at(item, f"{where}[{key!r}]")
+            if found is not None:
+                return found
+    elif isinstance(value, (list, tuple, set, frozenset)):
+        for i, item in enumerate(value):
+            found = _nul_at(item, f"{where}[{i}]")
+            if found is not None:
+                return found
+    return None
+
+
 def _duration(value: Any) -> Any:
     if value is None or isinstance(value, bool):
         return value
@@ -122,6 +141,17 @@ class Definition(BaseModel):
     def _name(cls, v: Any) -> str:
         """Every definition's ``name`` becomes a Redis field and an SQL identifier."""
         return check_name(v, "name")
+
+    @field_validator("*")
+    @classmethod
+    def _no_nul(cls, v: Any) -> Any:
+        """The registry stores definitions in PostgreSQL, whose text cannot hold a NUL character."""
+        where = _nul_at(v)
+        if where is not None:
+            at = f" at {where.strip()}" if where else ""
+            raise ValueError(f"has a NUL character ('\\x00'){at}, which PostgreSQL text cannot hold: "
+                             f"remove the NUL character")
+        return v
 
     def _where(self) -> str:
         return f"{type(self).__name__} {getattr(self, 'name', '?')!r}"

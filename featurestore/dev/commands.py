@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from featurestore.cli import common_options, load_settings
 from featurestore.dev.stack import EmbeddedStack
@@ -34,6 +35,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     settings = load_settings(args)
     stack = EmbeddedStack(settings.state_dir)
     info = stack.up(timeout=args.timeout)
+    for line in info.moved_warnings():
+        print(f"WARNING: {line}", file=sys.stderr)
     print(f"embedded stack is up (state in {stack.folder})")
     for name, rec in info.servers.items():
         print(f"  {name:<9} pid {rec.pid:<8} {rec.url}")

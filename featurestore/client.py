@@ -15,6 +15,7 @@ Two ways to get one:
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -29,6 +30,8 @@ from .exceptions import ConfigurationError, InvalidInputError, RegistryError, St
 from .offline.postgres import PUSH_PARTITION
 from .online.reader import EXPIRED, MISSING, PRESENT, ViewRead, aread_rows, picker, read_rows
 from .repo import Repository
+
+logger = logging.getLogger(__name__)
 
 PUSH_TARGETS = ("online", "offline", "online_and_offline")
 
@@ -185,15 +188,18 @@ class FeatureStore:
 
     # -- connecting ---------------------------------------------------------------------
     @classmethod
-    def connect(cls, repo_path=None, settings=None, *, repo: Repository | None = None) -> "FeatureStore":
-        """A store wired to the servers of ``settings`` (default: ``FEATURESTORE_*`` variables;
-        the embedded stack is started when none is set) for the repository at ``repo_path``
-        (default: the bundled example) or ``repo``.  Each view reads the registered version
-        whose definition matches the repository; a view not applied raises on use."""
+    def connect(cls, repo_path=None, settings=None, *, repo: Repository | None = None,
+                embedded: bool = False) -> "FeatureStore":
+        """A store wired to the servers of ``settings`` (default: ``FEATURESTORE_*`` variables)
+        for the repository at ``repo_path`` (default: the bundled example) or ``repo``.  Where a
+        server is not configured, the embedded stack of local servers is started (or reused),
+        with a WARNING saying so unless ``embedded=True`` asks for it.  Each view reads the
+        registered version whose definition matches the repository; a view not applied raises on use."""
         from .runtime import PG_SCHEMA, open_runtime
         from .settings import Settings
 
-        rt = open_runtime(settings if settings is not None else Settings(), repo_path)
+        rt = open_runtime(settings if settings is not None else Settings(), repo_path,
+                          say=(lambda line: logger.info("%s", line)) if embedded else None)
         if repo is not None:
             rt.repo = repo
         store = cls(rt.repo, rt.online(), {}, rt.project, postgres_dsn=rt.postgres_dsn, pg_schema=PG_SCHEMA)

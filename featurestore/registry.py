@@ -308,7 +308,8 @@ class Registry:
                 "ttl_ms": d.get("ttl_ms"),
                 "features": [
                     {"name": f["name"], "kind": f.get("kind"), "dtype": f.get("dtype"), "function": f.get("function"),
-                     "column": f.get("column"), "window": f.get("window"),
+                     "column": None if str(f.get("column") or "").startswith("__") else f.get("column"),
+                     "window": f.get("window"),
                      "hop": f.get("hop") or fmt_duration(f.get("hop_ms")),
                      "window_ms": f.get("window_ms"), "hop_ms": f.get("hop_ms"),
                      "default": f.get("default"), "description": f.get("description", "")}
@@ -317,6 +318,10 @@ class Registry:
             })
         elif kind == "source":
             out["source_topic"] = d.get("topic")
+        elif kind == "service":
+            out["features"] = [{"name": f"{item.get('view') or item.get('odfv')}:{name}",
+                                "kind": "on-demand" if "odfv" in item else "view"}
+                               for item in d.get("features", []) for name in item.get("features", [])]
         out["definition"] = d
         return out
 

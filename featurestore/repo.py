@@ -172,7 +172,7 @@ def load_repo(path: str | Path) -> Repository:
     elif root.is_file():
         files, folder = [root], root.parent
     else:
-        raise DefinitionError(f"{root}: no such repository file or folder")
+        raise DefinitionError(f"feature repository {root} does not exist")
     repo = Repository(path=root)
     added = str(folder) not in sys.path
     if added:

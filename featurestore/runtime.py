@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,6 +12,10 @@ from .exceptions import ConfigurationError
 from .online import RedisOnlineStore
 from .repo import Repository, load_repo
 from .settings import Settings
+
+def print_stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
 
 DEFAULT_REPO = Path(__file__).resolve().parent.parent / "examples" / "repo.py"
 PG_SCHEMA = "public"
@@ -64,8 +69,15 @@ class Runtime:
         return asyncio.run(go())
 
 
-def open_runtime(settings: Settings, repo_path: str | Path | None) -> Runtime:
+def open_runtime(settings: Settings, repo_path: str | Path | None, say=print_stderr) -> Runtime:
+    """The runtime of a command (``say``: where the notice of the embedded stack goes; None: a WARNING)."""
+    return Runtime(resolve_servers(settings, say=say), load_repo(repo_file(repo_path)))
+
+
+def repo_file(repo_path: str | Path | None) -> Path:
+    """The repository a command reads: ``--repo``, else the bundled example; one wording when missing."""
     path = Path(repo_path) if repo_path else DEFAULT_REPO
     if not path.exists():
-        raise ConfigurationError(f"feature repository {path} does not exist (pass --repo PATH)")
-    return Runtime(resolve_servers(settings), load_repo(path))
+        hint = "check the path given to --repo" if repo_path else "pass --repo PATH"
+        raise ConfigurationError(f"feature repository {path} does not exist ({hint})")
+    return path

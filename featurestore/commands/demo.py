@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 
@@ -20,8 +19,8 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("demo", parents=[common_options()],
                               help="start the stack, apply the example, stream events, read features, stop")
     p.add_argument("--repo", help="feature repository (default: the bundled example)")
-    p.add_argument("--events", type=int, default=20_000)
-    p.add_argument("--customers", type=int, default=500)
+    p.add_argument("--events", type=int, default=20_000, help="transactions to produce (default 20000)")
+    p.add_argument("--customers", type=int, default=500, help="distinct customers among them (default 500)")
     p.add_argument("--keep", action="store_true", help="leave the embedded stack running afterwards")
     p.set_defaults(handler=run_demo)
 
@@ -41,12 +40,16 @@ def run_demo(args) -> int:
     embedded = settings.uses_embedded()
     _say("1/6 servers" + (" (embedded: Tansu broker, redis-server, PostgreSQL 18)" if embedded else ""))
     rt = open_runtime(settings, args.repo)
-    print(json.dumps(rt.settings.as_dict(), indent=2, default=str))
+    shown = rt.settings.as_dict()  # secrets masked
+    for label, key in (("Kafka", "kafka_bootstrap_servers"), ("Redis", "redis_url"), ("PostgreSQL", "postgres_dsn"),
+                       ("project", "project"), ("state folder", "state_dir")):
+        print(f"  {label:<13} {shown[key]}")
     try:
         _say("2/6 apply the feature repository")
         changes = asyncio.run(_apply(rt))
-        for change in changes:
-            print(f"  {change}")
+        print(f"  {'KIND':<8} {'NAME':<28} {'ACTION':<12} VERSION")
+        for c in changes:
+            print(f"  {c.kind:<8} {c.name:<28} {c.action:<12} v{c.new_version}")
         versions = rt.versions()
 
         source = rt.repo.source("transactions")
@@ -72,10 +75,14 @@ def run_demo(args) -> int:
         _say(f"5/6 online feature vector for customer {customer} (service fraud_detection, now)")
         resp = store.get_online_features([{"customer_id": customer}], feature_service="fraud_detection",
                                          request_data={"current_amount": [250.0]})
+        print(f"  {'FEATURE':<32} {'STATUS':<8} VALUE")
         for name, values in resp.columns.items():
-            print(f"  {name:32s} {values[0]!r}")
+            status = resp.statuses.get(name, ["key"])[0]
+            print(f"  {name:<32} {status:<8} {_show(values[0])}")
 
         _say("6/6 point-in-time training frame (values as served at each time)")
+        print("  three times per customer: the middle of its events, its last event, and 2 h after it. The last\n"
+              "  shows what serving returns as time passes with no new event: the 1 h windows have emptied.")
         frame = _training_rows(events)
         offline_store = FeatureStore(rt.repo, rt.online(), versions, rt.project)
         training = _historical(rt, offline_store, frame)
@@ -85,7 +92,7 @@ def run_demo(args) -> int:
     finally:
         if embedded and not args.keep:
             EmbeddedStack(rt.settings.state_dir).down()
-            print("\nembedded stack stopped (use --keep to leave it running)")
+            print("\nembedded stack stopped, its data removed (use --keep to leave it running)")
 
 
 async def _apply(rt):
@@ -97,6 +104,16 @@ async def _apply(rt):
         return await registry.apply(rt.repo, offline)
     finally:
         await offline.close()
+
+
+def _show(value) -> str:
+    """A feature value for the table: floats to 4 decimals, lists shortened."""
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    if isinstance(value, list):
+        inner = ", ".join(_show(v) for v in value[:4])
+        return f"[{inner}{', ...' if len(value) > 4 else ''}] ({len(value)})"
+    return "-" if value is None else str(value)
 
 
 def _training_rows(events: pd.DataFrame) -> pd.DataFrame:

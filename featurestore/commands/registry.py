@@ -38,9 +38,10 @@ def _run(args: argparse.Namespace, work: Callable[[Any, Any], Awaitable[Any]]) -
     """Resolve servers, open the offline store and registry, run ``work(store, registry)``."""
     from featurestore.dev.stack import resolve_servers
     from featurestore.offline import PostgresOfflineStore
+    from featurestore.runtime import print_stderr
     from featurestore.registry import Registry
 
-    settings = resolve_servers(load_settings(args))
+    settings = resolve_servers(load_settings(args), say=print_stderr)
     dsn = settings.postgres_dsn.get_secret_value()  # type: ignore[union-attr]
 
     async def main() -> Any:
@@ -71,8 +72,9 @@ def _print_changes(changes: list, as_json: bool, applied: bool) -> None:
 
 def cmd_apply(args: argparse.Namespace) -> int:
     from featurestore.repo import load_repo
+    from featurestore.runtime import repo_file
 
-    repo = load_repo(args.repo)
+    repo = load_repo(repo_file(args.repo))
     changes = _run(args, lambda store, reg: reg.apply(repo, store))
     _print_changes(changes, args.json, applied=True)
     return 0
@@ -80,8 +82,9 @@ def cmd_apply(args: argparse.Namespace) -> int:
 
 def cmd_plan(args: argparse.Namespace) -> int:
     from featurestore.repo import load_repo
+    from featurestore.runtime import repo_file
 
-    repo = load_repo(args.repo)
+    repo = load_repo(repo_file(args.repo))
     changes = _run(args, lambda store, reg: reg.plan(repo))
     _print_changes(changes, args.json, applied=False)
     return 0
@@ -117,6 +120,11 @@ def cmd_describe(args: argparse.Namespace) -> int:
     if d.get("tags"):
         print("  tags      " + ", ".join(f"{k}={v}" for k, v in d["tags"].items()))
     print(f"  fingerprint {d['fingerprint'][:16]}")
+    if d["kind"] == "service":
+        print(f"\n  {'FEATURE':<48} FROM")
+        for f in d.get("features", []):
+            print(f"  {f['name']:<48} {f['kind']}")
+        return 0
     if d.get("features"):
         print(f"\n  {'FEATURE':<28} {'DTYPE':<16} {'FUNCTION':<20} {'COLUMN':<20} {'WINDOW':<8} HOP")
         for f in d["features"]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import time
 
 from ..cli import common_options, load_settings
@@ -19,7 +20,12 @@ def register(subparsers) -> None:
     p.add_argument("--repo", help="feature repository (file or folder); default: the bundled example")
     p.add_argument("--views", nargs="*", help="only these feature views (default: all)")
     p.add_argument("--group", help="consumer group (default featurestore-<project>)")
-    p.add_argument("--dead-letter-topic", default="features-dead-letter")
+    p.add_argument("--dead-letter-topic", default="features-dead-letter",
+                   help="topic of the records the worker refuses, with their reason (default features-dead-letter)")
+    p.add_argument("--on-topic-reset", choices=["fail", "reprocess"], default="fail",
+                   help="when the broker no longer holds the records this group applied (topic recreated, broker "
+                        "emptied): fail stops the worker (exit 3) naming `featurestore reset`; reprocess clears "
+                        "the source and reads its topic from the start (default fail)")
     p.add_argument("--batch-size", type=int, default=20000,
                    help="most records per micro-batch (a poll returns what is there, up to this): larger batches "
                         "write each busy entity once for several events")
@@ -37,20 +43,20 @@ def register(subparsers) -> None:
     p.set_defaults(handler=run_worker)
 
     p = subparsers.add_parser("produce", parents=[common], help="send events to a source's topic")
-    p.add_argument("--repo")
-    p.add_argument("--source", required=True)
+    p.add_argument("--repo", help="feature repository (file or folder); default: the bundled example")
+    p.add_argument("--source", required=True, help="the event source whose topic receives the events")
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--file", help=".jsonl, .csv or .parquet events")
     g.add_argument("--generate", type=int, metavar="N", help="generate N demo transactions")
-    p.add_argument("--customers", type=int, default=1000)
-    p.add_argument("--days", type=float, default=7.0)
+    p.add_argument("--customers", type=int, default=1000, help="distinct customers of --generate (default 1000)")
+    p.add_argument("--days", type=float, default=7.0, help="days of event time --generate spans, ending now (default 7)")
     p.add_argument("--rate", type=float, default=None, help="events per second (default: as fast as possible)")
     p.add_argument("--partitions", type=int, default=4, help="partitions when the topic is created")
     p.set_defaults(handler=run_produce)
 
     p = subparsers.add_parser("backfill", parents=[common], help="rebuild a view's history with the same transforms")
-    p.add_argument("--repo")
-    p.add_argument("--view", required=True)
+    p.add_argument("--repo", help="feature repository (file or folder); default: the bundled example")
+    p.add_argument("--view", required=True, help="the feature view to rebuild")
     p.add_argument("--source", choices=["files", "postgres", "kafka"], default="files",
                    help="history file of the source, the PostgreSQL event log, or the Kafka topic")
     p.add_argument("--start", help="first event time to write (ISO-8601 or epoch ms); earlier events still feed windows")
@@ -71,11 +77,12 @@ def register(subparsers) -> None:
     p.set_defaults(handler=run_backfill_cmd)
 
     p = subparsers.add_parser("get", parents=[common], help="print an online feature vector")
-    p.add_argument("--repo")
-    p.add_argument("--entity", action="append", required=True, metavar="KEY=VALUE")
+    p.add_argument("--repo", help="feature repository (file or folder); default: the bundled example")
+    p.add_argument("--entity", action="append", required=True, metavar="KEY=VALUE",
+                   help="join key and value of the entity (repeat for several join keys)")
     g = p.add_mutually_exclusive_group(required=True)
-    g.add_argument("--service")
-    g.add_argument("--features", nargs="+", metavar="VIEW:FEATURE")
+    g.add_argument("--service", help="a feature service: read its features")
+    g.add_argument("--features", nargs="+", metavar="VIEW:FEATURE", help="read these features")
     p.add_argument("--request", action="append", default=[], metavar="NAME=VALUE", help="request data for on-demand features")
     p.set_defaults(handler=run_get)
 
@@ -91,7 +98,8 @@ def run_worker(args) -> int:
     config = WorkerConfig(group=args.group or f"featurestore-{rt.project}", dead_letter_topic=args.dead_letter_topic,
                           batch_size=args.batch_size, max_cached_states=args.max_cached_states,
                           commit_chunk=args.commit_chunk or None, metrics_port=args.metrics_port or None,
-                          metrics_host=args.metrics_host or rt.settings.metrics_host, kafka_options=rt.kafka_options())
+                          metrics_host=args.metrics_host or rt.settings.metrics_host, kafka_options=rt.kafka_options(),
+                          on_topic_reset=args.on_topic_reset)
     worker = Worker(views, rt.online(), rt.offline, config)
     worker.install_signal_handlers()
     until = None
@@ -148,6 +156,11 @@ def run_get(args) -> int:
     out = {name: {"value": values[0], "status": resp.statuses.get(name, ["key"])[0]}
            for name, values in resp.columns.items()}
     print(json.dumps(out, indent=2, default=str))
+    statuses = [s[0] for s in resp.statuses.values()]
+    if statuses and all(s == "missing" for s in statuses):
+        shown = ", ".join(f"{k}={v}" for k, v in row.items())
+        print(f"note: no data for entity {shown}: every feature is missing (no event of it has been applied; "
+              f"check the key, or that a worker consumed its source)", file=sys.stderr)
     return 0
 
 

@@ -27,7 +27,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     status.add_argument("--json", action="store_true", help="print JSON")
     status.set_defaults(handler=cmd_status)
 
-    down = commands.add_parser("down", parents=[common_options()], help="stop the stack")
+    down = commands.add_parser("down", parents=[common_options()],
+                               help="stop the stack and remove its Redis and PostgreSQL data (the broker keeps none)")
+    down.add_argument("--keep-data", action="store_true",
+                      help="keep the Redis and PostgreSQL data: they then hold offsets and event logs of topics the "
+                           "restarted broker no longer has, and workers stop on a topic reset until `featurestore "
+                           "reset --source NAME`")
     down.set_defaults(handler=cmd_down)
 
 
@@ -64,9 +69,15 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_down(args: argparse.Namespace) -> int:
     settings = load_settings(args)
     stack = EmbeddedStack(settings.state_dir)
-    stopped = stack.down()
+    stopped = stack.down(keep_data=args.keep_data)
     if stopped:
         print(f"stopped {', '.join(stopped)}")
     else:
         print(f"no embedded stack recorded in {stack.folder}")
+    if args.keep_data:
+        print("WARNING: Redis and PostgreSQL data kept, but the broker's topics are gone (memory only): after "
+              "`dev up`, workers stop on a topic reset until `featurestore reset --source NAME`", file=sys.stderr)
+    else:
+        print(f"removed the Redis and PostgreSQL data of {stack.folder} (the broker's topics live in memory only; "
+              "`dev down --keep-data` keeps them)")
     return 0

@@ -16,6 +16,7 @@ import fcntl
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -33,6 +34,8 @@ logger = logging.getLogger(__name__)
 
 STATE_VERSION = 1
 _POLL_S = 0.2
+#: Folders of ``stack/`` holding server data (the broker keeps none): removed by ``down`` unless kept.
+DATA_FOLDERS = ("redis", "pgdata")
 _PORT_RELEASE_S = 2.0  # how long a dead server's port may stay held before it is given up
 # Popen objects of servers started by this process, so they are reaped (no zombies) when they exit.
 _CHILDREN: dict[int, subprocess.Popen] = {}
@@ -324,8 +327,13 @@ class EmbeddedStack:
             result[name] = entry
         return result
 
-    def down(self) -> list[str]:
-        """Stop exactly the recorded processes, remove stack.json; returns the names that were recorded."""
+    def down(self, keep_data: bool = False) -> list[str]:
+        """Stop exactly the recorded processes, remove stack.json; returns the names that were recorded.
+
+        The broker keeps topics in memory only, so it comes back empty; unless ``keep_data``, the
+        Redis and PostgreSQL data go too (``DATA_FOLDERS``), and the next ``up`` starts a consistent,
+        empty stack.  Kept, they hold offsets and event logs of topics that no longer exist: a worker
+        then stops on a topic reset until ``featurestore reset --source NAME``."""
         with self._lock():
             _, records = self._load()
             errors = []
@@ -341,15 +349,30 @@ class EmbeddedStack:
             self.state_file.unlink(missing_ok=True)
             if errors:
                 raise StackError("; ".join(errors))
+            if not keep_data:
+                for folder in DATA_FOLDERS:
+                    shutil.rmtree(self.folder / folder, ignore_errors=True)
             return list(records)
 
 
-def resolve_servers(settings: Settings, timeout: float = 60) -> Settings:
-    """Settings with every server named: unchanged if all three are set, else filled from the embedded stack."""
+def resolve_servers(settings: Settings, timeout: float = 60, say=None) -> Settings:
+    """Settings with every server named: unchanged if all three are set, else filled from the embedded
+    stack, started if needed.  Then one line says so: to ``say(line)`` (a command prints it to
+    stderr), else as a WARNING of this module's logger (a library call)."""
     if not settings.uses_embedded():
         return settings
-    info = EmbeddedStack(settings.state_dir).up(timeout=timeout)
+    stack = EmbeddedStack(settings.state_dir)
+    info = stack.up(timeout=timeout)
     for line in info.moved_warnings():
+        logger.warning("%s", line)
+    unset = [f"FEATURESTORE_{n}" for n, v in (("KAFKA_BOOTSTRAP_SERVERS", settings.kafka_bootstrap_servers),
+                                              ("REDIS_URL", settings.redis_url), ("POSTGRES_DSN", settings.postgres_dsn))
+             if not v]
+    line = (f"featurestore: using the embedded stack of local servers (data in {stack.folder}; "
+            f"`featurestore dev down` stops it) because {', '.join(unset)} {'is' if len(unset) == 1 else 'are'} not set")
+    if say is not None:
+        say(line)
+    else:
         logger.warning("%s", line)
     return settings.with_servers(
         kafka=None if settings.kafka_bootstrap_servers else info.kafka_bootstrap,

@@ -116,3 +116,20 @@ def test_plan_changes_nothing(env) -> None:
     assert actions(plan)[("view", "spend")] == ("update_metadata", 1, 1)
     assert run(reg.version_of("spend")) == 1
     assert run(reg.describe("spend"))["owner"] == "a"
+
+
+def test_describe_lists_a_services_features_and_hides_internal_columns(env) -> None:
+    from featurestore.repo import load_repo
+
+    loop, store, reg, _ = env
+    run = loop.run_until_complete
+    repo = load_repo(Path(__file__).resolve().parents[2] / "examples" / "repo.py")
+    run(reg.apply(repo, store))
+    service = run(reg.describe("fraud_detection"))
+    names = [f["name"] for f in service["features"]]
+    assert "customer_stats:spend_1h" in names and "customer_derived_features:high_value_customer" in names
+    assert len(names) == len(repo.service("fraud_detection").resolve())
+    view = run(reg.describe("transaction_stats"))
+    columns = [f["column"] for f in view["features"]]
+    assert any(f["kind"] == "BatchTransform" for f in view["features"])
+    assert not any(str(c).startswith("__") for c in columns)

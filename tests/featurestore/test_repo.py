@@ -153,7 +153,7 @@ def test_definition_error_names_the_file(tmp_path):
 
 
 def test_missing_path(tmp_path):
-    with pytest.raises(DefinitionError, match="no such repository file or folder"):
+    with pytest.raises(DefinitionError, match="feature repository .* does not exist"):
         load_repo(tmp_path / "nope.py")
     with pytest.raises(DefinitionError, match="no .py files"):
         load_repo(tmp_path)

@@ -17,7 +17,7 @@ def print_stderr(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
-DEFAULT_REPO = Path(__file__).resolve().parent.parent / "examples" / "repo.py"
+DEFAULT_REPO = Path(__file__).resolve().parent / "examples" / "repo.py"
 PG_SCHEMA = "public"
 
 

@@ -1053,7 +1053,7 @@ class PostgresOfflineStore:
         async with self.pool.acquire() as conn:
             await conn.copy_from_query(sql, *args, output=sink, format="binary" if binary else "csv")
         raw = b"".join(chunks)
-        del chunks
+        chunks.clear()  # the joined copy is what is kept
         data: dict[str, Any] = {}
         if binary:
             width = {"i8": 8, "i4": 4, "f8": 8, "b": 1}

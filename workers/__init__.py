@@ -1,0 +1,1 @@
+"""The worker side: where Kafka meets the processing core (worker, backfill, producer)."""

@@ -27,6 +27,7 @@ every reader while it runs), the offsets advanced by the last chunk.
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 import os
 import socket
@@ -112,6 +113,19 @@ def pack_row(values: bytes, watermark: int, valid_until: int | None) -> bytes:
                          f"valid until {valid_until})")
     until = _NEVER if valid_until is None else b"%016d" % (valid_until + OFFSET)
     return until + b"%016d" % (watermark + OFFSET) + values
+
+
+class CommitResult(enum.IntEnum):
+    """What ``RedisOnlineStore.commit`` did (an int, as the commit script returns it)."""
+
+    #: every record written, the offsets advanced
+    COMMITTED = 1
+    #: nothing written: a stored offset differs from the expected one, or another worker owns a partition
+    FENCED = 0
+    #: nothing written: the store's epoch marker changed (the server lost its data)
+    EPOCH_CHANGED = -1
+    #: nothing written: another writer changed a state since this writer loaded it
+    STATE_CONFLICT = -2
 
 
 def row_watermark(row: bytes) -> int:
@@ -301,14 +315,14 @@ class RedisOnlineStore:
             self.client.hset(self.owners_key(group), mapping=dict.fromkeys(names, token))
 
     def commit(self, records: list[OnlineRecord], group: str | None, offsets: dict[str, tuple[int, int]],
-               epoch: str | None = None, chunk: int | None = None, token: str | None = None) -> int:
+               epoch: str | None = None, chunk: int | None = None, token: str | None = None) -> CommitResult:
         """Write ``records`` and advance ``offsets`` ({"topic:partition": (expected, new)}).
 
-        Returns 1 on success; 0 when a stored offset differs from the expected one
+        Returns a ``CommitResult``: COMMITTED (1) on success; FENCED (0) when a stored offset differs from the expected one
         (another writer got there first), or when ``token`` is given and is not the owner
         claimed for one of the partitions (``claim_partitions``: another worker took them);
-        -1 when ``epoch`` is given and the store's marker differs (the server lost its data);
-        -2 when a record's ``expected`` differs from the applied offsets stored for its state (another
+        EPOCH_CHANGED (-1) when ``epoch`` is given and the store's marker differs (the server lost its data);
+        STATE_CONFLICT (-2) when a record's ``expected`` differs from the applied offsets stored for its state (another
         writer changed the state since this writer loaded it).  The checks precede every write.
 
         One script writes everything (atomic) unless ``chunk`` is given: then ``chunk``
@@ -339,7 +353,7 @@ class RedisOnlineStore:
         return self._commit_part(records[lo:], group, offsets, epoch, True, token)
 
     def _commit_part(self, records: list[OnlineRecord], group: str | None, offsets: dict[str, tuple[int, int]],
-                     epoch: str | None, advance: bool, token: str | None = None) -> int:
+                     epoch: str | None, advance: bool, token: str | None = None) -> CommitResult:
         """One commit script: ``records`` written if the offsets, the epoch and the owner token check
         out; the offsets advanced too when ``advance``."""
         keys = [self.offsets_key(group or "_none"), self.epoch_key, self.owners_key(group or "_none")]
@@ -351,7 +365,7 @@ class RedisOnlineStore:
             ttl = 0 if rec.ttl_ms is None else rec.ttl_ms + TTL_GRACE_MS
             args += [rec.state, pack_row(rec.values, rec.watermark, rec.valid_until), ttl, rec.applied, rec.ids,
                      b"*" if rec.expected is None else rec.expected]
-        return int(self._evalsha_packed(self._commit, keys, args))
+        return CommitResult(int(self._evalsha_packed(self._commit, keys, args)))
 
     def _evalsha_packed(self, script, keys: list, args: list):
         """``script(keys, args)`` with the command packed by hiredis in one call: redis-py's own

@@ -10,14 +10,14 @@ import pytest
 
 from tests.workers.support import build_worker, make_events, make_view
 from tests.workers.test_worker_faults import run_in_thread, send_events, wait_for
-from workers import worker as worker_module
+from workers import reporting
 
 pytestmark = pytest.mark.integration
 
 
 def test_start_progress_and_waiting_lines(servers, topic_factory, unique_name, project, pg_schema, caplog,
                                           monkeypatch):
-    monkeypatch.setattr(worker_module, "PROGRESS_PERIOD_S", 0.5)
+    monkeypatch.setattr(reporting, "PROGRESS_PERIOD_S", 0.5)
     topic = topic_factory(partitions=2)
     view = make_view(topic)
     events = make_events(120, seed=31)

@@ -195,7 +195,8 @@ class EventValidator:
     """Validator of one source's events, precompiled; call it with a decoded event and,
     where there is one, the reference time of ``max_future`` (epoch ms)."""
 
-    __slots__ = ("source", "_key", "_key_type", "_key_fast", "_key_check", "_ts", "_id", "_fields", "_max_future")
+    __slots__ = ("source", "_key", "_key_type", "_key_fast", "_key_check", "_key_quick", "_ts", "_id", "_fields",
+                 "_max_future")
 
     def __init__(self, source: EventSource) -> None:
         self.source = source
@@ -203,12 +204,14 @@ class EventValidator:
         self._key_type = source.schema[self._key]
         self._key_fast = _fast_type(self._key_type)
         self._key_check = _value_check(source, self._key, self._key_type)
+        self._key_quick = source.max_key_bytes  # an ASCII key without NUL within it passes without a call
         self._ts = source.timestamp_field
         self._id = source.event_id_field
         self._max_future = source.max_future
         optional = set(source.optional_fields)
         self._fields = tuple(
-            (name, vt, _fast_type(vt), name in optional, _value_check(source, name, vt))
+            (name, vt, _fast_type(vt), name in optional, _value_check(source, name, vt),
+             source.string_limit(name) if vt == STRING else 0)  # an ASCII string's length is its size
             for name, vt in source.schema.items()
             if name not in (self._key, self._ts)
         )
@@ -227,9 +230,10 @@ class EventValidator:
                 key = self._key_type.coerce(key)
             except ValueError as exc:
                 return Rejection("wrong_type", f"entity field {kf!r}: {exc}")
-        problem = self._key_check(key)
-        if problem is not None:
-            return Rejection(*problem)
+        if not (type(key) is str and len(key) <= self._key_quick and key.isascii() and "\x00" not in key):
+            problem = self._key_check(key)
+            if problem is not None:
+                return Rejection(*problem)
         tf = self._ts
         ts = get(tf)
         if ts is None:
@@ -252,18 +256,34 @@ class EventValidator:
         if not TIMESTAMP_MIN_MS <= ts_ms <= TIMESTAMP_MAX_MS:
             return Rejection("out_of_range", time_range_detail(f"timestamp field {tf!r}:", ts_ms))
         values = {kf: key, tf: ts_ms}
-        for name, vt, fast, optional, check in self._fields:
+        for name, vt, fast, optional, check, quick in self._fields:
             v = get(name, _MISSING)
             if v is _MISSING or v is None:
                 if optional:
                     values[name] = None
                     continue
                 return Rejection("missing_field", f"field {name!r} is {'missing' if v is _MISSING else 'null'}")
-            if type(v) is not fast:
+            t = type(v)
+            if t is not fast:
                 try:
                     v = vt.coerce(v)
                 except ValueError as exc:
                     return Rejection("wrong_type", f"field {name!r}: {exc}")
+            elif t is str:  # the common string passes without a call: short, ASCII, no NUL
+                if len(v) <= quick and v.isascii() and "\x00" not in v:
+                    values[name] = v
+                    continue
+            elif t is float:  # finite (v - v is 0.0); NaN is a value
+                if v - v == 0.0 or v != v:
+                    values[name] = v
+                    continue
+            elif t is int:
+                if _INT64_MIN <= v <= _INT64_MAX:
+                    values[name] = v
+                    continue
+            elif t is bool:
+                values[name] = v
+                continue
             if check is not None:
                 problem = check(v)
                 if problem is not None:

@@ -387,7 +387,7 @@ class RedisOnlineStore:
                 raise StoreUnavailableError(
                     f"Redis refused the commit: out of memory (maxmemory reached; {exc}). Nothing was written; "
                     "the batch is retried until memory is available (raise maxmemory or add shards of "
-                    "capacity; see the README's Redis sizing)") from exc
+                    "capacity; see docs/operations.md, Redis sizing)") from exc
             raise
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError):
             conn.disconnect()

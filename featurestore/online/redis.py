@@ -29,67 +29,33 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-import os
-import socket
 import weakref
+from importlib import resources
 
 import hiredis
-import orjson
 import redis
 import redis.asyncio
 
-from ..exceptions import ConfigurationError, StoreUnavailableError, WorkerRunningError
+from ..exceptions import ConfigurationError, StoreUnavailableError
 from .base import OnlineRecord
+from .coordination import LIVE_TTL_MS, CoordinationMixin
+
+__all__ = ["LIVE_TTL_MS", "OFFSET", "ROW_HEADER", "TTL_GRACE_MS", "CommitResult", "RedisOnlineStore", "pack_row",
+           "row_watermark", "unpack_row"]
 
 logger = logging.getLogger(__name__)
 
 TTL_GRACE_MS = 3_600_000
 _TIMEOUTS = {"socket_timeout": 10, "socket_connect_timeout": 5}
-LIVE_TTL_MS = 30_000  # a worker's announcement outlives it by at most this (renewed every ~5 s)
 LOAD_CHUNK = 1000  # keys per state-loading script call
 
-_COMMIT = """
-if ARGV[1] ~= '' and redis.call('GET', KEYS[2]) ~= ARGV[1] then return -1 end
-local n = tonumber(ARGV[2])
-local i = 5
-for p = 1, n do
-  local cur = redis.call('HGET', KEYS[1], ARGV[i])
-  if (cur or '-1') ~= ARGV[i + 1] then return 0 end
-  if ARGV[4] ~= '' and redis.call('HGET', KEYS[3], ARGV[i]) ~= ARGV[4] then return 0 end
-  i = i + 3
-end
-local j = i
-for k = 4, #KEYS do  -- each state as its writer last saw it stored ('*': not checked)
-  local want = ARGV[j + 5]
-  if want ~= '*' and (redis.call('HGET', KEYS[k], 'o') or '') ~= want then return -2 end
-  j = j + 6
-end
-if ARGV[3] == '1' then
-  i = 5
-  for p = 1, n do
-    redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 2])
-    i = i + 3
-  end
-end
-for k = 4, #KEYS do
-  local ids = ARGV[i + 4]
-  if string.byte(ids, 1) == 43 then  -- '+': pairs to append to the stored ids (ViewState.to_parts)
-    if #ids == 1 then
-      redis.call('HSET', KEYS[k], 's', ARGV[i], 'v', ARGV[i + 1], 'o', ARGV[i + 3])
-    else
-      local cur = redis.call('HGET', KEYS[k], 'i')
-      if cur and #cur > 0 then ids = cur .. ',' .. string.sub(ids, 2) else ids = string.sub(ids, 2) end
-      redis.call('HSET', KEYS[k], 's', ARGV[i], 'v', ARGV[i + 1], 'o', ARGV[i + 3], 'i', ids)
-    end
-  else
-    redis.call('HSET', KEYS[k], 's', ARGV[i], 'v', ARGV[i + 1], 'o', ARGV[i + 3], 'i', ids)
-  end
-  local ttl = tonumber(ARGV[i + 2])
-  if ttl > 0 then redis.call('PEXPIRE', KEYS[k], ttl) else redis.call('PERSIST', KEYS[k]) end
-  i = i + 6
-end
-return 1
-"""
+
+def _lua(name: str) -> str:
+    """The source of a Lua script shipped beside this module (``lua/``)."""
+    return (resources.files(__package__) / "lua" / name).read_text()
+
+
+_COMMIT = _lua("commit.lua")
 
 
 # A values row: valid-until (ms) and watermark (ms), each plus ``OFFSET`` in 16 zero-padded digits,
@@ -146,42 +112,13 @@ def _request_time(t: int) -> bytes:
 # (key index from 0, state) pairs of the rows not exact at ARGV[1] (a tile left a window since
 # the last event: valid-until <= t).  A row of the former layout (bare JSON, first byte '[') is
 # given the header from its ``w`` and ``u`` fields.
-_READ_PACKED = """
-local t = ARGV[1]
-local out, states = {}, {}
-local m = 0
-for i = 1, #KEYS do
-  local r = redis.call('HGET', KEYS[i], 'v')
-  if r and string.byte(r, 1) == 91 then
-    local x = redis.call('HMGET', KEYS[i], 'w', 'u')
-    local u = tonumber(x[2])
-    local upto = u < 0 and '9999999999999999' or string.format('%016.0f', u + 1e15)
-    r = upto .. string.format('%016.0f', tonumber(x[1]) + 1e15) .. r
-  end
-  out[i] = r or false
-  if r and string.sub(r, 1, 16) <= t then
-    states[m + 1] = i - 1
-    states[m + 2] = redis.call('HGET', KEYS[i], 's') or false
-    m = m + 2
-  end
-end
-return {out, states}
-"""
+_READ_PACKED = _lua("read_packed.lua")
 
 
-_LOAD_STATES = """
-local out = {}
-for i = 1, #KEYS do
-  local r = redis.call('HMGET', KEYS[i], 's', 'o', 'i')
-  out[3 * i - 2] = r[1] or false
-  out[3 * i - 1] = r[2] or false
-  out[3 * i] = r[3] or false
-end
-return out
-"""
+_LOAD_STATES = _lua("load_states.lua")
 
 
-class RedisOnlineStore:
+class RedisOnlineStore(CoordinationMixin):
     """Online store on one Redis database; ``url`` may be redis:// or rediss:// with auth and db."""
 
     def __init__(self, client: redis.Redis, project: str, url: str | None = None):
@@ -212,16 +149,6 @@ class RedisOnlineStore:
     def epoch_key(self) -> str:
         return f"fs:{self.project}:epoch"
 
-    # -- lost-data marker ----------------------------------------------------
-    def ensure_epoch(self, epoch: str) -> str:
-        """Set the marker if absent; return the marker now stored."""
-        self.client.set(self.epoch_key, epoch, nx=True)
-        return self.client.get(self.epoch_key).decode()
-
-    def epoch(self) -> str | None:
-        value = self.client.get(self.epoch_key)
-        return None if value is None else value.decode()
-
     def hash_value_limit(self) -> int | None:
         """The largest field value Redis keeps in its compact hash encoding (``hash-max-listpack-value``,
         ``hash-max-ziplist-value`` before Redis 7); None when the server refuses CONFIG (managed Redis)."""
@@ -234,86 +161,7 @@ class RedisOnlineStore:
                 return int(value)
         return None
 
-    # -- running workers -----------------------------------------------------------
-    @property
-    def live_key(self) -> str:
-        return f"fs:{self.project}:live"
-
-    def _server_ms(self) -> int:
-        seconds, micros = self.client.time()
-        return seconds * 1000 + micros // 1000
-
-    def announce_worker(self, group: str, worker: str, topics: list[str], ttl_ms: int = LIVE_TTL_MS,
-                        views: list[str] | None = None, started_ms: int | None = None) -> int:
-        """Record (or renew) that ``worker`` of ``group`` consumes ``topics`` (computing the view keys
-        ``views``, running since ``started_ms``), for ``ttl_ms`` (by the Redis server's clock, so hosts
-        with skewed clocks agree).  Returns the server time written (``started_ms`` when not given)."""
-        now = self._server_ms()
-        doc = {"group": group, "worker": worker, "topics": sorted(topics), "host": socket.gethostname(),
-               "pid": os.getpid(), "at_ms": now, "ttl_ms": ttl_ms,
-               "views": sorted(views) if views is not None else None,
-               "started_ms": now if started_ms is None else started_ms}
-        pipe = self.client.pipeline(transaction=False)
-        pipe.hset(self.live_key, f"{group}:{worker}", orjson.dumps(doc))
-        pipe.pexpire(self.live_key, max(ttl_ms, LIVE_TTL_MS))  # gone when no worker of the project renews it
-        pipe.execute()
-        return now
-
-    def retire_worker(self, group: str, worker: str) -> None:
-        self.client.hdel(self.live_key, f"{group}:{worker}")
-
-    def live_workers(self) -> list[dict]:
-        """The announcements of the workers running now (or stopped less than their ``ttl_ms`` ago
-        without retiring: killed, say); expired ones are removed.  One hash per project: no scan of
-        the keyspace (which holds every entity's state)."""
-        return self._live_workers()[1]
-
-    def _live_workers(self) -> tuple[int, list[dict]]:
-        """(the server's time in ms, ``live_workers()``) in one round trip."""
-        pipe = self.client.pipeline(transaction=False)
-        pipe.time()
-        pipe.hgetall(self.live_key)
-        (seconds, micros), raw = pipe.execute()
-        now = seconds * 1000 + micros // 1000
-        live, expired = [], []
-        for field, blob in raw.items():
-            doc = orjson.loads(blob)
-            if doc["at_ms"] + doc["ttl_ms"] > now:
-                live.append(doc)
-            else:
-                expired.append(field)
-        if expired:
-            self.client.hdel(self.live_key, *expired)
-        return now, sorted(live, key=lambda d: (d["group"], d["worker"]))
-
-    def refuse_if_consumed(self, topics, action: str) -> None:
-        """Raise ``WorkerRunningError`` when a live worker consumes one of ``topics``: ``action``
-        would write states that the worker holds in its cache and overwrites at its next commit
-        (or, after a reload, counts events twice)."""
-        wanted = set(topics)
-        now, live = self._live_workers()
-        busy = [w for w in live if wanted & set(w.get("topics", ()))]
-        if not busy:
-            return
-        who = "; ".join(f"group {w['group']!r} worker {w['worker']} (pid {w['pid']} on {w['host']}, "
-                        f"renewed {(now - w['at_ms']) / 1000:.0f} s ago) consumes {', '.join(sorted(wanted & set(w['topics'])))}"
-                        for w in busy)
-        raise WorkerRunningError(
-            f"{action}: {len(busy)} running worker(s) consume the topic(s) whose online states this would write: "
-            f"{who}.  A worker keeps the states in memory and its next commit would overwrite what this writes. "
-            f"Stop the worker group first (the announcement of a worker killed without stopping expires "
-            f"{LIVE_TTL_MS // 1000} s after its last renewal).")
-
     # -- writing -----------------------------------------------------------------
-    def owners_key(self, group: str) -> str:
-        return f"fs:{self.project}:owners:{group}"
-
-    def claim_partitions(self, group: str, names: list[str], token: str) -> None:
-        """Record ``token`` as the owner of partitions ``names`` ("topic:partition") of ``group``: from
-        now on a commit carrying another token for one of them writes nothing."""
-        if names:
-            self.client.hset(self.owners_key(group), mapping=dict.fromkeys(names, token))
-
     def commit(self, records: list[OnlineRecord], group: str | None, offsets: dict[str, tuple[int, int]],
                epoch: str | None = None, chunk: int | None = None, token: str | None = None) -> CommitResult:
         """Write ``records`` and advance ``offsets`` ({"topic:partition": (expected, new)}).
@@ -490,27 +338,6 @@ class RedisOnlineStore:
     def count_view(self, view_key: str) -> int:
         """Entities stored for one view version (SCAN)."""
         return sum(len(batch) for batch in self._scan_batches(f"fs:{view_key}:*"))
-
-    def topic_offsets(self, topic: str) -> dict[str, dict[str, int]]:
-        """Per consumer group: the applied offsets of ``topic``'s partitions (``topic:partition`` -> offset)."""
-        prefix = self.offsets_key("")
-        out: dict[str, dict[str, int]] = {}
-        for key in self.client.scan_iter(match=prefix + "*", count=500):
-            found = {k.decode(): int(v) for k, v in self.client.hgetall(key).items()
-                     if k.decode().rsplit(":", 1)[0] == topic}
-            if found:
-                out[key.decode()[len(prefix):]] = found
-        return out
-
-    def forget_topic(self, topic: str) -> int:
-        """Delete every group's applied offsets and partition claims of ``topic``; returns the fields deleted."""
-        n = 0
-        for prefix in (self.offsets_key(""), self.owners_key("")):
-            for key in self.client.scan_iter(match=prefix + "*", count=500):
-                fields = [k for k in self.client.hkeys(key) if k.decode().rsplit(":", 1)[0] == topic]
-                if fields:
-                    n += self.client.hdel(key, *fields)
-        return n
 
     def _scan_batches(self, pattern: str, size: int = 500):
         batch = []

@@ -40,7 +40,7 @@ def test_example_repo_objects():
     assert sorted(repo.odfvs) == ["customer_derived_features"]
     assert sorted(repo.services) == ["fraud_detection", "recommendation"]
     src = repo.source("transactions")
-    assert src.history.path == str(EXAMPLES / "data" / "transactions.parquet")
+    assert src.history.path == str((EXAMPLES / "repo.py").resolve().parent / "data" / "transactions.parquet")
     assert src.allowed_lateness == 5 * 60_000 and src.event_id_field == "transaction_id"
     stats = repo.view("customer_stats")
     assert stats.ttl == 90 * 86_400_000 and stats.owner == "risk-team"

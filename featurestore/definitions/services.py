@@ -43,7 +43,7 @@ with warnings.catch_warnings():
         name: str
         sources: tuple[Union[FeatureView, FeatureSelection], ...]
         request_schema: dict[str, TypeField] = {}
-        schema: dict[str, TypeField]
+        schema: dict[str, TypeField]  # type: ignore[assignment]  # the field users name; shadows BaseModel.schema
         fn: Callable[[pd.DataFrame], pd.DataFrame]
         compute_on_missing: bool = False
         description: str = ""

@@ -116,7 +116,7 @@ with warnings.catch_warnings():
 
         name: str
         topic: str
-        schema: dict[str, TypeField]
+        schema: dict[str, TypeField]  # type: ignore[assignment]  # the field users name; shadows BaseModel.schema
         timestamp_field: str
         entity_field: str
         event_id_field: str | None = None

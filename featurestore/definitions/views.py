@@ -148,7 +148,8 @@ class FeatureView(Definition):
         for f, spec in zip(self.features, self._specs):
             item = {
                 "name": f.name, "kind": type(f).__name__, "column": spec.column, "function": spec.function,
-                "window_ms": spec.window_ms, "hop_ms": spec.hop_ms, "n": spec.n, "dtype": f.dtype.name,
+                "window_ms": spec.window_ms, "hop_ms": spec.hop_ms, "n": spec.n,
+                "dtype": None if f.dtype is None else f.dtype.name,
             }
             if isinstance(f, BatchTransform):
                 qualname, code_hash = function_identity(f.fn)

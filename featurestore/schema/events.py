@@ -139,12 +139,11 @@ class EventValidator:
             values[name] = v
         if ref_ms is not None and self._max_future is not None and ts_ms > ref_ms + self._max_future:
             return Rejection("future_timestamp", future_detail(f"timestamp field {tf!r}:", ts_ms, ref_ms, self._max_future))
-        eid = None
+        eid: str | None = None
         if self._id is not None:
-            eid = values[self._id]
-            if eid is not None and type(eid) is not str:
-                eid = str(eid)
-        return ValidEvent(key, ts_ms, eid, values, ref_ms)
+            raw_id = values[self._id]
+            eid = raw_id if raw_id is None or type(raw_id) is str else str(raw_id)
+        return ValidEvent(key, ts_ms, eid, values, ref_ms)  # type: ignore[arg-type]  # key: str or int by the schema
 
 
 _VALIDATORS: dict[int, tuple[EventSource, EventValidator]] = {}

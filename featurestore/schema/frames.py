@@ -159,7 +159,7 @@ def validate_frame(source: EventSource, df: pd.DataFrame, ref_ms: int | np.ndarr
         null = col.null
         if is_key and vt == STRING:
             null = null | (col.values.to_numpy(dtype=object) == "")
-        raw_list = raw.tolist() if (col.bad.any()) else None
+        raw_list: list = raw.tolist() if col.bad.any() else []  # read only at the bad rows
         if is_key:
             reject(null, "missing_entity_key", lambda i: f"entity field {kf!r} is missing or empty")
             reject(col.bad, "wrong_type", lambda i: _detail(kf, vt, raw_list[i], "entity field"))

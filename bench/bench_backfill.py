@@ -67,7 +67,8 @@ def child(args) -> None:
     async def go():
         store = await PostgresOfflineStore.create(s.postgres_dsn.get_secret_value(), args.project)
         try:
-            return await run_backfill(pv, store, RedisOnlineStore.from_url(s.redis_url.get_secret_value(), args.project),
+            return await run_backfill(pv, store,
+                                      RedisOnlineStore.from_url(s.redis_url.get_secret_value(), args.project),
                                       BackfillOptions(source="files", write=args.child == "e2e", chunks=args.chunks,
                                                       progress=False))
         finally:
@@ -198,7 +199,8 @@ def main() -> None:
                          "compute_batch_events_per_s": round(n / compute["phases"]["compute_s"])},
         "baselines": {"duckdb_same_windows": {"seconds": round(duck_s, 3), "events_per_s": round(n / duck_s),
                                               "note": "exact RANGE frames, all cores, result aggregated (not written)"},
-                      "postgres_copy_floor": {"seconds": round(floor_s, 3), "rows_per_s": round(e2e["rows_written"] / floor_s),
+                      "postgres_copy_floor": {"seconds": round(floor_s, 3),
+                                              "rows_per_s": round(e2e["rows_written"] / floor_s),
                                               "note": "binary COPY of pre-encoded rows, same columns, no index"}},
         "goal": ">= 150k events/s end to end, peak RSS < 2 GB",
         "meets_goal": ours >= 150_000 and e2e["peak_rss_mb"] < 2048,

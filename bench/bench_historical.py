@@ -178,7 +178,8 @@ def main() -> None:
     # The event load alone (the same call as inside ours), for the split.
     keys = pd.unique(labels["customer_id"])
     started = time.perf_counter()
-    loaded = loop.run_until_complete(store.load_events_fast(source, keys=list(keys), end_ms=int(labels["event_timestamp"].max()),
+    loaded = loop.run_until_complete(store.load_events_fast(source, keys=list(keys),
+                                                            end_ms=int(labels["event_timestamp"].max()),
                                                             fields=["amount"]))
     t_load = time.perf_counter() - started
 

@@ -95,7 +95,8 @@ def worker_process(bootstrap: str, redis_url: str, dsn: str, project: str, topic
     report.put({"batches": worker.batches, "records": worker.records_done,
                 "seconds_in_batches": round(worker.metrics.batch_seconds._sum.get(), 2),
                 "worker_cpu_seconds": round(time.process_time() - cpu, 2),
-                "record_bytes": dict(zip(("state", "values", "ids"), (totals[1:] / max(totals[0], 1)).round(1).tolist()))})
+                "record_bytes": dict(zip(("state", "values", "ids"),
+                                         (totals[1:] / max(totals[0], 1)).round(1).tolist()))})
 
 
 def floor_consumer(bootstrap: str, topic: str, stop, assigned, report) -> None:
@@ -103,10 +104,11 @@ def floor_consumer(bootstrap: str, topic: str, stop, assigned, report) -> None:
     (group join, fetch wait, poll timeout) that decodes each record and notes when it arrived minus its
     event time (both wall-clock ms on this machine): what the broker path alone costs, no processing."""
     config = WorkerConfig(group="floor")
-    consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=f"floor-{topic}", auto_offset_reset="earliest",
-                             enable_auto_commit=False, session_timeout_ms=config.session_timeout_ms,
-                             heartbeat_interval_ms=config.heartbeat_interval_ms, fetch_max_wait_ms=config.fetch_max_wait_ms,
-                             max_poll_records=config.batch_size)
+    consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=f"floor-{topic}",
+                             auto_offset_reset="earliest", enable_auto_commit=False,
+                             session_timeout_ms=config.session_timeout_ms,
+                             heartbeat_interval_ms=config.heartbeat_interval_ms,
+                             fetch_max_wait_ms=config.fetch_max_wait_ms, max_poll_records=config.batch_size)
     latencies: list[int] = []
     while not stop.is_set():
         batch = consumer.poll(timeout_ms=LATENCY_POLL_MS)
@@ -189,7 +191,8 @@ def run_rate(settings, rate: int, seconds: float, customers: int, workers: int =
     ctx = multiprocessing.get_context("spawn")
     stop, report = ctx.Event(), ctx.Queue()
     assigned = [ctx.Event() for _ in range(workers)]
-    children = [ctx.Process(target=worker_process, args=(bootstrap, redis_url, dsn, project, topic, stop, ready, report, sizes))
+    children = [ctx.Process(target=worker_process,
+                            args=(bootstrap, redis_url, dsn, project, topic, stop, ready, report, sizes))
                 for ready in assigned]
     for child in children:  # one consumer group: the partitions are shared
         child.start()
@@ -266,7 +269,8 @@ def main() -> None:
     parser.add_argument("--customers", type=int, default=10000)
     parser.add_argument("--workers", type=int, default=1, help="worker processes in the consumer group")
     parser.add_argument("--without-transforms", action="store_true",
-                        help="also run each rate with the workers' transforms taken out (what the rest of the path allows)")
+                        help="also run each rate with the workers' transforms taken out "
+                             "(what the rest of the path allows)")
     args = parser.parse_args()
     settings = bench_settings()
     results = []

@@ -168,8 +168,8 @@ def main() -> None:
                                                  chunk, stop, queue))
         child.start()
         time.sleep(args.warmup_seconds)  # the child's imports and first commits
-        # Open loop: reads scheduled every 1/READ_RATE s for --read-seconds (several commits fall inside at the default 10 s), each
-        # timed from its scheduled start, so a read queued behind a late one counts its wait too (a
+        # Open loop: reads scheduled every 1/READ_RATE s for --read-seconds (several commits fall inside at the
+        # default 10 s), each timed from its scheduled start, so a read queued behind a late one counts its wait too (a
         # back-to-back loop would let one stalled read hide all those a stall delays: coordinated omission).
         loaded, start0 = [], time.perf_counter()
         for i in range(int(args.read_seconds * READ_RATE)):

@@ -45,7 +45,8 @@ def run_polars(events):
             col, ts = pl.col("amount"), "ts"
             exprs += [
                 col.rolling_sum_by(ts, size, closed="both").over("key").alias(f"amount_sum_{label}"),
-                col.is_not_null().cast(pl.Int64).rolling_sum_by(ts, size, closed="both").over("key").alias(f"amount_count_{label}"),
+                (col.is_not_null().cast(pl.Int64).rolling_sum_by(ts, size, closed="both").over("key")
+                 .alias(f"amount_count_{label}")),
                 col.rolling_mean_by(ts, size, closed="both").over("key").alias(f"amount_mean_{label}"),
                 col.rolling_min_by(ts, size, closed="both").over("key").alias(f"amount_min_{label}"),
                 col.rolling_max_by(ts, size, closed="both").over("key").alias(f"amount_max_{label}"),
@@ -63,8 +64,10 @@ def run_duckdb(events):
     selects = []
     for w, label in WINDOWS:
         frame = f"(PARTITION BY key ORDER BY ts RANGE BETWEEN {w} PRECEDING AND CURRENT ROW)"
-        selects += [f"SUM(amount) OVER {frame} AS amount_sum_{label}", f"COUNT(amount) OVER {frame} AS amount_count_{label}",
-                    f"AVG(amount) OVER {frame} AS amount_mean_{label}", f"MIN(amount) OVER {frame} AS amount_min_{label}",
+        selects += [f"SUM(amount) OVER {frame} AS amount_sum_{label}",
+                    f"COUNT(amount) OVER {frame} AS amount_count_{label}",
+                    f"AVG(amount) OVER {frame} AS amount_mean_{label}",
+                    f"MIN(amount) OVER {frame} AS amount_min_{label}",
                     f"MAX(amount) OVER {frame} AS amount_max_{label}"]
     sql = f"SELECT key, ts, {', '.join(selects)} FROM events ORDER BY key, ts"
     con.execute("SET threads TO 2")
@@ -140,7 +143,8 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=5_000_000)
     parser.add_argument("--entities", type=int, default=100_000)
     parser.add_argument("--streaming-events", type=int, default=500_000)
-    parser.add_argument("--hot-events", type=int, default=1_000_000, help="events of the one hot entity whose state is sized")
+    parser.add_argument("--hot-events", type=int, default=1_000_000,
+                        help="events of the one hot entity whose state is sized")
     args = parser.parse_args()
 
     events = make_events(args.events, args.entities)

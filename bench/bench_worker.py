@@ -115,7 +115,8 @@ def run_worker(dsn: str, redis_url: str, bootstrap: str, project: str, source, v
 
     worker = Worker(prepared, RedisOnlineStore.from_url(redis_url, project), offline,
                     WorkerConfig(group=f"{project}-g", metrics_port=None, batch_size=args.batch_size,
-                                 commit_chunk=args.commit_chunk or None, kafka_options={"bootstrap_servers": bootstrap}))
+                                 commit_chunk=args.commit_chunk or None,
+                                 kafka_options={"bootstrap_servers": bootstrap}))
     if processor is not None:
         worker.processors = {name: processor(p.views, p.online, p.max_states, p.history)
                              for name, p in worker.processors.items()}

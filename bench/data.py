@@ -23,5 +23,7 @@ def make_events(n_events: int, n_entities: int, days: int = 30, seed: int = 7) -
     return pd.DataFrame({"key": keys.astype("int64"), "ts": ts.astype("int64"), "amount": amount})
 
 
-def window_specs(functions=("sum", "count", "mean", "min", "max"), windows=((HOUR, "1h"), (24 * HOUR, "24h"), (7 * DAY, "7d")), hop_ms=None):
-    return [AggSpec(f"amount_{f}_{label}", f, "amount", window_ms=w, hop_ms=hop_ms) for w, label in windows for f in functions]
+def window_specs(functions=("sum", "count", "mean", "min", "max"),
+                 windows=((HOUR, "1h"), (24 * HOUR, "24h"), (7 * DAY, "7d")), hop_ms=None):
+    return [AggSpec(f"amount_{f}_{label}", f, "amount", window_ms=w, hop_ms=hop_ms)
+            for w, label in windows for f in functions]

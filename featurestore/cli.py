@@ -20,9 +20,10 @@ __all__ = ["COMMAND_MODULES", "build_parser", "common_options", "load_settings",
 
 # Each module has `register(subparsers)` adding its subcommands; a leaf parser sets
 # `handler=<callable(args) -> int>` with set_defaults.
-COMMAND_MODULES: tuple[str, ...] = ("featurestore.dev.commands", "featurestore.commands.stream", "featurestore.commands.demo",
-                                    "featurestore.commands.registry", "featurestore.commands.materialize",
-                                    "featurestore.commands.compact", "featurestore.commands.reset")
+COMMAND_MODULES: tuple[str, ...] = ("featurestore.dev.commands", "featurestore.commands.stream",
+                                    "featurestore.commands.demo", "featurestore.commands.registry",
+                                    "featurestore.commands.materialize", "featurestore.commands.compact",
+                                    "featurestore.commands.reset")
 
 
 def common_options(suppress: bool = True) -> argparse.ArgumentParser:

@@ -162,7 +162,8 @@ class FeatureStore(WritesMixin):
         if (features is None) == (feature_service is None):
             raise InvalidInputError("pass exactly one of features=[...] or feature_service=...")
         if feature_service is not None:
-            service = feature_service if isinstance(feature_service, FeatureService) else self.repo.service(feature_service)
+            service = (feature_service if isinstance(feature_service, FeatureService)
+                       else self.repo.service(feature_service))
             return [FeatureRef(v, f) for v, f in service.resolve()]
         refs = [FeatureRef.parse(f) if isinstance(f, str) else f for f in features]
         for ref in refs:
@@ -209,7 +210,8 @@ class FeatureStore(WritesMixin):
     def _online_request(self, entity_rows, features, feature_service) -> tuple["_OnlinePlan", list, list[list[str]]]:
         """(the plan of this request shape, the entity rows as dicts, the entity keys per view read)."""
         rows = entity_rows.to_dict("records") if isinstance(entity_rows, pd.DataFrame) else list(entity_rows)
-        plan_key = (tuple(features) if features is not None else None, feature_service if isinstance(feature_service, (str, type(None))) else id(feature_service))
+        plan_key = (tuple(features) if features is not None else None,
+                    feature_service if isinstance(feature_service, (str, type(None))) else id(feature_service))
         plan = self._plans.get(plan_key)
         if plan is None:
             plan = self._plans[plan_key] = self._plan(features, feature_service)

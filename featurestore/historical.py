@@ -138,7 +138,8 @@ def _entity_keys(entity_df: pd.DataFrame, view: FeatureView) -> pd.Series:
                 raise InvalidInputError(f"column {col!r}: entity {view.entity.name!r} has int64 keys, "
                                         f"got {type(v).__name__} {v!r}")
             out[i] = int(v)
-        return pd.Series(out, index=s.index, dtype=object) if null.any() else pd.Series(out, index=s.index).astype("int64")
+        return (pd.Series(out, index=s.index, dtype=object) if null.any()
+                else pd.Series(out, index=s.index).astype("int64"))
     vals = s.astype(object).to_numpy()
     bad = [v for v in vals[~null][:1000] if not isinstance(v, str)]
     if bad:
@@ -336,7 +337,8 @@ def _recompute(specs, frame, ev_codes, ev_ts, q_codes, qts, qkeys, affected, val
             one = compute_batch(specs, sub, query,
                                 lateness_ms=lateness, id_column=id_col)
             acc_ts = sub["ts"].to_numpy(dtype="int64")[np.asarray(one.accepted, dtype=bool)]
-            hit = ({sp.name: one.values[sp.name].to_numpy(dtype=object)[0] for sp in specs}, int(acc_ts.max()) if len(acc_ts) else np.iinfo("int64").min)
+            hit = ({sp.name: one.values[sp.name].to_numpy(dtype=object)[0] for sp in specs},
+                   int(acc_ts.max()) if len(acc_ts) else np.iinfo("int64").min)
             cache[(code, t)] = hit
         row, last = hit
         for spec in specs:

@@ -196,7 +196,8 @@ class Registry:
             elif cur["fingerprint"] != fp:
                 new = max(cur["version"] + 1, explicit or 0)
                 detail = _feature_diff(cur["definition"], definition) if kind == "view" else "definition changed"
-                same = [r["version"] for r in rows if r["kind"] == kind and r["name"] == name and r["fingerprint"] == fp]
+                same = [r["version"] for r in rows
+                        if r["kind"] == kind and r["name"] == name and r["fingerprint"] == fp]
                 if same:
                     detail += f" (same computation as v{same[-1]})"
                 change = Change(kind, name, "new_version", cur["version"], new, detail)
@@ -223,7 +224,8 @@ class Registry:
         async with self.pool.acquire() as conn:
             await self._ensure(conn)
             async with conn.transaction():
-                await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"registry:{self.schema}:{self.project}")
+                await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))",
+                                   f"registry:{self.schema}:{self.project}")
                 rows = await self._rows(conn)
                 plan = self._plan(repo, rows)
                 for change, obj, definition, fp in plan:

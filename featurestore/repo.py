@@ -107,7 +107,8 @@ class Repository:
                     f"one source (one schema, one entity key the events are partitioned by); give each source its "
                     f"own topic")
         if kind in ("FeatureView", "OnDemandFeatureView"):
-            other_table, other = (self.odfvs, "OnDemandFeatureView") if kind == "FeatureView" else (self.views, "FeatureView")
+            other_table, other = ((self.odfvs, "OnDemandFeatureView") if kind == "FeatureView"
+                                  else (self.views, "FeatureView"))
             if obj.name in other_table:
                 raise DefinitionError(
                     f"{kind} {obj.name!r} in {origin} has the same name as {other} {obj.name!r} "

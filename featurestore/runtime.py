@@ -62,7 +62,8 @@ class Runtime:
             offline = await self.offline()
             try:
                 registry = await self.registry(offline)
-                return {name: await registry.version_of(name, view.fingerprint()) for name, view in self.repo.views.items()}
+                return {name: await registry.version_of(name, view.fingerprint())
+                        for name, view in self.repo.views.items()}
             finally:
                 await offline.close()
 

@@ -315,7 +315,8 @@ class _Backfill(HandOffMixin):
         if o.source == "kafka" and o.write:
             acc = events[accepted]
             id_col = event_id_column(self.src)
-            log_frame = acc.drop(columns=[c for c in ("key", "ts", id_col) if c in acc.columns and c not in self.src.schema]
+            log_frame = acc.drop(columns=[c for c in ("key", "ts", id_col)
+                                          if c in acc.columns and c not in self.src.schema]
                                  + [bt.column for bt in self.view.batch_transforms()])
             log_frame = log_frame.rename(columns={"__part": "__partition", "__off": "__offset"})
             log_frame["__key"] = acc["key"].to_numpy()

@@ -30,7 +30,8 @@ def compute_history(view: FeatureView, events: pd.DataFrame, start_ms: int | Non
     """Values as of each accepted event (rows with ts >= start_ms), the refused rows and the accepted mask."""
     id_col = event_id_column(view.source)
     result = compute_batch(view.agg_specs(), events, None, view.source.allowed_lateness,
-                           id_column=id_col if view.source.event_id_field is not None and id_col in events.columns else None)
+                           id_column=(id_col if view.source.event_id_field is not None and id_col in events.columns
+                                      else None))
     values = result.values
     if start_ms is not None:
         values = values[values["ts"] >= start_ms].reset_index(drop=True)

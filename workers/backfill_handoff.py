@@ -61,7 +61,8 @@ class HandOffMixin:
         """``OnlineRecord.applied`` of the states of a Kafka or event-log backfill: each holds every
         event of its entity up to the cut-over of each partition (b"" for files: no positions)."""
         prefix = f"{self.src.topic}:"
-        cut = {int(name[len(prefix):]): int(off) for name, off in self.report.cutover.items() if name.startswith(prefix)}
+        cut = {int(name[len(prefix):]): int(off)
+               for name, off in self.report.cutover.items() if name.startswith(prefix)}
         return encode_applied(cut)
 
     def _commit_offsets(self, header: dict) -> None:

@@ -136,8 +136,8 @@ class KafkaHistory:
             batch = self.consumer.poll(timeout_ms=500)
             if not batch:
                 if time.monotonic() - last_seen > self.idle_timeout_s:
-                    logger.warning("kafka: no records for %.0f s on partitions %s below their end offsets; stopping there",
-                                   self.idle_timeout_s, sorted(todo))
+                    logger.warning("kafka: no records for %.0f s on partitions %s below their end offsets; "
+                                   "stopping there", self.idle_timeout_s, sorted(todo))
                     break
                 continue
             last_seen = time.monotonic()

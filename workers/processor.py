@@ -98,7 +98,8 @@ def log_batches(views: list[PreparedView], events: pd.DataFrame, id_column: str
     out = {}
     for key, group in events.groupby("key", sort=False):
         rows = group.to_dict("records")
-        applied = {int(r["__partition"]): int(r["__offset"]) for r in rows if r["__partition"] >= 0}  # offsets rise per partition
+        # offsets rise per partition
+        applied = {int(r["__partition"]): int(r["__offset"]) for r in rows if r["__partition"] >= 0}
         out[str(key)] = ([(r["ts"], r, r.get(id_column)) for r in rows], applied)
     return out
 

@@ -43,7 +43,8 @@ def owned_events(events: pd.DataFrame, parts: list[int], n_partitions: int, on_k
     mine = set(keys[~pushed].tolist())
     wanted = set(parts)
     for key in pd.unique(keys[pushed]):
-        if key not in mine and key not in on_kafka and (murmur2(str(key).encode()) & 0x7FFFFFFF) % n_partitions in wanted:
+        if (key not in mine and key not in on_kafka
+                and (murmur2(str(key).encode()) & 0x7FFFFFFF) % n_partitions in wanted):
             mine.add(key)
     return events[~pushed | keys.isin(mine).to_numpy()].reset_index(drop=True)
 
@@ -67,7 +68,8 @@ class RecoveryMixin:
                 # Kafka says this group consumed the partition but the online store has no offset for it: the
                 # store lost its data since (another worker may already have re-created the epoch marker, so
                 # the marker alone does not tell). Rebuild from the event log, never apply on top of lost state.
-                logger.error("%s:%s committed in Kafka but unknown to the online store: rebuilding", tp.topic, tp.partition)
+                logger.error("%s:%s committed in Kafka but unknown to the online store: rebuilding",
+                             tp.topic, tp.partition)
                 self.rebuild_pending = True
         if self.rebuild_pending:  # a rebuild failed half way (or never ran): finish it first
             self.rebuild_from_event_log()
@@ -109,7 +111,8 @@ class RecoveryMixin:
         on_kafka = self._run(self.offline.keys_on_kafka_partitions(source, sorted(candidates)))
         n_partitions = len(self.consumer.partitions_for_topic(source.topic) or ())
         if not n_partitions:  # without it the pushed-only entities would be left out: retry the batch instead
-            raise StoreUnavailableError(f"no partition count known for topic {source.topic!r} yet; retrying the rebuild")
+            raise StoreUnavailableError(f"no partition count known for topic {source.topic!r} yet; "
+                                        "retrying the rebuild")
         return owned_events(events, parts, n_partitions, on_kafka)
 
     def _rebuilt_records(self, processor, source, events: pd.DataFrame, stored):

@@ -115,7 +115,8 @@ class ResetChecksMixin:
             # The broker reports fewer records than this group applied: a topic recreated or a broker emptied
             # leaves the consumer waiting past the end in silence.  End offsets can be under-reported, so the
             # record itself is fetched (_verify_assigned), at most once per RESET_CHECK_PERIOD_S per partition.
-            if tp in ends and ends[tp] < position and now >= self._reset_checked.get(tp, 0.0) and tp not in self._to_verify:
+            if (tp in ends and ends[tp] < position and now >= self._reset_checked.get(tp, 0.0)
+                    and tp not in self._to_verify):
                 self._reset_checked[tp] = now + RESET_CHECK_PERIOD_S
                 self.consumer.pause(tp)
                 self._to_verify.append(tp)

@@ -48,10 +48,12 @@ class TopicReset:
 
     def message(self) -> str:
         end = "unknown" if self.broker_end is None else str(self.broker_end)
-        return (f"topic reset: partition {self.topic}:{self.partition} {self.why} (our last applied offset {self.ours}, "
+        return (f"topic reset: partition {self.topic}:{self.partition} {self.why} "
+                f"(our last applied offset {self.ours}, "
                 f"the broker's end offset {end}). The topic was deleted and created again, or the broker lost its log, "
                 f"while Redis and PostgreSQL kept the offsets, states and event log of its old records; consuming on "
-                f"would skip new records. Stop the workers of the group, run `featurestore reset --source {self.source}` "
+                f"would skip new records. Stop the workers of the group, "
+                f"run `featurestore reset --source {self.source}` "
                 f"(it lists what it deletes first), then start them again; or start the worker with "
                 f"--on-topic-reset reprocess")
 
@@ -86,7 +88,8 @@ class PartitionVerifier:
                     return records[0]
         return None
 
-    def check(self, tp, source: str, ours: int, fingerprint: tuple[int, int] | None, end: int | None) -> TopicReset | None:
+    def check(self, tp, source: str, ours: int, fingerprint: tuple[int, int] | None,
+              end: int | None) -> TopicReset | None:
         """``TopicReset`` when ``tp`` does not hold record ``ours``, or holds another record at the
         ``fingerprint`` offset (``(offset, Kafka timestamp)`` from the event log) than the one logged."""
         if ours < 0:

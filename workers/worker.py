@@ -208,7 +208,8 @@ class Worker(IsolationMixin, RecoveryMixin, MembershipMixin, ResetChecksMixin, R
         self.dead_letters = DeadLetterSender(self.producer, self.config.dead_letter_topic, value_limit, self.offline,
                                              self._run, lambda topic: self.sources[topic].name, self.metrics)
         if self.config.metrics_port is not None:
-            self.probes = ProbeServer(self.metrics, host=self.config.metrics_host, port=self.config.metrics_port).start()
+            self.probes = ProbeServer(self.metrics, host=self.config.metrics_host,
+                                      port=self.config.metrics_port).start()
 
     def request_stop(self, *_args) -> None:
         """SIGTERM/SIGINT: finish the batch in flight, commit, leave the group."""

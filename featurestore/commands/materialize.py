@@ -18,7 +18,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--end", required=True, help="last event time (ISO-8601 or epoch ms)")
     p.add_argument("--views", nargs="*", help="only these feature views (default: all applied)")
     p.add_argument("--force", action="store_true",
-                   help="write even if a running worker consumes the views' topics (its commits would overwrite these states)")
+                   help="write even if a running worker consumes the views' topics "
+                        "(its commits would overwrite these states)")
     p.set_defaults(handler=cmd_materialize)
 
 

@@ -63,7 +63,8 @@ def _print_changes(changes: list, as_json: bool, applied: bool) -> None:
         return
     print(f"{'KIND':<8} {'NAME':<32} {'ACTION':<16} {'VERSION':<10} DETAIL")
     for c in changes:
-        version = f"v{c.new_version}" if c.old_version in (None, c.new_version) else f"v{c.old_version}->v{c.new_version}"
+        version = (f"v{c.new_version}" if c.old_version in (None, c.new_version)
+                   else f"v{c.old_version}->v{c.new_version}")
         print(f"{c.kind:<8} {c.name:<32} {c.action:<16} {version:<10} {c.detail}")
     todo = [c for c in changes if c.action != "unchanged"]
     verb = "applied" if applied else "to apply"

@@ -49,7 +49,8 @@ def register(subparsers) -> None:
     g.add_argument("--file", help=".jsonl, .csv or .parquet events")
     g.add_argument("--generate", type=int, metavar="N", help="generate N demo transactions")
     p.add_argument("--customers", type=int, default=1000, help="distinct customers of --generate (default 1000)")
-    p.add_argument("--days", type=float, default=7.0, help="days of event time --generate spans, ending now (default 7)")
+    p.add_argument("--days", type=float, default=7.0,
+                   help="days of event time --generate spans, ending now (default 7)")
     p.add_argument("--rate", type=float, default=None, help="events per second (default: as fast as possible)")
     p.add_argument("--partitions", type=int, default=4, help="partitions when the topic is created")
     p.set_defaults(handler=run_produce)
@@ -59,7 +60,8 @@ def register(subparsers) -> None:
     p.add_argument("--view", required=True, help="the feature view to rebuild")
     p.add_argument("--source", choices=["files", "postgres", "kafka"], default="files",
                    help="history file of the source, the PostgreSQL event log, or the Kafka topic")
-    p.add_argument("--start", help="first event time to write (ISO-8601 or epoch ms); earlier events still feed windows")
+    p.add_argument("--start",
+                   help="first event time to write (ISO-8601 or epoch ms); earlier events still feed windows")
     p.add_argument("--end", help="last event time to read (ISO-8601 or epoch ms); with kafka, each partition is read "
                                  "up to its first record after it (the cut-over)")
     p.add_argument("--online", action="store_true",
@@ -83,7 +85,8 @@ def register(subparsers) -> None:
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--service", help="a feature service: read its features")
     g.add_argument("--features", nargs="+", metavar="VIEW:FEATURE", help="read these features")
-    p.add_argument("--request", action="append", default=[], metavar="NAME=VALUE", help="request data for on-demand features")
+    p.add_argument("--request", action="append", default=[], metavar="NAME=VALUE",
+                   help="request data for on-demand features")
     p.set_defaults(handler=run_get)
 
 

@@ -269,7 +269,8 @@ class BatchTransform(Feature):
             raise InvalidInputError(f"{where}: fn raised {type(exc).__name__}: {exc}") from exc
         if isinstance(out, pd.DataFrame):
             if out.shape[1] != 1:
-                raise InvalidInputError(f"{where}: fn returned a DataFrame with {out.shape[1]} columns, expected one column")
+                raise InvalidInputError(f"{where}: fn returned a DataFrame with {out.shape[1]} columns, "
+                                        "expected one column")
             out = out.iloc[:, 0]
         if not hasattr(out, "__len__") or isinstance(out, (str, bytes, dict)):
             raise InvalidInputError(f"{where}: fn returned {type(out).__name__}, expected a Series, array or list")

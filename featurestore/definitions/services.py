@@ -204,7 +204,8 @@ class FeatureService(Definition):
         """Feature views read, directly or through on-demand views (each once)."""
         seen: dict[str, FeatureView] = {}
         for item in self.features:
-            sels = [selection_of(s) for s in item.sources] if isinstance(item, OnDemandFeatureView) else [selection_of(item)]
+            sels = ([selection_of(s) for s in item.sources] if isinstance(item, OnDemandFeatureView)
+                    else [selection_of(item)])
             for sel in sels:
                 seen.setdefault(sel.view.name, sel.view)
         return list(seen.values())

@@ -182,9 +182,11 @@ with warnings.catch_warnings():
                 raise DefinitionError(f"{where}: field 'max_future' must not be negative, got {self.max_future} ms")
             for f in self.optional_fields:
                 if f not in self.schema:
-                    raise DefinitionError(f"{where}: field 'optional_fields': {f!r} is not in the schema (fields: {fields})")
+                    raise DefinitionError(f"{where}: field 'optional_fields': {f!r} is not in the schema "
+                                          f"(fields: {fields})")
                 if f in (self.timestamp_field, self.entity_field):
-                    raise DefinitionError(f"{where}: field 'optional_fields': {f!r} is the timestamp or entity field and cannot be optional")
+                    raise DefinitionError(f"{where}: field 'optional_fields': {f!r} is the timestamp or entity field "
+                                          "and cannot be optional")
             return self
 
         @property

@@ -366,10 +366,12 @@ def resolve_servers(settings: Settings, timeout: float = 60, say=None) -> Settin
     for line in info.moved_warnings():
         logger.warning("%s", line)
     unset = [f"FEATURESTORE_{n}" for n, v in (("KAFKA_BOOTSTRAP_SERVERS", settings.kafka_bootstrap_servers),
-                                              ("REDIS_URL", settings.redis_url), ("POSTGRES_DSN", settings.postgres_dsn))
+                                              ("REDIS_URL", settings.redis_url),
+                                              ("POSTGRES_DSN", settings.postgres_dsn))
              if not v]
     line = (f"featurestore: using the embedded stack of local servers (data in {stack.folder}; "
-            f"`featurestore dev down` stops it) because {', '.join(unset)} {'is' if len(unset) == 1 else 'are'} not set")
+            f"`featurestore dev down` stops it) because {', '.join(unset)} "
+            f"{'is' if len(unset) == 1 else 'are'} not set")
     if say is not None:
         say(line)
     else:

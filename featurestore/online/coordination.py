@@ -89,7 +89,8 @@ class CoordinationMixin:
         if not busy:
             return
         who = "; ".join(f"group {w['group']!r} worker {w['worker']} (pid {w['pid']} on {w['host']}, "
-                        f"renewed {(now - w['at_ms']) / 1000:.0f} s ago) consumes {', '.join(sorted(wanted & set(w['topics'])))}"
+                        f"renewed {(now - w['at_ms']) / 1000:.0f} s ago) "
+                        f"consumes {', '.join(sorted(wanted & set(w['topics'])))}"
                         for w in busy)
         raise WorkerRunningError(
             f"{action}: {len(busy)} running worker(s) consume the topic(s) whose online states this would write: "

@@ -150,7 +150,8 @@ def decode_rows(reads: list[ViewRead], keys_per_view: list[list[str]], t: int, f
     return out
 
 
-def read_views(store, reads: list[ViewRead], keys_per_view: list[list[str]], at_ms: int | None = None) -> list[list[ViewValues]]:
+def read_views(store, reads: list[ViewRead], keys_per_view: list[list[str]],
+               at_ms: int | None = None) -> list[list[ViewValues]]:
     """``result[v][i]``: view ``reads[v]`` for entity ``keys_per_view[v][i]`` as of ``at_ms`` (default now),
     one ``ViewValues`` each (``read_rows`` is the columnar form the client uses)."""
     out = []

@@ -3,8 +3,8 @@
 Layout, for project ``p``:
 
 * ``fs:{view_key}:{entity}`` — hash: ``s`` state (without its event ids), ``i`` the event ids
-  (``[id, ts]`` pairs, appended to by each commit: ``OnlineRecord.ids``), ``v`` the values row (``pack_row``: valid-until
-  and watermark in ms as two 16-digit fields, then the values' JSON as of the watermark), ``o`` the
+  (``[id, ts]`` pairs, appended to by each commit: ``OnlineRecord.ids``), ``v`` the values row (``pack_row``:
+  valid-until and watermark in ms as two 16-digit fields, then the values' JSON as of the watermark), ``o`` the
   offsets of the events applied to the state (``OnlineRecord.applied``, empty when the writer does
   not track them); expires ``ttl + TTL_GRACE_MS`` after its last write (expiry in event time is
   decided by the reader).  Rows written before this layout (``v`` the bare JSON, ``w`` and ``u``
@@ -166,8 +166,8 @@ class RedisOnlineStore(CoordinationMixin):
                epoch: str | None = None, chunk: int | None = None, token: str | None = None) -> CommitResult:
         """Write ``records`` and advance ``offsets`` ({"topic:partition": (expected, new)}).
 
-        Returns a ``CommitResult``: COMMITTED (1) on success; FENCED (0) when a stored offset differs from the expected one
-        (another writer got there first), or when ``token`` is given and is not the owner
+        Returns a ``CommitResult``: COMMITTED (1) on success; FENCED (0) when a stored offset differs from the expected
+        one (another writer got there first), or when ``token`` is given and is not the owner
         claimed for one of the partitions (``claim_partitions``: another worker took them);
         EPOCH_CHANGED (-1) when ``epoch`` is given and the store's marker differs (the server lost its data);
         STATE_CONFLICT (-2) when a record's ``expected`` differs from the applied offsets stored for its state (another

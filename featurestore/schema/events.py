@@ -67,7 +67,8 @@ class EventValidator:
     def __call__(self, event: Any, ref_ms: int | None = None) -> ValidEvent | Rejection:
         if type(event) is not dict:
             if not isinstance(event, dict):
-                return Rejection("not_an_object", f"event is {type(event).__name__} {_show(event)}, expected a JSON object")
+                return Rejection("not_an_object",
+                                 f"event is {type(event).__name__} {_show(event)}, expected a JSON object")
         get = event.get
         kf = self._key
         key = get(kf)
@@ -138,7 +139,8 @@ class EventValidator:
                     return Rejection(*problem)
             values[name] = v
         if ref_ms is not None and self._max_future is not None and ts_ms > ref_ms + self._max_future:
-            return Rejection("future_timestamp", future_detail(f"timestamp field {tf!r}:", ts_ms, ref_ms, self._max_future))
+            return Rejection("future_timestamp",
+                             future_detail(f"timestamp field {tf!r}:", ts_ms, ref_ms, self._max_future))
         eid: str | None = None
         if self._id is not None:
             raw_id = values[self._id]

@@ -213,10 +213,14 @@ def test_batch_transform_compiles_and_applies(customer, source):
 def test_batch_transform_apply_rejects_bad_output():
     wrong_dim = BatchTransform(name="vec", inputs=["a"], fn=lambda df: np.zeros((len(df), 3)), dtype=Embedding(4))
     df = pd.DataFrame({"a": [1.0, 2.0]})
-    with pytest.raises(InvalidInputError, match=r"BatchTransform 'vec': output is not embedding<4>: row 0: expected embedding<4>, got 3 values"):
+    with pytest.raises(InvalidInputError, match=(
+        r"BatchTransform 'vec': output is not embedding<4>: row 0: expected embedding<4>, got 3 values"
+    )):
         wrong_dim.apply(df)
     short = BatchTransform(name="short", inputs=["a"], fn=lambda df: [1.0], dtype="float64")
-    with pytest.raises(InvalidInputError, match="BatchTransform 'short': output is not float64: got 1 values for 2 rows"):
+    with pytest.raises(InvalidInputError, match=(
+        "BatchTransform 'short': output is not float64: got 1 values for 2 rows"
+    )):
         short.apply(df)
     strings = BatchTransform(name="s", inputs=["a"], fn=lambda df: ["x", "y"], dtype="int64")
     with pytest.raises(InvalidInputError, match="BatchTransform 's'.*expected int64, got str 'x'"):
@@ -239,8 +243,10 @@ def test_positional_and_history_arguments():
 @pytest.mark.parametrize(
     "kwargs, fragment",
     [
-        ({"name": "Customer", "join_key": "customer_id"}, "Entity 'Customer': field 'name': name 'Customer' is not a valid name"),
-        ({"name": "customer", "join_key": "select"}, "Entity 'customer': field 'join_key': join_key 'select' is an SQL reserved word"),
+        ({"name": "Customer", "join_key": "customer_id"},
+         "Entity 'Customer': field 'name': name 'Customer' is not a valid name"),
+        ({"name": "customer", "join_key": "select"},
+         "Entity 'customer': field 'join_key': join_key 'select' is an SQL reserved word"),
         ({"name": "__customer", "join_key": "id"}, "names starting with '__' are internal"),
         ({"name": "customer", "join_key": "id", "key_type": "float64"}, "Entity 'customer': field 'key_type'"),
         ({"name": "customer", "join_key": "id", "colour": "red"}, "Entity 'customer': unknown field 'colour'"),
@@ -255,19 +261,31 @@ def test_bad_entity(kwargs, fragment):
 
 def test_bad_source_fields():
     base = dict(name="tx", topic="tx", schema=SCHEMA, timestamp_field="event_time", entity_field="customer_id")
-    with pytest.raises(DefinitionError, match=r"EventSource 'tx': field 'timestamp_field': 'ts' is not in the schema \(fields: transaction_id, "):
+    with pytest.raises(DefinitionError, match=(
+        r"EventSource 'tx': field 'timestamp_field': 'ts' is not in the schema \(fields: transaction_id, "
+    )):
         EventSource(**{**base, "timestamp_field": "ts"})
-    with pytest.raises(DefinitionError, match="EventSource 'tx': field 'timestamp_field': 'amount' has type float64, expected timestamp"):
+    with pytest.raises(DefinitionError, match=(
+        "EventSource 'tx': field 'timestamp_field': 'amount' has type float64, expected timestamp"
+    )):
         EventSource(**{**base, "timestamp_field": "amount"})
-    with pytest.raises(DefinitionError, match="EventSource 'tx': field 'schema.amount': unknown type 'money'; choose from int64, float64"):
+    with pytest.raises(DefinitionError, match=(
+        "EventSource 'tx': field 'schema.amount': unknown type 'money'; choose from int64, float64"
+    )):
         EventSource(**{**base, "schema": {**SCHEMA, "amount": "money"}})
-    with pytest.raises(DefinitionError, match="EventSource 'tx': field 'schema': field 'order' is an SQL reserved word"):
+    with pytest.raises(DefinitionError, match=(
+        "EventSource 'tx': field 'schema': field 'order' is an SQL reserved word"
+    )):
         EventSource(**{**base, "schema": {**SCHEMA, "order": "string"}})
-    with pytest.raises(DefinitionError, match="EventSource 'tx': field 'allowed_lateness': cannot parse duration 'soon'"):
+    with pytest.raises(DefinitionError, match=(
+        "EventSource 'tx': field 'allowed_lateness': cannot parse duration 'soon'"
+    )):
         EventSource(**{**base, "allowed_lateness": "soon"})
     with pytest.raises(DefinitionError, match="EventSource 'tx': field 'topic'"):
         EventSource(**{**base, "topic": "bad topic!"})
-    with pytest.raises(DefinitionError, match="EventSource 'tx': field 'optional_fields': 'customer_id' is the timestamp or entity field"):
+    with pytest.raises(DefinitionError, match=(
+        "EventSource 'tx': field 'optional_fields': 'customer_id' is the timestamp or entity field"
+    )):
         EventSource(**{**base, "optional_fields": ["customer_id"]})
 
 
@@ -285,12 +303,17 @@ def test_numeric_function_on_string_column(customer, source):
         "FeatureView 'customer_stats': feature 'cat_sum': function 'sum' needs a numeric column "
         r"\(int64, float64 or bool\), got string"
     )):
-        make_view(customer, source, [Aggregate(name="cat_sum", column="merchant_category", function="sum", window="1h")])
+        make_view(customer, source,
+                  [Aggregate(name="cat_sum", column="merchant_category", function="sum", window="1h")])
 
 
 def test_last_n_on_strings_is_rejected(customer, source):
-    with pytest.raises(DefinitionError, match="FeatureView 'customer_stats': feature 'cats': function 'last_n' needs an int64 or float64 column, got string"):
-        make_view(customer, source, [Aggregate(name="cats", column="merchant_category", function="last_n", n=3, window="1h")])
+    with pytest.raises(DefinitionError, match=(
+        "FeatureView 'customer_stats': feature 'cats': function 'last_n' needs an int64 or float64 column, "
+        "got string"
+    )):
+        make_view(customer, source,
+                  [Aggregate(name="cats", column="merchant_category", function="last_n", n=3, window="1h")])
 
 
 def test_hop_must_divide_window(customer, source):
@@ -298,11 +321,14 @@ def test_hop_must_divide_window(customer, source):
         "FeatureView 'customer_stats': feature 'spend_1h': aggregation 'spend_1h': "
         "hop 420000 ms must be positive and divide the window 3600000 ms"
     )):
-        make_view(customer, source, [Aggregate(name="spend_1h", column="amount", function="sum", window="1h", hop="7m")])
+        make_view(customer, source,
+                  [Aggregate(name="spend_1h", column="amount", function="sum", window="1h", hop="7m")])
 
 
 def test_window_longer_than_90_days(customer, source):
-    with pytest.raises(DefinitionError, match=r"FeatureView 'customer_stats': feature 'spend_100d': .*outside \[1 s, 90 d\]"):
+    with pytest.raises(DefinitionError, match=(
+        r"FeatureView 'customer_stats': feature 'spend_100d': .*outside \[1 s, 90 d\]"
+    )):
         make_view(customer, source, [Aggregate(name="spend_100d", column="amount", function="sum", window="100d")])
     with pytest.raises(DefinitionError, match=r"feature 'tiny': .*outside \[1 s, 90 d\]"):
         make_view(customer, source, [Activity(name="tiny", kind="count_events", window="500ms")])
@@ -336,14 +362,19 @@ def test_feature_level_errors():
 
 
 def test_view_level_errors(customer, source):
-    with pytest.raises(DefinitionError, match="FeatureView 'v': field 'features': a feature view needs at least one feature"):
+    with pytest.raises(DefinitionError, match=(
+        "FeatureView 'v': field 'features': a feature view needs at least one feature"
+    )):
         make_view(customer, source, [], name="v")
     with pytest.raises(DefinitionError, match="FeatureView 'v': field 'features': item 0 is str"):
         make_view(customer, source, ["amount"], name="v")
     with pytest.raises(DefinitionError, match="feature 'customer_id': name clashes with the entity join key"):
         make_view(customer, source, [Latest(name="customer_id", column="customer_id")])
-    with pytest.raises(DefinitionError, match="FeatureView 'customer_stats': field 'entity': entity 'card' has key_type int64"):
-        make_view(Entity(name="card", join_key="card_id", key_type="int64"), source, [Latest(name="a", column="amount")])
+    with pytest.raises(DefinitionError, match=(
+        "FeatureView 'customer_stats': field 'entity': entity 'card' has key_type int64"
+    )):
+        make_view(Entity(name="card", join_key="card_id", key_type="int64"), source,
+                  [Latest(name="a", column="amount")])
     with pytest.raises(DefinitionError, match="feature 'a': dtype int64 does not match the computed type float64"):
         make_view(customer, source, [Latest(name="a", column="amount", dtype="int64")])
     with pytest.raises(DefinitionError, match="feature 'a': default 'zero' is not float64"):
@@ -387,7 +418,8 @@ def test_nul_character_in_any_string_is_rejected(customer, source, build, messag
 
 def test_fingerprint_tracks_computation_only(customer, source):
     def view(window="1h", **kw):
-        feats = [Aggregate(name="spend", column="amount", function="sum", window=window, description=kw.pop("fdesc", ""))]
+        feats = [Aggregate(name="spend", column="amount", function="sum", window=window,
+                           description=kw.pop("fdesc", ""))]
         return make_view(customer, source, feats, **kw)
 
     base = view().fingerprint()
@@ -397,7 +429,8 @@ def test_fingerprint_tracks_computation_only(customer, source):
     assert view(window="2h").fingerprint() != base
     assert view(window="60m").fingerprint() == base  # same duration, same computation
     later = source.model_copy(update={"allowed_lateness": 10 * MINUTE})
-    assert make_view(customer, later, [Aggregate(name="spend", column="amount", function="sum", window="1h")]).fingerprint() != base
+    assert make_view(customer, later,
+                     [Aggregate(name="spend", column="amount", function="sum", window="1h")]).fingerprint() != base
 
 
 def test_fingerprint_of_batch_transform_follows_source_code(customer, source):
@@ -407,8 +440,10 @@ def test_fingerprint_of_batch_transform_follows_source_code(customer, source):
     def seg_b(df):
         return df["amount"] > 2
 
-    fa = make_view(customer, source, [BatchTransform(name="seg", inputs=["amount"], fn=seg_a, dtype="bool")]).fingerprint()
-    fb = make_view(customer, source, [BatchTransform(name="seg", inputs=["amount"], fn=seg_b, dtype="bool")]).fingerprint()
+    fa = make_view(customer, source,
+                   [BatchTransform(name="seg", inputs=["amount"], fn=seg_a, dtype="bool")]).fingerprint()
+    fb = make_view(customer, source,
+                   [BatchTransform(name="seg", inputs=["amount"], fn=seg_b, dtype="bool")]).fingerprint()
     assert fa != fb
 
 
@@ -447,7 +482,8 @@ def views(customer, source):
             Aggregate(name="purchases_24h", column="transaction_id", function="count", window="24h"),
         ],
     )
-    activity = make_view(customer, source, [Activity(name="events_1h", kind="count_events", window="1h")], name="activity")
+    activity = make_view(customer, source, [Activity(name="events_1h", kind="count_events", window="1h")],
+                         name="activity")
     return stats, activity
 
 
@@ -463,7 +499,9 @@ def test_selection_and_service_resolution(views):
     sel = stats[["avg_amount_7d", "total_purchases"]]
     assert isinstance(sel, FeatureSelection)
     assert sel.resolve() == [("customer_stats", "avg_amount_7d"), ("customer_stats", "total_purchases")]
-    with pytest.raises(UnknownNameError, match="FeatureView 'customer_stats' has no feature 'nope' .features: total_purchases, avg_amount_7d, purchases_24h."):
+    with pytest.raises(UnknownNameError, match=(
+        "FeatureView 'customer_stats' has no feature 'nope' .features: total_purchases, avg_amount_7d, purchases_24h."
+    )):
         stats[["nope"]]
     with pytest.raises(UnknownNameError, match="has no feature 'x'"):
         stats.feature("x")
@@ -514,7 +552,9 @@ def test_odfv_compute(views):
     assert out["frequency"].tolist() == [0.2, 0.0, 1.0]
     assert out["high_value"].tolist() == [True, True, False]
     assert out["frequency"].dtype == np.float64 and out["high_value"].dtype == bool
-    with pytest.raises(InvalidInputError, match=r"OnDemandFeatureView 'derived': input frame lacks columns \['current_amount'\]"):
+    with pytest.raises(InvalidInputError, match=(
+        r"OnDemandFeatureView 'derived': input frame lacks columns \['current_amount'\]"
+    )):
         odfv.compute(df.drop(columns=["current_amount"]))
 
 
@@ -527,11 +567,16 @@ def test_odfv_compute_checks_output():
     def odfv(fn, schema=None):
         return OnDemandFeatureView(name="o", sources=[view], schema=schema or {"x": "float64"}, fn=fn)
 
-    with pytest.raises(InvalidInputError, match=r"OnDemandFeatureView 'o': fn returned columns \['y'\], expected \['x'\] \(missing \['x'\], unexpected \['y'\]\)"):
+    with pytest.raises(InvalidInputError, match=(
+        r"OnDemandFeatureView 'o': fn returned columns \['y'\], expected \['x'\] "
+        r"\(missing \['x'\], unexpected \['y'\]\)"
+    )):
         odfv(lambda d: pd.DataFrame({"y": d["amount"]})).compute(df)
     with pytest.raises(InvalidInputError, match="OnDemandFeatureView 'o': fn returned 1 rows for 2 input rows"):
         odfv(lambda d: pd.DataFrame({"x": [1.0]})).compute(df)
-    with pytest.raises(InvalidInputError, match="OnDemandFeatureView 'o': output 'x' is not float64: row 1: expected float64, got str 'b'"):
+    with pytest.raises(InvalidInputError, match=(
+        "OnDemandFeatureView 'o': output 'x' is not float64: row 1: expected float64, got str 'b'"
+    )):
         odfv(lambda d: pd.DataFrame({"x": [1.0, "b"]})).compute(df)
     with pytest.raises(InvalidInputError, match="OnDemandFeatureView 'o': fn returned Series"):
         odfv(lambda d: d["amount"]).compute(df)
@@ -550,10 +595,16 @@ def test_odfv_rejects_ambiguous_inputs(views):
         name="other_stats",
     )
     with pytest.raises(DefinitionError, match=(
-        "OnDemandFeatureView 'o': field 'sources': feature 'total_purchases' is in both 'customer_stats' and 'other_stats'"
+        "OnDemandFeatureView 'o': field 'sources': feature 'total_purchases' is in both 'customer_stats' "
+        "and 'other_stats'"
     )):
         OnDemandFeatureView(name="o", sources=[stats, clash], schema={"x": "float64"}, fn=scores)
-    with pytest.raises(DefinitionError, match="OnDemandFeatureView 'o': field 'request_schema': 'events_1h' is also a feature of 'activity'"):
-        OnDemandFeatureView(name="o", sources=[activity], request_schema={"events_1h": "int64"}, schema={"x": "float64"}, fn=scores)
-    with pytest.raises(DefinitionError, match="OnDemandFeatureView 'o': field 'schema': field 'Bad' is not a valid name"):
+    with pytest.raises(DefinitionError, match=(
+        "OnDemandFeatureView 'o': field 'request_schema': 'events_1h' is also a feature of 'activity'"
+    )):
+        OnDemandFeatureView(name="o", sources=[activity], request_schema={"events_1h": "int64"},
+                            schema={"x": "float64"}, fn=scores)
+    with pytest.raises(DefinitionError, match=(
+        "OnDemandFeatureView 'o': field 'schema': field 'Bad' is not a valid name"
+    )):
         OnDemandFeatureView(name="o", sources=[activity], schema={"Bad": "float64"}, fn=scores)

@@ -157,7 +157,8 @@ def test_segments_equal_rows(offline) -> None:
         "m": rng.integers(-5, 5, size=n), "at": T0 + 610 * MIN + np.arange(n) * 1000}))
     assert rejects.empty
     more["__partition"] = np.repeat([0, 2, 5, -1], [300, 200, 200, 200])
-    more["__offset"] = np.concatenate([np.arange(6000, 6300), np.arange(7000, 7200), np.arange(200), np.arange(6000, 6200)])
+    more["__offset"] = np.concatenate([np.arange(6000, 6300), np.arange(7000, 7200), np.arange(200),
+                                       np.arange(6000, 6200)])
     loop.run_until_complete(store.write_events(src, more))
 
     keys = list(range(0, 300, 2)) + [10_000]

@@ -22,7 +22,8 @@ src = EventSource(
     timestamp_field="at", entity_field="uid", optional_fields=("page", "tags"),
 )
 view = FeatureView(name="click_stats", entity=Entity(name="member", join_key="member_id", key_type="int64"),
-                   source=src, features=[Aggregate("score_sum", "score", "sum"), Aggregate("last_page", "page", "last")])
+                   source=src,
+                   features=[Aggregate("score_sum", "score", "sum"), Aggregate("last_page", "page", "last")])
 
 
 def frame(n: int, partition: int = 0, start: int = 0) -> pd.DataFrame:

@@ -1,4 +1,5 @@
-"""Contract of the Redis online store (real redis-server): fenced commits, epoch, TTL, round trips, namespacing, auth."""
+"""Contract of the Redis online store (real redis-server): fenced commits, epoch, TTL, round trips, namespacing,
+auth."""
 
 from __future__ import annotations
 
@@ -193,7 +194,8 @@ def test_rows_of_the_former_layout_are_read(servers, project) -> None:
 
 
 def test_pack_row_refuses_timestamps_it_cannot_order() -> None:
-    assert unpack_row(pack_row(b"[]", -10 ** 15, 10 ** 16 - 2 - 10 ** 15)) == (b"[]", -10 ** 15, 10 ** 16 - 2 - 10 ** 15)
+    assert (unpack_row(pack_row(b"[]", -10 ** 15, 10 ** 16 - 2 - 10 ** 15))
+            == (b"[]", -10 ** 15, 10 ** 16 - 2 - 10 ** 15))
     with pytest.raises(ValueError, match="cannot be stored"):
         pack_row(b"[]", 0, 10 ** 16)
     with pytest.raises(ValueError, match="cannot be stored"):

@@ -130,7 +130,8 @@ def compare(s: Setup, pairs: list[tuple[str, int]]) -> dict[str, list[str]]:
     """Online at each (entity, t) vs historical; returns the statuses seen per feature."""
     features = ([f"customer_stats:{f}" for f in s.repo.view("customer_stats").feature_names]
                 + [f"transaction_stats:{f}" for f in s.repo.view("transaction_stats").feature_names]
-                + ["customer_derived_features:purchase_frequency_score", "customer_derived_features:high_value_customer"])
+                + ["customer_derived_features:purchase_frequency_score",
+                   "customer_derived_features:high_value_customer"])
     amounts = [float(10 + 90 * (i % 7)) for i in range(len(pairs))]
     entity_df = pd.DataFrame({"customer_id": [k for k, _ in pairs], "event_timestamp": [t for _, t in pairs],
                               "current_amount": amounts})
@@ -176,10 +177,12 @@ def test_ttl_expiry_online_and_historical_defaults(setup: Setup) -> None:
     resp = setup.store.get_online_features([{"customer_id": "C1"}], features=refs, at_ms=at)
     assert resp.statuses["events_1h"] == ["expired"] and resp.statuses["total_spend"] == ["present"]
     assert resp.event_times["events_1h"] == [wm]
-    defaults = {f: setup.repo.view("transaction_stats").feature(f).default for f in ("events_1h", "seconds_since_last_txn")}
+    defaults = {f: setup.repo.view("transaction_stats").feature(f).default
+                for f in ("events_1h", "seconds_since_last_txn")}
     assert resp.columns["events_1h"] == [defaults["events_1h"]]
     assert resp.columns["seconds_since_last_txn"] == [defaults["seconds_since_last_txn"]]
-    hist = setup.store.get_historical_features(pd.DataFrame({"customer_id": ["C1", "C1"], "event_timestamp": [at, wm + ttl]}),
+    hist = setup.store.get_historical_features(pd.DataFrame({"customer_id": ["C1", "C1"],
+                                                             "event_timestamp": [at, wm + ttl]}),
                                                features=refs)
     assert same(hist["events_1h"].iloc[0], defaults["events_1h"])
     assert same(hist["seconds_since_last_txn"].iloc[0], defaults["seconds_since_last_txn"])

@@ -89,7 +89,8 @@ def test_apply_versions_and_metadata(env) -> None:
     assert run(reg.version_of("spend", v2.fingerprint())) == 2
     with pytest.raises(RegistryError, match="not applied"):
         run(reg.version_of("spend", make_view(window="3h").fingerprint()))
-    names = {r["tablename"] for r in run(store.pool.fetch("SELECT tablename FROM pg_tables WHERE schemaname = $1", schema))}
+    names = {r["tablename"]
+             for r in run(store.pool.fetch("SELECT tablename FROM pg_tables WHERE schemaname = $1", schema))}
     assert "proj__history__spend__v2" in names and "proj__history__spend__v1" in names
 
     # An explicit higher version wins.

@@ -57,7 +57,9 @@ def test_example_repo_objects():
     assert ("customer_derived_features", "high_value_customer") in fraud
     assert ("transaction_stats", "txn_embedding") in fraud
     assert len(fraud) == 8 + 3 + 2
-    with pytest.raises(UnknownNameError, match=r"unknown feature view 'nope' \(known: customer_stats, transaction_stats\)"):
+    with pytest.raises(UnknownNameError, match=(
+        r"unknown feature view 'nope' \(known: customer_stats, transaction_stats\)"
+    )):
         repo.view("nope")
     with pytest.raises(UnknownNameError, match="unknown feature service 'x' .known: fraud_detection, recommendation."):
         repo.service("x")
@@ -66,7 +68,8 @@ def test_example_repo_objects():
 def test_example_transforms_and_odfv():
     repo = load_repo(EXAMPLES / "repo.py")
     events = pd.DataFrame(
-        {"amount": [10.0, 75.0, 250.0], "merchant_category": ["grocery", "travel", "grocery"], "is_online": [True, False, False]}
+        {"amount": [10.0, 75.0, 250.0], "merchant_category": ["grocery", "travel", "grocery"],
+         "is_online": [True, False, False]}
     )
     seg = repo.view("customer_stats").feature("customer_segment").apply(events)
     assert seg.tolist() == ["budget", "standard", "premium"]
@@ -78,7 +81,8 @@ def test_example_transforms_and_odfv():
     assert vecs[2].max() == pytest.approx(np.log1p(250.0))
     odfv = repo.odfvs["customer_derived_features"]
     rows = pd.DataFrame(
-        {"total_purchases": [10, None], "avg_amount_7d": [50.0, None], "purchases_24h": [5, None], "current_amount": [20.0, 900.0]}
+        {"total_purchases": [10, None], "avg_amount_7d": [50.0, None], "purchases_24h": [5, None],
+         "current_amount": [20.0, 900.0]}
     )
     out = odfv.compute(rows)
     assert out["purchase_frequency_score"].tolist() == [0.5, 0.0]
@@ -141,15 +145,21 @@ def test_identical_duplicates_are_fine(tmp_path):
 
 def test_import_failure_names_the_file(tmp_path):
     f = write(tmp_path / "broken.py", "x = 1\nimport does_not_exist_anywhere\n")
-    with pytest.raises(DefinitionError, match=r"broken.py \(line 2\): failed to import: ModuleNotFoundError: No module named 'does_not_exist_anywhere'"):
+    with pytest.raises(DefinitionError, match=(
+        r"broken.py \(line 2\): failed to import: ModuleNotFoundError: No module named 'does_not_exist_anywhere'"
+    )):
         load_repo(f)
 
 
 def test_definition_error_names_the_file(tmp_path):
-    f = write(tmp_path / "bad.py", HEADER + 'v = FeatureView(name="v", entity=customer, source=events, features=[Aggregate(name="s", column="amout", function="sum")])\n')
+    f = write(tmp_path / "bad.py", HEADER + (
+        'v = FeatureView(name="v", entity=customer, source=events, '
+        'features=[Aggregate(name="s", column="amout", function="sum")])\n'
+    ))
     with pytest.raises(DefinitionError) as info:
         load_repo(f)
-    assert str(info.value).startswith(f"{f.resolve()}: FeatureView 'v': feature 's': column 'amout' is not in source 'events'")
+    assert str(info.value).startswith(
+        f"{f.resolve()}: FeatureView 'v': feature 's': column 'amout' is not in source 'events'")
 
 
 def test_missing_path(tmp_path):

@@ -112,9 +112,13 @@ def test_coercions_and_ignored_fields(source):
         (event(customer_id=""), "missing_entity_key", "entity field 'customer_id' is missing or empty"),
         (event(customer_id=42), "wrong_type", "entity field 'customer_id': expected string, got int 42"),
         (event(event_time=...), "missing_field", "timestamp field 'event_time' is missing or null"),
-        (event(event_time="last tuesday"), "bad_timestamp", "timestamp field 'event_time': cannot parse 'last tuesday' as ISO-8601"),
-        (event(event_time=1714564800.5), "bad_timestamp", "timestamp field 'event_time': expected an ISO-8601 timestamp, epoch ms int or datetime, got float 1714564800.5"),
-        (event(event_time=True), "bad_timestamp", "timestamp field 'event_time': expected an ISO-8601 timestamp, epoch ms int or datetime, got bool True"),
+        (event(event_time="last tuesday"), "bad_timestamp",
+         "timestamp field 'event_time': cannot parse 'last tuesday' as ISO-8601"),
+        (event(event_time=1714564800.5), "bad_timestamp",
+         "timestamp field 'event_time': expected an ISO-8601 timestamp, epoch ms int or datetime, "
+         "got float 1714564800.5"),
+        (event(event_time=True), "bad_timestamp",
+         "timestamp field 'event_time': expected an ISO-8601 timestamp, epoch ms int or datetime, got bool True"),
         (event(amount=...), "missing_field", "field 'amount' is missing"),
         (event(amount=None), "missing_field", "field 'amount' is null"),
         (event(amount="12.5"), "wrong_type", "field 'amount': expected float64, got str '12.5'"),
@@ -154,7 +158,8 @@ def test_validate_frame_keeps_valid_rows_and_reports_bad_ones(source):
             "amount": [1.0, 2.0, 3.0, np.nan, 5.0, 6.0, 7.0],
             "quantity": [1, 2, 3, 4, 5, 6, 7],
             "is_online": [True, False, True, False, True, False, True],
-            "event_time": ["2024-05-01T12:00:00Z", "2024-05-01T12:00:00Z", "bad", T0 + 3, "2024-05-01T14:00:04+02:00", T0, T0],
+            "event_time": ["2024-05-01T12:00:00Z", "2024-05-01T12:00:00Z", "bad", T0 + 3, "2024-05-01T14:00:04+02:00",
+                           T0, T0],
         },
         index=[100, 101, 102, 103, 104, 105, 106],
     )
@@ -200,10 +205,13 @@ def test_validate_frame_typed_columns(source):
 
 
 def test_validate_frame_missing_required_column(source):
-    df = pd.DataFrame({"transaction_id": ["a"], "customer_id": ["c"], "amount": [1.0], "quantity": [1], "event_time": [T0]})
+    df = pd.DataFrame({"transaction_id": ["a"], "customer_id": ["c"], "amount": [1.0], "quantity": [1],
+                       "event_time": [T0]})
     valid, rejects = validate_frame(source, df)
     assert valid.empty
-    assert rejects.to_dict("records") == [{"row": 0, "reason": "missing_field", "detail": "field 'is_online' is missing"}]
+    assert rejects.to_dict("records") == [
+        {"row": 0, "reason": "missing_field", "detail": "field 'is_online' is missing"}
+    ]
 
 
 def test_validate_frame_agrees_with_validate_event(source):

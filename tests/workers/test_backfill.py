@@ -162,7 +162,8 @@ def test_files_history_equals_reference_rejects_and_rerun(servers, unique_name, 
                                                              "duplicate_event_id": 1}
     locations = sorted(r["location"] for r in rep.rejects)
     assert locations == sorted(f"{path}:row {i}" for i in (10, 20, 320, 330))
-    rejects = fetch(servers, project, pg_schema, 'SELECT partition, "offset", reason FROM "{schema}"."{project}__rejects"')
+    rejects = fetch(servers, project, pg_schema,
+                    'SELECT partition, "offset", reason FROM "{schema}"."{project}__rejects"')
     assert sorted((r[0], r[1], r[2]) for r in rejects) == [(-1, 10, "missing_entity_key"), (-1, 20, "bad_timestamp"),
                                                             (-1, 320, "late"), (-1, 330, "duplicate_event_id")]
     got = history(servers, view, project, pg_schema)
@@ -326,12 +327,14 @@ def test_kafka_handoff_at_time_cutover_equals_streaming(servers, topic_factory, 
                  'FROM "{schema}"."{project}__events__txns"')
     assert tuple(rows[0]) == (len(events), len(events), len(events))
     # the backfill's history rows: the events it covered, as of each one
-    log = fetch(servers, project, pg_schema, 'SELECT partition, "offset", event_id FROM "{schema}"."{project}__events__txns"')
+    log = fetch(servers, project, pg_schema,
+                'SELECT partition, "offset", event_id FROM "{schema}"."{project}__events__txns"')
     covered_ids = {r[2] for r in log if r[1] <= rep.cutover.get(f"{topic}:{r[0]}", -1)}
     assert len(covered_ids) == rep.events_read
     hist = history(servers, view, project, pg_schema)
     assert_history_equals_reference(view, [e for e in events if e["transaction_id"] in covered_ids], hist)
-    rejects = fetch(servers, project, pg_schema, 'SELECT reason, partition, "offset" FROM "{schema}"."{project}__rejects"')
+    rejects = fetch(servers, project, pg_schema,
+                    'SELECT reason, partition, "offset" FROM "{schema}"."{project}__rejects"')
     assert len(rejects) == 2 and "malformed_json" in {r[0] for r in rejects}
     assert all(r[2] <= rep.cutover[f"{topic}:{r[1]}"] for r in rejects)
 

@@ -30,7 +30,8 @@ WORKER_REASONS = {"empty_message", "oversize", "malformed_json", "late", "duplic
 
 NOW_MS = int(time.time() * 1000)
 big_ints = st.one_of(st.integers(), st.integers(min_value=2**62, max_value=2**70),
-                     st.integers(min_value=-(2**70), max_value=-(2**62)), st.sampled_from([2**63 - 1, -(2**63), 2**64 - 1]))
+                     st.integers(min_value=-(2**70), max_value=-(2**62)),
+                     st.sampled_from([2**63 - 1, -(2**63), 2**64 - 1]))
 weird_text = st.one_of(st.text(), st.text(alphabet=st.characters(codec="utf-8")), st.just("\x00"),
                        st.text(min_size=1).map(lambda s: s + "\x00" + s), st.integers(0, 4000).map(lambda n: "K" * n),
                        st.sampled_from(["", " ", "C001'; DROP TABLE x; --", "{{7*7}}", "\u202e", "\ufeff", "💳" * 200]))
@@ -39,9 +40,10 @@ weird_times = st.one_of(big_ints, st.floats(allow_nan=False, allow_infinity=Fals
                                          "2262-04-12", "yesterday", "2026-13-45"]),
                         st.sampled_from([NOW_MS * 1000, NOW_MS * 1_000_000, NOW_MS // 1000, NOW_MS + 2 * 3_600_000,
                                          NOW_MS + 10 * 365 * 86_400_000]))
-json_values = st.recursive(st.one_of(st.none(), st.booleans(), big_ints, st.floats(allow_nan=False, allow_infinity=False),
-                                     weird_text),
-                           lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+json_values = st.recursive(st.one_of(st.none(), st.booleans(), big_ints,
+                                     st.floats(allow_nan=False, allow_infinity=False), weird_text),
+                           lambda inner: (st.lists(inner, max_size=4)
+                                          | st.dictionaries(st.text(max_size=8), inner, max_size=4)),
                            max_leaves=12)
 FIELDS = ("transaction_id", "customer_id", "amount", "event_time")
 

@@ -55,7 +55,8 @@ def recreate(bootstrap: str, topic: str, partitions: int) -> None:
 
 def logged_ids(servers, schema: str, project: str) -> list[str]:
     from featurestore.offline.postgres import qident, table_name
-    rows = fetch(servers.postgres_dsn, f'SELECT event_id FROM {qident(schema)}.{qident(table_name(project, "events", "txns"))}')
+    rows = fetch(servers.postgres_dsn,
+                 f'SELECT event_id FROM {qident(schema)}.{qident(table_name(project, "events", "txns"))}')
     return sorted(r["event_id"] for r in rows)
 
 

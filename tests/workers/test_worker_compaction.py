@@ -37,7 +37,8 @@ def test_compaction_while_the_worker_writes(servers, topic_factory, unique_name,
         thread.join(5)
         assert worker.records_done == len(events)
         assert any(n and done < len(events) for done, n in runs), runs  # compacted while the worker wrote
-        runs.append((len(events), loop.run_until_complete(store.compact_events(view.source, segment_rows=64))["events"]))
+        runs.append((len(events),
+                     loop.run_until_complete(store.compact_events(view.source, segment_rows=64))["events"]))
         assert sum(n for _, n in runs) == len(events)  # every row once, none twice
         rows = loop.run_until_complete(store.load_events(view.source))
         store._block_scan = _no_block_scan

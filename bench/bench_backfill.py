@@ -58,7 +58,7 @@ def child(args) -> None:
     from featurestore.offline.postgres import PostgresOfflineStore
     from featurestore.online import RedisOnlineStore
     from workers.backfill import BackfillOptions, run_backfill
-    from workers.processor import prepare_view
+    from featurestore.processing import prepare_view
 
     s = settings()
     view = make_view(args.path)

@@ -43,7 +43,7 @@ from featurestore.online import RedisOnlineStore
 from featurestore.online.redis import OFFSET
 from featurestore.repo import load_repo
 from featurestore.runtime import DEFAULT_REPO
-from workers.processor import prepare_view
+from featurestore.processing import prepare_view
 from workers.producer import CATEGORIES, ensure_topic
 from workers.worker import Worker, WorkerConfig
 

@@ -26,7 +26,7 @@ from featurestore.definitions import Aggregate, Entity, EventSource, FeatureView
 from featurestore.online import RedisOnlineStore
 from featurestore.repo import Repository
 from featurestore.schema import validator_for
-from workers.processor import SourceProcessor, prepare_view
+from featurestore.processing import SourceProcessor, prepare_view
 from workers.worker import WorkerConfig
 
 T0 = 1_767_225_600_000

@@ -26,7 +26,7 @@ from featurestore.online import RedisOnlineStore
 from featurestore.repo import load_repo
 from featurestore.runtime import DEFAULT_REPO
 from featurestore.online.base import OnlineRecord
-from workers.processor import SourceProcessor, prepare_view
+from featurestore.processing import SourceProcessor, prepare_view
 from workers.producer import ensure_topic, generate_transactions, produce
 from workers.worker import Worker, WorkerConfig
 

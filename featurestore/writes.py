@@ -114,7 +114,7 @@ class WritesMixin:
         return result
 
     def _prepared(self, views: list[FeatureView]) -> list:
-        from workers.processor import prepare_view
+        from featurestore.processing import prepare_view
 
         missing = [v.name for v in views if v.name not in self.versions]
         if missing:
@@ -126,7 +126,7 @@ class WritesMixin:
         """``SourceProcessor.history`` for ``push``: every logged event of the entities whose state the
         online store does not hold (no worker consumes the topic while a push writes states), asked
         from a thread running ``SourceProcessor.apply`` on the running loop."""
-        from workers.processor import log_batches
+        from featurestore.processing import log_batches
 
         from .offline.postgres import event_id_column
 
@@ -139,7 +139,7 @@ class WritesMixin:
         return history
 
     def _processor(self, source: EventSource):
-        from workers.processor import SourceProcessor
+        from featurestore.processing import SourceProcessor
 
         views = [v for v in self.repo.views.values() if v.source.name == source.name]
         return SourceProcessor(self._prepared(views), self.online)
@@ -184,7 +184,7 @@ class WritesMixin:
                            force: bool = False) -> dict:
         """``materialize`` on the running event loop."""
         from transforms import ViewState
-        from workers.processor import SourceProcessor
+        from featurestore.processing import SourceProcessor
 
         from .offline.postgres import event_id_column
         from .types import parse_timestamp

@@ -50,7 +50,7 @@ from .backfill_options import (CHUNK_EVENTS, ONLINE_BATCH, READ_ROWS, SAMPLE_REJ
                                BackfillOptions, BackfillReport, run_fingerprint)
 from .backfill_readers import KafkaHistory, _file_location, _kafka_location, file_rows_estimate, iter_file_history
 from .backfill_spill import Spill, _owner, crc_buckets, shard_mask
-from .processor import PreparedView
+from featurestore.processing import PreparedView
 
 __all__ = ["CHUNK_EVENTS", "ONLINE_BATCH", "READ_ROWS", "SAMPLE_REJECTS", "SOURCES", "BackfillError",
            "BackfillOptions", "BackfillReport", "KafkaHistory", "Spill", "add_batch_transforms", "compute_history",

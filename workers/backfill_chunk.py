@@ -15,7 +15,7 @@ from featurestore.definitions import FeatureView
 from featurestore.offline.postgres import event_id_column
 from transforms import ViewState, compute_batch
 
-from .processor import PreparedView, SourceProcessor
+from featurestore.processing import PreparedView, SourceProcessor
 
 __all__ = ["add_batch_transforms", "compute_history", "final_states"]
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from .backfill_options import ONLINE_BATCH, BackfillError
-from .processor import encode_applied
+from featurestore.processing import encode_applied
 
 
 class HandOffMixin:

@@ -13,7 +13,7 @@ from pathlib import Path
 from featurestore.definitions import FileHistory
 from featurestore.exceptions import FeatureStoreError
 
-from .processor import PreparedView
+from featurestore.processing import PreparedView
 
 __all__ = ["BackfillError", "BackfillOptions", "BackfillReport", "run_fingerprint"]
 

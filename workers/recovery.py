@@ -19,7 +19,7 @@ from featurestore.exceptions import StoreUnavailableError
 from featurestore.offline.postgres import PUSH_PARTITION, event_id_column
 from transforms import ViewState
 
-from .processor import SourceProcessor, log_batches
+from featurestore.processing import SourceProcessor, log_batches
 
 logger = logging.getLogger("workers.worker")
 

@@ -57,7 +57,7 @@ from featurestore.schema import validator_for
 
 from .dead_letters import HEADER_ROOM, DeadLetter, DeadLetterSender, dead_letter_value_limit
 from .metrics import ProbeServer, WorkerMetrics
-from .processor import PreparedView, SourceProcessor
+from featurestore.processing import PreparedView, SourceProcessor
 from .retry import Retry
 from .decode import decode_record
 from .config import WorkerConfig

@@ -30,7 +30,7 @@ def _say(step: str) -> None:
 
 
 def run_demo(args) -> int:
-    from workers.processor import prepare_view
+    from featurestore.processing import prepare_view
     from workers.producer import ensure_topic, generate_transactions, produce
     from workers.worker import Worker, WorkerConfig
 

@@ -91,7 +91,7 @@ def register(subparsers) -> None:
 
 
 def run_worker(args) -> int:
-    from workers.processor import prepare_view
+    from featurestore.processing import prepare_view
     from workers.worker import Worker, WorkerConfig
 
     rt = open_runtime(load_settings(args), args.repo)
@@ -188,7 +188,7 @@ def run_backfill_cmd(args) -> int:
     import sys
 
     from workers.backfill import BackfillError, BackfillOptions, run_backfill
-    from workers.processor import prepare_view
+    from featurestore.processing import prepare_view
 
     if not 0 <= args.shard < args.shards:
         raise InvalidInputError(f"--shard {args.shard} must be in [0, --shards {args.shards})")

@@ -25,7 +25,7 @@ from featurestore.online.reader import (
 from featurestore.repo import load_repo
 from featurestore.schema import validator_for
 from transforms import FORMAT_VERSION, AggSpec, ViewState, compile_reader
-from workers.processor import SourceProcessor, prepare_view
+from featurestore.processing import SourceProcessor, prepare_view
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "repo.py"

@@ -27,7 +27,7 @@ from featurestore.online import RedisOnlineStore
 from featurestore.registry import Registry
 from featurestore.repo import load_repo
 from featurestore.schema import validate_event
-from workers.processor import SourceProcessor, prepare_view
+from featurestore.processing import SourceProcessor, prepare_view
 
 pytestmark = pytest.mark.integration
 

@@ -29,7 +29,7 @@ from tests.workers.support import T0, build_worker, make_events, make_view, refe
 from transforms import ViewState
 from workers import backfill as bf
 from workers.backfill import BackfillError, BackfillOptions, run_backfill
-from workers.processor import prepare_view
+from featurestore.processing import prepare_view
 
 pytestmark = pytest.mark.integration
 

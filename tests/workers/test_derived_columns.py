@@ -8,7 +8,7 @@ import pandas as pd
 
 from featurestore.definitions import BatchTransform, Entity, EventSource, FeatureView
 from featurestore.schema import validate_frame, validator_for
-from workers.processor import add_derived_columns, prepare_view
+from featurestore.processing import add_derived_columns, prepare_view
 
 
 def describe(df: pd.DataFrame) -> pd.Series:

@@ -10,7 +10,7 @@ from featurestore.schema import validator_for
 from tests.workers.support import make_events, make_view
 from transforms import ViewState
 from transforms.state import append_ids
-from workers.processor import SourceProcessor, prepare_view
+from featurestore.processing import SourceProcessor, prepare_view
 
 pytestmark = pytest.mark.integration
 
@@ -130,7 +130,7 @@ def test_event_ids_appended_by_the_commit_script_reload_as_the_cached_states(ser
 def test_history_of_absent_entities_is_asked_in_chunks_and_applied_first(servers, unique_name, monkeypatch):
     """Entities the online store does not hold get ``history`` applied before the batch, asked for
     ``HISTORY_CHUNK`` entities at a time (each call holds those entities' whole logged history)."""
-    import workers.processor as processor_module
+    import featurestore.processing as processor_module
 
     view = make_view(unique_name("t"))
     project = unique_name("p")

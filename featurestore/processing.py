@@ -1,8 +1,9 @@
 """Applies validated events of one source to the per-entity states of its views.
 
 This is where events meet the transforms: no Kafka here, and the online store
-is only used to load states that are not cached yet.  The worker (Kafka) and
-the backfill's ``--online`` hand-off both go through ``SourceProcessor``.
+is only used to load states that are not cached yet.  The worker (Kafka), the
+backfill's ``--online`` hand-off and the client's ``push`` and ``materialize`` all
+go through ``SourceProcessor``; the client imports nothing of ``workers``.
 """
 
 from __future__ import annotations

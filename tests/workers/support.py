@@ -15,7 +15,7 @@ from featurestore.online import RedisOnlineStore
 from featurestore.online.redis import unpack_row
 from featurestore.repo import Repository
 from transforms import ViewState
-from workers.processor import prepare_view
+from featurestore.processing import prepare_view
 from workers.worker import Worker, WorkerConfig
 
 T0 = 1_767_225_600_000

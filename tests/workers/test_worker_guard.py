@@ -123,7 +123,7 @@ def test_worker_refuses_a_group_whose_workers_compute_other_views(servers, topic
 def test_worker_refuses_two_sources_on_one_topic(servers) -> None:
     """A worker reads each topic as one source: views of a second source on the same topic would get nothing."""
     from featurestore.exceptions import ConfigurationError
-    from workers.processor import prepare_view
+    from featurestore.processing import prepare_view
     from workers.worker import Worker, WorkerConfig
 
     view = make_view("shared-topic")

@@ -123,7 +123,9 @@ class OfflineStore(Protocol):
     async def record_dead_letters(self, rows: Sequence[tuple]) -> set[tuple[str, int, int]]:
         """Record dead letters before sending; returns the ``(source, partition, offset)`` already sent."""
 
-    async def mark_dead_letters(self, source: str, positions: Sequence[tuple[int, int]], error: str | None = None) -> None:
+    async def mark_dead_letters(
+        self, source: str, positions: Sequence[tuple[int, int]], error: str | None = None
+    ) -> None:
         """Mark recorded dead letters sent (``error`` None) or refused by their topic."""
 
     # -- backfill progress ----------------------------------------------------------------

@@ -13,7 +13,8 @@ a name longer than PostgreSQL's 63 bytes is cut and suffixed with a hash):
   new (a plain INSERT in a savepoint, retried with ``ON CONFLICT DO NOTHING`` when a row
   already exists).  ``__ref_time`` is the reference time (epoch ms) the event time was judged
   against by the source's ``max_future`` (the Kafka record's timestamp; the clock of a push or
-  of the backfill that read a file), NULL where none was recorded.  Text entity keys use ``COLLATE "C"`` (byte order: faster index).  Files and pushes use ``partition = -1`` and a stable
+  of the backfill that read a file), NULL where none was recorded.
+  Text entity keys use ``COLLATE "C"`` (byte order: faster index).  Files and pushes use ``partition = -1`` and a stable
   row number as offset.  Index on ``(entity_key, event_time)``.  Field columns keep the
   field name, except a field named like a system column (``partition``, ``offset``,
   ``entity_key``, ``event_time``, ``event_id``, ``ingested_at``) is stored as

@@ -27,7 +27,8 @@ class BucketsMixin(TablesMixin):
         """Last offset stored per Kafka partition (partitions >= 0) of the event log."""
         src = self._source(source)
         async with self.pool.acquire() as conn:
-            rows = await conn.fetch(f'SELECT "partition", max("offset") FROM {self.qualified(self.events_table(src.name))} '
+            rows = await conn.fetch(f'SELECT "partition", max("offset") '
+                                    f'FROM {self.qualified(self.events_table(src.name))} '
                                     f'WHERE "partition" >= 0 GROUP BY "partition"')
         return {int(r[0]): int(r[1]) for r in rows}
 
@@ -63,7 +64,8 @@ class BucketsMixin(TablesMixin):
                         break
                     cols = list(zip(*rows))
                     out: dict[str, pd.Series] = {
-                        "__partition": pd.Series(cols[-3], dtype="int64"), "__offset": pd.Series(cols[-2], dtype="int64"),
+                        "__partition": pd.Series(cols[-3], dtype="int64"),
+                        "__offset": pd.Series(cols[-2], dtype="int64"),
                         "bucket": pd.Series(cols[-1], dtype="int64"),
                         "key": pd.Series(cols[0], dtype="int64" if key_vt == INT64 else object),
                         "ts": pd.Series(cols[1], dtype="int64")}

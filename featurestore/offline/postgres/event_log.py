@@ -69,7 +69,8 @@ class EventLogMixin(TablesMixin):
         fields = [f for f, _, _ in self._field_items(src)]
         columns = ["partition", "offset", "entity_key", "event_time", "event_id", "__ref_time",
                    *[c for _, c, _ in self._field_items(src)]]
-        records = [(p, o, e.key, e.ts_ms, e.event_id, e.ref_ms, *[e.values.get(f) for f in fields]) for p, o, e in events]
+        records = [(p, o, e.key, e.ts_ms, e.event_id, e.ref_ms, *[e.values.get(f) for f in fields])
+                   for p, o, e in events]
         return await self._log_records(src, columns, records)
 
     async def forget_events(self, source: str | EventSource, positions: Sequence[tuple[int, int]]) -> int:
@@ -134,7 +135,8 @@ class EventLogMixin(TablesMixin):
         async with self.pool.acquire() as conn:
             rows = await conn.fetchval(f'SELECT max("offset") FROM {self.qualified(self.events_table(src.name))} '
                                        'WHERE "partition" = $1', partition)
-            segs = await conn.fetchval(f'SELECT max("last_offset") FROM {self.qualified(self.segments_table(src.name))} '
+            segs = await conn.fetchval(f'SELECT max("last_offset") '
+                                       f'FROM {self.qualified(self.segments_table(src.name))} '
                                        'WHERE "partition" = $1', partition)
         return max(-1 if rows is None else int(rows), -1 if segs is None else int(segs))
 
@@ -143,8 +145,10 @@ class EventLogMixin(TablesMixin):
         src = self._source(source)
         async with self.pool.acquire() as conn:
             return {
-                "event_log_rows": int(await conn.fetchval(f"SELECT count(*) FROM {self.qualified(self.events_table(src.name))}")),
-                "segment_rows": int(await conn.fetchval(f"SELECT count(*) FROM {self.qualified(self.segments_table(src.name))}")),
+                "event_log_rows": int(await conn.fetchval(
+                    f"SELECT count(*) FROM {self.qualified(self.events_table(src.name))}")),
+                "segment_rows": int(await conn.fetchval(
+                    f"SELECT count(*) FROM {self.qualified(self.segments_table(src.name))}")),
                 "rejects": int(await conn.fetchval(f"SELECT count(*) FROM {self.qualified(self.rejects_table())} "
                                                    "WHERE source = $1", src.name)),
             }

@@ -107,7 +107,8 @@ class HistoryMixin(TablesMixin):
             kind = kinds.get(f.dtype)
             if kind is None:
                 return None
-            cols.append((f.name, kind, df[f.name] if f.name in df.columns else pd.Series([None] * n, dtype=object), None))
+            cols.append((f.name, kind,
+                         df[f.name] if f.name in df.columns else pd.Series([None] * n, dtype=object), None))
         return [c[0] for c in cols], encode_copy_binary([(kind, values) for _, kind, values, _ in cols], n)
 
     async def copy_history(self, view: FeatureView, version: int, columns: list[str], payload: bytes) -> int:

@@ -19,9 +19,11 @@ class ProgressMixin(TablesMixin):
         q = self.qualified(self.backfill_progress_table())
         async with self.pool.acquire() as conn:
             async with conn.transaction():
-                await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"migrate:{self.schema}:{self.project}")
+                await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))",
+                                   f"migrate:{self.schema}:{self.project}")
                 await conn.execute(
-                    f'CREATE TABLE IF NOT EXISTS {q} ("view" text NOT NULL, "version" int NOT NULL, "run" text NOT NULL, '
+                    f'CREATE TABLE IF NOT EXISTS {q} ("view" text NOT NULL, "version" int NOT NULL, '
+                    f'"run" text NOT NULL, '
                     f'"chunk" text NOT NULL, "info" jsonb, "done_at" timestamptz NOT NULL DEFAULT now(), '
                     f'PRIMARY KEY ("view", "version", "run", "chunk"))')
 
@@ -31,7 +33,8 @@ class ProgressMixin(TablesMixin):
 
         q = self.qualified(self.backfill_progress_table())
         async with self.pool.acquire() as conn:
-            await conn.execute(f'INSERT INTO {q} ("view", "version", "run", "chunk", "info") VALUES ($1, $2, $3, $4, $5::jsonb) '
+            await conn.execute(f'INSERT INTO {q} ("view", "version", "run", "chunk", "info") '
+                               f'VALUES ($1, $2, $3, $4, $5::jsonb) '
                                f'ON CONFLICT DO NOTHING', view, int(version), run, chunk, json.dumps(info))
             stored = await conn.fetchval(f'SELECT "info" FROM {q} WHERE "view" = $1 AND "version" = $2 AND "run" = $3 '
                                          f'AND "chunk" = $4', view, int(version), run, chunk)
@@ -43,7 +46,8 @@ class ProgressMixin(TablesMixin):
 
         q = self.qualified(self.backfill_progress_table())
         async with self.pool.acquire() as conn:
-            rows = await conn.fetch(f'SELECT "chunk", "info" FROM {q} WHERE "view" = $1 AND "version" = $2 AND "run" = $3',
+            rows = await conn.fetch(f'SELECT "chunk", "info" FROM {q} '
+                                    f'WHERE "view" = $1 AND "version" = $2 AND "run" = $3',
                                     view, int(version), run)
         return {r[0]: (json.loads(r[1]) if isinstance(r[1], str) else dict(r[1] or {})) for r in rows}
 

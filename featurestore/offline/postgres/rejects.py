@@ -62,11 +62,14 @@ class RejectsMixin(TablesMixin):
                 await conn.copy_records_to_table("_fs_stage_dead", records=list(rows), columns=cols)
                 await conn.execute(f"INSERT INTO {target} ({cols_sql}) SELECT {cols_sql} FROM _fs_stage_dead "
                                    'ON CONFLICT ("source", "partition", "offset") DO NOTHING')
-                sent = await conn.fetch(f'SELECT r.source, r.partition, r."offset" FROM {target} r JOIN _fs_stage_dead d '
+                sent = await conn.fetch(f'SELECT r.source, r.partition, r."offset" '
+                                        f'FROM {target} r JOIN _fs_stage_dead d '
                                         'USING ("source", "partition", "offset") WHERE r.sent_at IS NOT NULL')
         return {(r["source"], r["partition"], r["offset"]) for r in sent}
 
-    async def mark_dead_letters(self, source: str, positions: Sequence[tuple[int, int]], error: str | None = None) -> None:
+    async def mark_dead_letters(
+        self, source: str, positions: Sequence[tuple[int, int]], error: str | None = None
+    ) -> None:
         """Mark recorded dead letters of ``source`` sent (``error`` None) or refused by the topic."""
         if not positions:
             return
@@ -79,7 +82,8 @@ class RejectsMixin(TablesMixin):
             await conn.execute(sql, *args)
 
     async def load_rejects(self, source: str | None = None) -> pd.DataFrame:
-        sql = f'SELECT source, partition, "offset", reason, detail, payload, at FROM {self.qualified(self.rejects_table())}'
+        sql = (f'SELECT source, partition, "offset", reason, detail, payload, at '
+               f'FROM {self.qualified(self.rejects_table())}')
         args: list[Any] = []
         if source is not None:
             sql += " WHERE source = $1"

@@ -24,7 +24,8 @@ def _text_columns(name: str, column_sql: str, nullable: bool) -> list[tuple[str,
     value = f"coalesce({column_sql}, '')" if nullable else column_sql
     cols = [(name, f"convert_to({value}, 'UTF8')", TEXT), (f"__len_{name}", f"int4send(octet_length({value}))", ">i4")]
     if nullable:
-        cols.append((f"__null_{name}", f"CASE WHEN {column_sql} IS NULL THEN '\\x01'::bytea ELSE '\\x00'::bytea END", "u1"))
+        cols.append((f"__null_{name}",
+                     f"CASE WHEN {column_sql} IS NULL THEN '\\x01'::bytea ELSE '\\x00'::bytea END", "u1"))
     return cols
 
 
@@ -97,7 +98,8 @@ def _decode_texts(native: dict[str, np.ndarray], texts: list[str]) -> None:
         np.cumsum(lengths, out=offsets[1:])
         data = native[name]
         if offsets[-1] != len(data):
-            raise StoreUnavailableError(f"full scan: text column {name!r} holds {len(data)} bytes, its lengths add up to {offsets[-1]}")
+            raise StoreUnavailableError(f"full scan: text column {name!r} holds {len(data)} bytes, "
+                                        f"its lengths add up to {offsets[-1]}")
         values = pa.LargeStringArray.from_buffers(len(lengths), pa.py_buffer(offsets), pa.py_buffer(data))
         out = values.to_numpy(zero_copy_only=False)
         if out.dtype != object:

@@ -107,8 +107,10 @@ class ScansMixin(TablesMixin):
         keys by PostgreSQL's statistics (False when the log has never been analyzed)."""
         if n_keys == 0:
             return False
-        sql = ("SELECT c.reltuples::float8, s.n_distinct::float8 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-               "LEFT JOIN pg_stats s ON s.schemaname = n.nspname AND s.tablename = c.relname AND s.attname = 'entity_key' "
+        sql = ("SELECT c.reltuples::float8, s.n_distinct::float8 FROM pg_class c "
+               "JOIN pg_namespace n ON n.oid = c.relnamespace "
+               "LEFT JOIN pg_stats s ON s.schemaname = n.nspname AND s.tablename = c.relname "
+               "AND s.attname = 'entity_key' "
                "WHERE n.nspname = $1 AND c.relname = $2")
         async with self.pool.acquire() as conn:
             row = await conn.fetchrow(sql, self.schema, self.events_table(src.name))
@@ -153,7 +155,8 @@ class ScansMixin(TablesMixin):
             n_conn = len(conns)
             first = conns[0]
             await stack.enter_async_context(first.transaction(isolation="repeatable_read", readonly=True))
-            blocks = int(await first.fetchval("SELECT pg_relation_size($1::text::regclass) / current_setting('block_size')::bigint",
+            blocks = int(await first.fetchval("SELECT pg_relation_size($1::text::regclass) "
+                                              "/ current_setting('block_size')::bigint",
                                               table))
             ranged = first.get_server_version() >= (14, 0)  # TID range scans
             n_ranges = max(1, -(-blocks // self.SCAN_RANGE_PAGES)) if ranged else 1

@@ -79,7 +79,8 @@ class SegmentsMixin(TablesMixin):
                 ends = {}
                 for p in await self._partitions(conn, table):
                     if p >= 0:
-                        ends[p] = int(await conn.fetchval(f'SELECT max("offset") FROM {table} WHERE "partition" = $1', p))
+                        ends[p] = int(await conn.fetchval(
+                            f'SELECT max("offset") FROM {table} WHERE "partition" = $1', p))
             finally:
                 await conn.execute("SELECT pg_advisory_unlock($1)", lock)
             async with conn.transaction():  # all segments of this run or none
@@ -103,7 +104,8 @@ class SegmentsMixin(TablesMixin):
             while after < end:
                 for select in (aggs, ordered_aggs):
                     row = await conn.fetchrow(
-                        f"SELECT count(*), {select} FROM (SELECT * FROM {table} WHERE \"partition\" = $1 AND \"offset\" > $2 "
+                        f"SELECT count(*), {select} FROM (SELECT * FROM {table} "
+                        f"WHERE \"partition\" = $1 AND \"offset\" > $2 "
                         f"AND \"offset\" <= $3 ORDER BY \"offset\" LIMIT $4) e", p, after, end, size)
                     n = int(row[0])
                     arrays = _unpack_aggs(cols, row[1:])
@@ -131,7 +133,8 @@ class SegmentsMixin(TablesMixin):
         async with self.pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
             if await conn.fetchval("SELECT to_regclass($1)", seg) is None:  # a log migrated before segments existed
                 return None
-            rows = await conn.fetch(f'SELECT "partition", "first_offset", "last_offset", "n", "field", "data" FROM {seg} '
+            rows = await conn.fetch(f'SELECT "partition", "first_offset", "last_offset", "n", "field", "data" '
+                                    f'FROM {seg} '
                                     'WHERE "field" = ANY($1::text[]) ORDER BY "partition", "first_offset"', names)
             if not rows:
                 return None
@@ -166,7 +169,8 @@ class SegmentsMixin(TablesMixin):
         for p in sorted({p for p, _ in segments} | (set(np.unique(tail_p).tolist()) if by_partition else set())):
             for at, parts in segments.items():  # in (partition, first offset) order
                 if at[0] == p:
-                    piece = {name: np.frombuffer(parts[name], dtype=_native(dtype)) for name, _, dtype in cols if name != "__p"}
+                    piece = {name: np.frombuffer(parts[name], dtype=_native(dtype))
+                             for name, _, dtype in cols if name != "__p"}
                     piece["__p"] = np.full(sizes[at], p, dtype="int32")
                     pieces.append(piece)
             if by_partition and n_tail:

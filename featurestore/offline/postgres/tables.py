@@ -118,7 +118,8 @@ class TablesMixin:
         cols += ['"ingested_at" timestamptz NOT NULL DEFAULT now()', '"__ref_time" bigint',
                  'PRIMARY KEY ("partition", "offset")']
         stmts = [f"CREATE TABLE IF NOT EXISTS {q} ({', '.join(cols)})"]
-        stmts += [f"ALTER TABLE {q} ADD COLUMN IF NOT EXISTS {qident(c)} {t}" for c, t in [*fields, ("__ref_time", "bigint")]]
+        stmts += [f"ALTER TABLE {q} ADD COLUMN IF NOT EXISTS {qident(c)} {t}"
+                  for c, t in [*fields, ("__ref_time", "bigint")]]
         idx = table_name(table, "key_time")
         stmts.append(f'CREATE INDEX IF NOT EXISTS {qident(idx)} ON {q} ("entity_key", "event_time")')
         seg = self.qualified(self.segments_table(src.name))
@@ -168,7 +169,8 @@ class TablesMixin:
         async with self.pool.acquire() as conn:
             async with conn.transaction():
                 # Serialize concurrent migrations of the same project (CREATE IF NOT EXISTS races).
-                await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"migrate:{self.schema}:{self.project}")
+                await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))",
+                                   f"migrate:{self.schema}:{self.project}")
                 for sql in stmts:
                     await conn.execute(sql)
 

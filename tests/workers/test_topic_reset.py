@@ -10,6 +10,7 @@ import dataclasses
 import logging
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from kafka import KafkaAdminClient
@@ -175,3 +176,39 @@ def test_broker_restarted_empty_with_the_stores_kept(servers, unique_name, proje
     assert again.records_done == len(second)
     assert_same(online_values(shared_redis, project, view), reference_values(view, second))
     assert T0 < min(e["event_time"] for e in second)
+
+
+def test_reset_command_lists_then_deletes(servers, topic_factory, unique_name, project, shared_redis, pg_schema,
+                                          tmp_path):
+    """`featurestore reset --source NAME`: without --yes and without a terminal it deletes nothing; with
+    --yes it lists what it deletes, deletes it, and a worker then reads the topic from its start."""
+    import os
+    import subprocess
+    import sys
+
+    topic = topic_factory(partitions=2)
+    events = make_events(80, seed=27)
+    send_events(servers, topic, events)
+    repo = tmp_path / "repo.py"
+    repo.write_text("from tests.workers.support import make_view\n"
+                    f"stats = make_view({topic!r}, lateness='1d')\n"
+                    "customer, txns = stats.entity, stats.source\n")
+    view = make_view(topic, lateness="1d")
+    group = unique_name("g")
+    assert "error" not in run_to_end(build_worker(servers, view, project, group, "public", batch_size=40), len(events))
+    env = {**os.environ, "FEATURESTORE_KAFKA_BOOTSTRAP_SERVERS": servers.kafka_bootstrap,
+           "FEATURESTORE_REDIS_URL": servers.redis_url, "FEATURESTORE_POSTGRES_DSN": servers.postgres_dsn,
+           "FEATURESTORE_PROJECT": project, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    cmd = [sys.executable, "-m", "featurestore", "reset", "--repo", str(repo), "--source", "txns"]
+    refused = subprocess.run(cmd, env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=60)
+    assert refused.returncode == 1 and "pass --yes" in refused.stderr, refused.stderr
+    assert len(online_values(shared_redis, project, view)) > 0
+    done = subprocess.run([*cmd, "--yes"], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert f"applied offsets of consumer group {group!r}" in done.stdout and "80 event-log rows" in done.stdout
+    assert online_values(shared_redis, project, view) == {}
+    assert shared_redis.hgetall(f"fs:{project}:offsets:{group}") == {}
+    assert logged_ids(servers, "public", project) == []
+    again = build_worker(servers, view, project, group, "public", batch_size=40)
+    assert "error" not in run_to_end(again, len(events))
+    assert_same(online_values(shared_redis, project, view), reference_values(view, events))

@@ -13,6 +13,7 @@ from .windows import DAY, HOUR, MINUTE, SECOND, default_hop, format_duration, pa
 __all__ = [
     "ACTIVITY_FUNCTIONS", "COLUMN_FUNCTIONS", "FUNCTIONS", "NUMERIC_FUNCTIONS", "AggSpec",
     "BatchResult", "compute_batch", "FORMAT_VERSION", "REJECT_DUPLICATE", "REJECT_LATE", "Rejection",
-    "ViewState", "compile_reader", "DAY", "HOUR", "MINUTE", "SECOND", "default_hop", "format_duration", "parse_duration",
+    "ViewState", "compile_reader", "DAY", "HOUR", "MINUTE", "SECOND", "default_hop", "format_duration",
+    "parse_duration",
     "window_start", "finalize", "merge_moments",
 ]

@@ -25,6 +25,9 @@ hops, windows, columns and field offsets as constants, and compiles it once:
 
 * ``add(groups, accepted)`` — every accepted ``(ts, seq, values)`` event into
   the tile of each hop (each input column is read and null-checked once);
+  all or nothing: when an input raises (a value ``float()`` or a comparison
+  refuses), the tiles it touched are put back as they were before the call
+  and the exception propagates;
 * ``prune(groups, watermark)`` — drop tiles no future window can reach;
 * ``evaluate(tiles, wm, t, special)`` — merge the tiles of each (hop, window)
   once, then ``([value of every feature in spec order], the earliest time a
@@ -113,6 +116,15 @@ def _fold(emit, indent: str, dst: dict, src: dict) -> None:
                  f"{dst[ts]} = {src[ts]}; {dst[seq]} = {src[seq]}; {dst[value]} = {src[value]}")
 
 
+def _restore(tiles: dict, saved: dict) -> None:
+    """Put back the rows ``saved`` holds (k -> the row before, None: a tile that did not exist)."""
+    for k, row in saved.items():
+        if row is None:
+            del tiles[k]
+        else:
+            tiles[k][:] = row
+
+
 @dataclass(frozen=True)
 class Kernels:
     add: object
@@ -131,38 +143,48 @@ def build(groups: tuple, specs: tuple, group_index: dict, special: frozenset,
     offsets = [g.offsets for g in groups]
 
     # -- add ------------------------------------------------------------------------------
+    # The tiles are updated in place; s{i} keeps the row each touched tile had before this call
+    # (None: a tile this call created), so that an input that raises undoes the whole call.
     emit("def add(groups, accepted):")
     for i in range(len(groups)):
-        emit(f"    g{i} = groups[{i}]; t{i} = g{i}.tiles; f{i} = g{i}.floor")
+        emit(f"    g{i} = groups[{i}]; t{i} = g{i}.tiles; f{i} = g{i}.floor; s{i} = {{}}")
     columns = list(dict.fromkeys(c for g in groups for c, _ in g.columns))
-    emit("    for ts, seq, values in accepted:")
+    emit("    try:")
+    emit("        for ts, seq, values in accepted:")
     for j, column in enumerate(columns):
-        emit(f"        v{j} = values.get({column!r})")
-        emit(f"        x{j} = not (v{j} is None or (isinstance(v{j}, float) and v{j} != v{j}))")
+        emit(f"            v{j} = values.get({column!r})")
+        emit(f"            x{j} = not (v{j} is None or (isinstance(v{j}, float) and v{j} != v{j}))")
     if not groups:
-        emit("        pass")
+        emit("            pass")
     for i, group in enumerate(groups):
         o = offsets[i]
-        emit(f"        k = ts // {group.hop}" if group.hop else "        k = 0")
-        emit(f"        tile = t{i}.get(k)")
-        emit("        if tile is None:")
-        emit(f"            tile = t{i}[k] = {group.new_tile}")
-        emit(f"            if f{i} is None or k < f{i}:")
-        emit(f"                f{i} = k")
-        emit("        tile[1] += 1")
+        emit(f"            k = ts // {group.hop}" if group.hop else "            k = 0")
+        emit(f"            tile = t{i}.get(k)")
+        emit("            if tile is None:")
+        emit(f"                tile = t{i}[k] = {group.new_tile}")
+        emit(f"                s{i}[k] = None")
+        emit(f"                if f{i} is None or k < f{i}:")
+        emit(f"                    f{i} = k")
+        emit(f"            elif k not in s{i}:")
+        emit(f"                s{i}[k] = tile.copy()")
+        emit("            tile[1] += 1")
         for column, fields in group.columns:
             j = columns.index(column)
             v = f"v{j}"
             at = {f: o[(column, f)] for f in fields}
-            emit(f"        if x{j}:")
-            emit(f"            tile[{at['c']}] += 1")
+            emit(f"            if x{j}:")
+            emit(f"                tile[{at['c']}] += 1")
             if "s" in at:
-                emit(f"            tile[{at['s']}] += float({v})")
+                emit(f"                tile[{at['s']}] += float({v})")
             if "mu" in at:  # Welford, as merge_moments expects (count, mean, M2)
-                emit(f"            x = float({v}); d = x - tile[{at['mu']}]; tile[{at['mu']}] += d / tile[{at['c']}]; "
+                emit(f"                x = float({v}); d = x - tile[{at['mu']}]; tile[{at['mu']}] += d / tile[{at['c']}]; "
                      f"tile[{at['q']}] += d * (x - tile[{at['mu']}])")
-            _fold(emit, "            ", {f: f"tile[{i}]" for f, i in at.items()},
+            _fold(emit, "                ", {f: f"tile[{i}]" for f, i in at.items()},
                   {"lo": v, "hi": v, "fts": "ts", "fsq": "seq", "fv": v, "lts": "ts", "lsq": "seq", "lv": v})
+    emit("    except BaseException:")
+    for i in range(len(groups)):
+        emit(f"        restore(t{i}, s{i})")
+    emit("        raise")
     for i in range(len(groups)):
         emit(f"    g{i}.floor = f{i}")
 
@@ -255,6 +277,6 @@ def build(groups: tuple, specs: tuple, group_index: dict, special: frozenset,
     emit(f"    return [{', '.join(f'o{o}' for o in range(len(chosen)))}], horizon")
 
     source = "\n".join(lines) + "\n"
-    namespace = {"merge_moments": merge_moments, **SCALAR_NAMESPACE}
+    namespace = {"merge_moments": merge_moments, "restore": _restore, **SCALAR_NAMESPACE}
     exec(compile(source, f"<transforms.kernels {len(specs)} specs>", "exec"), namespace)  # noqa: S102 (our own source)
     return Kernels(namespace["add"], namespace["prune"], namespace["evaluate"], source)

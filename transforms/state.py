@@ -168,44 +168,80 @@ class ViewState:
     def apply(self, events) -> list[Rejection]:
         """Apply ``(ts_ms, values, event_id)`` tuples in arrival order.
 
-        Returns the events refused (late beyond the lateness, or a repeated
-        event id); every other event is counted exactly once.
+        Returns the events refused: late (older than the watermark minus the
+        lateness), or repeating the id of an event accepted within the lateness
+        horizon (an id whose event is older than the horizon may be used again);
+        every other event is counted exactly once.  A batch is applied whole or
+        not at all: when an event raises (a value an aggregation cannot take, an
+        id that cannot be hashed), the exception propagates and the state is
+        exactly as it was before the call.
         """
         rejections: list[Rejection] = []
         accepted: list[tuple] = []  # (ts, seq, values): lateness and ids decided in arrival order first
-        wm, lateness, ids, seq, new_ids = self.watermark, self.lateness_ms, self.ids, self.seq, self._ids_new
-        for index, (ts, values, event_id) in enumerate(events):
-            if wm is not None and ts < wm - lateness:
-                rejections.append(Rejection(index, REJECT_LATE, f"event time {ts} is more than {lateness} ms before the entity's watermark {wm}"))
-                continue
-            if event_id is not None:
-                if event_id in ids:
-                    rejections.append(Rejection(index, REJECT_DUPLICATE, f"event id {event_id!r} was already counted"))
+        wm, lateness, ids, seq, ids_floor = self.watermark, self.lateness_ms, self.ids, self.seq, self._ids_floor
+        new_ids = self._ids_new
+        held = len(new_ids)  # the ids this batch accepts are added to ``ids`` and to ``new_ids[held:]``
+        before = None  # ``ids`` before this call, kept once an id is accepted again (moved, not added)
+        try:
+            for index, (ts, values, event_id) in enumerate(events):
+                if wm is not None and ts < wm - lateness:
+                    rejections.append(Rejection(index, REJECT_LATE, f"event time {ts} is more than {lateness} ms before the entity's watermark {wm}"))
                     continue
-                ids[event_id] = ts
-                new_ids.append((event_id, ts))
-                if self._ids_floor is None or ts < self._ids_floor:
-                    self._ids_floor = ts
-            seq += 1
-            accepted.append((ts, seq, values))
-            if wm is None or ts > wm:
-                wm = ts
-        self.seq, self.watermark = seq, wm
-        if not accepted:
-            return rejections
-        self._kernels.add(self._group_list, accepted)
-        for spec in self._distinct_specs:
-            seen, column = self.distinct[spec.name], spec.column
-            for ts, _, values in accepted:
-                value = values.get(column)
-                if not is_null(value) and seen.get(value, ts) <= ts:
+                if event_id is not None:
+                    known = ids.get(event_id)  # the time of the accepted event with this id
+                    if known is not None:
+                        if known >= wm - lateness:
+                            rejections.append(Rejection(index, REJECT_DUPLICATE, f"event id {event_id!r} was already counted"))
+                            continue
+                        if before is None:
+                            before = _ids_before(ids, new_ids[held:])
+                        del ids[event_id]  # its event left the horizon: the id moves to this event's place
+                    ids[event_id] = ts
+                    new_ids.append((event_id, ts))
+                    if ids_floor is None or ts < ids_floor:
+                        ids_floor = ts
+                seq += 1
+                accepted.append((ts, seq, values))
+                if wm is None or ts > wm:
+                    wm = ts
+            if not accepted:
+                return rejections
+            # What reads the events' values may raise: the distinct and last values are computed
+            # first, then the tiles are updated (``add`` puts them back if it raises).
+            distinct = []
+            for spec in self._distinct_specs:
+                latest, column = {}, spec.column  # value -> its latest time in this batch
+                for ts, _, values in accepted:
+                    value = values.get(column)
+                    if not is_null(value) and latest.get(value, ts) <= ts:
+                        latest[value] = ts
+                distinct.append((self.distinct[spec.name], latest))
+            last = []
+            for spec in self._last_n_specs:
+                pushed, column = [], spec.column
+                for ts, at, values in accepted:
+                    value = values.get(column)
+                    if not is_null(value):
+                        pushed.append([ts, at, value])
+                last.append((self.last_n[spec.name], spec.n, pushed))
+            self._kernels.add(self._group_list, accepted)
+        except BaseException:
+            if before is not None:
+                ids.clear()
+                ids.update(before)
+            else:
+                for event_id, _ in new_ids[held:]:
+                    del ids[event_id]
+            del new_ids[held:]
+            raise
+        self.seq, self.watermark, self._ids_floor = seq, wm, ids_floor
+        for seen, latest in distinct:
+            for value, ts in latest.items():
+                if seen.get(value, ts) <= ts:
                     seen[value] = ts
-        for spec in self._last_n_specs:
-            items, column = self.last_n[spec.name], spec.column
-            for ts, seq, values in accepted:
-                value = values.get(column)
-                if not is_null(value):
-                    self._push_last(items, spec.n, [ts, seq, value])
+        for items, n, pushed in last:
+            for item in pushed:
+                self._push_last(items, n, item)
         self._prune(wm)
         return rejections
 
@@ -226,7 +262,8 @@ class ViewState:
             # Ids are kept in arrival order, nearly time order: drop them from the oldest up to the first
             # still inside the horizon (a real-time entity holds rate x lateness ids: rebuilding the dict
             # each batch cost more than the rest of the update).  An older one arrived later stays until
-            # it reaches the front; it changes no decision: a repeat carries its original time, late by then.
+            # it reaches the front; it changes no decision: ``apply`` counts an id as seen only while its
+            # time is within the horizon.
             _drop_stale_front(ids, horizon)
             self._ids_floor = next(iter(ids.values()), None)
         for spec in self._distinct_specs:
@@ -339,6 +376,14 @@ class ViewState:
         for name, items in doc["ln"].items():
             state.last_n[name] = items
         return state
+
+
+def _ids_before(ids: dict, added: list) -> dict:
+    """``ids`` as they were before ``added`` (pairs of ids new to it, appended in this order)."""
+    before = dict(ids)
+    for event_id, _ in added:
+        del before[event_id]
+    return before
 
 
 def append_ids(stored: bytes | None, part: bytes) -> bytes:

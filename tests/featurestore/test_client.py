@@ -142,6 +142,33 @@ def test_connect_push_offline_materialize_and_cli(connected) -> None:
     assert json.loads(out.stdout)["views"]["transaction_stats"]["entities"] == 2
 
 
+def test_materialize_skips_a_state_that_holds_a_later_event(connected) -> None:
+    """materialize never moves a state back in time: an entity whose online state holds an event after
+    ``end`` keeps it (``skipped_newer``); the others are recomputed from the log up to ``end``."""
+    settings, _ = connected
+    refs = ["customer_stats:total_spend", "customer_stats:recent_amounts", "transaction_stats:events_1h"]
+    with FeatureStore.connect(EXAMPLE, settings) as store:
+        frame = txns(6)
+        store.push("transactions", frame, to="offline")
+        end = int(frame["event_time"].max())
+        store.materialize(T0, end)
+        later = txns(1, customers=("C1",), start=end + HOUR, prefix="later")  # online only: after `end`
+        assert store.push("transactions", later, to="online").online_records == 2
+        keys = {name: store.online.entity_key(store.online.view_key(name, version), "C1")
+                for name, version in store.versions.items()}
+        stored = {name: store.online.client.hgetall(key) for name, key in keys.items()}
+        rows = [{"customer_id": "C1"}, {"customer_id": "C2"}]
+        before = store.get_online_features(rows, features=refs, at_ms=end + 2 * HOUR).columns
+
+        report = store.materialize(T0, end)
+        for name in ("customer_stats", "transaction_stats"):
+            assert report["views"][name]["skipped_newer"] == 1, report  # C1
+            assert report["views"][name]["entities"] == 1, report  # C2
+        assert {name: store.online.client.hgetall(key) for name, key in keys.items()} == stored
+        assert store.get_online_features(rows, features=refs, at_ms=end + 2 * HOUR).columns == before
+        assert before["total_spend"][0] == sum(frame["amount"][0::2]) + later["amount"][0]
+
+
 def test_compact_cli_keeps_training_sets(connected) -> None:
     """``featurestore compact`` packs the Kafka-partition rows of the example log (string keys, event
     ids, text fields) into segments, leaves pushed rows (partition -1) as rows, and training sets read

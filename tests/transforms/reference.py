@@ -12,9 +12,11 @@ Semantics implemented (API.md):
 
 * accept: an event is "late" when ts < watermark - lateness, watermark = max ts
   of the earlier ACCEPTED events of the same entity (arrival order); with ids, an
-  event whose id equals the id of an earlier accepted event of the same entity is
-  "duplicate_event_id".  The late check comes first (API.md: a redelivery older
-  than the lateness horizon is "late").  A ``None`` id never matches.
+  event whose id equals the id of an earlier accepted event of the same entity
+  within the lateness horizon (that event's ts >= watermark - lateness) is
+  "duplicate_event_id": an id whose accepted event is older than the horizon can
+  be used again.  The late check comes first (API.md: a redelivery older than the
+  lateness horizon is "late").  A ``None`` id never matches.
 * value as of t: window (w, h) covers ts in [floor((t - w) / h) * h, t] (both
   ends included); lifetime covers ts <= t.  Nulls (None, NaN) are skipped by
   column aggregations and still count for count_events.  Order for
@@ -57,7 +59,7 @@ def is_null(v: Any) -> bool:
 def reference_accept(events, lateness_ms: int, has_ids: bool) -> list[str | None]:
     """Reason per event (None = accepted), applying the rules in arrival order per entity."""
     watermark: dict[Any, int] = {}
-    seen_ids: dict[Any, list] = {}
+    seen_ids: dict[Any, list] = {}  # key -> (id, ts) of every accepted event with an id
     reasons: list[str | None] = []
     for ev in events:
         wm = watermark.get(ev.key)
@@ -65,13 +67,13 @@ def reference_accept(events, lateness_ms: int, has_ids: bool) -> list[str | None
         if wm is not None and ev.ts < wm - lateness_ms:
             reasons.append(REJECT_LATE)
             continue
-        if has_ids and ev.id is not None and any(ev.id == old for old in ids):
+        if has_ids and ev.id is not None and any(ev.id == old and ts >= wm - lateness_ms for old, ts in ids):
             reasons.append(REJECT_DUPLICATE)
             continue
         reasons.append(None)
         watermark[ev.key] = ev.ts if wm is None else max(wm, ev.ts)
         if has_ids and ev.id is not None:
-            ids.append(ev.id)
+            ids.append((ev.id, ev.ts))
     return reasons
 
 

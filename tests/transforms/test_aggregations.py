@@ -357,6 +357,25 @@ def test_duplicate_across_batches_and_none_ids_streaming():
     check_values(DUP_SPECS, dict(sum=5.0, n=3, distinct=2), state.evaluate(T0 + 12 * M), "dups", batch=False)
 
 
+def test_id_used_again_once_its_event_left_the_lateness_horizon():
+    """Ids are remembered within the lateness horizon (README "Duplicates"): at watermark 10 min, e2
+    (5 min, at the horizon's edge) is remembered and e1 (0) is not, so e1 counts again at 11 min, and
+    is remembered at that time."""
+    events = [e(0, 1.0, "a", "e1"), e(5 * M, 2.0, "a", "e2"), e(10 * M, 4.0, "a", "e3"),
+              e(12 * M, 16.0, "a", "e2"), e(11 * M, 8.0, "a", "e1"), e(14 * M, 32.0, "a", "e1")]
+    case = Case(specs=DUP_SPECS, events=events, ids=True, lateness=5 * M,
+                rejects=[(3, REJECT_DUPLICATE), (5, REJECT_DUPLICATE)],
+                expected={("a", 20 * M): dict(sum=15.0, n=4, distinct=4, last=8.0, n_life=4)})
+    check_case(case)
+    for size in (1, 2, 4):  # the decisions do not depend on how the events are cut into micro-batches
+        state, refused = ViewState(DUP_SPECS, lateness_ms=5 * M), []
+        for lo in range(0, len(events), size):
+            refused += [(lo + r.index, r.reason) for r in state.apply(stream_items(events[lo:lo + size]))]
+        assert refused == case.rejects, size
+        check_values(DUP_SPECS, case.expected[("a", 20 * M)], state.evaluate(T0 + 20 * M), f"batches of {size}",
+                     batch=False)
+
+
 # --------------------------------------------------------------------------- nulls
 
 NULL_SPECS = [

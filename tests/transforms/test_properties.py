@@ -1,7 +1,9 @@
 """Property tests: streaming ViewState == compute_batch == brute-force reference.
 
 Random event streams for 1-4 entities with ties, out-of-order arrivals within and
-beyond the lateness, redeliveries (exact repeats of an earlier event), NaN / None
+beyond the lateness, redeliveries (exact repeats of an earlier event), events that
+use an earlier event's id again with their own time and values (a duplicate while
+that event is within the lateness horizon, counted once it is beyond), NaN / None
 / missing values, and random specs over every function, window and hop.
 
 The number of examples comes from the active hypothesis profile (tests/conftest.py
@@ -131,7 +133,8 @@ def scenarios(draw, max_events: int = 24):
         # at least one event in the frame: the empty frame has its own table test
         for i in range(draw(st.integers(1 if ki == 0 else 0, max_events))):
             rank += draw(st.integers(0, 3))
-            if out and draw(st.integers(0, 7)) == 0:  # redelivery: repeats an earlier event exactly
+            kind = draw(st.integers(0, 7)) if out else None
+            if kind == 0:  # redelivery: repeats an earlier event exactly
                 ev = draw(st.sampled_from(out))
             else:
                 ts = start if wm is None else wm + _step(draw, lateness)
@@ -141,7 +144,8 @@ def scenarios(draw, max_events: int = 24):
                     v = draw(VALUES)
                     if not (isinstance(v, str) and v == "missing"):
                         vals[c] = v
-                ev = Event(key, ts, vals, f"e{i}")  # ids repeat across entities on purpose
+                # ids repeat across entities on purpose; kind 1 takes the id of an earlier event of this entity
+                ev = Event(key, ts, vals, draw(st.sampled_from(out)).id if kind == 1 else f"e{i}")
                 wm = ts if wm is None else max(wm, ts)
             out.append(ev)
             tagged.append((rank, ki, i, ev))

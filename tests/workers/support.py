@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 from collections import defaultdict
 
 import orjson
+import redis
 from kafka import KafkaProducer
 
 from featurestore.definitions import Activity, Aggregate, Entity, EventSource, FeatureView, Latest
@@ -94,7 +96,6 @@ def build_worker(servers, view, project, group, schema, **config) -> Worker:
 
 
 def run_until(worker: Worker, n_records: int, timeout: float = 60.0) -> threading.Thread:
-    import time
     deadline = time.monotonic() + timeout
     thread = threading.Thread(target=worker.run, kwargs={
         "until": lambda w: w.records_done >= n_records or time.monotonic() > deadline}, daemon=True)
@@ -135,3 +136,19 @@ def send(servers, topic, events, raw=()):
         producer.send(topic, key=b"C000", value=r)
     producer.flush()
     producer.close()
+
+
+def wait_for(predicate, timeout: float, what, interval: float = 0.01):
+    """Poll ``predicate`` until it returns a true value (returned); ``what`` (a string or a
+    function giving one, called at the timeout) describes it in the error."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            value = predicate()
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+            value = None
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what() if callable(what) else what}")
+        time.sleep(interval)

@@ -31,10 +31,14 @@ import redis
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from prometheus_client import generate_latest
 
-from featurestore.offline.postgres import qident, table_name
+from featurestore.exceptions import StoreUnavailableError
+from featurestore.offline.postgres import PostgresOfflineStore, qident, table_name
+from featurestore.online import RedisOnlineStore
+from featurestore.processing import prepare_view
 from tests.workers.support import (assert_same, build_worker, make_events, make_view, online_values,
-                                  reference_values)
+                                  reference_values, wait_for)
 from tests.workers.worker_main import install_throttle
+from workers.backfill import BackfillError, BackfillOptions, run_backfill
 from workers.worker import SHUTDOWN_GRACE_S
 
 pytestmark = pytest.mark.integration
@@ -58,6 +62,10 @@ class Sent:
     @property
     def total(self) -> int:
         return sum(off + 1 for off in self.ends.values())
+
+    def then(self, more: "Sent") -> "Sent":
+        """What was sent, then ``more`` (to the same topic)."""
+        return Sent(self.topic, self.events + more.events, self.positions + more.positions, {**self.ends, **more.ends})
 
 
 def produce(servers, topic: str, records: list[tuple[bytes | None, bytes | None, list]],
@@ -118,22 +126,6 @@ def states_ahead_of_offsets(client: redis.Redis, project: str, view, stored: dic
     return ahead
 
 
-def wait_for(predicate, timeout: float, what, interval: float = 0.01):
-    """Poll ``predicate`` until it returns a true value (returned); ``what`` (a string or a
-    function giving one, called at the timeout) describes it in the error."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            value = predicate()
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
-            value = None
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what() if callable(what) else what}")
-        time.sleep(interval)
-
-
 def wait_complete(client, project, group, sent: Sent, timeout: float = 60.0) -> None:
     wait_for(lambda: stored_offsets(client, project, group) == sent.ends, timeout,
              lambda: f"all of {sent.ends} committed (have {stored_offsets(client, project, group)})", interval=0.05)
@@ -187,6 +179,9 @@ def run_in_thread(worker, stop: threading.Event) -> tuple[threading.Thread, dict
 
 # == a. SIGKILL mid-stream, then a restart ===================================================
 
+# "progress": SIGKILL from outside once that fraction of the stream is committed; the stream's last
+# PROGRESS_HELD of events is produced only after the kill, so the kill always lands before the end.
+PROGRESS_HELD = 0.1
 KILL_POINTS = [
     pytest.param(("progress", 0.15), id="sigkill-at-15pct"),
     pytest.param(("progress", 0.5), id="sigkill-at-50pct"),
@@ -206,15 +201,20 @@ def test_sigkill_mid_stream_then_restart(kill, servers, topic_factory, unique_na
     topic = topic_factory(partitions=3)
     view = make_view(topic)
     group = unique_name("g")
-    sent = send_events(servers, topic, make_events(N_EVENTS, seed=7))
+    events = make_events(N_EVENTS, seed=7)
     mode, where = kill
 
     if mode == "progress":
+        head = int(N_EVENTS * (1 - PROGRESS_HELD))
+        sent = send_events(servers, topic, events[:head])
         first = spawn("first", topic, project, group, "--throttle-ms", 40, "--commit-chunk", 5)
-        wait_for(lambda: progress(shared_redis, project, group) >= where * sent.total, 40, f"{where:.0%} committed")
+        wait_for(lambda: progress(shared_redis, project, group) >= where * N_EVENTS, 40, f"{where:.0%} committed")
         first.sigkill()
         assert first.proc.returncode == -signal.SIGKILL
+        assert progress(shared_redis, project, group) >= where * N_EVENTS
+        sent = sent.then(send_events(servers, topic, events[head:]))
     else:
+        sent = send_events(servers, topic, events)
         chunked = ("--commit-chunk", 5) if mode == "between_redis_chunks" else ()
         first = spawn("first", topic, project, group, "--crash-at", mode, "--crash-after-batches", where, *chunked)
         first.proc.wait(40)
@@ -304,6 +304,88 @@ def test_second_worker_joins_mid_stream(servers, topic_factory, unique_name, pro
     assert out_a["records_done"] + out_b["records_done"] == sent.total
     assert out_a["dead_letters"] == out_b["dead_letters"] == {}
     assert_clean_result(shared_redis, project, view, sent.events, servers.postgres_dsn, pg_schema)
+
+
+def stopped(w) -> bool:
+    """The worker process is stopped (SIGSTOP): state T in /proc."""
+    with open(f"/proc/{w.proc.pid}/stat") as stat:
+        return stat.read().rsplit(")", 1)[1].split()[0] == "T"
+
+
+def test_worker_whose_partitions_are_taken_over_while_it_holds_a_batch(servers, topic_factory, unique_name, project,
+                                                                        shared_redis, pg_schema, spawn):
+    """A zombie: worker a freezes in the middle of a batch (event log written, Redis not), its session
+    expires and the group gives its partitions to worker b, which claims them, replays a's batch from
+    the stored offsets and commits to the end of the stream.  When a wakes up, its commit of the stale
+    batch must be fenced (``featurestore_fenced_commits_total``): nothing of it written, the offsets
+    not moved back, and every record committed by exactly one of the two."""
+    topic = topic_factory(partitions=2)
+    view, group = make_view(topic), unique_name("g")
+    sent = send_events(servers, topic, make_events(600, seed=18))
+    a = spawn("a", topic, project, group, "--crash-at", "before_redis_commit", "--crash-after-batches", 3,
+              "--crash-signal", "STOP")
+    wait_for(lambda: stopped(a), 40, lambda: f"worker a to stop itself before its third commit:\n{a.tail()}",
+             interval=0.05)
+    held = stored_offsets(shared_redis, project, group)  # a's first two batches
+    assert held and held != sent.ends
+    b = spawn("b", topic, project, group)
+    wait_complete(shared_redis, project, group, sent, timeout=60)  # b, alone: a's session expired
+    assert sorted(b.assignment()) == [f"{topic}:0", f"{topic}:1"]
+
+    a.proc.send_signal(signal.SIGCONT)
+    wait_for(lambda: "commit fenced" in a.log.read_text(errors="replace"), 30,
+             lambda: f"worker a's stale commit fenced:\n{a.tail()}", interval=0.05)
+    assert stored_offsets(shared_redis, project, group) == sent.ends  # nothing moved back
+    code_a, _, out_a = a.sigterm()
+    code_b, _, out_b = b.sigterm()
+    assert (code_a, code_b) == (0, 0), a.tail() + "\n" + b.tail()
+    assert (out_a["fenced"], out_b["fenced"]) == (1, 0)
+    assert out_a["records_done"] == sum(off + 1 for off in held.values())  # its stale batch not counted
+    assert out_a["records_done"] + out_b["records_done"] == sent.total
+    assert out_a["dead_letters"] == out_b["dead_letters"] == {}
+    assert_clean_result(shared_redis, project, view, sent.events, servers.postgres_dsn, pg_schema)
+
+
+def test_handoff_backfill_stops_when_a_worker_of_its_group_commits(servers, topic_factory, unique_name, project,
+                                                                   shared_redis, pg_schema):
+    """The group's offsets are compared and set by every commit: a worker of the group that starts
+    during a ``backfill --online`` hand-off (after its guard looked) and commits makes the
+    backfill's next commit write nothing and stop it (README: the group must be stopped during a
+    hand-off), instead of writing states and offsets older than the worker's over them."""
+    topic = topic_factory(partitions=3)
+    view, group = make_view(topic), unique_name("g")
+    sent = send_events(servers, topic, make_events(600, seed=19))
+    online = RedisOnlineStore.from_url(servers.redis_url, project)
+    commit, commits, by_worker = online.commit, [], {}
+    worker = build_worker(servers, view, project, group, pg_schema, batch_size=50)
+
+    def worker_commits_after_the_first(*args, **kwargs):
+        commits.append(result := commit(*args, **kwargs))
+        if len(commits) == 1:  # the backfill wrote its first chunk of states: a worker of its group starts
+            thread, outcome = run_in_thread(worker, stop := threading.Event())
+            wait_for(lambda: worker.records_done > 0 or "error" in outcome, 60, "the worker's first commit")
+            stop.set()
+            thread.join(30)
+            assert "error" not in outcome, outcome
+            by_worker.update(stored_offsets(shared_redis, project, group))
+        return result
+
+    online.commit = worker_commits_after_the_first
+    opts = BackfillOptions(source="kafka", online=True, group=group, chunks=2, idle_timeout_s=5,
+                           kafka_options={"bootstrap_servers": servers.kafka_bootstrap})
+
+    async def backfill():
+        store = await PostgresOfflineStore.create(servers.postgres_dsn, project, pg_schema)
+        try:
+            return await run_backfill(prepare_view(view, 1, project), store, online, opts)
+        finally:
+            await store.close()
+
+    with pytest.raises(BackfillError, match=rf"group '{group}' committed offsets during the backfill"):
+        asyncio.run(backfill())
+    assert commits[0] == 1 and commits[1:] == [0]  # the second chunk wrote nothing
+    assert by_worker and max(by_worker.values()) >= 0  # past the -1 the backfill's fence wrote
+    assert stored_offsets(shared_redis, project, group) == by_worker  # the worker's offsets, not moved back
 
 
 # == c. Dead letters ============================================================================
@@ -686,8 +768,8 @@ def test_postgres_refusing_connections_while_starting_up(servers, topic_factory,
 
 
 def test_event_log_unavailable_during_rebuild(servers, topic_factory, unique_name, project, pg_schema, tmp_path):
-    """Redis comes back empty and the first attempt to rebuild from the event log fails
-    (PostgreSQL blip): the retried batch must rebuild first, not commit on top of empty states."""
+    """Redis comes back empty and the first attempt to rebuild from the event log after the outage
+    fails (PostgreSQL blip): the retried batch must rebuild first, not commit on top of empty states."""
     private = PrivateRedis(tmp_path / "redis", persistent=False)
     private.start()
     try:
@@ -697,13 +779,17 @@ def test_event_log_unavailable_during_rebuild(servers, topic_factory, unique_nam
         sent = send_events(servers, topic, make_events(N_EVENTS, seed=15))
         worker = throttled_worker(servers, private.url, view, project, group, pg_schema)
         load_events = worker.offline.load_events
-        calls = {"n": 0}
+        armed = threading.Event()  # set during the outage: the next rebuild is the one after it
+        rebuilds = {"before": 0, "after": 0}
 
         async def flaky_load_events(*args, **kwargs):
-            calls["n"] += 1
-            if calls["n"] == 1:
-                from featurestore.exceptions import StoreUnavailableError
-                raise StoreUnavailableError("injected: PostgreSQL unavailable during the rebuild")
+            if kwargs.get("keys") is None:  # a rebuild reads whole partitions (the lookup of absent entities, keys)
+                if not armed.is_set():
+                    rebuilds["before"] += 1  # at start-up (a new store), from an empty log
+                else:
+                    rebuilds["after"] += 1
+                    if rebuilds["after"] == 1:
+                        raise StoreUnavailableError("injected: PostgreSQL unavailable during the rebuild")
             return await load_events(*args, **kwargs)
 
         worker.offline.load_events = flaky_load_events
@@ -712,16 +798,23 @@ def test_event_log_unavailable_during_rebuild(servers, topic_factory, unique_nam
         thread, outcome = run_in_thread(worker, stop)
         try:
             wait_for(lambda: progress(client, project, group) >= 0.3 * sent.total, 40, "30% committed")
+            epoch = worker.epoch
             private.stop()
-            time.sleep(1)
+            armed.set()
+            retried = sum(c._value.get() for c in _children(worker.metrics.retries))
+            wait_for(lambda: sum(c._value.get() for c in _children(worker.metrics.retries)) > retried, 20,
+                     "a batch retried against the stopped Redis")
             private.start()
             wait_complete(client, project, group, sent, timeout=60)
         finally:
             stop.set()
             thread.join(30)
         assert "error" not in outcome, outcome
-        assert calls["n"] >= 2  # the rebuild failed once, then ran again
+        assert worker.epoch != epoch  # the empty Redis was noticed and the states rebuilt under a new marker
         assert_clean_result(client, project, view, sent.events, servers.postgres_dsn, pg_schema)
+        # the rebuild after the outage failed once (injected), and ran again before the batch was committed
+        assert rebuilds["before"] >= 1 and rebuilds["after"] >= 2, rebuilds
+        assert worker.metrics.retries.labels("StoreUnavailableError")._value.get() >= 1
         client.close()
     finally:
         private.stop()

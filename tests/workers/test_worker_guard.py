@@ -1,14 +1,14 @@
-"""push and materialize refuse to write online states of a topic a running worker consumes.
+"""push, materialize and backfill --online refuse to write online states of a topic a running worker
+consumes.
 
 The worker keeps its states in memory: a state written behind its back would be overwritten at
 the worker's next commit.  Running workers announce their topics in the online store
-(renewed, expiring); the client checks before writing anything.
+(renewed, expiring); the client and the backfill check before writing anything.
 """
 
 from __future__ import annotations
 
 import threading
-import time
 
 import pandas as pd
 import pytest
@@ -16,7 +16,8 @@ import pytest
 from featurestore.client import FeatureStore
 from featurestore.exceptions import WorkerRunningError
 from featurestore.online import RedisOnlineStore
-from tests.workers.support import T0, build_worker, make_events, make_view, repo_of, send
+from tests.workers.support import T0, build_worker, make_events, make_view, repo_of, send, wait_for
+from tests.workers.test_backfill import backfill
 
 
 def _rows(customer: str, n: int = 2) -> pd.DataFrame:
@@ -25,31 +26,46 @@ def _rows(customer: str, n: int = 2) -> pd.DataFrame:
                          "event_time": [T0 + 10 * 86_400_000 + i * 1000 for i in range(n)]})
 
 
-def test_push_and_materialize_refused_while_a_worker_consumes_the_topic(servers, topic_factory, unique_name, pg_schema):
+def view_hashes(online: RedisOnlineStore, view_key: str) -> dict:
+    """Every stored (entity, view) hash of one view version, field by field."""
+    return {key: online.client.hgetall(key) for key in online.client.scan_iter(match=f"fs:{view_key}:*")}
+
+
+def test_push_materialize_and_backfill_refused_while_a_worker_consumes_the_topic(servers, topic_factory, unique_name,
+                                                                                  pg_schema):
     topic = topic_factory(partitions=2)
     project, group = unique_name("guard"), unique_name("g")
     view = make_view(topic)
-    send(servers, topic, make_events(200, seed=3))
+    events = make_events(200, seed=3)
+    send(servers, topic, events)
     worker = build_worker(servers, view, project, group, pg_schema)
     thread = threading.Thread(target=worker.run, daemon=True)  # runs until asked to stop
     thread.start()
     online = RedisOnlineStore.from_url(servers.redis_url, project)
-    store = FeatureStore(repo_of(view), online, {view.name: 1}, project)
+    store = FeatureStore(repo_of(view), online, {view.name: 1}, project, postgres_dsn=servers.postgres_dsn,
+                         pg_schema=pg_schema)
+    view_key = f"{project}:stats:v1"
     try:
-        deadline = time.monotonic() + 30
-        while not online.live_workers() and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_for(online.live_workers, 30, "the worker's announcement", interval=0.05)
         [announced] = online.live_workers()
         assert announced["group"] == group and announced["topics"] == [topic]
+        wait_for(lambda: worker.records_done == len(events), 60, "every event applied and logged", interval=0.05)
+        states = view_hashes(online, view_key)
+        assert len(states) == len({e["customer_id"] for e in events})
 
         with pytest.raises(WorkerRunningError, match=rf"group '{group}'.*consumes {topic}"):
             store.push("txns", _rows("P1"), to="online")
         with pytest.raises(WorkerRunningError, match="materialize"):
             store.materialize(T0, T0 + 86_400_000)
-        assert online.client.exists(online.entity_key(f"{project}:stats:v1", "P1")) == 0  # nothing written
+        with pytest.raises(WorkerRunningError, match=rf"backfill of 'stats' --online.*group '{group}'.*consumes {topic}"):
+            backfill(servers, view, project, pg_schema, source="postgres", online=True)
+        assert view_hashes(online, view_key) == states  # nothing written
 
         forced = store.push("txns", _rows("P2"), to="online", force=True)  # the caller takes the risk
         assert forced.online_records == 1
+        report = store.materialize(T0, T0 + 86_400_000, force=True)
+        assert report["views"]["stats"]["entities"] == len(states)  # recomputed from the worker's event log
+        assert report["views"]["stats"]["events"] == len(events)
     finally:
         worker.request_stop()
         thread.join(30)
@@ -64,12 +80,14 @@ def test_push_and_materialize_refused_while_a_worker_consumes_the_topic(servers,
 
 def test_announcement_of_a_killed_worker_expires(servers, unique_name):
     online = RedisOnlineStore.from_url(servers.redis_url, unique_name("live"))
-    online.announce_worker("g", "w1", ["t1"], ttl_ms=3000)
+    announced = online.announce_worker("g", "w1", ["t1"], ttl_ms=3000)
     online.announce_worker("g", "w2", ["t2"], ttl_ms=60_000)
     with pytest.raises(WorkerRunningError, match="t1"):
         online.refuse_if_consumed(["t1", "t3"], "push")
     online.refuse_if_consumed(["t3"], "push")  # nobody consumes t3
-    time.sleep(3.2)
+    wait_for(lambda: [w["worker"] for w in online.live_workers()] == ["w2"], 10, "w1's announcement to expire",
+             interval=0.05)
+    assert online._server_ms() >= announced + 3000  # not before its ttl
     assert [w["worker"] for w in online.live_workers()] == ["w2"]
     assert online.client.hkeys(online.live_key) == [b"g:w2"]  # the expired announcement was removed
     online.refuse_if_consumed(["t1"], "push")  # w1 never renewed: expired
@@ -107,11 +125,19 @@ def test_worker_refuses_a_group_whose_workers_compute_other_views(servers, topic
     worker = build_worker(servers, view, project, group, pg_schema)
     thread = threading.Thread(target=lambda: setattr(worker, "returned", worker.run()), daemon=True)
     thread.start()
-    deadline = time.monotonic() + 30
-    while worker.started_ms is None and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_for(lambda: worker.started_ms is not None, 30, "the worker's first announcement", interval=0.05)
     online.announce_worker(group, "later", [topic], views=[f"{project}:other:v1"], started_ms=worker.started_ms + 1)
-    time.sleep(1.5)
+    # The worker checks the group at each renewal of its announcement, after writing it: a renewal stamped
+    # later than this moment saw "later"; the one after it shows that check finished.
+    written = online._server_ms()
+    renewals: set[int] = set()
+
+    def checked_after(ms: int) -> bool:
+        mine = [w["at_ms"] for w in online.live_workers() if w["worker"] == worker.worker_id]
+        renewals.update(at for at in mine if at > ms)
+        return worker.stopping or len(renewals) >= 2
+
+    wait_for(lambda: checked_after(written), 30, "two renewals of the worker's announcement", interval=0.02)
     assert not worker.stopping and worker.exit_code == 0  # a worker started after this one is the one to leave
     online.retire_worker(group, "later")
     online.announce_worker(group, "earlier", [topic], views=[f"{project}:other:v1"], started_ms=worker.started_ms - 1)

@@ -3,11 +3,11 @@
     python -m tests.workers.worker_main --topic T --project P --group G --schema S \\
         --bootstrap HOST:PORT --redis redis://... --postgres postgresql://... \\
         [--batch-size N] [--exit-after-idle SECONDS] [--dead-letter-topic D] \\
-        [--throttle-ms MS] [--commit-chunk N] [--crash-at POINT --crash-after-batches K]
+        [--throttle-ms MS] [--commit-chunk N] [--crash-at POINT --crash-after-batches K [--crash-signal STOP]]
 
 Builds the same Worker as ``tests.workers.support.build_worker`` (``make_view(topic)``),
 installs the SIGTERM/SIGINT handlers, runs, and prints ``{"records_done": n, "dead_letters":
-{reason: n}}`` on stdout
+{reason: n}, "fenced": n}`` on stdout
 when it exits (by a signal, or after ``--exit-after-idle`` seconds without new records).
 
 Test-only knobs: ``--throttle-ms`` sleeps after each micro-batch (keeps a stream going
@@ -16,7 +16,9 @@ point of the ``--crash-after-batches``-th batch that has something to commit:
 ``before_redis_commit`` (event log and dead letters written, Redis not),
 ``between_redis_chunks`` (the first chunks of states written, the last chunk and the
 offsets not: needs a batch of more than ``--commit-chunk`` states) or
-``before_kafka_commit`` (Redis committed, Kafka not).
+``before_kafka_commit`` (Redis committed, Kafka not).  With ``--crash-signal STOP`` the
+process SIGSTOPs itself there instead, once (heartbeats stop too, so the group takes its
+partitions after the session timeout), and goes on from that point when sent SIGCONT.
 """
 
 from __future__ import annotations
@@ -54,25 +56,32 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--commit-chunk", type=int, default=None, help="WorkerConfig.commit_chunk (default: its default)")
     p.add_argument("--crash-at", choices=CRASH_POINTS, default=None)
     p.add_argument("--crash-after-batches", type=int, default=1)
+    p.add_argument("--crash-signal", choices=("KILL", "STOP"), default="KILL")
     return p.parse_args(argv)
 
 
-def _kill_self() -> None:
-    sys.stderr.write("worker_main: crashing on purpose (SIGKILL)\n")
+def _signal_self(sig: str) -> None:
+    sys.stderr.write(f"worker_main: crashing on purpose (SIG{sig})\n")
     sys.stderr.flush()
-    os.kill(os.getpid(), signal.SIGKILL)
+    os.kill(os.getpid(), signal.SIGKILL if sig == "KILL" else signal.SIGSTOP)
+    sys.stderr.write("worker_main: continued (SIGCONT)\n")
+    sys.stderr.flush()
 
 
-def _install_crash(worker, point: str, after: int) -> None:
-    """SIGKILL the process at ``point`` of the ``after``-th commit attempt."""
+def _install_crash(worker, point: str, after: int, sig: str = "KILL") -> None:
+    """SIGKILL (or SIGSTOP, once) the process at ``point`` of the ``after``-th commit attempt."""
     seen = {"n": 0}
+
+    def crash() -> None:
+        if seen["n"] == after or (sig == "KILL" and seen["n"] > after):
+            _signal_self(sig)
+
     if point == "before_redis_commit":
         commit = worker.online.commit
 
         def crashing_commit(records, group, offsets, epoch=None, chunk=None, token=None):
             seen["n"] += 1
-            if seen["n"] >= after:
-                _kill_self()
+            crash()
             return commit(records, group, offsets, epoch, chunk, token)
 
         worker.online.commit = crashing_commit
@@ -86,8 +95,7 @@ def _install_crash(worker, point: str, after: int) -> None:
             elif written["chunks"]:  # the last chunk of a commit that already wrote others
                 written["chunks"] = 0
                 seen["n"] += 1
-                if seen["n"] >= after:
-                    _kill_self()
+                crash()
             return part(records, group, offsets, epoch, advance, token)
 
         worker.online._commit_part = crashing_part
@@ -96,8 +104,7 @@ def _install_crash(worker, point: str, after: int) -> None:
 
         def crashing_commit_kafka(advance):
             seen["n"] += 1
-            if seen["n"] >= after:
-                _kill_self()
+            crash()
             return commit_kafka(advance)
 
         worker._commit_kafka = crashing_commit_kafka
@@ -131,7 +138,7 @@ def main(argv=None) -> int:
     if args.throttle_ms > 0:
         install_throttle(worker, args.throttle_ms / 1000)
     if args.crash_at:
-        _install_crash(worker, args.crash_at, args.crash_after_batches)
+        _install_crash(worker, args.crash_at, args.crash_after_batches, args.crash_signal)
 
     until = None
     if args.exit_after_idle is not None:
@@ -149,7 +156,8 @@ def main(argv=None) -> int:
     code = worker.run(until=until)
     letters = {s.labels["reason"]: int(s.value) for m in worker.metrics.dead_letters.collect()
                for s in m.samples if s.name.endswith("_total") and s.value}
-    print(json.dumps({"records_done": worker.records_done, "dead_letters": letters}), flush=True)
+    print(json.dumps({"records_done": worker.records_done, "dead_letters": letters,
+                      "fenced": int(worker.metrics.fenced._value.get())}), flush=True)
     return code
 
 

@@ -90,10 +90,11 @@ class WritesMixin:
         if offline is not None and to != "online":
             frame = valid[keep]
             if "__event_id" in frame.columns and len(frame):
-                seen = await offline.existing_event_ids(source, frame["__key"].tolist(), frame["__event_id"].tolist())
+                keys, ids, times = frame["__key"].tolist(), frame["__event_id"].tolist(), frame["__ts"].tolist()
+                seen = await offline.existing_event_ids(source, keys, ids, times)  # a redelivery: same time
                 if seen:
-                    dup = np.array([(k, i) in seen for k, i in zip(frame["__key"].tolist(),
-                                                                   frame["__event_id"].tolist())], dtype=bool)
+                    dup = np.array([(k, None if i is None else str(i), int(t)) in seen
+                                    for k, i, t in zip(keys, ids, times)], dtype=bool)
                     result.skipped_existing = int(dup.sum())
                     frame = frame[~dup]
             if len(frame):

@@ -78,8 +78,8 @@ class OfflineStore(Protocol):
         """Distinct entity keys with events in ``[start_ms, end_ms]``, sorted."""
 
     async def existing_event_ids(self, source: str | EventSource, keys: Sequence[Any],
-                                 event_ids: Sequence[Any]) -> set[tuple[Any, str]]:
-        """The ``(entity key, event id)`` pairs among ``zip(keys, event_ids)`` already logged."""
+                                 event_ids: Sequence[Any], times: Sequence[int] | None = None) -> set[tuple]:
+        """The ``(entity key, event id)`` pairs (with ``times``: ``(key, id, time)`` triples) already logged."""
 
     async def keys_on_kafka_partitions(self, source: str | EventSource, keys: Sequence[Any]) -> set:
         """Those of ``keys`` with at least one row from a Kafka partition (>= 0)."""

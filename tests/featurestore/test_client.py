@@ -71,13 +71,15 @@ def connected(servers, unique_name):
 
     asyncio.run(apply())
     env = dict(os.environ, FEATURESTORE_PROJECT=project, FEATURESTORE_REDIS_URL=servers.redis_url,
-               FEATURESTORE_POSTGRES_DSN=servers.postgres_dsn, FEATURESTORE_KAFKA_BOOTSTRAP_SERVERS=servers.kafka_bootstrap)
+               FEATURESTORE_POSTGRES_DSN=servers.postgres_dsn,
+               FEATURESTORE_KAFKA_BOOTSTRAP_SERVERS=servers.kafka_bootstrap)
     yield settings, env
 
     async def drop():
         conn = await asyncpg.connect(servers.postgres_dsn)
         try:
-            rows = await conn.fetch("SELECT c.relname, c.relkind::text AS relkind FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            rows = await conn.fetch("SELECT c.relname, c.relkind::text AS relkind FROM pg_class c "
+                                    "JOIN pg_namespace n ON n.oid = c.relnamespace "
                                     "WHERE n.nspname = 'public' AND c.relname LIKE $1 AND c.relkind IN ('r', 'S')",
                                     project + "\\_\\_%")
             for r in rows:
@@ -105,9 +107,14 @@ def test_connect_push_offline_materialize_and_cli(connected) -> None:
         wm = int(frame["event_time"].max())
         before = store.get_online_features([{"customer_id": "C2"}], features=refs, at_ms=wm)
         assert before.statuses["total_spend"] == ["missing"]
-        # Re-pushing the same rows appends nothing (same entity and event id already logged).
+        # Re-pushing the same rows appends nothing (same entity, event id and time already logged); an id
+        # reused at another time is a new event (the lateness horizon decides when it is read), so it is logged.
         again = store.push("transactions", frame, to="offline")
         assert (again.offline_rows, again.skipped_existing) == (0, 12)
+        reused = frame.iloc[[0]].copy()
+        reused["event_time"] = reused["event_time"] + 90 * 86_400_000
+        later = store.push("transactions", reused, to="offline")
+        assert (later.offline_rows, later.skipped_existing) == (1, 0)
 
         report = store.materialize(T0 + 30 * MIN, wm)
         assert report["views"]["customer_stats"]["entities"] == 2
@@ -128,15 +135,16 @@ def test_connect_push_offline_materialize_and_cli(connected) -> None:
         pd.testing.assert_frame_equal(asyncio.run(go()), hist)
 
     # CLI: get prints the online vector of a service; materialize runs.
-    out = subprocess.run([sys.executable, "-m", "featurestore", "get", "--repo", str(EXAMPLE), "--entity", "customer_id=C2",
-                          "--service", "fraud_detection"], env=env, capture_output=True, text=True, timeout=60, cwd=ROOT)
+    out = subprocess.run([sys.executable, "-m", "featurestore", "get", "--repo", str(EXAMPLE),
+                          "--entity", "customer_id=C2", "--service", "fraud_detection"],
+                         env=env, capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert out.returncode == 0, out.stderr
     vector = json.loads(out.stdout)
     assert vector["customer_id"] == {"value": "C2", "status": "key"}
     assert vector["spend_1h"]["status"] in ("present", "expired")
     assert {"events_1h", "txn_embedding", "purchase_frequency_score", "high_value_customer"} <= set(vector)
-    out = subprocess.run([sys.executable, "-m", "featurestore", "materialize", "--repo", str(EXAMPLE), "--start", str(T0),
-                          "--end", "2026-01-02T00:00:00Z", "--views", "transaction_stats"],
+    out = subprocess.run([sys.executable, "-m", "featurestore", "materialize", "--repo", str(EXAMPLE),
+                          "--start", str(T0), "--end", "2026-01-02T00:00:00Z", "--views", "transaction_stats"],
                          env=env, capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["views"]["transaction_stats"]["entities"] == 2
@@ -312,7 +320,8 @@ def test_version_change_keeps_old_version_readable(small) -> None:
     got = store1.get_online_features([{"customer_id": "a"}], features=["pay_stats:spend"], at_ms=T0 + 90 * MIN)
     assert got.columns["spend"] == [0.0] and got.statuses["spend"] == ["present"]  # 1 h window emptied
     store2 = FeatureStore(repo2, online, {"pay_stats": v1 + 1}, project, offline=offline, registry=registry)
-    assert store2.get_online_features([{"customer_id": "a"}], features=["pay_stats:spend"]).statuses["spend"] == ["missing"]
+    assert (store2.get_online_features([{"customer_id": "a"}], features=["pay_stats:spend"]).statuses["spend"]
+            == ["missing"])
     old = loop.run_until_complete(registry.describe("pay_stats", version=v1))
     assert old["version"] == v1 and old["latest_version"] == v1 + 1
     assert next(f for f in old["features"] if f["name"] == "spend")["window"] == "1h"
@@ -365,7 +374,8 @@ def test_bad_input_names_the_problem(small) -> None:
     with pytest.raises(InvalidInputError, match="row 1: missing_field"):
         store.push("pay", bad, to="online_and_offline")
     assert loop.run_until_complete(offline.count_events("pay")) == 0
-    assert store.get_online_features([{"customer_id": "a"}], features=["pay_stats:spend"]).statuses["spend"] == ["missing"]
+    assert (store.get_online_features([{"customer_id": "a"}], features=["pay_stats:spend"]).statuses["spend"]
+            == ["missing"])
     with pytest.raises(InvalidInputError, match="start"):
         store.materialize("yesterday", T0)
 
@@ -375,7 +385,8 @@ def test_load_events_fast_equals_load_events(small) -> None:
     src = EventSource(name="mixed", topic="mixed",
                       schema={"uid": "int64", "score": "float64", "page": "string", "ok": "bool", "at": "timestamp",
                               "n": "int64", "eid": "string"},
-                      timestamp_field="at", entity_field="uid", event_id_field="eid", optional_fields=("page", "n", "ok"))
+                      timestamp_field="at", entity_field="uid", event_id_field="eid",
+                      optional_fields=("page", "n", "ok"))
     loop.run_until_complete(offline.migrate([src]))
     raw = pd.DataFrame({"uid": [1, 2, 1, 3, 2], "score": [1.5, float("nan"), -0.1, 1e300, 2.0],
                         "page": ["a,b", None, "", 'q"x', "ü\nz"], "ok": [True, None, False, True, True],

@@ -179,9 +179,17 @@ class EventLogMixin(TablesMixin):
             return [r[0] for r in await conn.fetch(sql, *args)]
 
     async def existing_event_ids(self, source: str | EventSource, keys: Sequence[Any],
-                                 event_ids: Sequence[Any]) -> set[tuple[Any, str]]:
-        """The ``(entity key, event id)`` pairs among ``zip(keys, event_ids)`` already in the event log."""
+                                 event_ids: Sequence[Any], times: Sequence[int] | None = None) -> set[tuple]:
+        """The ``(entity key, event id)`` pairs among ``zip(keys, event_ids)`` already in the event log;
+        with ``times``, the ``(entity key, event id, event time)`` triples (a redelivery carries its time:
+        an id reused at another time is a new event, judged by the lateness horizon when read)."""
         src = self._source(source)
+        if times is not None:
+            found = await self.existing_event_ids(source, keys, event_ids)
+            if not found:
+                return set()
+            return await self._logged_triples(src, {(k, str(e), int(t)) for k, e, t in zip(keys, event_ids, times)
+                                                   if (k, str(e)) in found})
         pairs = {(k, str(e)) for k, e in zip(keys, event_ids) if e is not None and k is not None}
         if not pairs:
             return set()
@@ -193,6 +201,16 @@ class EventLogMixin(TablesMixin):
         async with self.pool.acquire() as conn:
             rows = await conn.fetch(sql, ks, ids)
         return {(r[0], r[1]) for r in rows} & pairs
+
+    async def _logged_triples(self, src: EventSource, triples: set[tuple]) -> set[tuple]:
+        """The ``(entity key, event id, event time)`` triples among ``triples`` in the event log."""
+        is_int = src.schema[src.entity_field] == INT64
+        ks = sorted({int(k) if is_int else str(k) for k, _, _ in triples})
+        sql = (f'SELECT "entity_key", "event_id", "event_time" FROM {self.qualified(self.events_table(src.name))} '
+               f'WHERE "entity_key" = ANY($1::{"bigint" if is_int else "text"}[]) AND "event_id" = ANY($2::text[])')
+        async with self.pool.acquire() as conn:
+            rows = await conn.fetch(sql, ks, sorted({e for _, e, _ in triples}))
+        return {(r[0], r[1], int(r[2])) for r in rows} & triples
 
     async def keys_on_kafka_partitions(self, source: str | EventSource, keys: Sequence[Any]) -> set:
         """Those of ``keys`` with at least one event-log row from a Kafka partition (>= 0), through the

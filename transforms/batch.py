@@ -199,7 +199,8 @@ class _Column:
             (c, m, q), step = table[-1], 1 << (len(table) - 1)
             c2, m2_, q2 = c.copy(), m.copy(), q.copy()
             if step < len(c):
-                c2[:-step], m2_[:-step], q2[:-step] = merge_moments(c[:-step], m[:-step], q[:-step], c[step:], m[step:], q[step:])
+                c2[:-step], m2_[:-step], q2[:-step] = merge_moments(c[:-step], m[:-step], q[:-step],
+                                                                    c[step:], m[step:], q[step:])
             table.append((c2, m2_, q2))
         return table
 

@@ -177,7 +177,8 @@ def build(groups: tuple, specs: tuple, group_index: dict, special: frozenset,
             if "s" in at:
                 emit(f"                tile[{at['s']}] += float({v})")
             if "mu" in at:  # Welford, as merge_moments expects (count, mean, M2)
-                emit(f"                x = float({v}); d = x - tile[{at['mu']}]; tile[{at['mu']}] += d / tile[{at['c']}]; "
+                emit(f"                x = float({v}); d = x - tile[{at['mu']}]; "
+                     f"tile[{at['mu']}] += d / tile[{at['c']}]; "
                      f"tile[{at['q']}] += d * (x - tile[{at['mu']}])")
             _fold(emit, "                ", {f: f"tile[{i}]" for f, i in at.items()},
                   {"lo": v, "hi": v, "fts": "ts", "fsq": "seq", "fv": v, "lts": "ts", "lsq": "seq", "lv": v})
@@ -194,7 +195,8 @@ def build(groups: tuple, specs: tuple, group_index: dict, special: frozenset,
     for i, group in enumerate(groups):
         if not group.hop:
             continue
-        emit(f"    g = groups[{i}]; oldest = (wm - {group.reach}) // {group.hop}")  # window_start(wm, reach, hop) // hop
+        # window_start(wm, reach, hop) // hop
+        emit(f"    g = groups[{i}]; oldest = (wm - {group.reach}) // {group.hop}")
         emit("    if g.tiles and (g.floor is None or g.floor < oldest):")
         emit("        tiles = g.tiles")
         emit("        for k in [k for k in tiles if k < oldest]:")
@@ -220,7 +222,8 @@ def build(groups: tuple, specs: tuple, group_index: dict, special: frozenset,
         emit(f"    n{m} = 0; old = None")
         for column, functions in need.items():
             j = columns.index(column)
-            emit(f"    c{m}_{j} = 0; s{m}_{j} = 0.0; mu{m}_{j} = 0.0; q{m}_{j} = 0.0; lo{m}_{j} = None; hi{m}_{j} = None")
+            emit(f"    c{m}_{j} = 0; s{m}_{j} = 0.0; mu{m}_{j} = 0.0; q{m}_{j} = 0.0; "
+                 f"lo{m}_{j} = None; hi{m}_{j} = None")
             if functions & {"first", "last"}:
                 emit(f"    fts{m}_{j} = fsq{m}_{j} = fv{m}_{j} = lts{m}_{j} = lsq{m}_{j} = lv{m}_{j} = None")
         if w is not None:
@@ -240,7 +243,8 @@ def build(groups: tuple, specs: tuple, group_index: dict, special: frozenset,
             s = f"{m}_{j}"
             emit(f"        if tile[{at['c']}]:")
             if "mu" in at:
-                emit(f"            c{s}, mu{s}, q{s} = merge_moments(c{s}, mu{s}, q{s}, tile[{at['c']}], tile[{at['mu']}], tile[{at['q']}])")
+                emit(f"            c{s}, mu{s}, q{s} = merge_moments(c{s}, mu{s}, q{s}, "
+                     f"tile[{at['c']}], tile[{at['mu']}], tile[{at['q']}])")
             else:
                 emit(f"            c{s} += tile[{at['c']}]")
             if "s" in at:

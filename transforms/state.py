@@ -33,7 +33,8 @@ REJECT_DUPLICATE = "duplicate_event_id"
 MOMENT_FUNCTIONS = frozenset({"sum", "mean", "var", "stddev"})  # count needs only COUNT
 EXTREME_FUNCTIONS = frozenset({"min", "max"})
 POSITIONAL_FUNCTIONS = frozenset({"first", "last"})
-SIMPLE_FUNCTIONS = MOMENT_FUNCTIONS | EXTREME_FUNCTIONS | POSITIONAL_FUNCTIONS | {"count", "count_events", "events_per_minute"}
+SIMPLE_FUNCTIONS = (MOMENT_FUNCTIONS | EXTREME_FUNCTIONS | POSITIONAL_FUNCTIONS
+                    | {"count", "count_events", "events_per_minute"})
 
 
 @dataclass(frozen=True)
@@ -185,13 +186,15 @@ class ViewState:
         try:
             for index, (ts, values, event_id) in enumerate(events):
                 if wm is not None and ts < wm - lateness:
-                    rejections.append(Rejection(index, REJECT_LATE, f"event time {ts} is more than {lateness} ms before the entity's watermark {wm}"))
+                    rejections.append(Rejection(index, REJECT_LATE, f"event time {ts} is more than {lateness} ms "
+                                                                    f"before the entity's watermark {wm}"))
                     continue
                 if event_id is not None:
                     known = ids.get(event_id)  # the time of the accepted event with this id
                     if known is not None:
                         if known >= wm - lateness:
-                            rejections.append(Rejection(index, REJECT_DUPLICATE, f"event id {event_id!r} was already counted"))
+                            rejections.append(Rejection(index, REJECT_DUPLICATE,
+                                                        f"event id {event_id!r} was already counted"))
                             continue
                         if before is None:
                             before = _ids_before(ids, new_ids[held:])
@@ -295,7 +298,8 @@ class ViewState:
     def snapshot_values(self, t: int) -> tuple[list, int | None]:
         """``snapshot`` with the values as a list in spec order."""
         if self.watermark is not None and t < self.watermark:
-            raise ValueError(f"streaming state can be evaluated only at or after its watermark {self.watermark}, not at {t}")
+            raise ValueError(f"streaming state can be evaluated only at or after its watermark {self.watermark}, "
+                             f"not at {t}")
         return self._kernels.evaluate([g.tiles.values() for g in self._group_list], self.watermark, t, self._special)
 
     def _special(self, i: int, t: int):
@@ -437,7 +441,8 @@ def _tile_rows(doc: dict, layout: _Layout) -> list:
     return doc["g"]
 
 
-_V1_FIELDS = {"c": 2, "s": 3, "mu": 4, "q": 5, "lo": 6, "hi": 7, "fts": 8, "fsq": 9, "fv": 10, "lts": 11, "lsq": 12, "lv": 13}
+_V1_FIELDS = {"c": 2, "s": 3, "mu": 4, "q": 5, "lo": 6, "hi": 7,
+              "fts": 8, "fsq": 9, "fv": 10, "lts": 11, "lsq": 12, "lv": 13}
 
 
 def _upgrade_v1(groups: list, layout: _Layout) -> list:

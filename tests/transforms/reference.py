@@ -245,7 +245,8 @@ def mismatches(specs, expected: dict, got: dict, scale: float = 1.0, *, batch: b
             out.append(f"{s.name}: missing from result")
             continue
         if not value_matches(expected[s.name], got[s.name], scale, batch=batch, function=s.function):
-            out.append(f"{s.name} ({s.function}, w={s.window_ms}, h={s.hop_ms}): expected {expected[s.name]!r}, got {got[s.name]!r}")
+            out.append(f"{s.name} ({s.function}, w={s.window_ms}, h={s.hop_ms}): "
+                       f"expected {expected[s.name]!r}, got {got[s.name]!r}")
     return out
 
 

@@ -466,8 +466,8 @@ def test_evaluate_before_watermark_raises():
     state.evaluate(T0 + 10 * M)  # at the watermark is fine
     # evaluate does not disturb the state: a far-future read then a read at the watermark
     state.evaluate(T0 + 365 * D)
-    check_values(ALL_1H, dict(sum=3.0, n=2, first=2.0, last=1.0, ssl=0.0), state.evaluate(T0 + 10 * M), "after far read",
-                 batch=False)
+    check_values(ALL_1H, dict(sum=3.0, n=2, first=2.0, last=1.0, ssl=0.0), state.evaluate(T0 + 10 * M),
+                 "after far read", batch=False)
 
 
 # --------------------------------------------------------------------------- 1 s and 90 d windows, lifetime

@@ -109,8 +109,10 @@ CASES = [
     ("24h sum@24h30m-1", B, Spec("sum", **DQ), D + 30 * M - 1, 2.0),
     ("24h sum@24h30m", B, Spec("sum", **DQ), D + 30 * M, 0.0),
     ("24h exact sum@24h10m", B, Spec("sum", window_ms=D, hop_ms=1), D + 10 * M, 2.0),
-    ("tumbling-like hop=w", evs((0, 1.0), (59 * M, 2.0), (60 * M, 4.0)), Spec("sum", window_ms=H, hop_ms=H), 119 * M, 7.0),
-    ("tumbling-like hop=w next", evs((0, 1.0), (59 * M, 2.0), (60 * M, 4.0)), Spec("sum", window_ms=H, hop_ms=H), 120 * M, 4.0),
+    ("tumbling-like hop=w", evs((0, 1.0), (59 * M, 2.0), (60 * M, 4.0)), Spec("sum", window_ms=H, hop_ms=H),
+     119 * M, 7.0),
+    ("tumbling-like hop=w next", evs((0, 1.0), (59 * M, 2.0), (60 * M, 4.0)), Spec("sum", window_ms=H, hop_ms=H),
+     120 * M, 4.0),
     # --- ties and out-of-order: (ts, arrival) order
     ("first ties", C, Spec("first", **HW), 12 * M, 2.0),
     ("last ties", C, Spec("last", **HW), 12 * M, 3.0),
@@ -188,7 +190,8 @@ ACCEPT_CASES = [
     # (name, events, lateness, has_ids, expected reasons)
     ("late boundary", [ev("a", 60 * M), ev("a", 55 * M - 1), ev("a", 55 * M), ev("a", 70 * M), ev("a", 60 * M)],
      5 * M, False, [None, REJECT_LATE, None, None, REJECT_LATE]),
-    ("lateness 0 ties ok", [ev("a", 10), ev("a", 10), ev("a", 9), ev("a", 11)], 0, False, [None, None, REJECT_LATE, None]),
+    ("lateness 0 ties ok", [ev("a", 10), ev("a", 10), ev("a", 9), ev("a", 11)], 0, False,
+     [None, None, REJECT_LATE, None]),
     ("watermark per entity", [ev("a", 100 * M), ev("b", 0), ev("a", 0), ev("b", 0)], 5 * M, False,
      [None, None, REJECT_LATE, None]),
     ("duplicates", [ev("a", 10 * M, 1.0, "e1"), ev("a", 10 * M, 1.0, "e1"), ev("b", 10 * M, 1.0, "e1"),
@@ -232,7 +235,8 @@ ACCEPT_CASES = [
 ]
 
 
-@pytest.mark.parametrize("events,lateness,has_ids,expected", [c[1:] for c in ACCEPT_CASES], ids=[c[0] for c in ACCEPT_CASES])
+@pytest.mark.parametrize("events,lateness,has_ids,expected", [c[1:] for c in ACCEPT_CASES],
+                         ids=[c[0] for c in ACCEPT_CASES])
 def test_reference_accept(events, lateness, has_ids, expected):
     assert reference_accept(events, lateness, has_ids) == expected
 

@@ -354,7 +354,7 @@ def test_handoff_backfill_stops_when_a_worker_of_its_group_commits(servers, topi
     hand-off), instead of writing states and offsets older than the worker's over them."""
     topic = topic_factory(partitions=3)
     view, group = make_view(topic), unique_name("g")
-    sent = send_events(servers, topic, make_events(600, seed=19))
+    send_events(servers, topic, make_events(600, seed=19))
     online = RedisOnlineStore.from_url(servers.redis_url, project)
     commit, commits, by_worker = online.commit, [], {}
     worker = build_worker(servers, view, project, group, pg_schema, batch_size=50)

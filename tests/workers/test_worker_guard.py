@@ -57,7 +57,8 @@ def test_push_materialize_and_backfill_refused_while_a_worker_consumes_the_topic
             store.push("txns", _rows("P1"), to="online")
         with pytest.raises(WorkerRunningError, match="materialize"):
             store.materialize(T0, T0 + 86_400_000)
-        with pytest.raises(WorkerRunningError, match=rf"backfill of 'stats' --online.*group '{group}'.*consumes {topic}"):
+        with pytest.raises(WorkerRunningError,
+                           match=rf"backfill of 'stats' --online.*group '{group}'.*consumes {topic}"):
             backfill(servers, view, project, pg_schema, source="postgres", online=True)
         assert view_hashes(online, view_key) == states  # nothing written
 
@@ -143,7 +144,8 @@ def test_worker_refuses_a_group_whose_workers_compute_other_views(servers, topic
     online.announce_worker(group, "earlier", [topic], views=[f"{project}:other:v1"], started_ms=worker.started_ms - 1)
     thread.join(30)
     assert not thread.is_alive() and worker.returned == 2
-    assert [w["worker"] for w in online.live_workers() if w["group"] == group] == ["earlier", "old-release", "same-views"]
+    assert ([w["worker"] for w in online.live_workers() if w["group"] == group]
+            == ["earlier", "old-release", "same-views"])
 
 
 def test_worker_refuses_two_sources_on_one_topic(servers) -> None:

@@ -183,3 +183,13 @@ merchants = EventSource(name="merchant_events", topic="events",
     with pytest.raises(DefinitionError, match=r"EventSource 'merchant_events' in .*b\.py reads topic 'events', which "
                                               r"EventSource 'events' in .*a\.py reads too"):
         load_repo(tmp_path)
+
+
+def test_one_wording_for_a_missing_repository():
+    from featurestore.exceptions import ConfigurationError
+    from featurestore.runtime import DEFAULT_REPO, repo_file
+
+    with pytest.raises(ConfigurationError, match=r"feature repository /no/such/repo.py does not exist "
+                                                 r"\(check the path given to --repo\)"):
+        repo_file("/no/such/repo.py")
+    assert repo_file(None) == DEFAULT_REPO and DEFAULT_REPO.exists()  # the bundled example, from the package

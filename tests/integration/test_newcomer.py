@@ -46,15 +46,20 @@ def test_readme_quick_start_then_the_manual_flow_applies_every_new_event(tmp_pat
     assert "6/6 point-in-time training frame" in demo.stdout
     assert "using the embedded stack" in demo.stderr  # nothing starts without saying so
     assert "Change(" not in demo.stdout and "null" not in demo.stdout
+    assert "2 h after it" in demo.stdout  # the training frame says why it asks for a time after the run
 
     outputs = {}
     flow = manual_flow()
     assert flow[0] == "source .venv/bin/activate" and flow[-1] == "featurestore dev down"
     try:
-        for command in flow[1:]:
+        for command in flow[1:-1]:
             done = run(command, env)
             assert done.returncode == 0, (command, done.stdout[-2000:], done.stderr[-3000:])
             outputs[command.split()[1]] = done
+        nobody = run("featurestore get --entity customer_id=NOBODY --service fraud_detection", env)
+        assert nobody.returncode == 0 and "no data for entity customer_id=NOBODY" in nobody.stderr, nobody.stderr
+        down = run(flow[-1], env)
+        assert down.returncode == 0 and "removed the Redis and PostgreSQL data" in down.stdout, down.stdout
     finally:
         run("featurestore dev down", env)
     produced = json.loads(outputs["produce"].stdout.strip().splitlines()[-1])

@@ -11,12 +11,10 @@ import logging
 
 from .dead_letters import clean_text
 from .errors import FATAL, RETRYABLE
+from .partitions import partition_name
 
 logger = logging.getLogger("workers.worker")
 
-
-def _name(tp) -> str:
-    return f"{tp.topic}:{tp.partition}"
 
 
 class IsolationMixin:
@@ -41,7 +39,7 @@ class IsolationMixin:
     def _isolate(self, tp, records: list) -> None:
         """Process ``records`` (of partition ``tp``, in order) alone; when that raises an unexpected
         error, process each half in turn the same way, and dead-letter a single record that raises."""
-        done = self.applied.get(_name(tp), -1)
+        done = self.applied.get(partition_name(tp), -1)
         records = [r for r in records if r.offset > done]
         if not records:
             return

@@ -17,16 +17,14 @@ from kafka.partitioner.default import murmur2
 
 from featurestore.exceptions import StoreUnavailableError
 from featurestore.offline.postgres import PUSH_PARTITION, event_id_column
+from featurestore.processing import SourceProcessor, log_batches
 from transforms import ViewState
 
-from featurestore.processing import SourceProcessor, log_batches
+
+from .partitions import partition_name
 
 logger = logging.getLogger("workers.worker")
 
-
-def _name(tp) -> str:
-    """A partition as the online store names it: ``topic:partition``."""
-    return f"{tp.topic}:{tp.partition}"
 
 
 def owned_events(events: pd.DataFrame, parts: list[int], n_partitions: int, on_kafka: set) -> pd.DataFrame:
@@ -83,7 +81,7 @@ class RecoveryMixin:
         self.epoch = self.online.ensure_epoch(uuid.uuid4().hex)
         assigned = list(self.consumer.assignment())
         # the claims went with the data (a restart without persistence): claim what this worker holds
-        self.online.claim_partitions(self.config.group, [_name(tp) for tp in assigned], self.token)
+        self.online.claim_partitions(self.config.group, [partition_name(tp) for tp in assigned], self.token)
         stored = self.online.load_offsets(self.config.group)
         for source_name, processor in self.processors.items():
             processor.invalidate()
@@ -153,7 +151,7 @@ class RecoveryMixin:
             processor.invalidate()
         stored = self.online.load_offsets(self.config.group)
         for tp in self.consumer.assignment():
-            name = _name(tp)
+            name = partition_name(tp)
             if name in stored:
                 self.applied[name] = stored[name]
                 self.consumer.seek(tp, stored[name] + 1)

@@ -27,7 +27,7 @@ class ReportingMixin:
                         "(joining, or the group's other workers hold them all)", ", ".join(sorted(self.sources)),
                         self.config.group)
             return
-        lag = sum(int(self.metrics.lag.labels(tp.topic, str(tp.partition))._value.get()) for tp in assigned)
+        lag = sum(self.lag.get(tp, 0) for tp in assigned)
         logger.info("progress over %.0f s: %d events applied, %d dead letters, %d batches; lag %d records on %d "
                     "partitions; %d records committed since start", PROGRESS_PERIOD_S, period["applied"],
                     period["dead"], period["batches"], lag, len(assigned), self.records_done)

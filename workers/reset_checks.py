@@ -9,6 +9,9 @@ import time
 
 from kafka.errors import KafkaError
 
+from featurestore.reset import areset_source
+
+from .partitions import partition_name
 from .topic_reset import TOPIC_RESET_EXIT, TopicReset
 
 logger = logging.getLogger("workers.worker")
@@ -16,9 +19,6 @@ logger = logging.getLogger("workers.worker")
 #: a partition whose broker reports fewer records than applied is checked at most this often
 RESET_CHECK_PERIOD_S = 30.0
 
-
-def _name(tp) -> str:
-    return f"{tp.topic}:{tp.partition}"
 
 
 class ResetChecksMixin:
@@ -40,7 +40,8 @@ class ResetChecksMixin:
                 good.append(tp)
                 continue
             source = self.sources[tp.topic]
-            ours = max(stored.get(_name(tp), -1), self._run(self.offline.last_logged_offset(source, tp.partition)))
+            logged = self._run(self.offline.last_logged_offset(source, tp.partition))
+            ours = max(stored.get(partition_name(tp), -1), logged)
             if ours < 0:
                 # The stores hold nothing of it: read it from its start, whatever offset Kafka kept for the
                 # group (after `featurestore reset`, or a broker restarted empty, that offset is stale).
@@ -57,8 +58,8 @@ class ResetChecksMixin:
                 started_over.add(tp.topic)
                 good.append(tp)
         for tp in good:  # from the next record to apply (also after a suspected rewind)
-            if _name(tp) in self.applied:
-                self.consumer.seek(tp, self.applied[_name(tp)] + 1)
+            if partition_name(tp) in self.applied:
+                self.consumer.seek(tp, self.applied[partition_name(tp)] + 1)
         if good:
             self.consumer.resume(*good)
 
@@ -67,7 +68,7 @@ class ResetChecksMixin:
         seeks there: the client reset its position (offset out of range, e.g. a recreated topic).
         Consume nothing more of ``tp`` until the broker is seen to hold our last applied record."""
         logger.warning("partition %s returned offset %d at or below the last applied offset %d: checking that the "
-                       "broker still holds that record before consuming on", _name(tp), offset, done)
+                       "broker still holds that record before consuming on", partition_name(tp), offset, done)
         self.consumer.pause(tp)
         if tp not in self._to_verify:
             self._to_verify.append(tp)
@@ -83,20 +84,19 @@ class ResetChecksMixin:
             self.exit_code = TOPIC_RESET_EXIT
             self.request_stop()
             return False
-        from featurestore.reset import areset_source
-
         source = self.sources[reset.topic]
         logger.error("topic reset: partition %s:%d holds no longer what this group applied (%s); --on-topic-reset "
                      "reprocess: clearing source %s's offsets, states and event log and reading topic %s from its "
                      "start", reset.topic, reset.partition, reset.why, source.name, reset.topic)
         view_keys = [pv.view_key for pv in self.processors[source.name].views]
         self._run(areset_source(self.online, self.offline, source, view_keys))
-        self.online.claim_partitions(self.config.group, [_name(tp) for tp in self.consumer.assignment()], self.token)
+        assigned = [partition_name(tp) for tp in self.consumer.assignment()]
+        self.online.claim_partitions(self.config.group, assigned, self.token)
         for processor in self.processors.values():
             processor.invalidate()
         for tp in self.consumer.assignment():
             if tp.topic == reset.topic:
-                self.applied.pop(_name(tp), None)
+                self.applied.pop(partition_name(tp), None)
                 self.consumer.seek_to_beginning(tp)
         return True
 
@@ -110,8 +110,9 @@ class ResetChecksMixin:
             return
         now = time.monotonic()
         for tp in assigned:
-            position = self.applied.get(_name(tp), -1) + 1
-            self.metrics.lag.labels(tp.topic, str(tp.partition)).set(max(0, ends.get(tp, 0) - position))
+            position = self.applied.get(partition_name(tp), -1) + 1
+            self.lag[tp] = max(0, ends.get(tp, 0) - position)
+            self.metrics.lag.labels(tp.topic, str(tp.partition)).set(self.lag[tp])
             # The broker reports fewer records than this group applied: a topic recreated or a broker emptied
             # leaves the consumer waiting past the end in silence.  End offsets can be under-reported, so the
             # record itself is fetched (_verify_assigned), at most once per RESET_CHECK_PERIOD_S per partition.

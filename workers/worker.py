@@ -51,23 +51,24 @@ from kafka.structs import OffsetAndMetadata
 
 from featurestore.definitions import EventSource
 from featurestore.definitions.sources import TOPIC_RE
-from featurestore.exceptions import (ConfigurationError, RecoveryError)
+from featurestore.exceptions import ConfigurationError, RecoveryError
 from featurestore.online import CommitResult, RedisOnlineStore
+from featurestore.processing import PreparedView, SourceProcessor
 from featurestore.schema import validator_for
 
-from .dead_letters import HEADER_ROOM, DeadLetter, DeadLetterSender, dead_letter_value_limit
-from .metrics import ProbeServer, WorkerMetrics
-from featurestore.processing import PreparedView, SourceProcessor
-from .retry import Retry
-from .decode import decode_record
+from . import reporting
 from .config import WorkerConfig
+from .dead_letters import HEADER_ROOM, DeadLetter, DeadLetterSender, dead_letter_value_limit
+from .decode import decode_record
 from .errors import FATAL, RETRYABLE
 from .isolation import IsolationMixin
 from .membership import MembershipMixin
+from .metrics import ProbeServer, WorkerMetrics
+from .partitions import partition_name
 from .recovery import RecoveryMixin, owned_events
-from . import reporting
 from .reporting import ReportingMixin
 from .reset_checks import ResetChecksMixin
+from .retry import Retry
 from .topic_reset import ON_TOPIC_RESET, PartitionVerifier, TopicReset
 
 __all__ = ["FATAL", "RETRYABLE", "SHUTDOWN_GRACE_S", "Worker", "WorkerConfig", "owned_events"]
@@ -78,10 +79,6 @@ SHUTDOWN_GRACE_S = 30
 LAG_PERIOD_S = 5.0
 _record_key = operator.attrgetter("key")
 
-
-def _name(tp) -> str:
-    """A partition as the online store names it: ``topic:partition``."""
-    return f"{tp.topic}:{tp.partition}"
 
 
 
@@ -145,6 +142,7 @@ class Worker(IsolationMixin, RecoveryMixin, MembershipMixin, ResetChecksMixin, R
         self._to_verify: list = []  # assigned partitions, paused until the broker is seen to hold our offsets
         self.verifier = PartitionVerifier(config.kafka_options)
         self.topic_reset: TopicReset | None = None
+        self.lag: dict = {}  # partition -> records behind, as of the last lag update (_update_lag)
         self._reset_checked: dict = {}  # partition -> monotonic time before which it is not checked again
         self._progress_at = float("inf")
         self._period = {"applied": 0, "dead": 0, "batches": 0}  # since the last progress line
@@ -286,17 +284,17 @@ class Worker(IsolationMixin, RecoveryMixin, MembershipMixin, ResetChecksMixin, R
         for processor in self.processors.values():
             processor.invalidate()
         for tp in revoked:
-            self.applied.pop(_name(tp), None)
+            self.applied.pop(partition_name(tp), None)
 
     def on_assigned(self, assigned) -> None:
         for processor in self.processors.values():
             processor.invalidate()
         # Claim the partitions: a worker that lost them (and still runs a batch) cannot commit another chunk.
         self.assignments += 1
-        self.online.claim_partitions(self.config.group, [_name(tp) for tp in assigned], self.token)
+        self.online.claim_partitions(self.config.group, [partition_name(tp) for tp in assigned], self.token)
         stored = self.online.load_offsets(self.config.group)
         for tp in assigned:
-            name = _name(tp)
+            name = partition_name(tp)
             if name in stored:
                 self.applied[name] = stored[name]
                 self.consumer.seek(tp, stored[name] + 1)
@@ -307,7 +305,7 @@ class Worker(IsolationMixin, RecoveryMixin, MembershipMixin, ResetChecksMixin, R
         self._to_verify = list(assigned)
         if assigned:
             self.consumer.pause(*assigned)
-        logger.info("assigned %s", sorted(_name(tp) for tp in assigned))
+        logger.info("assigned %s", sorted(partition_name(tp) for tp in assigned))
 
     def _after_failure(self, exc: BaseException) -> None:
         self.metrics.retries.labels(type(exc).__name__).inc()
@@ -334,7 +332,7 @@ class Worker(IsolationMixin, RecoveryMixin, MembershipMixin, ResetChecksMixin, R
         poison = self._poison
         now_ms = int(time.time() * 1000)
         for tp, records in batch.items():
-            name = _name(tp)
+            name = partition_name(tp)
             done = self.applied.get(name, -1)
             source = self.sources[tp.topic]
             validate = validator_for(source)
@@ -377,9 +375,12 @@ class Worker(IsolationMixin, RecoveryMixin, MembershipMixin, ResetChecksMixin, R
         for write in writes:
             write.result()
         if poison:  # a record dead-lettered as processing_error may have been logged by the failed attempt
+            forget: dict[str, list] = defaultdict(list)
             for d in dead:
                 if d.reason == "processing_error":
-                    self._run(self.offline.forget_events(self.sources[d.rec.topic], [(d.rec.partition, d.rec.offset)]))
+                    forget[d.rec.topic].append((d.rec.partition, d.rec.offset))
+            for topic, positions in forget.items():
+                self._run(self.offline.forget_events(self.sources[topic], positions))
         self.dead_letters.send(dead)
         offsets = {name: (self.applied.get(name, -1), off) for name, off in advance.items()}
         result = self.online.commit(records, self.config.group, offsets, self.epoch, chunk=self.config.commit_chunk,
@@ -415,7 +416,7 @@ class Worker(IsolationMixin, RecoveryMixin, MembershipMixin, ResetChecksMixin, R
             for processor in self.processors.values():
                 processor.invalidate()
             for tp, records_of_tp in batch.items():  # read the batch again (its earlier chunks are skipped per state)
-                name = _name(tp)
+                name = partition_name(tp)
                 if name in advance:
                     self.consumer.seek(tp, self.applied.get(name, records_of_tp[0].offset - 1) + 1)
 

@@ -10,7 +10,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import asyncpg
 import pandas as pd
 import pytest
 
@@ -23,6 +22,7 @@ from featurestore.registry import Registry
 from featurestore.repo import Repository
 from featurestore.schema import validate_frame
 from featurestore.settings import Settings
+from tests.support import drop_project
 
 pytestmark = pytest.mark.integration
 
@@ -75,24 +75,7 @@ def connected(servers, unique_name):
                FEATURESTORE_KAFKA_BOOTSTRAP_SERVERS=servers.kafka_bootstrap)
     yield settings, env
 
-    async def drop():
-        conn = await asyncpg.connect(servers.postgres_dsn)
-        try:
-            rows = await conn.fetch("SELECT c.relname, c.relkind::text AS relkind FROM pg_class c "
-                                    "JOIN pg_namespace n ON n.oid = c.relnamespace "
-                                    "WHERE n.nspname = 'public' AND c.relname LIKE $1 AND c.relkind IN ('r', 'S')",
-                                    project + "\\_\\_%")
-            for r in rows:
-                kind = "TABLE" if r["relkind"] == "r" else "SEQUENCE"
-                await conn.execute(f'DROP {kind} IF EXISTS public."{r["relname"]}" CASCADE')
-        finally:
-            await conn.close()
-
-    asyncio.run(drop())
-    online = RedisOnlineStore.from_url(servers.redis_url, project)
-    keys = list(online.client.scan_iter(match=f"fs:{project}*", count=1000))
-    if keys:
-        online.client.delete(*keys)
+    drop_project(servers, project)
 
 
 def test_connect_push_offline_materialize_and_cli(connected) -> None:

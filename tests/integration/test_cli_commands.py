@@ -3,11 +3,9 @@ reaches their output, and the worker's probes listen on the address it is given.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,11 +15,10 @@ from pathlib import Path
 from typing import Iterator
 from urllib.parse import urlsplit, urlunsplit
 
-import asyncpg
 import pytest
 
 from featurestore.dev.servers import free_port
-from featurestore.online import RedisOnlineStore
+from tests.support import drop_project, refused
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -119,28 +116,9 @@ def cli(servers, topic_factory, unique_name, tmp_path) -> Iterator[Cli]:
                FEATURESTORE_POSTGRES_DSN=dsn, FEATURESTORE_KAFKA_SECURITY_PROTOCOL="PLAINTEXT",
                FEATURESTORE_KAFKA_SASL_PASSWORD=marker + "K")
     yield Cli(env, repo, events, [marker + "K", *redis_secrets, *pg_secrets])
-    _drop_project(servers, project)
+    drop_project(servers, project)
 
 
-def _drop_project(servers, project: str) -> None:
-    async def drop() -> None:
-        conn = await asyncpg.connect(servers.postgres_dsn)
-        try:
-            rows = await conn.fetch("SELECT c.relname, c.relkind::text AS kind FROM pg_class c JOIN pg_namespace n "
-                                    "ON n.oid = c.relnamespace WHERE n.nspname = 'public' AND c.relname LIKE $1 "
-                                    "AND c.relkind IN ('r', 'S')", project + "\\_\\_%")
-            for r in rows:
-                await conn.execute(f'DROP {"TABLE" if r["kind"] == "r" else "SEQUENCE"} IF EXISTS '
-                                   f'public."{r["relname"]}" CASCADE')
-        finally:
-            await conn.close()
-
-    asyncio.run(drop())
-    online = RedisOnlineStore.from_url(servers.redis_url, project)
-    keys = list(online.client.scan_iter(match=f"fs:{project}*", count=1000))
-    if keys:
-        online.client.delete(*keys)
-    online.client.close()
 
 
 def test_no_secret_in_the_output_of_any_command_at_debug(cli: Cli) -> None:
@@ -189,12 +167,6 @@ def _answers(host: str, port: int) -> bool:
         return False
 
 
-def _refused(host: str, port: int) -> bool:
-    try:
-        socket.create_connection((host, port), timeout=2).close()
-    except ConnectionRefusedError:
-        return True
-    return False
 
 
 @pytest.mark.parametrize(("option", "env", "host", "not_on"), [
@@ -214,6 +186,6 @@ def test_worker_probes_listen_on_the_metrics_host(cli: Cli, option, env, host, n
             assert time.monotonic() < deadline, f"no /healthz on {host}:{port}"
             time.sleep(0.2)
         if not_on:
-            assert _refused(not_on, port)
+            assert refused(not_on, port)
     finally:
         worker.stop()

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import socket
 import urllib.request
 
 import pytest
 
 from workers.metrics import ProbeServer, WorkerMetrics
+from tests.support import refused
 
 # Another loopback address: Linux routes all of 127.0.0.0/8 to the loopback interface, so a server
 # bound to every interface answers on it and one bound to 127.0.0.1 does not.
@@ -19,12 +19,6 @@ def _healthz(host: str, port: int) -> bytes:
         return resp.read()
 
 
-def _refused(host: str, port: int) -> bool:
-    try:
-        socket.create_connection((host, port), timeout=2).close()
-    except ConnectionRefusedError:
-        return True
-    return False
 
 
 @pytest.fixture
@@ -46,7 +40,7 @@ def test_probes_listen_on_loopback_by_default(probe_server) -> None:
     assert server.host == "127.0.0.1"
     assert server.server.socket.getsockname()[0] == "127.0.0.1"
     assert _healthz("127.0.0.1", server.port) == b"ok"
-    assert _refused(OTHER_LOCAL, server.port)
+    assert refused(OTHER_LOCAL, server.port)
 
 
 def test_probes_listen_on_every_interface_when_asked(probe_server) -> None:

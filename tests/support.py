@@ -1,0 +1,42 @@
+"""Helpers shared by test modules of several folders: removing a project from the session servers,
+and probing a port."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+import asyncpg
+
+from featurestore.online import RedisOnlineStore
+
+
+def drop_project(servers, project: str) -> None:
+    """Drop the project's tables and sequences in the ``public`` schema, and its Redis keys."""
+    async def drop() -> None:
+        conn = await asyncpg.connect(servers.postgres_dsn)
+        try:
+            rows = await conn.fetch("SELECT c.relname, c.relkind::text AS kind FROM pg_class c JOIN pg_namespace n "
+                                    "ON n.oid = c.relnamespace WHERE n.nspname = 'public' AND c.relname LIKE $1 "
+                                    "AND c.relkind IN ('r', 'S')", project + "\\_\\_%")
+            for r in rows:
+                await conn.execute(f'DROP {"TABLE" if r["kind"] == "r" else "SEQUENCE"} IF EXISTS '
+                                   f'public."{r["relname"]}" CASCADE')
+        finally:
+            await conn.close()
+
+    asyncio.run(drop())
+    online = RedisOnlineStore.from_url(servers.redis_url, project)
+    keys = list(online.client.scan_iter(match=f"fs:{project}*", count=1000))
+    if keys:
+        online.client.delete(*keys)
+    online.client.close()
+
+
+def refused(host: str, port: int) -> bool:
+    """True when nothing listens on ``host:port``."""
+    try:
+        socket.create_connection((host, port), timeout=2).close()
+    except ConnectionRefusedError:
+        return True
+    return False

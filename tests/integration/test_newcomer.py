@@ -85,3 +85,28 @@ def test_every_cli_option_has_help_text():
     lacking = [f"{path} {'/'.join(a.option_strings) or a.dest}" for path, a in _options(build_parser(), "featurestore")
                if not a.help or a.help == argparse.SUPPRESS]
     assert lacking == []
+
+
+@pytest.mark.integration
+def test_a_library_call_that_starts_the_embedded_stack_says_so(tmp_path, caplog):
+    """``FeatureStore.connect()`` with no server configured starts the embedded stack with a WARNING naming
+    the variables to set; ``embedded=True`` asks for it and logs at INFO instead."""
+    import logging
+
+    from featurestore import FeatureStore
+    from featurestore.dev.stack import EmbeddedStack
+    from featurestore.settings import Settings
+
+    settings = Settings(_env_file=None, state_dir=tmp_path / "state", kafka_bootstrap_servers=None,
+                        redis_url=None, postgres_dsn=None)
+    try:
+        with caplog.at_level(logging.INFO, logger="featurestore"):
+            FeatureStore.connect(settings=settings).close()
+            warned = [r for r in caplog.records if r.levelno == logging.WARNING and "embedded stack" in r.getMessage()]
+            assert warned and "FEATURESTORE_POSTGRES_DSN" in warned[0].getMessage()
+            caplog.clear()
+            FeatureStore.connect(settings=settings, embedded=True).close()
+            said = [r for r in caplog.records if "embedded stack" in r.getMessage()]
+            assert said and all(r.levelno == logging.INFO for r in said)
+    finally:
+        EmbeddedStack(tmp_path / "state").down()

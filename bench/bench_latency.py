@@ -172,12 +172,13 @@ def run_floor(settings, rate: int, seconds: float, customers: int) -> dict:
                     "event time, ms resolution; no processing, no Redis"}
 
 
-def run_rate(settings, rate: int, seconds: float, customers: int, workers: int = 1, sizes: dict | None = None) -> dict:
+def start_workers(settings, project: str, topic: str, workers: int, sizes: dict | None) -> tuple:
+    """The example's tables and a topic of 4 partitions, then ``workers`` worker processes in one
+    consumer group (``worker_process``), once each holds partitions (latency is measured in steady
+    state); returns (stop event, report queue, processes, the first view's key)."""
     bootstrap = settings.kafka_bootstrap_servers
     redis_url = settings.redis_url.get_secret_value()
     dsn = settings.postgres_dsn.get_secret_value()
-    project = f"lat{time.time_ns() % 10**9}"
-    topic = f"lat-{project}"
     source, views = example_views(topic)
     ensure_topic(bootstrap, topic, 4)
 
@@ -187,7 +188,6 @@ def run_rate(settings, rate: int, seconds: float, customers: int, workers: int =
         await store.close()
 
     asyncio.run(setup())
-
     ctx = multiprocessing.get_context("spawn")
     stop, report = ctx.Event(), ctx.Queue()
     assigned = [ctx.Event() for _ in range(workers)]
@@ -197,65 +197,88 @@ def run_rate(settings, rate: int, seconds: float, customers: int, workers: int =
     for child in children:  # one consumer group: the partitions are shared
         child.start()
     for ready in assigned:
-        ready.wait(60)  # the group join: latency is measured in steady state
-    time.sleep(1)
-    client = redis.Redis.from_url(redis_url)
-    watermarks = client.register_script(
-        "local out = {} for i, k in ipairs(KEYS) do local r = redis.call('HGET', k, 'v') "
-        "out[i] = r and string.sub(r, 17, 32) or false end return out")  # the values row's watermark field
-    view_key = prepare_view(views[0], 1, project).view_key
-    samples: list[tuple[str, int, float]] = []
-    latencies: list[float] = []
-    producing = threading.Event()
-    producing.set()
-    lock = threading.Lock()
+        ready.wait(60)  # the group join
+    return stop, report, children, prepare_view(views[0], 1, project).view_key
 
-    def poll() -> None:  # runs during production, so latency is measured as it happens
-        pending: list = []
+
+class VisibilityPoller:
+    """Times sampled events from their send until the online store's watermark of their customer
+    reaches their event time (the value is then visible): a thread reads every pending sample's
+    watermark in one script call per round, every 2 ms, while the producer runs and up to 60 s after."""
+
+    def __init__(self, redis_url: str, view_key: str) -> None:
+        client = redis.Redis.from_url(redis_url)
+        self.watermarks = client.register_script(
+            "local out = {} for i, k in ipairs(KEYS) do local r = redis.call('HGET', k, 'v') "
+            "out[i] = r and string.sub(r, 17, 32) or false end return out")  # the values row's watermark field
+        self.view_key = view_key
+        self.samples: list[tuple[str, int, float]] = []  # (key, event ms, sent at) not picked up yet
+        self.latencies: list[float] = []
+        self.sampled = 0
+        self.unseen = 0  # samples still not visible 60 s after the producer stopped
+        self.producing = threading.Event()
+        self.producing.set()
+        self.lock = threading.Lock()
+        self.thread = threading.Thread(target=self._poll, daemon=True)  # runs during production
+
+    def sample(self, key: str, event_ms: int) -> None:
+        """The producer sent ``key``'s event of time ``event_ms`` just now."""
+        with self.lock:
+            self.samples.append((key, event_ms, time.perf_counter()))
+        self.sampled += 1
+
+    def stop(self) -> None:
+        """The producer has stopped: wait for the pending samples (60 s at most)."""
+        self.producing.clear()
+        self.thread.join(90)
+
+    def _poll(self) -> None:
+        pending: list[tuple[str, int, float]] = []
         deadline = None
         while True:
-            with lock:
-                pending += samples
-                samples.clear()
-            still = []
-            marks = watermarks(keys=[f"fs:{view_key}:{key}" for key, _, _ in pending]) if pending else []
-            now = time.perf_counter()
-            for (key, ts, sent), wm in zip(pending, marks):
-                if wm is not None and int(wm) - OFFSET >= ts:
-                    latencies.append(now - sent)
-                else:
-                    still.append((key, ts, sent))
-            pending = still
-            if not producing.is_set():
+            with self.lock:
+                pending += self.samples
+                self.samples.clear()
+            pending = self._not_visible(pending)
+            if not self.producing.is_set():
                 deadline = deadline or time.perf_counter() + 60
                 if not pending or time.perf_counter() > deadline:
-                    unseen.append(len(pending))
+                    self.unseen = len(pending)
                     return
             time.sleep(0.002)
 
-    unseen: list[int] = []
-    poller = threading.Thread(target=poll, daemon=True)
-    poller.start()
-    sampled = 0
+    def _not_visible(self, pending: list[tuple[str, int, float]]) -> list[tuple[str, int, float]]:
+        """Note the latency of the ``pending`` samples now visible; returns the others."""
+        marks = self.watermarks(keys=[f"fs:{self.view_key}:{key}" for key, _, _ in pending]) if pending else []
+        now = time.perf_counter()
+        still = []
+        for (key, ts, sent), wm in zip(pending, marks):
+            if wm is not None and int(wm) - OFFSET >= ts:
+                self.latencies.append(now - sent)
+            else:
+                still.append((key, ts, sent))
+        return still
 
-    def sample(key: str, event_ms: int) -> None:
-        nonlocal sampled
-        with lock:
-            samples.append((key, event_ms, time.perf_counter()))
-        sampled += 1
 
-    achieved, bench_cpu, n = produce_steadily(bootstrap, topic, rate, seconds, customers, project, sample)
-    producing.clear()
-    poller.join(90)
-    pending = [None] * (unseen[0] if unseen else 0)
-    samples = [None] * sampled
+def run_rate(settings, rate: int, seconds: float, customers: int, workers: int = 1, sizes: dict | None = None) -> dict:
+    """Produce at ``rate`` for ``seconds`` to ``workers`` worker processes (with ``sizes``: their transforms
+    taken out); the produce-to-visible latency of one event in 50."""
+    project = f"lat{time.time_ns() % 10**9}"
+    topic = f"lat-{project}"
+    stop, report, children, view_key = start_workers(settings, project, topic, workers, sizes)
+    time.sleep(1)
+    poller = VisibilityPoller(settings.redis_url.get_secret_value(), view_key)
+    poller.thread.start()
+    achieved, bench_cpu, n = produce_steadily(settings.kafka_bootstrap_servers, topic, rate, seconds, customers,
+                                              project, poller.sample)
+    poller.stop()
     stop.set()
     worker_stats = [report.get(timeout=60) for _ in children]
     for child in children:
         child.join(60)
-    arr = np.array(latencies) * 1000
+    arr = np.array(poller.latencies) * 1000
     return {"target_rate": rate, "worker_processes": workers, "achieved_produce_rate": round(achieved), "events": n,
-            "samples": len(samples), "unseen_after_60s": len(pending),
+            "samples": poller.sampled, "unseen_after_60s": poller.unseen,
             "p50_ms": round(float(np.percentile(arr, 50)), 1) if len(arr) else None,
             "p99_ms": round(float(np.percentile(arr, 99)), 1) if len(arr) else None,
             "worker": worker_stats, "bench_process_cpu_seconds_while_producing": round(bench_cpu, 2),

@@ -77,7 +77,17 @@ def percentiles(samples: list[float]) -> dict:
             "n": len(samples)}
 
 
-def main() -> None:
+def timed_reads(fn, n: int) -> list[float]:
+    """Seconds each of ``n`` calls ``fn(i)`` took, back to back."""
+    out = []
+    for i in range(n):
+        start = time.perf_counter()
+        fn(i)
+        out.append(time.perf_counter() - start)
+    return out
+
+
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     parser.add_argument("--reads", type=int, default=10_000)
     parser.add_argument("--entities", type=int, default=1000)
@@ -90,118 +100,137 @@ def main() -> None:
     parser.add_argument("--read-seconds", type=float, default=10, help="duration of the reads while it commits")
     parser.add_argument("--event-ids", action="store_true",
                         help="a source with an event-id field and 1 day of lateness: states hold ~86 ids each")
-    args = parser.parse_args()
-    settings = bench_settings()
-    project = f"bench{int(time.time())}"
-    online = RedisOnlineStore.from_url(settings.redis_url.get_secret_value(), project)
-    repo = build_repo(args.event_ids)
-    versions = {name: 1 for name in repo.views}
-    views = [prepare_view(v, 1, project) for v in repo.views.values()]
+    return parser.parse_args()
+
+
+def load_states(online: RedisOnlineStore, repo: Repository, views: list, entities: int, event_ids: bool) -> int:
+    """Commit the states of 50,000 events over ``entities`` customers; returns the last event time."""
     processor = SourceProcessor(views, online)
     validate = validator_for(next(iter(repo.views.values())).source)
     rng = np.random.default_rng(1)
     events = [validate({"customer_id": f"C{int(c):05d}", "amount": float(a), "event_time": int(T0 + i * 1000),
-                        **({"txn_id": f"txn-{i:08d}"} if args.event_ids else {})})
-              for i, (c, a) in enumerate(zip(rng.integers(0, args.entities, 50_000), rng.lognormal(3, 1, 50_000)))]
+                        **({"txn_id": f"txn-{i:08d}"} if event_ids else {})})
+              for i, (c, a) in enumerate(zip(rng.integers(0, entities, 50_000), rng.lognormal(3, 1, 50_000)))]
     for lo in range(0, len(events), 5000):
         records, _ = processor.apply(events[lo:lo + 5000])
         online.commit(records, None, {})
-    last = events[-1].ts_ms
-    store = FeatureStore(repo, online, versions, project)
-    features = [f"{v.name}:{f}" for v in repo.views.values() for f in v.feature_names]
-    keys = [f"C{i:05d}" for i in range(args.entities)]
+    return events[-1].ts_ms
 
-    def timed_reads(fn, n):
-        out = []
-        for i in range(n):
-            start = time.perf_counter()
-            fn(i)
-            out.append(time.perf_counter() - start)
-        return out
 
-    at = last + 1000
-    ours = timed_reads(lambda i: store.get_online_features([{"customer_id": keys[i % len(keys)]}], features=features,
-                                                           at_ms=at), args.reads)
-    client = online.client
+class Reads:
+    """The timed reads of one loaded store: ``features`` of the customers ``keys`` as of ``at``."""
 
-    def raw(i):
-        pipe = client.pipeline(transaction=False)
-        for v in views:
-            pipe.hmget(f"fs:{v.view_key}:{keys[i % len(keys)]}", "v")  # the values row: values, watermark, valid-until
+    def __init__(self, store: FeatureStore, online: RedisOnlineStore, views: list, keys: list[str],
+                 features: list[str], at: int) -> None:
+        self.store, self.online, self.views, self.keys = store, online, views, keys
+        self.features, self.at = features, at
+        self.rows = [{"customer_id": k} for k in keys[:100]]
+        self.hundred_keys = [f"fs:{v.view_key}:{k}" for v in views for k in keys[:100]]
+
+    def one(self, i: int, at: int | None = None) -> None:
+        """One customer's features (the ``i``-th, round the keys)."""
+        self.store.get_online_features([{"customer_id": self.keys[i % len(self.keys)]}], features=self.features,
+                                       at_ms=self.at if at is None else at)
+
+    def raw_one(self, i: int) -> None:
+        """The floor of ``one``: the same five values rows, redis-py pipelined HMGET."""
+        pipe = self.online.client.pipeline(transaction=False)
+        for v in self.views:
+            pipe.hmget(f"fs:{v.view_key}:{self.keys[i % len(self.keys)]}", "v")  # values, watermark, valid-until
         pipe.execute()
 
-    floor = timed_reads(raw, args.reads)
-    rows = [{"customer_id": k} for k in keys[:100]]
-    hundred = timed_reads(lambda i: store.get_online_features(rows, features=features, at_ms=at), 1000)
-    hundred_keys = [f"fs:{v.view_key}:{k}" for v in views for k in keys[:100]]
+    def hundred(self, i: int) -> None:
+        """The first 100 customers' features in one read."""
+        self.store.get_online_features(self.rows, features=self.features, at_ms=self.at)
 
-    def raw_hundred(i):  # the same 500 hashes' values rows, redis-py pipelined: no state, no decoding
-        pipe = client.pipeline(transaction=False)
-        for key in hundred_keys:
+    def raw_hundred(self, i: int) -> None:
+        """The same 500 hashes' values rows, redis-py pipelined: no state, no decoding."""
+        pipe = self.online.client.pipeline(transaction=False)
+        for key in self.hundred_keys:
             pipe.hmget(key, "v")
         pipe.execute()
 
-    hundred_floor = timed_reads(raw_hundred, 1000)
-
-    async def hundred_async() -> list[float]:  # the same read through aget_online_features (asyncio client)
+    async def hundred_async(self, n: int) -> list[float]:
+        """``hundred`` through ``aget_online_features`` (asyncio client), ``n`` times."""
         out = []
-        for _ in range(1000):
+        for _ in range(n):
             start = time.perf_counter()
-            await store.aget_online_features(rows, features=features, at_ms=at)
+            await self.store.aget_online_features(self.rows, features=self.features, at_ms=self.at)
             out.append(time.perf_counter() - start)
-        await store.aclose()
+        await self.store.aclose()
         return out
 
-    hundred_asyncio = asyncio.run(hundred_async())
-    late = timed_reads(lambda i: store.get_online_features([{"customer_id": keys[i % len(keys)]}], features=features,
-                                                           at_ms=last + 40 * 86_400_000 // 2), 1000)
-    # how many of the 100-entity read's (view, entity) values come as states to evaluate at ``at``
-    # (a window lost a tile since the entity's last event) rather than as ready values
-    _, states = online.read_packed([online.entity_key(v.view_key, k) for v in views for k in keys[:100]], at)
-    # reads while another process commits worker-sized batches: in chunks as the worker does, and
-    # (the baseline) the whole batch in one script
-    def reads_while_ingesting(chunk: int | None) -> dict:
-        import multiprocessing
-        ctx = multiprocessing.get_context("spawn")
-        stop, queue = ctx.Event(), ctx.Queue()
-        child = ctx.Process(target=ingest, args=(settings.redis_url.get_secret_value(), project, args.ingest_batch,
-                                                 chunk, stop, queue))
-        child.start()
-        time.sleep(args.warmup_seconds)  # the child's imports and first commits
-        # Open loop: reads scheduled every 1/READ_RATE s for --read-seconds (several commits fall inside at the
-        # default 10 s), each timed from its scheduled start, so a read queued behind a late one counts its wait too (a
-        # back-to-back loop would let one stalled read hide all those a stall delays: coordinated omission).
-        loaded, start0 = [], time.perf_counter()
-        for i in range(int(args.read_seconds * READ_RATE)):
-            due = start0 + i / READ_RATE
-            wait = due - time.perf_counter()
-            if wait > 0:
-                time.sleep(wait)
-            store.get_online_features([{"customer_id": keys[i % len(keys)]}], features=features, at_ms=at)
-            loaded.append(time.perf_counter() - due)
-        stop.set()
-        commit_ms = queue.get(timeout=120)
-        child.join(60)
-        return {**percentiles(loaded), "p999_ms": round(float(np.percentile(loaded, 99.9)) * 1000, 2),
-                "max_ms": round(max(loaded) * 1000, 2), "ingest_batch_events": args.ingest_batch,
-                "states_per_commit_script": chunk, "commits": len(commit_ms),
-                "commit_ms_p50": round(float(np.median(commit_ms)), 1) if commit_ms else None}
+    def evaluated_states(self) -> int:
+        """How many of the 100-entity read's (view, entity) values come as states to evaluate at ``at``
+        (a window lost a tile since the entity's last event) rather than as ready values."""
+        _, states = self.online.read_packed([self.online.entity_key(v.view_key, k) for v in self.views
+                                             for k in self.keys[:100]], self.at)
+        return len(states) // 2
 
-    while_chunked = reads_while_ingesting(args.commit_chunk)
-    while_whole = reads_while_ingesting(None)
-    one, base = percentiles(ours), percentiles(floor)
+
+def reads_while_ingesting(reads: Reads, redis_url: str, project: str, args: argparse.Namespace,
+                          chunk: int | None) -> dict:
+    """Single-entity reads while another process commits worker-sized batches in scripts of ``chunk``
+    states (None: the whole batch in one script, the baseline)."""
+    import multiprocessing
+    ctx = multiprocessing.get_context("spawn")
+    stop, queue = ctx.Event(), ctx.Queue()
+    child = ctx.Process(target=ingest, args=(redis_url, project, args.ingest_batch, chunk, stop, queue))
+    child.start()
+    time.sleep(args.warmup_seconds)  # the child's imports and first commits
+    # Open loop: reads scheduled every 1/READ_RATE s for --read-seconds (several commits fall inside at the
+    # default 10 s), each timed from its scheduled start, so a read queued behind a late one counts its wait too (a
+    # back-to-back loop would let one stalled read hide all those a stall delays: coordinated omission).
+    loaded, start0 = [], time.perf_counter()
+    for i in range(int(args.read_seconds * READ_RATE)):
+        due = start0 + i / READ_RATE
+        wait = due - time.perf_counter()
+        if wait > 0:
+            time.sleep(wait)
+        reads.one(i)
+        loaded.append(time.perf_counter() - due)
+    stop.set()
+    commit_ms = queue.get(timeout=120)
+    child.join(60)
+    return {**percentiles(loaded), "p999_ms": round(float(np.percentile(loaded, 99.9)) * 1000, 2),
+            "max_ms": round(max(loaded) * 1000, 2), "ingest_batch_events": args.ingest_batch,
+            "states_per_commit_script": chunk, "commits": len(commit_ms),
+            "commit_ms_p50": round(float(np.median(commit_ms)), 1) if commit_ms else None}
+
+
+def main() -> None:
+    args = parse_args()
+    settings = bench_settings()
+    project = f"bench{int(time.time())}"
+    redis_url = settings.redis_url.get_secret_value()
+    online = RedisOnlineStore.from_url(redis_url, project)
+    repo = build_repo(args.event_ids)
+    views = [prepare_view(v, 1, project) for v in repo.views.values()]
+    last = load_states(online, repo, views, args.entities, args.event_ids)
+    store = FeatureStore(repo, online, {name: 1 for name in repo.views}, project)
+    features = [f"{v.name}:{f}" for v in repo.views.values() for f in v.feature_names]
+    reads = Reads(store, online, views, [f"C{i:05d}" for i in range(args.entities)], features, last + 1000)
+
+    one, base = percentiles(timed_reads(reads.one, args.reads)), percentiles(timed_reads(reads.raw_one, args.reads))
+    hundred = percentiles(timed_reads(reads.hundred, 1000))
+    hundred_floor = percentiles(timed_reads(reads.raw_hundred, 1000))
+    hundred_asyncio = percentiles(asyncio.run(reads.hundred_async(1000)))
+    late = percentiles(timed_reads(lambda i: reads.one(i, at=last + 40 * 86_400_000 // 2), 1000))
+    states = reads.evaluated_states()
+    while_chunked = reads_while_ingesting(reads, redis_url, project, args, args.commit_chunk)
+    while_whole = reads_while_ingesting(reads, redis_url, project, args, None)
     report = {
         "features": len(features), "views": len(views), "entities_in_store": args.entities, "event_ids": args.event_ids,
         "read_1_entity": one, "raw_hmget_floor": base,
         "ratio_p99_vs_floor": round(one["p99_ms"] / base["p99_ms"], 2),
         "goal_1_entity": "p99 < 0.5 ms and within 2x the raw read",
         "meets_goal_1_entity": one["p99_ms"] < 0.5 and one["p99_ms"] <= 2 * base["p99_ms"],
-        "read_100_entities": percentiles(hundred), "raw_hmget_100_entities_floor": percentiles(hundred_floor),
-        "read_100_entities_asyncio": percentiles(hundred_asyncio),
+        "read_100_entities": hundred, "raw_hmget_100_entities_floor": hundred_floor,
+        "read_100_entities_asyncio": hundred_asyncio,
         "goal_100_entities": "p99 < 3 ms",
-        "meets_goal_100": percentiles(hundred)["p99_ms"] < 3,
-        "read_100_entities_evaluated_states": {"states": len(states) // 2, "of": len(views) * len(rows)},
-        "read_1_entity_after_windows_moved": percentiles(late),
+        "meets_goal_100": hundred["p99_ms"] < 3,
+        "read_100_entities_evaluated_states": {"states": states, "of": len(views) * len(reads.rows)},
+        "read_1_entity_after_windows_moved": late,
         "read_1_entity_while_a_worker_commits": {
             "chunked": while_chunked, "baseline_one_script_per_batch": while_whole,
             "note": f"another process commits batches of ingest_batch events as a worker does; {READ_RATE} reads/s "

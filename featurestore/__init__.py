@@ -13,15 +13,16 @@ from typing import Any
 
 from .definitions import (Activity, Aggregate, BatchTransform, Embedding, Entity, EventSource, FeatureService,
                           FeatureView, FileHistory, Latest, OnDemandFeatureView, TableHistory)
-from .exceptions import (ConfigurationError, DefinitionError, FeatureStoreError, GroupConflictError,
-                         InvalidInputError, RecoveryError, RegistryError, StackError, StoreUnavailableError,
-                         UnknownNameError, WorkerRunningError)
+from .exceptions import (BackfillError, ConfigurationError, DefinitionError, FeatureStoreError, GroupConflictError,
+                         InvalidInputError, RecoveryError, RegistryError, StackError, StateFormatError,
+                         StoreUnavailableError, UnknownNameError, WorkerRunningError)
 
 __version__ = "0.2.0"
 
 __all__ = [
     "Activity",
     "Aggregate",
+    "BackfillError",
     "BatchTransform",
     "ConfigurationError",
     "DefinitionError",
@@ -40,6 +41,7 @@ __all__ = [
     "RecoveryError",
     "RegistryError",
     "StackError",
+    "StateFormatError",
     "StoreUnavailableError",
     "TableHistory",
     "UnknownNameError",

@@ -1,6 +1,12 @@
-"""Exception hierarchy of the feature store; every error raised on purpose derives from FeatureStoreError."""
+"""Exception hierarchy of the feature store; every error raised on purpose derives from FeatureStoreError.
+
+Which errors a worker retries and which stop it is decided in one place, ``workers/errors.py``
+(``RETRYABLE``, ``FATAL``).
+"""
 
 from __future__ import annotations
+
+from transforms.engine.codec import StateFormatError as _EngineStateFormatError
 
 __all__ = [
     "FeatureStoreError",
@@ -12,6 +18,10 @@ __all__ = [
     "InvalidInputError",
     "StoreUnavailableError",
     "WorkerRunningError",
+    "GroupConflictError",
+    "RecoveryError",
+    "BackfillError",
+    "StateFormatError",
 ]
 
 
@@ -47,9 +57,8 @@ class InvalidInputError(FeatureStoreError, ValueError):
 
 
 class StoreUnavailableError(FeatureStoreError):
-    """An online or offline store could not be reached; the operation may be retried."""
-
-    retryable = True
+    """An online or offline store could not be reached; the operation may be retried (the worker
+    retries it: ``workers.errors.RETRYABLE``)."""
 
 
 class WorkerRunningError(FeatureStoreError):
@@ -66,3 +75,16 @@ class GroupConflictError(ConfigurationError):
 class RecoveryError(FeatureStoreError):
     """Rebuilding a worker's states from the event log failed for a reason other than a store outage.
     The worker stops: read the error it chains, fix its cause, and start the worker again."""
+
+
+class BackfillError(FeatureStoreError):
+    """A backfill that cannot go on: a row refused in ``--strict`` mode, a worker of the hand-off group
+    that committed during the backfill or is ahead of its cut-over, an online store that lost its data;
+    the message names the cause."""
+
+
+class StateFormatError(FeatureStoreError, _EngineStateFormatError):
+    """A stored online state this version cannot read: damaged, of an unknown (newer) format, or laid
+    out for other features.  The worker logs it and rebuilds that state from the event log; a reader
+    raises it naming the view and entity.  Rebuild the view's states with
+    ``featurestore backfill --online``, or run the version that wrote them."""

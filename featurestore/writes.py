@@ -67,52 +67,71 @@ class WritesMixin:
         has_offline = self._dsn is not None or self.offline is not None
         offline = (await self._stores())[0] if to != "online" or has_offline else None
 
-        keep = np.ones(len(valid), dtype=bool)
         records: list = []
+        keep = np.ones(len(valid), dtype=bool)
         if processor is not None:
-            from .schema import ValidEvent
-
-            events = [ValidEvent(k, int(t), e, v) for k, t, e, v in zip(
-                valid["__key"].tolist(), valid["__ts"].tolist(),
-                valid["__event_id"].tolist() if "__event_id" in valid.columns else [None] * len(valid),
-                _records(valid[list(source.schema)]))]
-            if offline is not None:
-                processor.history = self._history_of(source, processor.views, offline)
-                # in a thread: the history lookup of entities absent from Redis awaits on this loop
-                records, refused = await asyncio.get_running_loop().run_in_executor(None, processor.apply, events)
-            else:
-                records, refused = processor.apply(events)
-            if refused:
-                idx = sorted(refused)
-                keep[idx] = False
-                result.refused = pd.DataFrame({"row": valid.index[idx], "reason": [refused[i].reason for i in idx],
-                                               "detail": [refused[i].detail for i in idx]})
+            records, keep = await self._push_states(source, valid, processor, offline, result)
         if offline is not None and to != "online":
-            frame = valid[keep]
-            if "__event_id" in frame.columns and len(frame):
-                keys, ids, times = frame["__key"].tolist(), frame["__event_id"].tolist(), frame["__ts"].tolist()
-                seen = await offline.existing_event_ids(source, keys, ids, times)  # a redelivery: same time
-                if seen:
-                    dup = np.array([(k, None if i is None else str(i), int(t)) in seen
-                                    for k, i, t in zip(keys, ids, times)], dtype=bool)
-                    result.skipped_existing = int(dup.sum())
-                    frame = frame[~dup]
-            if len(frame):
-                frame = frame.copy()
-                frame["__partition"] = PUSH_PARTITION
-                frame["__offset"] = await offline.allocate_push_offsets(source, len(frame))
-                result.offline_rows = await offline.write_events(source, frame)
+            await self._push_offline(source, valid[keep], offline, result)
         if processor is not None and records:
-            try:
-                status = self.online.commit(records, None, {})
-            except Exception as exc:  # noqa: BLE001 - reraised with what was written
-                written = (f"; {result.offline_rows} row(s) were appended to the event log (re-pushing the same rows "
-                           f"skips them when the source has an event id field)") if result.offline_rows else ""
-                raise StoreUnavailableError(f"push to {source.name!r}: online commit failed: {exc}{written}") from exc
-            if status != 1:
-                raise StoreUnavailableError(f"push to {source.name!r}: online commit refused (status {status})")
-            result.online_records = len(records)
+            self._push_commit(source, records, result)
         return result
+
+    async def _push_states(self, source: EventSource, valid: pd.DataFrame, processor, offline,
+                           result: PushResult) -> tuple[list, np.ndarray]:
+        """The online records of the pushed ``valid`` rows applied to their entities' states (the
+        worker's path), and the mask of the rows the states accepted; ``result.refused`` lists the
+        others.  With an ``offline`` store, entities absent from Redis are rebuilt from its event log."""
+        from .schema import ValidEvent
+
+        events = [ValidEvent(k, int(t), e, v) for k, t, e, v in zip(
+            valid["__key"].tolist(), valid["__ts"].tolist(),
+            valid["__event_id"].tolist() if "__event_id" in valid.columns else [None] * len(valid),
+            _records(valid[list(source.schema)]))]
+        if offline is not None:
+            processor.history = self._history_of(source, processor.views, offline)
+            # in a thread: the history lookup of entities absent from Redis awaits on this loop
+            records, refused = await asyncio.get_running_loop().run_in_executor(None, processor.apply, events)
+        else:
+            records, refused = processor.apply(events)
+        keep = np.ones(len(valid), dtype=bool)
+        if refused:
+            idx = sorted(refused)
+            keep[idx] = False
+            result.refused = pd.DataFrame({"row": valid.index[idx], "reason": [refused[i].reason for i in idx],
+                                           "detail": [refused[i].detail for i in idx]})
+        return records, keep
+
+    @staticmethod
+    async def _push_offline(source: EventSource, frame: pd.DataFrame, offline, result: PushResult) -> None:
+        """Append the pushed rows of ``frame`` to the event log (partition -1, offsets from the source's
+        sequence), but those already logged with the same (key, event id, time): a redelivery."""
+        if "__event_id" in frame.columns and len(frame):
+            keys, ids, times = frame["__key"].tolist(), frame["__event_id"].tolist(), frame["__ts"].tolist()
+            seen = await offline.existing_event_ids(source, keys, ids, times)  # a redelivery: same time
+            if seen:
+                dup = np.array([(k, None if i is None else str(i), int(t)) in seen
+                                for k, i, t in zip(keys, ids, times)], dtype=bool)
+                result.skipped_existing = int(dup.sum())
+                frame = frame[~dup]
+        if len(frame):
+            frame = frame.copy()
+            frame["__partition"] = PUSH_PARTITION
+            frame["__offset"] = await offline.allocate_push_offsets(source, len(frame))
+            result.offline_rows = await offline.write_events(source, frame)
+
+    def _push_commit(self, source: EventSource, records: list, result: PushResult) -> None:
+        """Commit the pushed states to the online store; ``StoreUnavailableError`` saying what the event
+        log already holds when the commit fails or is refused."""
+        try:
+            status = self.online.commit(records, None, {})
+        except Exception as exc:  # noqa: BLE001 - reraised with what was written
+            written = (f"; {result.offline_rows} row(s) were appended to the event log (re-pushing the same rows "
+                       f"skips them when the source has an event id field)") if result.offline_rows else ""
+            raise StoreUnavailableError(f"push to {source.name!r}: online commit failed: {exc}{written}") from exc
+        if status != 1:
+            raise StoreUnavailableError(f"push to {source.name!r}: online commit refused (status {status})")
+        result.online_records = len(records)
 
     def _prepared(self, views: list[FeatureView]) -> list:
         from featurestore.processing import prepare_view
@@ -184,8 +203,7 @@ class WritesMixin:
     async def amaterialize(self, start, end, views: list[str] | None = None, chunk_keys: int = 20_000,
                            force: bool = False) -> dict:
         """``materialize`` on the running event loop."""
-        from transforms import ViewState
-        from featurestore.processing import SourceProcessor
+        from featurestore.processing import add_derived, derived_transforms, rebuild_records
 
         from .offline.postgres import event_id_column
         from .types import parse_timestamp
@@ -212,8 +230,7 @@ class WritesMixin:
             for lo in range(0, len(keys), chunk_keys):
                 chunk = keys[lo:lo + chunk_keys]
                 events = await offline.load_events(source, keys=chunk, end_ms=end_ms)
-                for bt in {bt.column: bt for pv in pvs for bt in pv.view.batch_transforms()}.values():
-                    events[bt.column] = bt.apply(events).to_numpy() if len(events) else []
+                add_derived(derived_transforms(pvs), events)
                 values = _records(events.drop(columns=["key", "ts"]))
                 groups = events.groupby("key", sort=False).indices
                 ts_list = events["ts"].tolist()
@@ -221,16 +238,15 @@ class WritesMixin:
                 for pv in pvs:
                     entity_keys = [str(k) for k in groups]
                     current = self.online.read_values([(pv.view_key, k) for k in entity_keys])
-                    records = []
+                    batches = {}
                     rep = report["views"][pv.view.name]
                     for (key, rows), (_, wm, _) in zip(groups.items(), current):
                         if wm is not None and wm > end_ms:
                             rep["skipped_newer"] += 1
                             continue
-                        state = ViewState(pv.specs, pv.lateness_ms)
-                        state.apply([(ts_list[i], values[i], id_list[i] if id_list else None) for i in rows])
-                        records.append(SourceProcessor.record(pv, str(key), state))
+                        batches[str(key)] = [(ts_list[i], values[i], id_list[i] if id_list else None) for i in rows]
                         rep["events"] += len(rows)
+                    records = rebuild_records(pv, batches)
                     for b in range(0, len(records), 2000):
                         if self.online.commit(records[b:b + 2000], None, {}) != 1:
                             raise StoreUnavailableError(f"materialize {pv.view.name!r}: online commit refused")

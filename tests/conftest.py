@@ -20,6 +20,12 @@ from typing import Callable, Iterator
 
 import pytest
 
+# One kernel cache for the whole run, the worker subprocesses included: the state engine's kernels
+# compile once (a test's own state folder would hold a cold cache each time).
+os.environ.setdefault("FEATURESTORE_KERNEL_CACHE",
+                      os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".featurestore",
+                                   "kernels"))
+
 HYPOTHESIS_PROFILES = {
     "ci": {"max_examples": 1000, "deadline": None},
     "dev": {"max_examples": 100, "deadline": None},

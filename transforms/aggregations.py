@@ -1,10 +1,10 @@
 """Partial aggregates, how they merge, and how they become feature values.
 
-These are the only definitions of the aggregation algebra.  The streaming
-state (``transforms.state``) keeps partials per tile and merges them when it
-evaluates; the batch path (``transforms.batch``) builds the same partials
-vectorized and merges ranges of them.  Every function here works elementwise
-on Python scalars and on numpy arrays alike, so both paths call the same code.
+This states the aggregation algebra for scalars and numpy arrays.  The streaming
+engine (``transforms.engine``) keeps partials per tile and merges them when it
+evaluates, with the scalar merges of ``transforms.engine.algebra`` (compiled; the
+scalar branch here calls the same functions); the batch path (``transforms.batch``)
+builds the same partials vectorized and merges ranges of them with the array branch.
 
 Partial of one tile (or of any range of events) for one input column:
 
@@ -26,8 +26,15 @@ import math
 
 import numpy as np
 
+from .engine.algebra import merge_m2, merge_mean
+
 #: Functions whose empty value is a number rather than null.
 EMPTY_VALUES = {"sum": 0.0, "count": 0, "count_events": 0, "count_distinct": 0, "events_per_minute": 0.0}
+
+
+# The scalar merges are the compiled engine's (``transforms.engine.algebra``), called as plain Python here.
+_merge_mean = getattr(merge_mean, "py_func", merge_mean)
+_merge_m2 = getattr(merge_m2, "py_func", merge_m2)
 
 
 def merge_moments(n_a, mean_a, m2_a, n_b, mean_b, m2_b):
@@ -46,8 +53,7 @@ def merge_moments(n_a, mean_a, m2_a, n_b, mean_b, m2_b):
         return n_a, mean_a, m2_a
     if n_a == 0:
         return n_b, mean_b, m2_b
-    delta = mean_b - mean_a
-    return n, mean_a + delta * n_b / n, m2_a + m2_b + delta * delta * n_a * n_b / n
+    return n, _merge_mean(n_a, mean_a, n_b, mean_b), _merge_m2(n_a, mean_a, m2_a, n_b, mean_b, m2_b)
 
 
 def sample_variance(count, m2):

@@ -10,6 +10,14 @@ included, where ``window_start = floor((t - w) / h) * h``: the window ends at
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, TypeVar
+
+if TYPE_CHECKING:
+    import numpy as np
+
+#: Event times: one int, or an int64 array computed elementwise.
+Times = TypeVar("Times", int, "np.ndarray")
+
 SECOND = 1_000
 MINUTE = 60 * SECOND
 HOUR = 60 * MINUTE
@@ -39,8 +47,8 @@ def default_hop(window_ms: int) -> int:
     return 1
 
 
-def window_start(t: int, window_ms: int, hop_ms: int) -> int:
-    """First event time inside the window of length ``window_ms`` as of ``t``."""
+def window_start(t: Times, window_ms: int, hop_ms: int) -> Times:
+    """First event time inside the window of length ``window_ms`` as of ``t`` (elementwise for an array)."""
     return ((t - window_ms) // hop_ms) * hop_ms
 
 

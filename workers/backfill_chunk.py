@@ -1,7 +1,7 @@
 """Phase 2 of a backfill: the computation of one chunk (one entity bucket), without I/O.
 
 ``compute_batch`` gives the values as of each accepted event (the batch path of the
-transforms); with ``online`` each entity's final ``ViewState`` becomes an online record.
+transforms); with ``online`` each entity's final state becomes an online record.
 """
 
 from __future__ import annotations
@@ -13,16 +13,16 @@ import pandas as pd
 
 from featurestore.definitions import FeatureView
 from featurestore.offline.postgres import event_id_column
-from transforms import ViewState, compute_batch
+from transforms import compute_batch
 
-from featurestore.processing import PreparedView, SourceProcessor
+from featurestore.processing import PreparedView, add_derived, derived_transforms, rebuild_records
 
 __all__ = ["add_batch_transforms", "compute_history", "final_states"]
 
 
 def add_batch_transforms(view: FeatureView, events: pd.DataFrame) -> pd.DataFrame:
-    for bt in view.batch_transforms():
-        events[bt.column] = bt.apply(events).to_numpy() if len(events) else []
+    """``events`` with the view's BatchTransform columns (``featurestore.processing.add_derived``)."""
+    add_derived(derived_transforms([view]), events)
     return events
 
 
@@ -50,12 +50,9 @@ def final_states(pv: PreparedView, events: pd.DataFrame) -> list:
     ts = events["ts"].to_numpy()[order].tolist()
     ids = events[id_col].iloc[order].tolist() if id_col in events.columns else [None] * len(events)
     bounds = np.concatenate([[0], np.flatnonzero(np.diff(codes[order])) + 1, [len(order)]]).tolist()
-    records = []
-    for lo, hi in zip(bounds[:-1], bounds[1:]):
-        state = ViewState(pv.specs, pv.lateness_ms)
-        state.apply(list(zip(ts[lo:hi], rows[lo:hi], ids[lo:hi])))
-        records.append(SourceProcessor.record(pv, str(uniques[codes[order[lo]]]), state))
-    return records
+    batches = {str(uniques[codes[order[lo]]]): list(zip(ts[lo:hi], rows[lo:hi], ids[lo:hi]))
+               for lo, hi in zip(bounds[:-1], bounds[1:])}
+    return rebuild_records(pv, batches)
 
 
 @dataclass

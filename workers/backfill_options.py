@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from featurestore.definitions import FileHistory
-from featurestore.exceptions import FeatureStoreError
+from featurestore.exceptions import BackfillError
 
 from featurestore.processing import PreparedView
 
@@ -22,10 +22,6 @@ CHUNK_EVENTS = 400_000  # target events per chunk when the number of chunks is a
 READ_ROWS = 200_000  # rows per read batch
 ONLINE_BATCH = 2000  # states per Redis commit
 SAMPLE_REJECTS = 50  # rejects kept in memory for the report (all go to the rejects table)
-
-
-class BackfillError(FeatureStoreError):
-    """A backfill that cannot go on (fenced hand-off, strict mode, worker ahead of the cut-over)."""
 
 
 @dataclass

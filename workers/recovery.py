@@ -17,8 +17,7 @@ from kafka.partitioner.default import murmur2
 
 from featurestore.exceptions import StoreUnavailableError
 from featurestore.offline.postgres import PUSH_PARTITION, event_id_column
-from featurestore.processing import SourceProcessor, log_batches
-from transforms import ViewState
+from featurestore.processing import log_batches, rebuild_records
 
 
 from .partitions import partition_name
@@ -122,10 +121,7 @@ class RecoveryMixin:
                 offsets[name] = (stored.get(name, -1), int(off))
         batches = log_batches(processor.views, events, event_id_column(source))
         for pv in processor.views:
-            for key, (past, _) in batches.items():
-                state = ViewState(pv.specs, pv.lateness_ms)
-                state.apply(past)
-                records.append(SourceProcessor.record(pv, key, state))
+            records += rebuild_records(pv, {key: past for key, (past, _) in batches.items()})
         return records, offsets
 
     def _history(self, source_name: str, keys: list[str]) -> dict:

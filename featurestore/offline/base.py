@@ -88,12 +88,11 @@ class OfflineStore(Protocol):
 
     async def load_events(self, source: str | EventSource, keys: Sequence[Any] | None = None,
                           start_ms: int | None = None, end_ms: int | None = None,
-                          partitions: Sequence[int] | None = None, positions: bool = False) -> pd.DataFrame:
-        """Events (of ``keys``, times and ``partitions`` when given) in arrival order, one column per field."""
-
-    async def load_events_fast(self, source: str | EventSource, keys: Sequence[Any] | None = None,
-                               end_ms: int | None = None, fields: Sequence[str] | None = None) -> pd.DataFrame:
-        """``load_events`` of only ``fields``, by a full scan when that is faster (optional: callers fall back)."""
+                          partitions: Sequence[int] | None = None, positions: bool = False,
+                          fields: Sequence[str] | None = None) -> pd.DataFrame:
+        """Events (of ``keys``, times and ``partitions`` when given) in arrival order, one column per field
+        (of ``fields`` when given, plus the entity and timestamp fields); the store picks how to read them,
+        and never returns a row ``forget_events`` deleted."""
 
     async def entity_events(self, source: str | EventSource, keys: Sequence[Any],
                             partitions: Sequence[int] | None = None) -> pd.DataFrame:

@@ -29,7 +29,7 @@ class OnlineRecord:
     applied: bytes = b""
     #: the state's event ids (``ViewState.to_parts``), kept beside ``state`` so that online reads,
     #: which never need them, do not fetch them: the stored pairs to replace (b"" when none, or when
-    #: ``state`` holds them), or ``b"+"`` and the pairs to append to them (``transforms.state.append_ids``)
+    #: ``state`` holds them), or ``b"&"`` and the pairs to append to them (``transforms.engine.codec.append_ids``)
     ids: bytes = b""
     #: the ``applied`` the writer last saw stored for this (view, entity) (b"": none, or no state): the commit
     #: writes nothing when the stored one differs — another writer changed the state since this one loaded

@@ -11,11 +11,9 @@ time reads as expired.
 
 The hot path is columnar: ``read_rows`` gives, per view, one row of values (in
 the requested feature order) per entity, with a status and an event time; the
-client transposes the rows into response columns.  Stale states are evaluated
-by ``transforms.compile_reader``, compiled once per (specs, requested features):
-the transforms' own generated kernel, run on the serialized state's tile rows
-(no ``ViewState`` is built) and merging only the windows the requested features
-need.
+client transposes the rows into response columns.  The stale states of one request
+are evaluated together by ``transforms.compile_reader(...).read_many``: decoded into a
+scratch arena of the compiled engine and evaluated in one compiled call.
 """
 
 from __future__ import annotations
@@ -26,7 +24,9 @@ from operator import itemgetter
 
 import orjson
 
+from featurestore.exceptions import StateFormatError
 from transforms import compile_reader
+from transforms.engine.codec import StateFormatError as EngineStateFormatError
 
 from .redis import OFFSET, ROW_HEADER
 
@@ -64,7 +64,8 @@ class ViewRead:
         else:
             self.pick = picker(self.feature_idx)
         self.default_row = tuple(self.defaults[f] for f in self.features)
-        self.evaluate = compile_reader(self.specs, self.features)  # (state blob, t) -> values in feature order
+        #: (state blob, t) -> values in feature order; ``read_many`` evaluates a request's stale states in one call
+        self.evaluate = compile_reader(self.specs, self.features)
 
 
 @dataclass
@@ -125,6 +126,7 @@ def decode_rows(reads: list[ViewRead], keys_per_view: list[list[str]], t: int, f
         times: list = [None] * n
         from_state = [False] * n
         ttl, pick, clock, default = r.ttl_ms, r.pick, r.clock_idx, r.default_row
+        pending: list[tuple[int, bytes, int]] = []  # (row, state, time) to re-evaluate
         for i in range(n):
             row = flat[pos]
             if row is None:
@@ -137,8 +139,8 @@ def decode_rows(reads: list[ViewRead], keys_per_view: list[list[str]], t: int, f
             if ttl is not None and t_eval - wm > ttl:
                 rows[i] = default
                 statuses[i] = EXPIRED
-            elif pos in states:  # a window moved since the last event: evaluate the state at t
-                rows[i] = r.evaluate(states[pos], t_eval)
+            elif pos in states:  # a window moved since the last event: evaluated below, all in one call
+                pending.append((i, states[pos], t_eval))
                 from_state[i] = True
             else:
                 values = loads(row[ROW_HEADER:])
@@ -146,6 +148,14 @@ def decode_rows(reads: list[ViewRead], keys_per_view: list[list[str]], t: int, f
                     values[j] = (t_eval - wm) / 1000
                 rows[i] = values if pick is None else pick(values)
             pos += 1
+        if pending:
+            try:
+                evaluated = r.evaluate.read_many([p[1] for p in pending], [p[2] for p in pending])
+            except EngineStateFormatError as exc:
+                raise StateFormatError(f"{r.view_key}: a stored state of one of entities "
+                                       f"{[keys[i] for i, _, _ in pending][:5]} cannot be read: {exc}") from None
+            for (i, _, _), values in zip(pending, evaluated):
+                rows[i] = values
         out.append((rows, statuses, times, from_state))
     return out
 

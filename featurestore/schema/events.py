@@ -4,7 +4,7 @@ validator precompiled per source, no pydantic."""
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 from ..definitions import EventSource
 from ..types import STRING, parse_timestamp
@@ -65,13 +65,35 @@ class EventValidator:
         )
 
     def __call__(self, event: Any, ref_ms: int | None = None) -> ValidEvent | Rejection:
+        """``event`` as a ``ValidEvent``, or the ``Rejection`` of the first rule it breaks."""
         if type(event) is not dict:
             if not isinstance(event, dict):
                 return Rejection("not_an_object",
                                  f"event is {type(event).__name__} {_show(event)}, expected a JSON object")
         get = event.get
+        key = self._entity_key(get(self._key))
+        if isinstance(key, Rejection):
+            return key
+        tf = self._ts
+        ts_ms = self._event_time(get(tf))
+        if isinstance(ts_ms, Rejection):
+            return ts_ms
+        values = {self._key: key, tf: ts_ms}
+        rejected = self._field_values(get, values)
+        if rejected is not None:
+            return rejected
+        if ref_ms is not None and self._max_future is not None and ts_ms > ref_ms + self._max_future:
+            return Rejection("future_timestamp",
+                             future_detail(f"timestamp field {tf!r}:", ts_ms, ref_ms, self._max_future))
+        eid: str | None = None
+        if self._id is not None:
+            raw_id = values[self._id]
+            eid = raw_id if raw_id is None or type(raw_id) is str else str(raw_id)
+        return ValidEvent(key, ts_ms, eid, values, ref_ms)
+
+    def _entity_key(self, key: Any) -> str | int | Rejection:
+        """The entity field's value as a key of the schema's type, or why it is refused."""
         kf = self._key
-        key = get(kf)
         if key is None or key == "":
             return Rejection("missing_entity_key", f"entity field {kf!r} is missing or empty")
         if type(key) is not self._key_fast:
@@ -83,8 +105,12 @@ class EventValidator:
             problem = self._key_check(key)
             if problem is not None:
                 return Rejection(*problem)
+        return key
+
+    def _event_time(self, ts: Any) -> int | Rejection:
+        """The timestamp field's value as epoch ms (ints as they are, ISO-8601 strings naive = UTC), or
+        why it is refused."""
         tf = self._ts
-        ts = get(tf)
         if ts is None:
             return Rejection("missing_field", f"timestamp field {tf!r} is missing or null")
         if type(ts) is int:
@@ -104,7 +130,12 @@ class EventValidator:
                 return Rejection("bad_timestamp", f"timestamp field {tf!r}: {exc}")
         if not TIMESTAMP_MIN_MS <= ts_ms <= TIMESTAMP_MAX_MS:
             return Rejection("out_of_range", time_range_detail(f"timestamp field {tf!r}:", ts_ms))
-        values = {kf: key, tf: ts_ms}
+        return ts_ms
+
+    def _field_values(self, get: Callable[[str, Any], Any], values: dict[str, Any]) -> Rejection | None:
+        """Put every other field's value into ``values`` (None for a missing optional field); the
+        rejection of the first field refused, else None.  Common values (short ASCII strings, finite
+        floats, int64 ints, bools) pass without a call."""
         for name, vt, fast, optional, check, quick in self._fields:
             v = get(name, _MISSING)
             if v is _MISSING or v is None:
@@ -138,14 +169,7 @@ class EventValidator:
                 if problem is not None:
                     return Rejection(*problem)
             values[name] = v
-        if ref_ms is not None and self._max_future is not None and ts_ms > ref_ms + self._max_future:
-            return Rejection("future_timestamp",
-                             future_detail(f"timestamp field {tf!r}:", ts_ms, ref_ms, self._max_future))
-        eid: str | None = None
-        if self._id is not None:
-            raw_id = values[self._id]
-            eid = raw_id if raw_id is None or type(raw_id) is str else str(raw_id)
-        return ValidEvent(key, ts_ms, eid, values, ref_ms)  # type: ignore[arg-type]  # key: str or int by the schema
+        return None
 
 
 _VALIDATORS: dict[int, tuple[EventSource, EventValidator]] = {}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -117,6 +117,24 @@ def _limit_candidates(values: pd.Series, vt: ValueType, limit: int) -> np.ndarra
     return np.zeros(len(arr), dtype=bool)  # int64 and bool columns of a numpy dtype are in range
 
 
+class _Verdicts:
+    """Per row of a frame: the reason and detail of the first rule it breaks (None while valid)."""
+
+    def __init__(self, n: int) -> None:
+        self.reason = np.full(n, None, dtype=object)
+        self.detail = np.full(n, None, dtype=object)
+
+    def valid(self) -> np.ndarray:
+        """Rows no rule has refused yet."""
+        return self.reason == None  # noqa: E711 - elementwise
+
+    def reject(self, mask: np.ndarray, code: str, make_detail: Callable[[int], str]) -> None:
+        """Refuse the rows of ``mask`` still valid, with ``code`` and ``make_detail(row)``."""
+        for i in np.flatnonzero(mask & self.valid()):
+            self.reason[i] = code
+            self.detail[i] = make_detail(int(i))
+
+
 def validate_frame(source: EventSource, df: pd.DataFrame, ref_ms: int | np.ndarray | None = None
                    ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Validate every row of ``df`` (one event per row) against ``source``.
@@ -127,94 +145,115 @@ def validate_frame(source: EventSource, df: pd.DataFrame, ref_ms: int | np.ndarr
     when the source has an event id field), ``__ref`` (int64 ms; only with ``ref_ms``) and
     every schema field, converted (the timestamp field as int64 ms, missing optional fields
     as None/NaN); ``rejects`` has ``row`` (the index label in ``df``), ``reason`` and ``detail``.
+    A row breaking several rules is refused for the first: the entity field's, the timestamp
+    field's, the other fields' in schema order, then ``max_future``.
     """
-    n = len(df)
-    reason = np.full(n, None, dtype=object)
-    detail = np.full(n, None, dtype=object)
+    verdicts = _Verdicts(len(df))
     kf, tf = source.entity_field, source.timestamp_field
-    optional = set(source.optional_fields)
     order = [kf, tf] + [f for f in source.schema if f not in (kf, tf)]
-    converted: dict[str, pd.Series] = {}
-
-    def reject(mask: np.ndarray, code: str, make_detail) -> None:
-        todo = np.flatnonzero(mask & (reason == None))  # noqa: E711 - elementwise
-        for i in todo:
-            reason[i] = code
-            detail[i] = make_detail(i)
-
-    for name in order:
-        vt = source.schema[name]
-        is_key, is_ts = name == kf, name == tf
-        if name not in df.columns:
-            if name in optional:
-                converted[name] = pd.Series([None] * n, index=df.index, dtype=object)
-                continue
-            code = "missing_entity_key" if is_key else "missing_field"
-            text = f"entity field {name!r} is missing or empty" if is_key else f"field {name!r} is missing"
-            reject(np.ones(n, dtype=bool), code, lambda i, t=text: t)
-            converted[name] = pd.Series([None] * n, index=df.index, dtype=object)
-            continue
-        raw = df[name]
-        col = _convert(raw, vt)
-        null = col.null
-        if is_key and vt == STRING:
-            null = null | (col.values.to_numpy(dtype=object) == "")
-        raw_list: list = raw.tolist() if col.bad.any() else []  # read only at the bad rows
-        if is_key:
-            reject(null, "missing_entity_key", lambda i: f"entity field {kf!r} is missing or empty")
-            reject(col.bad, "wrong_type", lambda i: _detail(kf, vt, raw_list[i], "entity field"))
-        elif is_ts:
-            reject(null, "missing_field", lambda i: f"timestamp field {tf!r} is missing or null")
-            reject(col.bad, "bad_timestamp", lambda i: _detail(tf, vt, raw_list[i], "timestamp field"))
-        else:
-            if name not in optional:
-                reject(null, "missing_field", lambda i, nm=name: f"field {nm!r} is null")
-            reject(col.bad, "wrong_type", lambda i, nm=name, t=vt: _detail(nm, t, raw_list[i]))
-        check = _value_check(source, name, vt)
-        if check is not None:
-            todo = np.flatnonzero(_limit_candidates(col.values, vt, source.string_limit(name) if vt == STRING else 0)
-                                  & ~null & ~col.bad & (reason == None))  # noqa: E711 - elementwise
-            if len(todo):
-                vals = col.values.to_numpy(dtype=object)
-                for i in todo:
-                    problem = check(vals[i])
-                    if problem is not None:
-                        reason[i], detail[i] = problem
-        values = col.values
-        if null.any():
-            values = values.astype(object).where(~null, None)
-        converted[name] = values
-
+    converted = {name: _field_values(source, df, name, verdicts) for name in order}
     if ref_ms is not None and source.max_future is not None:
-        ref = np.broadcast_to(np.asarray(ref_ms, dtype="int64"), (n,))
-        ts = pd.to_numeric(converted[tf], errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
-        future = (ts > ref + source.max_future) & (reason == None)  # noqa: E711 - elementwise
-        for i in np.flatnonzero(future):
-            reason[i] = "future_timestamp"
-            detail[i] = future_detail(f"timestamp field {tf!r}:", int(ts[i]), int(ref[i]), source.max_future)
-
-    ok = reason == None  # noqa: E711
-    out: dict[str, pd.Series] = {"__key": converted[kf], "__ts": converted[tf]}
-    if source.event_id_field is not None:
-        eid = converted[source.event_id_field]
-        out["__event_id"] = eid.map(lambda v: None if v is None else str(v)).astype(object)
-    if ref_ms is not None:
-        out["__ref"] = pd.Series(np.broadcast_to(np.asarray(ref_ms, dtype="int64"), (n,)), index=df.index)
-    for name in source.schema:
-        out[name] = converted[name]
-    valid = pd.DataFrame(out, index=df.index)[ok]
-    valid = valid.copy()
-    for name, vt in list(source.schema.items()) + [("__key", source.schema[kf]), ("__ts", TIMESTAMP)]:
-        valid[name] = _tidy(valid[name], vt)
+        _reject_future(converted[tf], ref_ms, source.max_future, tf, verdicts)
+    ok = verdicts.valid()
     bad_idx = np.flatnonzero(~ok)
     rejects = pd.DataFrame(
         {
             "row": df.index[bad_idx],
-            "reason": pd.Series(reason[bad_idx], dtype=object),
-            "detail": pd.Series(detail[bad_idx], dtype=object),
+            "reason": pd.Series(verdicts.reason[bad_idx], dtype=object),
+            "detail": pd.Series(verdicts.detail[bad_idx], dtype=object),
         }
     )
-    return valid, rejects
+    return _valid_rows(source, df.index, converted, ref_ms, ok), rejects
+
+
+def _field_values(source: EventSource, df: pd.DataFrame, name: str, verdicts: _Verdicts) -> pd.Series:
+    """Field ``name`` of ``df`` converted to its schema type (None where null or missing), with the
+    rows it makes invalid refused in ``verdicts``."""
+    n = len(df)
+    vt = source.schema[name]
+    if name not in df.columns:
+        if name not in source.optional_fields:
+            is_key = name == source.entity_field
+            code = "missing_entity_key" if is_key else "missing_field"
+            text = f"entity field {name!r} is missing or empty" if is_key else f"field {name!r} is missing"
+            verdicts.reject(np.ones(n, dtype=bool), code, lambda i: text)
+        return pd.Series([None] * n, index=df.index, dtype=object)
+    raw = df[name]
+    col = _convert(raw, vt)
+    null = col.null
+    if name == source.entity_field and vt == STRING:
+        null = null | (col.values.to_numpy(dtype=object) == "")
+    _reject_nulls_and_types(source, name, raw, col, null, verdicts)
+    _reject_values(source, name, col, null, verdicts)
+    values = col.values
+    if null.any():
+        values = values.astype(object).where(~null, None)
+    return values
+
+
+def _reject_nulls_and_types(source: EventSource, name: str, raw: pd.Series, col: _Col, null: np.ndarray,
+                            verdicts: _Verdicts) -> None:
+    """Refuse the rows where field ``name`` is null (unless optional) or not of its type."""
+    vt = source.schema[name]
+    kf, tf = source.entity_field, source.timestamp_field
+    raw_list: list = raw.tolist() if col.bad.any() else []  # read only at the bad rows
+    if name == kf:
+        verdicts.reject(null, "missing_entity_key", lambda i: f"entity field {kf!r} is missing or empty")
+        verdicts.reject(col.bad, "wrong_type", lambda i: _detail(kf, vt, raw_list[i], "entity field"))
+    elif name == tf:
+        verdicts.reject(null, "missing_field", lambda i: f"timestamp field {tf!r} is missing or null")
+        verdicts.reject(col.bad, "bad_timestamp", lambda i: _detail(tf, vt, raw_list[i], "timestamp field"))
+    else:
+        if name not in source.optional_fields:
+            verdicts.reject(null, "missing_field", lambda i: f"field {name!r} is null")
+        verdicts.reject(col.bad, "wrong_type", lambda i: _detail(name, vt, raw_list[i]))
+
+
+def _reject_values(source: EventSource, name: str, col: _Col, null: np.ndarray, verdicts: _Verdicts) -> None:
+    """Refuse the rows whose value of field ``name`` breaks a limit of the source (``_value_check``)."""
+    vt = source.schema[name]
+    check = _value_check(source, name, vt)
+    if check is None:
+        return
+    todo = np.flatnonzero(_limit_candidates(col.values, vt, source.string_limit(name) if vt == STRING else 0)
+                          & ~null & ~col.bad & verdicts.valid())
+    if len(todo):
+        vals = col.values.to_numpy(dtype=object)
+        for i in todo:
+            problem = check(vals[i])
+            if problem is not None:
+                verdicts.reason[i], verdicts.detail[i] = problem
+
+
+def _reject_future(times: pd.Series, ref_ms: int | np.ndarray, max_future: int, tf: str,
+                   verdicts: _Verdicts) -> None:
+    """Refuse the rows whose event time (timestamp field ``tf``) is more than ``max_future`` after
+    their reference time."""
+    ref = np.broadcast_to(np.asarray(ref_ms, dtype="int64"), (len(times),))
+    ts = pd.to_numeric(times, errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
+    future = (ts > ref + max_future) & verdicts.valid()
+    for i in np.flatnonzero(future):
+        verdicts.reason[i] = "future_timestamp"
+        verdicts.detail[i] = future_detail(f"timestamp field {tf!r}:", int(ts[i]), int(ref[i]), max_future)
+
+
+def _valid_rows(source: EventSource, index: pd.Index, converted: dict[str, pd.Series],
+                ref_ms: int | np.ndarray | None, ok: np.ndarray) -> pd.DataFrame:
+    """``validate_frame``'s ``valid`` frame: the ``ok`` rows of the converted fields, typed."""
+    kf = source.entity_field
+    out: dict[str, pd.Series] = {"__key": converted[kf], "__ts": converted[source.timestamp_field]}
+    if source.event_id_field is not None:
+        eid = converted[source.event_id_field]
+        out["__event_id"] = eid.map(lambda v: None if v is None else str(v)).astype(object)
+    if ref_ms is not None:
+        out["__ref"] = pd.Series(np.broadcast_to(np.asarray(ref_ms, dtype="int64"), (len(index),)), index=index)
+    for name in source.schema:
+        out[name] = converted[name]
+    valid = pd.DataFrame(out, index=index)[ok]
+    valid = valid.copy()
+    for name, vt in list(source.schema.items()) + [("__key", source.schema[kf]), ("__ts", TIMESTAMP)]:
+        valid[name] = _tidy(valid[name], vt)
+    return valid
 
 
 def typed_column(values: list, vt: ValueType) -> pd.Series:

@@ -363,7 +363,7 @@ def test_bad_input_names_the_problem(small) -> None:
         store.materialize("yesterday", T0)
 
 
-def test_load_events_fast_equals_load_events(small) -> None:
+def test_load_events_equals_select(small) -> None:
     loop, offline, registry, online, project = small
     src = EventSource(name="mixed", topic="mixed",
                       schema={"uid": "int64", "score": "float64", "page": "string", "ok": "bool", "at": "timestamp",
@@ -381,10 +381,10 @@ def test_load_events_fast_equals_load_events(small) -> None:
     valid["__offset"] = [7, 3, 1, 2, 9]
     loop.run_until_complete(offline.write_events(src, valid))
     for keys, end in ((None, None), ([1, 2], T0 + 4)):
-        slow = loop.run_until_complete(offline.load_events(src, keys=keys, end_ms=end))
-        fast = loop.run_until_complete(offline.load_events_fast(src, keys=keys, end_ms=end))
+        slow = loop.run_until_complete(offline._select_events(src, keys=keys, end_ms=end))
+        fast = loop.run_until_complete(offline.load_events(src, keys=keys, end_ms=end))
         pd.testing.assert_frame_equal(fast, slow)
-        sub = loop.run_until_complete(offline.load_events_fast(src, keys=keys, end_ms=end, fields=["score"]))
+        sub = loop.run_until_complete(offline.load_events(src, keys=keys, end_ms=end, fields=["score"]))
         pd.testing.assert_frame_equal(sub, slow[list(sub.columns)])
         assert "page" not in sub.columns
     # Only fixed-width columns (int key, float with NULL/NaN): the binary COPY path, arrival order.
@@ -395,6 +395,6 @@ def test_load_events_fast_equals_load_events(small) -> None:
     valid["__partition"] = [1, 0, 0, 1, 0]
     valid["__offset"] = [7, 3, 1, 2, 9]
     loop.run_until_complete(offline.write_events(nums, valid))
-    fast = loop.run_until_complete(offline.load_events_fast(nums))
-    pd.testing.assert_frame_equal(fast, loop.run_until_complete(offline.load_events(nums)))
+    fast = loop.run_until_complete(offline.load_events(nums))
+    pd.testing.assert_frame_equal(fast, loop.run_until_complete(offline._select_events(nums)))
     assert fast["ts"].tolist() == [T0 + 3, T0 + 1, T0 + 4, T0 + 2, T0 + 5]

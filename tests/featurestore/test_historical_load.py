@@ -1,7 +1,8 @@
-"""The parallel block-range scan of ``load_events_fast`` (``_scan_events``) against ``load_events``,
-on a real PostgreSQL server: same rows, arrival order and dtypes (NULL ints/bools, NaN floats),
-with and without key / end filters, over many ranges and connections; and the same training
-set from ``get_historical_features`` whichever read path is taken."""
+"""The full scans ``load_events`` picks (parallel block ranges, segments plus rows: ``_scan_events``)
+against one ordered SELECT (``_select_events``), on a real PostgreSQL server: same rows, arrival
+order and dtypes (NULL ints/bools, NaN floats), with and without key / end filters, over many ranges
+and connections; and the same training set from ``get_historical_features`` whichever read path is
+taken."""
 
 from __future__ import annotations
 
@@ -78,18 +79,18 @@ def test_scan_equals_load_events(offline) -> None:
     keys = list(range(0, 300, 2)) + [10_000]  # half the keys (above SCAN_KEY_FRACTION) and an unknown one
     assert loop.run_until_complete(store._many_keys(src, len(keys)))
     for ks, end in ((None, None), (None, T0 + 300 * MIN), (keys, None), (keys, T0 + 200 * MIN)):
-        slow = loop.run_until_complete(store.load_events(src, keys=ks, end_ms=end))
-        fast = loop.run_until_complete(store.load_events_fast(src, keys=ks, end_ms=end))
+        slow = loop.run_until_complete(store._select_events(src, keys=ks, end_ms=end))
+        fast = loop.run_until_complete(store.load_events(src, keys=ks, end_ms=end))
         pd.testing.assert_frame_equal(fast, slow)
         assert slow["n"].dtype == "Int64" and slow["ok"].dtype == "boolean" and slow["m"].dtype == "int64"
-        sub = loop.run_until_complete(store.load_events_fast(src, keys=ks, end_ms=end, fields=["score"]))
+        sub = loop.run_until_complete(store.load_events(src, keys=ks, end_ms=end, fields=["score"]))
         pd.testing.assert_frame_equal(sub, slow[list(sub.columns)])
         assert "n" not in sub.columns and "ok" not in sub.columns
     # One connection and one range give the same frame.
     store.SCAN_RANGE_PAGES = 1 << 20
     store.SCAN_CONNECTIONS = 1
-    pd.testing.assert_frame_equal(loop.run_until_complete(store.load_events_fast(src)),
-                                  loop.run_until_complete(store.load_events(src)))
+    pd.testing.assert_frame_equal(loop.run_until_complete(store.load_events(src)),
+                                  loop.run_until_complete(store._select_events(src)))
 
 
 def test_historical_same_whichever_read_path(offline) -> None:
@@ -133,7 +134,7 @@ def _no_block_scan(*_args, **_kwargs):
 
 def test_segments_equal_rows(offline) -> None:
     """``compact_events`` segments (several per partition) plus the rows after them give the frames
-    ``load_events`` gives, filtered or not; compaction adds only new rows; partition -1 stays rows."""
+    the SELECT gives, filtered or not; compaction adds only new rows; partition -1 stays rows."""
     loop, store = offline
     src = _source()
     loop.run_until_complete(store.migrate([src]))
@@ -163,18 +164,18 @@ def test_segments_equal_rows(offline) -> None:
 
     keys = list(range(0, 300, 2)) + [10_000]
     cases = [(None, None), (None, T0 + 300 * MIN), (keys, None), (keys, T0 + 615 * MIN)]
-    expected = [loop.run_until_complete(store.load_events(src, keys=ks, end_ms=end)) for ks, end in cases]
+    expected = [loop.run_until_complete(store._select_events(src, keys=ks, end_ms=end)) for ks, end in cases]
     block_scan, store._block_scan = store._block_scan, _no_block_scan
     for (ks, end), slow in zip(cases, expected):
-        pd.testing.assert_frame_equal(loop.run_until_complete(store.load_events_fast(src, keys=ks, end_ms=end)), slow)
-        sub = loop.run_until_complete(store.load_events_fast(src, keys=ks, end_ms=end, fields=["score"]))
+        pd.testing.assert_frame_equal(loop.run_until_complete(store.load_events(src, keys=ks, end_ms=end)), slow)
+        sub = loop.run_until_complete(store.load_events(src, keys=ks, end_ms=end, fields=["score"]))
         pd.testing.assert_frame_equal(sub, slow[list(sub.columns)])
     assert loop.run_until_complete(store.compact_events(src, segment_rows=300)) == {"segments": 3, "events": 700}
-    pd.testing.assert_frame_equal(loop.run_until_complete(store.load_events_fast(src)), expected[0])
+    pd.testing.assert_frame_equal(loop.run_until_complete(store.load_events(src)), expected[0])
     # Without segments: the block scan, same frame.
     store._block_scan = block_scan
     store.USE_SEGMENTS = False
-    pd.testing.assert_frame_equal(loop.run_until_complete(store.load_events_fast(src)), expected[0])
+    pd.testing.assert_frame_equal(loop.run_until_complete(store.load_events(src)), expected[0])
 
 
 def test_segments_after_a_field_is_added(offline) -> None:
@@ -189,22 +190,46 @@ def test_segments_after_a_field_is_added(offline) -> None:
                         timestamp_field="at", entity_field="uid", allowed_lateness="2m",
                         optional_fields=("score", "n", "ok", "extra"))
     loop.run_until_complete(store.migrate([wider]))
-    slow = loop.run_until_complete(store.load_events(wider))
+    slow = loop.run_until_complete(store._select_events(wider))
     assert slow["extra"].isna().all()
     block_scan, store._block_scan = store._block_scan, _no_block_scan
     with pytest.raises(AssertionError, match="block scan ran"):
-        loop.run_until_complete(store.load_events_fast(wider))
+        loop.run_until_complete(store.load_events(wider))
     store._block_scan = block_scan
-    pd.testing.assert_frame_equal(loop.run_until_complete(store.load_events_fast(wider)), slow)
+    pd.testing.assert_frame_equal(loop.run_until_complete(store.load_events(wider)), slow)
     assert loop.run_until_complete(store.compact_events(wider, rebuild=True)) == {"segments": 2, "events": 800}
     store._block_scan = _no_block_scan
-    pd.testing.assert_frame_equal(loop.run_until_complete(store.load_events_fast(wider)), slow)
+    pd.testing.assert_frame_equal(loop.run_until_complete(store.load_events(wider)), slow)
 
     from featurestore.exceptions import UnknownNameError
     unknown = EventSource(name="never_applied", topic="t", schema={"uid": "string", "at": "timestamp"},
                           timestamp_field="at", entity_field="uid")
     with pytest.raises(UnknownNameError, match="never_applied"):
         loop.run_until_complete(store.compact_events(unknown))
+
+
+def test_forgotten_rows_leave_the_segments(offline) -> None:
+    """Rows ``forget_events`` deletes after they were compacted are in no read: the segments holding
+    them and the later ones of their partition are dropped (the rows there are read instead), and
+    compaction packs those rows again, without the forgotten ones."""
+    loop, store = offline
+    src = _source()
+    loop.run_until_complete(store.migrate([src]))
+    _write(loop, store, src)  # 6,000 rows: 2,000 each in partitions 2, 0 and -1
+    assert loop.run_until_complete(store.compact_events(src, segment_rows=300)) == {"segments": 14, "events": 4000}
+    logged = loop.run_until_complete(store._select_events(src, positions=True))
+    offsets = {p: logged.loc[logged["__partition"] == p, "__offset"].tolist() for p in (0, 2, -1)}
+    # the 4th of partition 0's 7 segments, partition 2's last one, a pushed row, a position never logged
+    forget = [(0, offsets[0][1000]), (2, offsets[2][1950]), (-1, offsets[-1][5]), (0, 999_999)]
+    assert loop.run_until_complete(store.forget_events(src, forget)) == 3
+    rows = loop.run_until_complete(store._select_events(src))
+    assert len(rows) == 6000 - 3
+    block_scan, store._block_scan = store._block_scan, _no_block_scan
+    pd.testing.assert_frame_equal(loop.run_until_complete(store.load_events(src)), rows)
+    # partition 0: 4 segments of 1,100 rows less 1; partition 2: 1 of 200 less 1
+    assert loop.run_until_complete(store.compact_events(src, segment_rows=300)) == {"segments": 5, "events": 1298}
+    pd.testing.assert_frame_equal(loop.run_until_complete(store.load_events(src)), rows)
+    store._block_scan = block_scan
 
 
 def test_compaction_waits_for_writes_in_flight(offline, servers) -> None:
@@ -236,15 +261,15 @@ def test_compaction_waits_for_writes_in_flight(offline, servers) -> None:
 
     assert loop.run_until_complete(scenario()) == {"segments": 2, "events": 401}
     block_scan, store._block_scan = store._block_scan, _no_block_scan
-    fast = loop.run_until_complete(store.load_events_fast(src))
+    fast = loop.run_until_complete(store.load_events(src))
     store._block_scan = block_scan
-    pd.testing.assert_frame_equal(fast, loop.run_until_complete(store.load_events(src)))
+    pd.testing.assert_frame_equal(fast, loop.run_until_complete(store._select_events(src)))
     assert ((fast["key"] == 7) & (fast["ts"] == T0)).any()
 
 
 def test_text_keys_ids_and_strings_scan_and_segments(offline) -> None:
     """String keys, an event id and string fields (NULL, empty, non-ASCII) through the block scan
-    and through segments plus rows: the frames ``load_events`` gives."""
+    and through segments plus rows: the frames the SELECT gives."""
     loop, store = offline
     src = EventSource(name="orders", topic="orders",
                       schema={"buyer": "string", "txn": "string", "city": "string", "amount": "float64",
@@ -283,8 +308,8 @@ def test_text_keys_ids_and_strings_scan_and_segments(offline) -> None:
 
     def check() -> None:
         for ks, end in cases:
-            slow = loop.run_until_complete(store.load_events(src, keys=ks, end_ms=end))
-            fast = loop.run_until_complete(store.load_events_fast(src, keys=ks, end_ms=end))
+            slow = loop.run_until_complete(store._select_events(src, keys=ks, end_ms=end))
+            fast = loop.run_until_complete(store.load_events(src, keys=ks, end_ms=end))
             pd.testing.assert_frame_equal(fast, slow)
             assert slow["city"].isna().any() and (slow["city"] == "").any() and (slow["city"] == "東京").any()
 

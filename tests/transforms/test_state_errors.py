@@ -1,9 +1,9 @@
 """A batch that raises while ``ViewState.apply`` runs leaves the state exactly as it was.
 
 Each case feeds a state a first batch, then a batch whose last event carries an input the
-aggregations cannot take (a value ``float()`` refuses, one that cannot be compared, one that
-cannot be hashed, an event id that cannot be hashed), after events that were accepted and
-added to tiles, ids, distinct values and last values.  The exception reaches the caller; the
+aggregations cannot take (a value ``float()`` refuses, a string where a number is summed, one
+that cannot be hashed, an event id that cannot be hashed), after events that were accepted and
+would be added to tiles, ids, distinct values and last values.  The exception reaches the caller; the
 state must equal, field by field, one that never saw that batch, and go on to the same values.
 """
 
@@ -12,6 +12,7 @@ from __future__ import annotations
 import pytest
 
 from transforms import AggSpec, ViewState
+from transforms.engine.layout import M_IDS_MARK, M_IDS_STORED
 
 M, H, D = 60_000, 3_600_000, 86_400_000
 T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z
@@ -34,15 +35,6 @@ class NoFloat(float):
         raise ArithmeticError("no float")
 
 
-class NoOrder(float):
-    """A number that cannot be compared (min and max compare values)."""
-
-    def __lt__(self, other):
-        raise ArithmeticError("no order")
-
-    __gt__ = __lt__
-
-
 class NoHash(float):
     """A number that cannot be hashed (count_distinct keeps the values in a dict): it passes every
     tile update and fails after them."""
@@ -56,7 +48,7 @@ FIRST = [(T0 + 5 * M, {"x": 1.0}, "a"), (T0 + 20 * M, {"x": 4.0}, "b"), (T0 + 12
 GOOD = [(T0 + 30 * M, {"x": 8.0}, "d"), (T0 + 20 * M + 1, {"x": 3.0}, "e"), (T0 + 35 * M, {"x": 5.0}, "c")]
 BAD = {  # the event, and what it raises
     "value refused by float()": ((T0 + 36 * M, {"x": NoFloat(7.0)}, "g"), ArithmeticError, "no float"),
-    "value that cannot be compared": ((T0 + 36 * M, {"x": NoOrder(7.0)}, "g"), ArithmeticError, "no order"),
+    "string where a number is summed": ((T0 + 36 * M, {"x": "seven"}, "g"), ValueError, "could not convert"),
     "value that cannot be hashed": ((T0 + 36 * M, {"x": NoHash(7.0)}, "g"), TypeError, "unhashable"),
     "event id that cannot be hashed": ((T0 + 36 * M, {"x": 7.0}, ["g"]), TypeError, "unhashable"),
 }
@@ -65,14 +57,13 @@ NEXT = [(T0 + 40 * M, {"x": 6.0}, "h"), (T0 + 39 * M, {"x": 2.0}, "d")]
 
 
 def contents(state: ViewState) -> dict:
-    """Everything a state holds, in order where order is kept (ids, tiles, distinct values)."""
+    """Everything a state holds: the whole state as bytes (tiles, ids in arrival order, distinct and
+    last values), and what its writer knows stored of its ids (what the next ``to_parts`` sends)."""
+    arena, slot = state.arena, state.slot
     return {
-        "watermark": state.watermark, "seq": state.seq,
-        "ids": list(state.ids.items()), "ids_floor": state._ids_floor,
-        "ids_stored": state._ids_stored, "ids_new": list(state._ids_new),
-        "tiles": [(g.hop, [(k, list(row)) for k, row in g.tiles.items()], g.floor) for g in state._group_list],
-        "distinct": {name: list(seen.items()) for name, seen in state.distinct.items()},
-        "last_n": {name: [list(item) for item in items] for name, items in state.last_n.items()},
+        "watermark": state.watermark, "seq": state.seq, "ids": list(state.ids.items()),
+        "whole": state.to_bytes(),
+        "ids_written": (int(arena.S[slot, M_IDS_STORED]), int(arena.S[slot, M_IDS_MARK])),
     }
 
 

@@ -1,9 +1,10 @@
-"""States stored by an older format keep working after an upgrade.
+"""States stored by an older format keep working after an upgrade, and format 3 round-trips.
 
 ``data/state_v1.json`` holds a state serialized by format 1 (one 14-field row per
 (column, hop) and tile), written by the code of that format, with the events it
-was built from.  Format 2 states read it and must answer exactly as a state
-built from the same events today, before and after more events, and through the
+was built from.  Format 2 states are written by ``transforms.legacy`` (the JSON engine
+of 0.2).  The compiled engine reads both, converts them, and must answer exactly as a
+state built from the same events today, before and after more events, and through the
 online reader (``compile_reader``) too.
 """
 
@@ -13,6 +14,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import orjson
 
 from tests.transforms.reference import value_matches
@@ -24,7 +26,9 @@ from transforms import (
     ViewState,
     compile_reader,
 )
-from transforms.state import append_ids
+from transforms.engine.codec import MAGIC
+from transforms.legacy.state import ViewState as LegacyState
+from transforms.state import append_ids, id_hash
 
 FIXTURE = json.loads((Path(__file__).parent / "data" / "state_v1.json").read_text())
 SPECS = tuple(AggSpec(**s) for s in FIXTURE["specs"])
@@ -50,10 +54,43 @@ def same(a: dict, b: dict, where: str) -> None:
     assert not bad, f"{where}: " + "; ".join(bad)
 
 
+def pairs_of(ids: bytes) -> list[list[int]]:
+    """Stored format 3 event ids (``b"="`` or ``b"&"`` and 16-byte pairs) as [hash, ts] pairs."""
+    words = np.frombuffer(ids[1:], dtype=np.int64).tolist()
+    return [list(p) for p in zip(words[0::2], words[1::2])]
+
+
 def test_fixture_is_format_1_and_current_format_differs() -> None:
     assert orjson.loads(FIXTURE["blob"])["v"] == 1
-    assert FORMAT_VERSION != 1
-    assert orjson.loads(fresh_state().to_bytes())["v"] == FORMAT_VERSION
+    assert FORMAT_VERSION == 3
+    blob, _ = fresh_state().to_parts()
+    assert blob[:4] == MAGIC
+
+
+def test_format_2_state_and_its_json_ids_convert_to_the_same_state() -> None:
+    """A state the JSON engine (format 2) wrote, with its ids stored as JSON pairs, answers and
+    refuses as the state built by the compiled engine; its ids are rewritten whole at the next write."""
+    old = LegacyState(SPECS, lateness_ms=LATENESS)
+    cut = FIXTURE["batches"][0]
+    old.apply(events(FIXTURE["events"][:cut]))
+    old.apply(events(FIXTURE["events"][cut:]))
+    blob, ids = old.to_parts()
+    assert orjson.loads(blob)["v"] == 2 and ids[:1] == b"["
+    converted = ViewState.from_bytes(SPECS, blob, lateness_ms=LATENESS, ids=ids)
+    expected = fresh_state()
+    assert converted.watermark == expected.watermark and converted.seq == expected.seq
+    assert converted.ids == expected.ids == {id_hash(i): ts for i, ts in old.ids.items()}
+    read = compile_reader(SPECS, [s.name for s in SPECS])
+    wm = expected.watermark
+    for dt in (0, 1, 30 * M, H, 3 * H, D + 7, 3 * D, 8 * D, 40 * D):
+        same(expected.evaluate(wm + dt), converted.evaluate(wm + dt), f"converted at wm+{dt}")
+        same(expected.evaluate(wm + dt), dict(zip([s.name for s in SPECS], read(blob, wm + dt))),
+             f"reader of format 2 at wm+{dt}")
+    redelivered = events(FIXTURE["events"][-5:])
+    assert ([(r.index, r.reason) for r in converted.apply(redelivered)]
+            == [(r.index, r.reason) for r in expected.apply(redelivered)])
+    new_blob, new_ids = converted.to_parts()
+    assert new_blob[:4] == MAGIC and new_ids[:1] == b"="  # whole, in format 3
 
 
 def test_format_1_state_upgrades_to_the_same_values() -> None:
@@ -74,7 +111,7 @@ def test_format_1_state_upgrades_to_the_same_values() -> None:
     r2 = [(r.index, r.reason) for r in upgraded.apply(more)]
     assert r1 == r2 and {reason for _, reason in r1} == {REJECT_LATE, REJECT_DUPLICATE}
     again = ViewState.from_bytes(SPECS, upgraded.to_bytes(), lateness_ms=LATENESS)
-    assert orjson.loads(upgraded.to_bytes())["v"] == FORMAT_VERSION
+    assert upgraded.to_parts()[0][:4] == MAGIC
     for dt in (3 * M, 2 * H, 2 * D, 9 * D):
         same(expected.evaluate(wm + dt), upgraded.evaluate(wm + dt), f"after more events at wm+{dt}")
         same(expected.evaluate(wm + dt), again.evaluate(wm + dt), f"re-serialized at wm+{dt}")
@@ -85,8 +122,9 @@ def test_state_and_its_event_ids_apart_join_to_the_same_state() -> None:
     ``from_bytes`` they behave as the whole state (``to_bytes``), redelivered ids refused alike."""
     whole = fresh_state()
     assert whole.ids  # the fixture's events carry ids within the lateness
-    blob, ids = whole.to_parts()  # a new state: its ids whole, as [id, ts] pairs
-    assert orjson.loads(blob)["ids"] == {} and orjson.loads(b"[" + ids + b"]") == [list(p) for p in whole.ids.items()]
+    blob, ids = whole.to_parts()  # a new state: its ids whole, as (hash, ts) pairs
+    assert ids[:1] == b"=" and pairs_of(ids) == [list(p) for p in whole.ids.items()]
+    assert all(h.to_bytes(8, "little", signed=True) not in blob for h in whole.ids)  # the state holds no ids
     joined = ViewState.from_bytes(SPECS, blob, lateness_ms=LATENESS, ids=ids)
     legacy = ViewState.from_bytes(SPECS, whole.to_bytes(), lateness_ms=LATENESS)  # ids inside the state
     read = compile_reader(SPECS, [s.name for s in SPECS])
@@ -100,13 +138,10 @@ def test_state_and_its_event_ids_apart_join_to_the_same_state() -> None:
     assert outcomes[0] == outcomes[1] == outcomes[2] and len(outcomes[0]) == 5
     assert REJECT_DUPLICATE in {reason for _, reason in outcomes[0]}
     assert ViewState(SPECS).to_parts()[1] == b""  # no ids: nothing beside the state
-    # ids stored by the previous layout (one JSON object) still load
-    old = ViewState.from_bytes(SPECS, blob, lateness_ms=LATENESS, ids=orjson.dumps(whole.ids))
-    assert old.ids == whole.ids and old.to_parts()[1] == ids  # and are rewritten whole at the next write
 
 
 def test_event_ids_written_incrementally_reload_as_the_state_in_memory() -> None:
-    """A state written after every batch sends only the ids accepted since (``b"+"`` and the pairs)
+    """A state written after every batch sends only the ids accepted since (``b"&"`` and the pairs)
     while it knows what is stored; pruned ids stay stored until they outnumber the live ones by half
     (then the ids are rewritten whole).  Loaded from what is stored at any step, a state holds the
     same ids as the one kept in memory and refuses and accepts the same events."""
@@ -125,12 +160,12 @@ def test_event_ids_written_incrementally_reload_as_the_state_in_memory() -> None
             rows.append((ts[2] + 1, {"x": 1.0}, f"e{batch - 90}-1"))
         kept.apply(rows)
         _, part = kept.to_parts()
-        if part[:1] == b"+":
+        if part[:1] == b"&":
             appends += 1
         else:
             rewrites += 1
         stored = append_ids(stored, part)
-        pairs = orjson.loads(b"[" + stored + b"]")
+        pairs = pairs_of(stored)
         most = max(most, len(pairs) / max(len(kept.ids), 1))
         loaded = ViewState.from_bytes((spec,), kept.to_bytes(), lateness_ms=lateness, ids=stored)
         assert loaded.ids == kept.ids and list(loaded.ids) == list(kept.ids), batch

@@ -112,7 +112,7 @@ def test_event_ids_appended_by_the_commit_script_reload_as_the_cached_states(ser
         records, _ = cached.apply([validate(r) for r in raw[lo:lo + 30]])
         assert online.commit(records, None, {}) == 1
         for rec in records:
-            parts.add(rec.ids[:1] == b"+")
+            parts.add(rec.ids[:1] == b"&")
             expected[rec.key] = append_ids(expected.get(rec.key), rec.ids)
         stored = online.load_states_applied(pv.view_key, sorted(expected))
         assert {k: ids for k, (_, _, ids) in stored.items()} == expected  # the script appended as append_ids does
@@ -190,3 +190,42 @@ def test_entities_with_events_on_a_new_partition_are_reported(servers, unique_na
     c = next(k for k in sorted(by_key, key=lambda k: -len(by_key[k])) if k not in (a, b))
     assert len(by_key[c]) >= 2
     assert apply(by_key[c][:2], [(0, 8), (1, 9)]) == {c}  # a new entity's first batch on two partitions
+
+
+def test_an_unreadable_stored_state_is_rebuilt_from_the_event_log(servers, unique_name, caplog):
+    """A stored state this version cannot read (damaged, or of an unknown format) does not stop the
+    batch: it is logged, counted, and rebuilt from ``history`` as an absent one; the other entities'
+    states load as stored.  The values then equal those of a processor that applied every event."""
+    view = make_view(unique_name("t"))
+    project = unique_name("p")
+    online = RedisOnlineStore.from_url(servers.redis_url, project)
+    pv = prepare_view(view, 1, project)
+    validate = validator_for(view.source)
+    raw = make_events(300, customers=6)
+    past, now = [validate(r) for r in raw[:250]], [validate(r) for r in raw[250:]]
+    writer = SourceProcessor([pv], online)
+    records, _ = writer.apply(past)
+    assert online.commit(records, None, {}) == 1
+    keys = sorted({str(e.key) for e in now})
+    broken = {keys[0]: b"SFS\x03" + b"\x00" * 60, keys[1]: b"\x07garbage"}
+    for key, blob in broken.items():
+        online.client.hset(online.entity_key(pv.view_key, key), "s", blob)
+    asked: list[list[str]] = []
+
+    def history(wanted):
+        asked.append(sorted(wanted))
+        return {k: ([(e.ts_ms, e.values, e.event_id) for e in past if str(e.key) == k], {}) for k in wanted}
+
+    healing = SourceProcessor([pv], online, history=history)
+    with caplog.at_level("ERROR", logger="featurestore.processing"):
+        got, refused = healing.apply(now)
+    assert asked == [sorted(broken)] and healing.unreadable == 2
+    assert sum("cannot be read" in r.getMessage() and "rebuilt from the event log" in r.getMessage()
+               for r in caplog.records) == 2
+    other = unique_name("q")
+    reference = SourceProcessor([prepare_view(view, 1, other)], RedisOnlineStore.from_url(servers.redis_url, other))
+    reference.apply(past)
+    expected, expected_refused = reference.apply(now)
+    assert sorted(refused) == sorted(expected_refused)
+    assert sorted((r.key, r.values, r.watermark, r.valid_until) for r in got) == \
+        sorted((r.key, r.values, r.watermark, r.valid_until) for r in expected)

@@ -40,9 +40,9 @@ def test_compaction_while_the_worker_writes(servers, topic_factory, unique_name,
         runs.append((len(events),
                      loop.run_until_complete(store.compact_events(view.source, segment_rows=64))["events"]))
         assert sum(n for _, n in runs) == len(events)  # every row once, none twice
-        rows = loop.run_until_complete(store.load_events(view.source))
+        rows = loop.run_until_complete(store._select_events(view.source))
         store._block_scan = _no_block_scan
-        packed = loop.run_until_complete(store.load_events_fast(view.source))
+        packed = loop.run_until_complete(store.load_events(view.source))
         pd.testing.assert_frame_equal(packed, rows)
         assert len(rows) == len(events)
     finally:

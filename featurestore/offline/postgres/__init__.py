@@ -52,8 +52,9 @@ sharing its asyncpg pool, project and schema:
 
 * ``tables.py`` — names, DDL, ``migrate`` (the base of the other parts);
 * ``event_log.py`` — event-log writes, key lookups, push offsets, forget and reset;
-* ``scans.py`` — ``load_events`` and ``load_events_fast`` (with ``scan_columns.py``: what a full
-  scan reads and how it is decoded);
+* ``scans.py`` — ``load_events``, which picks how to read: one ordered SELECT, a full scan (with
+  ``scan_columns.py``: what a full scan reads and how it is decoded) or an ordered COPY (with
+  ``copy_out.py``: what it selects and how its output is decoded);
 * ``segments.py`` — ``compact_events`` and the segment reads of full scans;
 * ``history.py`` — feature history writes and loads, binary COPY payloads (``copy_binary.py``);
 * ``rejects.py`` — rejects and dead letters;

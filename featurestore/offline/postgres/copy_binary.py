@@ -60,6 +60,24 @@ def encode_copy_binary(columns: list[tuple[str, Any]], n: int) -> bytes:
     has the same layout, so the group is one numpy structured array written with
     ``tobytes()``.  Row order is not kept (COPY does not need it).  With many shapes the
     rows are scattered byte-wise instead (slower, same bytes per row)."""
+    cols, shape_cols = _encoded_columns(columns)
+    inverse, n_groups = _row_shapes(shape_cols, n)
+    if n_groups > max(64, n // 50):
+        return _encode_copy_scatter(cols, n)
+    parts = [_COPY_HEADER]
+    small = inverse.astype(np.int16) if n_groups < 32_000 else inverse  # radix sort
+    order = np.argsort(small, kind="stable") if n_groups > 1 else np.arange(n)
+    bounds = np.flatnonzero(np.diff(inverse[order])) + 1 if n_groups > 1 else np.array([], dtype=np.int64)
+    for rows in np.split(order, bounds) if n else []:
+        parts.append(_encode_group(cols, rows, n_groups == 1))
+    parts.append(b"\xff\xff")
+    return b"".join(parts)
+
+
+def _encoded_columns(columns: list[tuple[str, Any]]) -> tuple[list, list[np.ndarray]]:
+    """Each column as ``(kind, data, lengths)`` (text: codes, encoded distinct values and those as a
+    fixed-width bytes array; fixed-width: big-endian values; lengths -1 for NULL), and the lengths
+    of the columns whose rows differ in shape."""
     cols = []
     shape_cols = []
     for kind, values in columns:
@@ -78,58 +96,59 @@ def encode_copy_binary(columns: list[tuple[str, Any]], n: int) -> bytes:
             cols.append((kind, x.astype(be), np.where(null, -1, width)))
             if null.any():
                 shape_cols.append(np.where(null, -1, width))
+    return cols, shape_cols
+
+
+def _row_shapes(shape_cols: list[np.ndarray], n: int) -> tuple[np.ndarray, int]:
+    """The shape group of each of the ``n`` rows (by their lengths in ``shape_cols``) and the number of groups."""
     if not shape_cols:
-        inverse, n_groups = np.zeros(n, dtype=np.int64), 1
-    else:
-        combined = np.zeros(n, dtype=np.int64)
-        for lens in shape_cols:
-            codes, uniq = pd.factorize(lens)
-            combined = combined * len(uniq) + codes
-            if len(uniq) and combined.max() > 2**40:  # keep the mixed radix small
-                combined = pd.factorize(combined)[0].astype(np.int64)
-        inverse, uniq = pd.factorize(combined)
-        n_groups = len(uniq)
-    if n_groups > max(64, n // 50):
-        return _encode_copy_scatter(cols, n)
-    parts = [_COPY_HEADER]
-    small = inverse.astype(np.int16) if n_groups < 32_000 else inverse  # radix sort
-    order = np.argsort(small, kind="stable") if n_groups > 1 else np.arange(n)
-    bounds = np.flatnonzero(np.diff(inverse[order])) + 1 if n_groups > 1 else np.array([], dtype=np.int64)
-    for rows in np.split(order, bounds) if n else []:
-        first = rows[0]
-        fields = [("n", ">i2")]
-        fill = []
-        for i, (kind, data, lens) in enumerate(cols):
-            ln = int(lens[first])
-            fields.append((f"l{i}", ">i4"))
-            fill.append((f"l{i}", ln))
-            if ln < 0:
-                continue
-            if kind == "text":
-                codes = data[0]
-                fields.append((f"d{i}", f"S{ln}" if ln else "V0"))
-                if ln:
-                    fill.append((f"d{i}", data[2][codes if n_groups == 1 else codes[rows]].astype(f"S{ln}")))
-            else:
-                fields.append((f"d{i}", data.dtype))
-                fill.append((f"d{i}", data if n_groups == 1 else data[rows]))
-        dtype = np.dtype(fields)
-        template = np.zeros(1, dtype=dtype)
-        template["n"] = len(cols)
-        out = np.empty(len(rows), dtype=dtype)
-        for name, value in fill:
-            if not isinstance(value, np.ndarray):
-                template[name] = value
-        out[...] = template[0]  # the constant fields (count, lengths) of every row at once
-        for name, value in fill:
-            if isinstance(value, np.ndarray):
-                out[name] = value
-        parts.append(out.tobytes())
-    parts.append(b"\xff\xff")
-    return b"".join(parts)
+        return np.zeros(n, dtype=np.int64), 1
+    combined = np.zeros(n, dtype=np.int64)
+    for lens in shape_cols:
+        codes, uniq = pd.factorize(lens)
+        combined = combined * len(uniq) + codes
+        if len(uniq) and combined.max() > 2**40:  # keep the mixed radix small
+            combined = pd.factorize(combined)[0].astype(np.int64)
+    inverse, uniq = pd.factorize(combined)
+    return inverse, len(uniq)
+
+
+def _encode_group(cols: list, rows: np.ndarray, every_row: bool) -> bytes:
+    """The COPY rows ``rows``, all of one shape (``every_row``: they are all the rows, in order), as
+    one structured array: the constant fields (field count, lengths) set at once, the values by column."""
+    first = rows[0]
+    fields = [("n", ">i2")]
+    fill = []
+    for i, (kind, data, lens) in enumerate(cols):
+        ln = int(lens[first])
+        fields.append((f"l{i}", ">i4"))
+        fill.append((f"l{i}", ln))
+        if ln < 0:
+            continue
+        if kind == "text":
+            codes = data[0]
+            fields.append((f"d{i}", f"S{ln}" if ln else "V0"))
+            if ln:
+                fill.append((f"d{i}", data[2][codes if every_row else codes[rows]].astype(f"S{ln}")))
+        else:
+            fields.append((f"d{i}", data.dtype))
+            fill.append((f"d{i}", data if every_row else data[rows]))
+    dtype = np.dtype(fields)
+    template = np.zeros(1, dtype=dtype)
+    template["n"] = len(cols)
+    out = np.empty(len(rows), dtype=dtype)
+    for name, value in fill:
+        if not isinstance(value, np.ndarray):
+            template[name] = value
+    out[...] = template[0]  # the constant fields (count, lengths) of every row at once
+    for name, value in fill:
+        if isinstance(value, np.ndarray):
+            out[name] = value
+    return out.tobytes()
 
 
 def _encode_copy_scatter(cols: list, n: int) -> bytes:
+    """``encode_copy_binary`` for rows of many shapes: each row's bytes scattered into one buffer."""
     sizes = np.full(n, 2, dtype=np.int64)
     for _, _, lens in cols:
         sizes += 4 + np.maximum(lens, 0)

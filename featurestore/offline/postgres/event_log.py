@@ -19,8 +19,8 @@ from .values import _to_py
 
 
 class EventLogMixin(TablesMixin):
-    """Event-log writes and lookups of ``PostgresOfflineStore`` (uses ``_log_lock`` of the segments
-    part and ``load_events`` / ``_events_frame`` of the scans part)."""
+    """Event-log writes and lookups of ``PostgresOfflineStore`` (uses ``_log_lock`` and
+    ``_compaction_lock`` of the segments part and ``load_events`` / ``_events_frame`` of the scans part)."""
 
     async def write_events(self, source: str | EventSource, df: pd.DataFrame) -> int:
         """Append valid events; returns the number of rows inserted (0 for a replay).
@@ -75,16 +75,31 @@ class EventLogMixin(TablesMixin):
 
     async def forget_events(self, source: str | EventSource, positions: Sequence[tuple[int, int]]) -> int:
         """Delete the event-log rows at ``(partition, offset)`` ``positions``: records a worker logged in a
-        batch that failed, and then dead-lettered (``processing_error``) instead of applying."""
+        batch that failed, and then dead-lettered (``processing_error``) instead of applying.  Segments
+        holding a deleted row are dropped with it, and so are the later segments of its partition (full
+        scans read the rows after a partition's last segment, and ``compact_events`` packs them again),
+        in one transaction under the compaction lock: no read sees a forgotten event.  Returns the rows
+        deleted."""
         src = self._source(source)
         if not positions:
             return 0
         parts, offs = zip(*positions)
-        async with self.pool.acquire() as conn:
-            status = await conn.execute(
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", self._compaction_lock(src))
+            gone = await conn.fetch(
                 f'DELETE FROM {self.qualified(self.events_table(src.name))} WHERE ("partition", "offset") IN '
-                f'(SELECT * FROM unnest($1::int[], $2::bigint[]))', list(parts), list(offs))
-        return int(status.rsplit(" ", 1)[-1])
+                f'(SELECT * FROM unnest($1::int[], $2::bigint[])) RETURNING "partition", "offset"',
+                list(parts), list(offs))
+            first: dict[int, int] = {}  # Kafka partition -> its first deleted offset
+            for p, o in gone:
+                if p >= 0:
+                    first[p] = min(o, first.get(p, o))
+            if first:
+                await conn.execute(
+                    f'DELETE FROM {self.qualified(self.segments_table(src.name))} AS s '
+                    'USING unnest($1::int[], $2::bigint[]) AS f(p, o) WHERE s."partition" = f.p '
+                    'AND s."last_offset" >= f.o', list(first), list(first.values()))
+        return len(gone)
 
     async def _log_records(self, src: EventSource, columns: list[str], records: list[tuple]) -> int:
         """Append event-log rows, idempotently: one COPY straight into the log (atomic: all rows or

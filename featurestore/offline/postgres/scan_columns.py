@@ -109,12 +109,41 @@ def _decode_texts(native: dict[str, np.ndarray], texts: list[str]) -> None:
         native[name] = out
 
 
+def _range_sql(table: str, aggs: str, bounds: list[int], i: int) -> str:
+    """The query of range ``i`` of a block-range scan of ``table``: blocks ``bounds[i]`` up to the next
+    range's first block (the first range from block 0, the last one open-ended), one row of ``aggs``."""
+    where = []
+    if i > 0:
+        where.append(f"ctid >= '({bounds[i]},0)'::tid")
+    if i + 1 < len(bounds):
+        where.append(f"ctid < '({bounds[i + 1]},0)'::tid")
+    return f"SELECT count(*), {aggs} FROM {table}" + (f" WHERE {' AND '.join(where)}" if where else "")
+
+
+def _range_arrays(source: str, cols: list[tuple[str, str, str]], row: Sequence[Any]) -> list[np.ndarray]:
+    """The wire-order arrays of one range's row (``count(*)`` then one aggregate per column of ``cols``);
+    ``StoreUnavailableError`` when a fixed-width column does not hold one value per row."""
+    count = int(row[0])
+    arrays = []
+    for (name, _, dtype), raw in zip(cols, row[1:]):
+        arr = np.frombuffer(raw or b"", dtype=_wire(dtype))
+        if len(arr) != count and dtype != TEXT:
+            raise StoreUnavailableError(f"load_events({source!r}): column {name!r} has "
+                                        f"{len(arr)} values for {count} rows")
+        arrays.append(arr)
+    return arrays
+
+
 def _finish_scan(native: dict[str, np.ndarray], masked: list[tuple[str, ValueType]], keys: Sequence[Any] | None,
-                 end_ms: int | None) -> dict[str, Any]:
-    """Scanned columns filtered by ``keys`` / ``end_ms`` and put in arrival order ``(partition, offset)``."""
+                 end_ms: int | None, start_ms: int | None = None) -> dict[str, Any]:
+    """Scanned columns filtered by ``keys`` / ``start_ms`` / ``end_ms`` and put in arrival order
+    ``(partition, offset)``."""
     keep = None
     if end_ms is not None:
         keep = native["ts"] <= int(end_ms)
+    if start_ms is not None:
+        after = native["ts"] >= int(start_ms)
+        keep = after if keep is None else keep & after
     if keys is not None:
         if native["key"].dtype == object:  # text keys: a hash lookup (np.isin would sort the strings)
             wanted = pd.Series(native["key"], copy=False, dtype=object).isin([str(k) for k in keys]).to_numpy()

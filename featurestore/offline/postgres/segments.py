@@ -29,6 +29,11 @@ class SegmentsMixin(TablesMixin):
         digest = hashlib.sha1(f"fs-events:{self.schema}:{self.events_table(src.name)}".encode()).digest()
         return int.from_bytes(digest[:8], "big", signed=True)
 
+    def _compaction_lock(self, src: EventSource) -> str:
+        """Name of the transaction lock segments of a source are written under (``compact_events``) and
+        dropped under (``forget_events``)."""
+        return f"compact:{self.schema}:{self.qualified(self.segments_table(src.name))}"
+
     @staticmethod
     def _segment_items(src: EventSource) -> list[tuple[str, str, ValueType]]:
         """The fields segments hold (those of ``SCAN_TYPES``: lists and embeddings are left out, and a
@@ -53,7 +58,7 @@ class SegmentsMixin(TablesMixin):
         """Copy the event log's rows of Kafka partitions (>= 0) not in a segment yet into segments:
         per partition, runs of up to ``SEGMENT_ROWS`` events in offset order, one row per column
         holding its values packed (little-endian, as numpy reads them).  Full scans
-        (``load_events_fast`` over many keys, so ``get_historical_features``) then read the
+        (``load_events`` over many keys, so ``get_historical_features``) then read the
         segments and only the rows after them, instead of every row.  The rows stay (they keep
         replays idempotent and serve the other reads).  Safe while workers write: it waits for the
         writes in flight (``_log_lock``), notes each partition's last offset and compacts up to it
@@ -84,7 +89,7 @@ class SegmentsMixin(TablesMixin):
             finally:
                 await conn.execute("SELECT pg_advisory_unlock($1)", lock)
             async with conn.transaction():  # all segments of this run or none
-                await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"compact:{self.schema}:{seg}")
+                await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", self._compaction_lock(src))
                 return await self._compact_up_to(conn, table, seg, cols, ends, size, rebuild)
 
     async def _compact_up_to(self, conn: asyncpg.Connection, table: str, seg: str, cols: list, ends: dict[int, int],
@@ -156,36 +161,43 @@ class SegmentsMixin(TablesMixin):
             tail = await conn.fetchrow(
                 f"SELECT count(*), {aggs} FROM unnest($1::int[], $2::bigint[]) AS w(p, o) CROSS JOIN LATERAL "
                 f'(SELECT * FROM {table} WHERE "partition" = w.p AND "offset" > w.o) e', partitions, after)
-        n_tail = int(tail[0])
-        tail_arrays = _unpack_aggs(cols, tail[1:])
-        tail_bytes = {}  # text column -> byte offset of each tail row (and the end)
-        for name, _, dtype in cols:
-            if dtype == TEXT:
-                tail_bytes[name] = np.zeros(n_tail + 1, dtype="int64")
-                np.cumsum(tail_arrays[f"__len_{name}"], out=tail_bytes[name][1:])
-        pieces: list[dict[str, np.ndarray]] = []
-        tail_p = tail_arrays["__p"]
-        by_partition = n_tail == 0 or bool(np.all(tail_p[1:] >= tail_p[:-1]))
-        for p in sorted({p for p, _ in segments} | (set(np.unique(tail_p).tolist()) if by_partition else set())):
-            for at, parts in segments.items():  # in (partition, first offset) order
-                if at[0] == p:
-                    piece = {name: np.frombuffer(parts[name], dtype=_native(dtype))
-                             for name, _, dtype in cols if name != "__p"}
-                    piece["__p"] = np.full(sizes[at], p, dtype="int32")
-                    pieces.append(piece)
-            if by_partition and n_tail:
-                lo, hi = np.searchsorted(tail_p, [p, p + 1])
-                if hi > lo:
-                    piece = {}
-                    for name, _, dtype in cols:  # rows lo..hi; a text column's bytes by its lengths
-                        arr = tail_arrays[name]
-                        if dtype == TEXT:
-                            a, b = (int(x) for x in tail_bytes[name][[lo, hi]])
-                            piece[name] = arr[a:b]
-                        else:
-                            piece[name] = arr[lo:hi]
-                    pieces.append(piece)
-        if not by_partition:  # never seen: _finish_scan sorts by (partition, offset)
-            pieces.append(tail_arrays)
-        return {name: np.concatenate([piece[name] for piece in pieces]) if pieces
-                else np.zeros(0, dtype=_native(dtype)) for name, _, dtype in cols}
+        return _segments_and_tail(cols, segments, sizes, int(tail[0]), _unpack_aggs(cols, tail[1:]))
+
+
+def _segments_and_tail(cols: list[tuple[str, str, str]], segments: dict[tuple[int, int], dict],
+                       sizes: dict[tuple[int, int], int], n_tail: int,
+                       tail_arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The columns of the ``segments`` (``(partition, first offset) -> column -> packed values``, in that
+    order, ``sizes`` rows each) and of the ``n_tail`` rows after them, each partition's segments then
+    its tail rows: arrival order when the tail comes by partition (else ``_finish_scan`` sorts)."""
+    tail_bytes = {}  # text column -> byte offset of each tail row (and the end)
+    for name, _, dtype in cols:
+        if dtype == TEXT:
+            tail_bytes[name] = np.zeros(n_tail + 1, dtype="int64")
+            np.cumsum(tail_arrays[f"__len_{name}"], out=tail_bytes[name][1:])
+    pieces: list[dict[str, np.ndarray]] = []
+    tail_p = tail_arrays["__p"]
+    by_partition = n_tail == 0 or bool(np.all(tail_p[1:] >= tail_p[:-1]))
+    for p in sorted({p for p, _ in segments} | (set(np.unique(tail_p).tolist()) if by_partition else set())):
+        for at, parts in segments.items():  # in (partition, first offset) order
+            if at[0] == p:
+                piece = {name: np.frombuffer(parts[name], dtype=_native(dtype))
+                         for name, _, dtype in cols if name != "__p"}
+                piece["__p"] = np.full(sizes[at], p, dtype="int32")
+                pieces.append(piece)
+        if by_partition and n_tail:
+            lo, hi = np.searchsorted(tail_p, [p, p + 1])
+            if hi > lo:
+                piece = {}
+                for name, _, dtype in cols:  # rows lo..hi; a text column's bytes by its lengths
+                    arr = tail_arrays[name]
+                    if dtype == TEXT:
+                        a, b = (int(x) for x in tail_bytes[name][[lo, hi]])
+                        piece[name] = arr[a:b]
+                    else:
+                        piece[name] = arr[lo:hi]
+                pieces.append(piece)
+    if not by_partition:  # never seen: _finish_scan sorts by (partition, offset)
+        pieces.append(tail_arrays)
+    return {name: np.concatenate([piece[name] for piece in pieces]) if pieces
+            else np.zeros(0, dtype=_native(dtype)) for name, _, dtype in cols}

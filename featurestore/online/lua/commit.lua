@@ -22,7 +22,15 @@ if ARGV[3] == '1' then
 end
 for k = 4, #KEYS do
   local ids = ARGV[i + 4]
-  if string.byte(ids, 1) == 43 then  -- '+': pairs to append to the stored ids (ViewState.to_parts)
+  if string.byte(ids, 1) == 38 then  -- '&': binary (hash, ts) pairs to append (transforms.engine.codec)
+    if #ids == 1 then
+      redis.call('HSET', KEYS[k], 's', ARGV[i], 'v', ARGV[i + 1], 'o', ARGV[i + 3])
+    else
+      local cur = redis.call('HGET', KEYS[k], 'i')
+      if cur and #cur > 0 then ids = cur .. string.sub(ids, 2) else ids = '=' .. string.sub(ids, 2) end
+      redis.call('HSET', KEYS[k], 's', ARGV[i], 'v', ARGV[i + 1], 'o', ARGV[i + 3], 'i', ids)
+    end
+  elseif string.byte(ids, 1) == 43 then  -- '+': JSON pairs to append (format 2 writers)
     if #ids == 1 then
       redis.call('HSET', KEYS[k], 's', ARGV[i], 'v', ARGV[i + 1], 'o', ARGV[i + 3])
     else

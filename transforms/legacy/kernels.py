@@ -49,7 +49,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cached_property
 
-from .aggregations import EMPTY_VALUES, SCALAR_FINAL, SCALAR_NAMESPACE, merge_moments
+from ..aggregations import EMPTY_VALUES, SCALAR_FINAL, SCALAR_NAMESPACE, merge_moments
 
 #: Column fields of a tile, in layout order, with their empty value.
 FIELDS = {"c": 0, "s": 0.0, "mu": 0.0, "q": 0.0, "lo": None, "hi": None,

@@ -112,7 +112,7 @@ class StateArena:
         """Room for ``words`` more pool words and ``entries`` more hash-table entries."""
         need = int(self.top[0]) + words
         if need > len(self.P):
-            P = np.zeros(max(need, len(self.P) + len(self.P) // 2), dtype=np.int64)
+            P = np.zeros(max(need, 2 * len(self.P)), dtype=np.int64)
             P[:len(self.P)] = self.P
             self.P, self.Pf = P, P.view(np.float64)
         if (int(self.hstat[0]) + entries) * 2 > len(self.HV):

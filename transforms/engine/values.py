@@ -61,10 +61,14 @@ class Objects:
         self.limit = 4096  # compact past this many values
 
     def code(self, value) -> int:
+        t = type(value)
+        if t is list or t is dict:  # unhashable: not interned
+            self.values.append(value)
+            return len(self.values) - 1
+        key = (t, value)
         try:
-            key = (type(value), value)
             code = self.codes.get(key)
-        except TypeError:  # unhashable (a list): not interned
+        except TypeError:  # another unhashable value (a tuple holding a list)
             self.values.append(value)
             return len(self.values) - 1
         if code is None:
@@ -80,8 +84,11 @@ class Objects:
         self.values = [self.values[c] for c in kept.tolist()]
         self.codes = {}
         for code, value in enumerate(self.values):
+            t = type(value)
+            if t is list or t is dict:
+                continue
             try:
-                self.codes[(type(value), value)] = code
+                self.codes[(t, value)] = code
             except TypeError:
                 pass
         self.limit = max(4096, 2 * len(self.values))

@@ -10,113 +10,29 @@ from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import Mapping
-from dataclasses import dataclass
 
 import numpy as np
 
-import orjson
 import pandas as pd
 
-from featurestore.definitions import FeatureView
 from featurestore.online import OnlineRecord
-from featurestore.schema import ValidEvent, typed_column
-from transforms import AggSpec, Rejection, ViewState
+from featurestore.schema import ValidEvent
+from transforms import Rejection
 from transforms.engine import StateArena
-from transforms.engine import codec
-from transforms.engine.values import BatchColumns
+from transforms.engine.codec import StateFormatError as EngineStateFormatError
 from transforms.engine.kernels import REASON_LATE
 from transforms.engine.layout import M_WM, NO_TIME
-from transforms.engine.codec import StateFormatError as EngineStateFormatError
+from transforms.engine.values import BatchColumns
 from transforms.state import REJECT_DUPLICATE, REJECT_LATE, load_state, load_states
 
+from .prepared import PreparedView, add_derived, add_derived_columns, derived_transforms, prepare_view
+from .records import ArenaStates, arena_records, decode_applied, encode_applied, rebuild_records
+
+__all__ = ["HISTORY_CHUNK", "ArenaStates", "PreparedView", "SourceProcessor", "add_derived", "add_derived_columns",
+           "arena_records", "decode_applied", "derived_transforms", "encode_applied", "log_batches",
+           "prepare_view", "rebuild_records"]
+
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class PreparedView:
-    """A view at its registered version, compiled for the hot loop."""
-
-    view: FeatureView
-    version: int
-    view_key: str
-    specs: tuple[AggSpec, ...]
-
-    @property
-    def lateness_ms(self) -> int:
-        return self.view.source.allowed_lateness
-
-    @property
-    def ttl_ms(self) -> int | None:
-        return self.view.ttl
-
-
-def prepare_view(view: FeatureView, version: int, project: str) -> PreparedView:
-    return PreparedView(view, version, f"{project}:{view.name}:v{version}", tuple(view.agg_specs()))
-
-
-def derived_transforms(views) -> list:
-    """The BatchTransforms of ``views`` (``FeatureView`` s or ``PreparedView`` s), one per derived column."""
-    found = {}
-    for v in views:
-        for bt in (v.view if isinstance(v, PreparedView) else v).batch_transforms():
-            found.setdefault(bt.column, bt)
-    return list(found.values())
-
-
-def add_derived(transforms: list, frame: pd.DataFrame, owned: bool = False) -> dict[str, pd.Series]:
-    """Add each BatchTransform's column to ``frame`` (positionally): the one place BatchTransforms run,
-    for the worker's batches, rebuilds from the event log, materialize, backfills and training sets.
-    Returns each derived column as the transform gave it.  ``owned``: ``frame``'s columns are the
-    caller's own, so each transform gets a frame of its inputs without a copy (~0.2-0.3 ms each)."""
-    out = {}
-    for bt in transforms:
-        if not len(frame):
-            column = pd.Series([], dtype=object)
-        elif owned:
-            column = bt.apply(pd.DataFrame({c: frame[c] for c in bt.inputs}, copy=False), owned=True)
-        else:
-            column = bt.apply(frame)
-        frame[bt.column] = column.to_numpy() if len(frame) else column
-        out[bt.column] = column
-    return out
-
-
-def add_derived_columns(views: list[PreparedView], events: list[ValidEvent]) -> None:
-    """Run each view's BatchTransforms over the batch and store ``__bt_*`` in the event values.
-
-    Input columns get the dtypes ``validate_frame`` gives them in the batch path (``typed_column``:
-    object strings with None, ``Int64`` / ``boolean`` when a value is missing), not what pandas would
-    infer from the values (float for ints with a None, its own string dtype)."""
-    transforms = derived_transforms(views)
-    if not transforms or not events:
-        return
-    schema = views[0].view.source.schema  # inputs are fields of the views' one source
-    inputs = {c: typed_column([e.values.get(c) for e in events], schema[c])
-              for c in dict.fromkeys(c for bt in transforms for c in bt.inputs)}
-    derived = add_derived(transforms, pd.DataFrame(inputs, copy=False), owned=True)
-    for column, values in derived.items():
-        for event, value in zip(events, values.tolist()):
-            event.values[column] = value
-
-
-def encode_applied(applied: dict[int, int] | None) -> bytes:
-    """``OnlineRecord.applied`` of a state: its highest applied offset per partition."""
-    if not applied:
-        return b""
-    if len(applied) == 1:  # an entity's events come from one partition (keyed produce)
-        for p, o in applied.items():
-            return b"%d:%d" % (p, o)
-    return ",".join(f"{p}:{o}" for p, o in applied.items()).encode()
-
-
-def decode_applied(raw: bytes | None) -> dict[int, int]:
-    if not raw:
-        return {}
-    try:
-        return {int(p): int(o) for p, o in (item.split(b":") for item in raw.split(b","))}
-    except ValueError as exc:
-        raise ValueError(f"stored applied offsets {raw[:100]!r} are not 'partition:offset,...'") from exc
 
 
 #: Entities per ``SourceProcessor.history`` call: bounds what one call holds (every logged event of each).
@@ -139,72 +55,6 @@ def log_batches(views: list[PreparedView], events: pd.DataFrame, id_column: str
         applied = {int(r["__partition"]): int(r["__offset"]) for r in rows if r["__partition"] >= 0}
         out[str(key)] = ([(r["ts"], r, r.get(id_column)) for r in rows], applied)
     return out
-
-
-class ArenaStates(Mapping):
-    """The cached states of one view as a mapping ``key -> ViewState`` (least recently used first)."""
-
-    def __init__(self, arena: StateArena):
-        self.arena = arena
-
-    def __getitem__(self, key):
-        return ViewState(self.arena.specs, arena=self.arena, slot=self.arena.slot_of[key])
-
-    def __iter__(self):
-        return iter(self.arena.slot_of)
-
-    def __len__(self) -> int:
-        return len(self.arena.slot_of)
-
-
-def encode_values(values: list) -> bytes:
-    return orjson.dumps(values, option=orjson.OPT_SERIALIZE_NUMPY)
-
-
-def arena_records(pv: PreparedView, arena: StateArena, keys: list[str], applied: dict | None = None,
-                  expected: dict | None = None) -> list[OnlineRecord]:
-    """The online records (state, values as of the watermark, valid-until) of ``keys``' states in
-    ``arena``, all evaluated in one compiled call; states without an accepted event are not written."""
-    slots = [arena.slot_of[k] for k in keys]
-    wms = arena.S[slots, M_WM] if slots else np.zeros(0, dtype=np.int64)
-    live = wms != NO_TIME
-    if not live.all():
-        keys = [k for k, ok in zip(keys, live.tolist()) if ok]
-        slots = [s for s, ok in zip(slots, live.tolist()) if ok]
-        wms = wms[live]
-    if not slots:
-        return []
-    at = np.array(slots, dtype=np.int64)
-    rows, until = arena.values(at, wms)
-    blobs, ids = codec.encode_many(arena, at), codec.encode_ids_many(arena, at)
-    out = []
-    ttl, vk = pv.ttl_ms, pv.view_key
-    dumps, option = orjson.dumps, orjson.OPT_SERIALIZE_NUMPY
-    for key, wm, row, u, blob, part in zip(keys, wms.tolist(), rows, until, blobs, ids):
-        done = encode_applied(applied.get(key)) if applied is not None else b""
-        exp = expected.get(key, b"") if expected is not None else None
-        out.append(OnlineRecord(vk, key, blob, dumps(row, option=option), wm, u, ttl, done, part, exp))
-    return out
-
-
-def rebuild_records(pv: PreparedView, batches: dict[str, list[tuple]]) -> list[OnlineRecord]:
-    """Records of states rebuilt from scratch: ``batches[key]`` the entity's events in arrival order
-    (``(ts, values, event_id)``, derived columns included), applied to new states in one call.  The
-    one rebuild that the worker's recovery, the backfill's final states and ``materialize`` share."""
-    if not batches:
-        return []
-    arena = StateArena(pv.specs, pv.lateness_ms, slots=len(batches), words=64 * len(batches))
-    keys, slots, ts, ids, values = [], [], [], [], []
-    for key, events in batches.items():
-        s = arena.slot(key)
-        keys.append(key)
-        for t, v, e in events:
-            slots.append(s)
-            ts.append(t)
-            values.append(v)
-            ids.append(e)
-    arena.apply(np.array(slots, dtype=np.int64), np.array(ts, dtype=np.int64), ids, values)
-    return arena_records(pv, arena, keys)
 
 
 def _refusal(code: int, event: ValidEvent, met: int | None, lateness: int) -> Rejection:

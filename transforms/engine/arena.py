@@ -12,7 +12,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..specs import AggSpec
-from . import codec_kernels, kernels
+from . import codec_kernels, kernels, pool
+from .evaluate import evaluate as evaluate_states
 from .layout import (K_BOOL, K_FLOAT, K_INT, K_LIST, K_OBJ, M_IDS_LIVE, M_SEQ, M_USED, M_WM, NO_TIME, Layout,
                      layout_for)
 from .values import BatchColumns, Objects, decode_value, encode_columns
@@ -46,7 +47,7 @@ class StateArena:
         self.S = _empty_slots(max(slots, 1), L.meta_width)
         self.free = np.full(len(L.widths), -1, dtype=np.int64)
         self.top = np.zeros(1, dtype=np.int64)
-        self.HV = np.full(256, kernels.EMPTY, dtype=np.int64)
+        self.HV = np.full(256, pool.EMPTY, dtype=np.int64)
         self.hstat = np.zeros(2, dtype=np.int64)
         self.objects = Objects()
         self.slot_of: dict = {}
@@ -94,7 +95,7 @@ class StateArena:
         self.top[0] = 0
         self.free[:] = -1
         if self.hstat[0]:
-            self.HV[:] = kernels.EMPTY
+            self.HV[:] = pool.EMPTY
         self.hstat[:] = 0
         self.slot_of.clear()
         self.key_of = [None] * len(self.S)
@@ -117,8 +118,8 @@ class StateArena:
             self.P, self.Pf = P, P.view(np.float64)
         if (int(self.hstat[0]) + entries) * 2 > len(self.HV):
             old = self.HV
-            self.HV = np.full(_pow2(max((int(self.hstat[1]) + entries) * 3, 256)), kernels.EMPTY, dtype=np.int64)
-            kernels.rehash(self.HV, self.hstat, self.P, old)
+            self.HV = np.full(_pow2(max((int(self.hstat[1]) + entries) * 3, 256)), pool.EMPTY, dtype=np.int64)
+            pool.rehash(self.HV, self.hstat, self.P, old)
 
     # -- applying ------------------------------------------------------------------------------
     def apply(self, slots: np.ndarray, ts: np.ndarray, ids: list | None, values: list[dict] | BatchColumns
@@ -183,7 +184,7 @@ class StateArena:
         out_k = np.zeros((m, F), dtype=np.int8)
         out_x = np.zeros((m, F), dtype=np.int64)
         until = np.zeros(m, dtype=np.int64)
-        kernels.evaluate(self.P, self.Pf, self.S, L.g_hop, L.g_off, L.cd_window, L.cd_hop, L.ln_n,
+        evaluate_states(self.P, self.Pf, self.S, L.g_hop, L.g_off, L.cd_window, L.cd_hop, L.ln_n,
                          *L.reader_tables(), np.asarray(slots, dtype=np.int64), np.asarray(times, dtype=np.int64),
                          out_b, out_f, out_k, out_x, until)
         return out_b, out_f, out_k, out_x, until

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from .jit import njit
-from .kernels import _alloc, _delete, _find, _insert, append_id, prune_ids
+from .kernels import append_id, prune_ids
+from .pool import alloc, delete, find, insert
 from .layout import (
     F_FK,
     F_FV,
@@ -133,7 +134,7 @@ def decode_state(P, S, free, top, HV, hstat, g_width, widths, ln_n, owners, s, w
             return ERR_COUNT
         prev = -1
         for _ in range(count):
-            o = _alloc(P, free, top, g, width + 3)
+            o = alloc(P, free, top, g, width + 3)
             P[o] = words[p]
             P[o + 1] = words[p + 1]
             P[o + 2] = -1
@@ -155,7 +156,7 @@ def decode_state(P, S, free, top, HV, hstat, g_width, widths, ln_n, owners, s, w
         owner = s * owners + 1 + d
         prev = -1
         for _ in range(count):  # in the stored order
-            e = _alloc(P, free, top, G, 4)
+            e = alloc(P, free, top, G, 4)
             P[e] = words[p]
             P[e + 1] = words[p + 1]
             P[e + 2] = -1
@@ -165,7 +166,7 @@ def decode_state(P, S, free, top, HV, hstat, g_width, widths, ln_n, owners, s, w
             else:
                 P[prev + 2] = e
             prev = e
-            _insert(HV, hstat, P, words[p], owner, e)
+            insert(HV, hstat, P, words[p], owner, e)
             p += 2
     for q in range(L):
         if p >= n:
@@ -175,7 +176,7 @@ def decode_state(P, S, free, top, HV, hstat, g_width, widths, ln_n, owners, s, w
         if count < 0 or count > ln_n[q] or p + 4 * count > n:
             return ERR_COUNT
         if count > 0:
-            block = _alloc(P, free, top, G + 1 + q, widths[G + 1 + q])
+            block = alloc(P, free, top, G + 1 + q, widths[G + 1 + q])
             S[s, M_FIXED + G + D + q] = block
             P[block] = count
             for i in range(count):
@@ -219,9 +220,9 @@ def decode_ids(P, S, free, top, HV, hstat, G, owners, s, pairs, lateness):
     owner = s * owners
     for i in range(0, len(pairs) - 1, 2):
         h = pairs[i]
-        e = _find(HV, P, h, owner)
+        e = find(HV, P, h, owner)
         if e >= 0:
-            _delete(HV, hstat, P, h, owner, e)
+            delete(HV, hstat, P, h, owner, e)
             P[e + 3] = -1
             S[s, M_IDS_LIVE] -= 1
         append_id(P, S, free, top, HV, hstat, G, s, h, pairs[i + 1], owner)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from .jit import njit
 from .kernels import append_id, prune_ids
 from .pool import alloc, delete, find, insert
@@ -112,63 +114,63 @@ def encode_state(P, S, g_width, g_off, D, L, s, header, out, objpos):
 
 
 @njit
+def _decode_rows(P, S, free, top, HV, hstat, words, p, n, count, width, cls, head, entry_owner):
+    """Rows ``words[p:]`` of ``count`` items of ``width`` words into a new list at ``S[s, head]``
+    (tiles: ``entry_owner`` < 0, ``[k, n, fields]`` stored; entries: ``[hash, ts]`` stored, with
+    ``entry_owner`` their owner, each inserted in the entry table).  Returns the next position."""
+    s = head[0]
+    column = head[1]
+    prev = -1
+    for _ in range(count):  # in the stored order
+        if entry_owner < 0:
+            o = alloc(P, free, top, cls, width + 1)
+            P[o] = words[p]
+            P[o + 1] = words[p + 1]
+            P[o + 2] = -1
+            for x in range(width - 2):
+                P[o + 3 + x] = words[p + 2 + x]
+        else:
+            o = alloc(P, free, top, cls, 4)
+            P[o] = words[p]
+            P[o + 1] = words[p + 1]
+            P[o + 2] = -1
+            P[o + 3] = entry_owner
+            insert(HV, hstat, P, words[p], entry_owner, o)
+        if prev < 0:
+            S[s, column] = o
+        else:
+            P[prev + 2] = o
+        prev = o
+        p += width
+    return p
+
+
+@njit
 def decode_state(P, S, free, top, HV, hstat, g_width, widths, ln_n, owners, s, words, remap):
     """Rebuild slot ``s`` (empty) from ``words`` (``encode_state``'s, header checked by the caller);
     object codes go through ``remap``.  Returns the words read, or ``ERR_*``."""
     G = len(g_width)
     D = owners - 1
-    L = len(ln_n)
     if len(words) < 4 or words[1] < 4 or words[1] > len(words):
         return ERR_TRUNCATED
     n = words[1]
     S[s, M_WM] = words[2]
     S[s, M_SEQ] = words[3]
     p = 4
-    for g in range(G):
+    head = np.zeros(2, dtype=np.int64)
+    head[0] = s
+    for part in range(G + D):  # tile groups, then count_distinct lists
         if p >= n:
             return ERR_TRUNCATED
         count = words[p]
         p += 1
-        width = g_width[g]
-        if count < 0 or p + count * (2 + width) > n:
+        width = 2 + g_width[part] if part < G else 2
+        if count < 0 or p + count * width > n:
             return ERR_COUNT
-        prev = -1
-        for _ in range(count):
-            o = alloc(P, free, top, g, width + 3)
-            P[o] = words[p]
-            P[o + 1] = words[p + 1]
-            P[o + 2] = -1
-            for x in range(width):
-                P[o + 3 + x] = words[p + 2 + x]
-            if prev < 0:
-                S[s, M_FIXED + g] = o
-            else:
-                P[prev + 2] = o
-            prev = o
-            p += 2 + width
-    for d in range(D):
-        if p >= n:
-            return ERR_TRUNCATED
-        count = words[p]
-        p += 1
-        if count < 0 or p + 2 * count > n:
-            return ERR_COUNT
-        owner = s * owners + 1 + d
-        prev = -1
-        for _ in range(count):  # in the stored order
-            e = alloc(P, free, top, G, 4)
-            P[e] = words[p]
-            P[e + 1] = words[p + 1]
-            P[e + 2] = -1
-            P[e + 3] = owner
-            if prev < 0:
-                S[s, M_FIXED + G + d] = e
-            else:
-                P[prev + 2] = e
-            prev = e
-            insert(HV, hstat, P, words[p], owner, e)
-            p += 2
-    for q in range(L):
+        head[1] = M_FIXED + part
+        owner = -1 if part < G else s * owners + 1 + (part - G)
+        p = _decode_rows(P, S, free, top, HV, hstat, words, p, n, count, width, min(part, G), head, owner)
+    for q in range(len(ln_n)):
         if p >= n:
             return ERR_TRUNCATED
         count = words[p]
@@ -179,12 +181,12 @@ def decode_state(P, S, free, top, HV, hstat, g_width, widths, ln_n, owners, s, w
             block = alloc(P, free, top, G + 1 + q, widths[G + 1 + q])
             S[s, M_FIXED + G + D + q] = block
             P[block] = count
+            for i in range(4 * count):
+                P[block + 1 + i] = words[p + i]
             for i in range(count):
-                for w in range(4):
-                    P[block + 1 + 4 * i + w] = words[p + w]
-                if words[p + 2] == K_OBJ:
-                    P[block + 1 + 4 * i + 3] = remap[words[p + 3]]
-                p += 4
+                if words[p + 4 * i + 2] == K_OBJ:
+                    P[block + 1 + 4 * i + 3] = remap[words[p + 4 * i + 3]]
+            p += 4 * count
     if p != n:
         return ERR_COUNT
     return p

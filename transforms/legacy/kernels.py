@@ -1,4 +1,6 @@
-"""Formats 1 and 2 (frozen, see ``transforms.legacy``).  Tile layout and per-layout kernels of the streaming state, generated once per spec set.
+"""Formats 1 and 2 (frozen, see ``transforms.legacy``).
+
+Tile layout and per-layout kernels of the streaming state, generated once per spec set.
 
 ``ViewState`` keeps one dict of tiles per hop (``None``: the single lifetime
 tile).  A tile is one flat list: ``[k, n_events, <fields of column 1>, <fields

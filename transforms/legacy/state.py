@@ -1,4 +1,6 @@
-"""Formats 1 and 2 (frozen, see ``transforms.legacy``).  Streaming state of one entity for one feature view.
+"""Formats 1 and 2 (frozen, see ``transforms.legacy``).
+
+Streaming state of one entity for one feature view.
 
 ``ViewState`` applies micro-batches of events in arrival order and evaluates
 every feature as of any time at or after its watermark.  Windowed partials

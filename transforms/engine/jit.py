@@ -16,6 +16,7 @@ import logging
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 logger = logging.getLogger(__name__)
 
@@ -57,15 +58,16 @@ if "NUMBA_CACHE_DIR" not in os.environ:
     os.environ["NUMBA_CACHE_DIR"] = str(_writable(_cache_folder() / _source_digest()))
 CACHE_DIR = os.environ["NUMBA_CACHE_DIR"]
 
+numba: Any = None
+WHY_NOT_COMPILED: str | None = None
 try:
     if os.environ.get("FEATURESTORE_JIT", "1").lower() in ("0", "false", "no", "off"):
         raise ImportError("FEATURESTORE_JIT=0")
     import numba
-except ImportError as exc:  # pragma: no cover - exercised by the FEATURESTORE_JIT=0 test run
+except ImportError as exc:  # exercised by the FEATURESTORE_JIT=0 runs (tests/transforms/test_engine_fallback.py)
     numba = None
-    WHY_NOT_COMPILED: str | None = str(exc)
+    WHY_NOT_COMPILED = str(exc)
 else:
-    WHY_NOT_COMPILED = None
     numba.config.CACHE_DIR = CACHE_DIR  # numba may have read its settings before this module
 
 COMPILED = numba is not None

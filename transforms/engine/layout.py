@@ -184,8 +184,9 @@ def build_layout(specs: tuple[AggSpec, ...]) -> Layout:
     return Layout(
         specs=specs, columns=tuple(columns), column_needs=_i64(needs),
         g_hop=_i64(hops), g_reach=_i64(reach[h] for h in hops), g_width=_i64(widths_g), g_off=g_off,
-        cd_col=_i64(columns[s.column] for s in cd), cd_window=_i64(s.window_ms or 0 for s in cd),
-        cd_hop=_i64(s.hop_ms or 1 for s in cd), ln_col=_i64(columns[s.column] for s in ln), ln_n=_i64(s.n for s in ln),
+        cd_col=_i64(columns[str(s.column)] for s in cd), cd_window=_i64(s.window_ms or 0 for s in cd),
+        cd_hop=_i64(s.hop_ms or 1 for s in cd), ln_col=_i64(columns[str(s.column)] for s in ln),
+        ln_n=_i64(s.n for s in ln),
         f_fn=_i64(FUNCTION_CODES[s.function] for s in specs),
         f_group=_i64(f_group),
         f_col=_i64(columns.get(s.column, -1) if s.column and s.function != "seconds_since_last" else -1

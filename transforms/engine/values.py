@@ -55,7 +55,7 @@ class Objects:
 
     __slots__ = ("values", "codes", "limit")
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.values: list = []
         self.codes: dict = {}
         self.limit = 4096  # compact past this many values

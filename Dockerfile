@@ -13,7 +13,7 @@ COPY workers ./workers
 COPY examples ./examples
 RUN pip install .
 
-# Worker health and Prometheus metrics.
-EXPOSE 9108
+# Worker health and Prometheus metrics; the feature server (featurestore serve).
+EXPOSE 9108 6566
 ENTRYPOINT ["featurestore"]
 CMD ["--help"]

@@ -1,6 +1,6 @@
 """Run the benchmarks one after another on one stack of servers; prints one JSON object.
 
-    ./dev bench                     every benchmark at its documented size (about 10 minutes)
+    ./dev bench                     every benchmark at its documented size (about 13 minutes)
     ./dev bench online worker       only these
     ./dev bench --quick             tiny sizes: checks that each benchmark runs end to end and
                                     reports its goal; the figures mean nothing at these sizes
@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script (``./dev bench``): the repository root holds ``bench``
     sys.path.insert(0, str(ROOT))
 
-NAMES = ("transforms", "backfill", "historical", "online", "worker", "latency")
+NAMES = ("transforms", "backfill", "historical", "online", "worker", "latency", "server")
 
 #: arguments of ``--quick``: seconds per benchmark instead of minutes
 QUICK = {
@@ -35,6 +35,8 @@ QUICK = {
                "--read-seconds", "1"],
     "worker": ["--events", "3000", "--customers", "200"],
     "latency": ["--rates", "300", "--seconds", "2", "--customers", "100"],
+    "server": ["--entities", "100", "--rate", "100", "--seconds", "1", "--rounds", "1", "--throughput-seconds", "1",
+               "--step-seconds", "0.5", "--steps-1", "200", "--steps-100", "20"],
 }
 
 

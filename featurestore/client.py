@@ -111,6 +111,11 @@ class FeatureStore(WritesMixin):
             hit = self._pools[loop] = (offline, Registry.for_store(offline))
         return hit
 
+    async def astores(self) -> tuple[Any, Any]:
+        """(offline store, registry) usable on the running event loop, opened on first use
+        (``ConfigurationError`` when this store has no offline store)."""
+        return await self._stores()
+
     def _run(self, coro):
         """Run a coroutine for a synchronous method: on the loop of a caller-given pool, else on
         the private loop (from a worker thread when called inside a running loop, e.g. Jupyter)."""

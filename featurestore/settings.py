@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
-from pydantic import SecretStr, field_validator
+from pydantic import PositiveInt, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from featurestore.exceptions import ConfigurationError
@@ -83,6 +83,15 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"
     #: address of the worker's /metrics, /healthz and /readyz server ("0.0.0.0": every interface)
     metrics_host: str = "127.0.0.1"
+    #: the worker's Kafka consumer library: kafka-python, or confluent (confluent-kafka: librdkafka's consumer,
+    #: which parses records in C, in threads of its own)
+    kafka_client: Literal["kafka-python", "confluent"] = "kafka-python"
+    #: bearer token the feature server (`featurestore serve`) requires on every endpoint but its probes
+    server_token: SecretStr | None = None
+    #: most entity rows of one /get-online-features request
+    server_max_entities: PositiveInt = 1000
+    #: largest request body the feature server reads, in bytes
+    server_max_body_bytes: PositiveInt = 1_048_576
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -1,5 +1,5 @@
-"""Helpers shared by test modules of several folders: removing a project from the session servers,
-and probing a port."""
+"""Helpers shared by test modules of several folders: applying a repository under a project of the
+session servers and removing it again, and probing a port."""
 
 from __future__ import annotations
 
@@ -9,6 +9,22 @@ import socket
 import asyncpg
 
 from featurestore.online import RedisOnlineStore
+
+
+def apply_repo(servers, project: str, repo_path) -> None:
+    """Register the repository at ``repo_path`` under ``project`` and create its offline tables."""
+    from featurestore.offline import PostgresOfflineStore
+    from featurestore.registry import Registry
+    from featurestore.repo import load_repo
+
+    async def apply() -> None:
+        store = await PostgresOfflineStore.create(servers.postgres_dsn, project)
+        try:
+            await Registry.for_store(store).apply(load_repo(repo_path), store)
+        finally:
+            await store.close()
+
+    asyncio.run(apply())
 
 
 def drop_project(servers, project: str) -> None:

@@ -27,6 +27,7 @@ EXPECTED = {
                "read_1_entity_while_a_worker_commits"),
     "worker": ("end_to_end_events_per_s", "floors_events_per_s", "meets_goal"),
     "latency": ("runs", "goal", "meets_goal"),
+    "server": ("one_entity", "hundred_entities", "throughput_per_s", "p99_under_10ms", "meets_goal"),
 }
 
 

@@ -9,7 +9,7 @@ from typing import Any
 from featurestore.cli import build_parser
 
 COMPOSE_FILE = Path(__file__).resolve().parents[1] / "docker-compose.yml"
-APP_SERVICES = {"apply", "worker", "producer", "backfill", "compact"}
+APP_SERVICES = {"apply", "worker", "producer", "backfill", "compact", "serve"}
 
 
 def _load_compose(text: str) -> dict[str, Any]:
@@ -118,3 +118,14 @@ def test_worker_probes_listen_on_every_interface_of_the_container() -> None:
         args = build_parser().parse_args(worker["command"])
         env = worker.get("environment") or {}  # the tiny parser reads no environment
         assert (args.metrics_host or env.get("FEATURESTORE_METRICS_HOST")) == "0.0.0.0", worker
+
+
+def test_feature_servers_listen_on_every_interface_with_replicas() -> None:
+    """`featurestore serve` binds loopback by default; in compose it must serve the network, twice over."""
+    text = COMPOSE_FILE.read_text()
+    compose = _load_compose(text)
+    serve = compose["services"]["serve"]
+    args = build_parser().parse_args(serve["command"])
+    assert (args.command, args.host, args.port) == ("serve", "0.0.0.0", 6566)
+    assert serve["deploy"]["replicas"] == 2 and "/readyz" in " ".join(serve["healthcheck"]["test"])
+    assert serve["environment"]["FEATURESTORE_REDIS_URL"] == "redis://redis:6379/0"  # the shared server settings

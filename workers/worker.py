@@ -44,8 +44,7 @@ import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
-from kafka.consumer.subscription_state import ConsumerRebalanceListener
+from kafka import KafkaProducer, TopicPartition
 from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 
@@ -62,6 +61,7 @@ from .dead_letters import HEADER_ROOM, DeadLetter, DeadLetterSender, dead_letter
 from .decode import decode_record
 from .errors import FATAL, RETRYABLE
 from .isolation import IsolationMixin
+from .kafka_client import Consumer, check_client, open_consumer
 from .membership import MembershipMixin
 from .metrics import ProbeServer, WorkerMetrics
 from .partitions import partition_name
@@ -70,6 +70,8 @@ from .reporting import ReportingMixin
 from .reset_checks import ResetChecksMixin
 from .retry import Retry
 from .topic_reset import ON_TOPIC_RESET, PartitionVerifier, TopicReset
+from transforms.engine.jit import CACHE_DIR, COMPILED
+from transforms.engine.warmup import warm_up
 
 __all__ = ["FATAL", "RETRYABLE", "SHUTDOWN_GRACE_S", "Worker", "WorkerConfig", "owned_events"]
 
@@ -93,17 +95,6 @@ class _Pending:
     where: list = field(default_factory=list)  # (partition, offset, raw record)
 
 
-class _Rebalance(ConsumerRebalanceListener):
-    def __init__(self, worker: "Worker"):
-        self.worker = worker
-
-    def on_partitions_revoked(self, revoked):
-        self.worker.on_revoked(revoked)
-
-    def on_partitions_assigned(self, assigned):
-        self.worker.on_assigned(assigned)
-
-
 class Worker(IsolationMixin, RecoveryMixin, MembershipMixin, ResetChecksMixin, ReportingMixin):
     """One worker process; several with the same ``group`` share the partitions.  Its parts: the poll
     loop and the batch path here; poison isolation (``workers.isolation``), recovery from the event log
@@ -119,6 +110,7 @@ class Worker(IsolationMixin, RecoveryMixin, MembershipMixin, ResetChecksMixin, R
         if config.on_topic_reset not in ON_TOPIC_RESET:
             raise ConfigurationError(f"on_topic_reset must be one of {', '.join(ON_TOPIC_RESET)}, "
                                      f"not {config.on_topic_reset!r}")
+        check_client(config)
         if config.commit_chunk is not None and config.commit_chunk < 1:
             raise ValueError(f"commit_chunk must be at least 1 state per script (None: the whole batch in one), "
                              f"not {config.commit_chunk}")
@@ -160,7 +152,7 @@ class Worker(IsolationMixin, RecoveryMixin, MembershipMixin, ResetChecksMixin, R
         # (Kafka may still hold committed offsets): rebuild from the event log before the first batch.
         self.rebuild_pending = self.epoch == candidate
         self.retry = Retry(RETRYABLE, should_stop=self._past_deadline)
-        self.consumer: KafkaConsumer | None = None
+        self.consumer: Consumer | None = None
         self.producer: KafkaProducer | None = None
         self.probes: ProbeServer | None = None
         self.dead_letters: DeadLetterSender | None = None
@@ -183,16 +175,14 @@ class Worker(IsolationMixin, RecoveryMixin, MembershipMixin, ResetChecksMixin, R
             gc.freeze()  # what exists at start-up (modules, definitions) is never collected: stop scanning it
             gc.set_threshold(*self.config.gc_threshold)
         self._refuse_conflicting_group()  # before joining: a refused worker must not take partitions
+        seconds = warm_up()  # before joining: no batch waits for the kernels to compile
+        logger.info("state engine ready in %.2f s (%s; kernel cache %s)", seconds,
+                    "compiled kernels" if COMPILED else "pure Python: numba is not installed", CACHE_DIR)
         opts = self.config.kafka_options
-        self.consumer = KafkaConsumer(
-            group_id=self.config.group, enable_auto_commit=False, auto_offset_reset="earliest",
-            session_timeout_ms=self.config.session_timeout_ms, heartbeat_interval_ms=self.config.heartbeat_interval_ms,
-            max_poll_records=self.config.batch_size, max_partition_fetch_bytes=4 * 1024 * 1024,
-            fetch_max_wait_ms=self.config.fetch_max_wait_ms,
-            reconnect_backoff_max_ms=2000, **opts)
-        self.consumer.subscribe(sorted(self.sources), listener=_Rebalance(self))
-        logger.info("worker %s started: consumer group %r, topics %s, views %s; joining the group", self.worker_id,
-                    self.config.group, ", ".join(sorted(self.sources)), ", ".join(self.view_keys))
+        self.consumer = open_consumer(self.config, sorted(self.sources), self.on_revoked, self.on_assigned)
+        logger.info("worker %s started: consumer group %r, topics %s, views %s, Kafka client %s; joining the group",
+                    self.worker_id, self.config.group, ", ".join(sorted(self.sources)), ", ".join(self.view_keys),
+                    self.config.kafka_client)
         self._progress_at = time.monotonic() + reporting.PROGRESS_PERIOD_S
         self._announce()
         limit = self.online.hash_value_limit()

@@ -22,7 +22,7 @@ from featurestore.registry import Registry
 from featurestore.repo import Repository
 from featurestore.schema import validate_frame
 from featurestore.settings import Settings
-from tests.support import drop_project
+from tests.support import apply_repo, drop_project
 
 pytestmark = pytest.mark.integration
 
@@ -60,16 +60,7 @@ def connected(servers, unique_name):
     project = unique_name("p")
     settings = Settings(project=project, redis_url=servers.redis_url, postgres_dsn=servers.postgres_dsn,
                         kafka_bootstrap_servers=servers.kafka_bootstrap)
-    from featurestore.repo import load_repo
-
-    async def apply():
-        store = await PostgresOfflineStore.create(servers.postgres_dsn, project)
-        try:
-            await Registry.for_store(store).apply(load_repo(EXAMPLE), store)
-        finally:
-            await store.close()
-
-    asyncio.run(apply())
+    apply_repo(servers, project, EXAMPLE)
     env = dict(os.environ, FEATURESTORE_PROJECT=project, FEATURESTORE_REDIS_URL=servers.redis_url,
                FEATURESTORE_POSTGRES_DSN=servers.postgres_dsn,
                FEATURESTORE_KAFKA_BOOTSTRAP_SERVERS=servers.kafka_bootstrap)

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from workers.kafka_client import KAFKA_CLIENTS
 from workers.worker import SHUTDOWN_GRACE_S
 
 REPO = Path(__file__).resolve().parents[2]
@@ -54,6 +55,11 @@ class WorkerProcess:
         lines = [line for line in out.decode().splitlines() if line.startswith("{")]
         return json.loads(lines[-1]) if lines else {}
 
+    def kafka_client(self) -> str | None:
+        """The Kafka client the worker said it consumes with (None before it started)."""
+        found = re.findall(r"Kafka client (\S+); joining the group", self.log.read_text(errors="replace"))
+        return found[-1] if found else None
+
     def tail(self, n: int = 30) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
 
@@ -80,6 +86,15 @@ def spawn(servers, tmp_path, pg_schema):
             w.proc.wait(10)
         if w.proc.stdout is not None:
             w.proc.stdout.close()
+
+
+@pytest.fixture(params=KAFKA_CLIENTS)
+def kafka_client(request, monkeypatch) -> str:
+    """Runs a test once per Kafka client: sets ``FEATURESTORE_KAFKA_CLIENT``, which ``build_worker`` (in this
+    process) and the ``spawn``ed workers (in theirs) read.  A test that does not ask for it consumes with the
+    client ``FEATURESTORE_KAFKA_CLIENT`` names (default kafka-python)."""
+    monkeypatch.setenv("FEATURESTORE_KAFKA_CLIENT", request.param)
+    return request.param
 
 
 @pytest.fixture

@@ -16,6 +16,7 @@ from featurestore.offline.postgres import PostgresOfflineStore
 from featurestore.online import RedisOnlineStore
 from featurestore.online.redis import unpack_row
 from featurestore.repo import Repository
+from featurestore.settings import Settings
 from transforms import ViewState
 from featurestore.processing import prepare_view
 from workers.worker import Worker, WorkerConfig
@@ -90,6 +91,7 @@ def build_worker(servers, view, project, group, schema, **config) -> Worker:
         await store.migrate([view.source], [view])
         return store
 
+    config.setdefault("kafka_client", Settings().kafka_client)  # FEATURESTORE_KAFKA_CLIENT: the kafka_client fixture
     cfg = WorkerConfig(group=group, metrics_port=None, kafka_options={"bootstrap_servers": servers.kafka_bootstrap},
                        **config)
     return Worker([pv], online, offline, cfg)

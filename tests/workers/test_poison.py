@@ -20,6 +20,10 @@ from featurestore.offline.postgres import qident, table_name
 from tests.workers.support import T0, assert_same, build_worker, make_events, online_values, reference_values
 from tests.workers.test_worker_faults import produce, run_in_thread, wait_for
 
+# Every test here runs over both Kafka clients (the ``kafka_client`` fixture): each reads its records through
+# the worker's consumer.
+pytestmark = pytest.mark.usefixtures("kafka_client")
+
 POISON_AMOUNT = 13.13
 
 

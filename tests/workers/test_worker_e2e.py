@@ -10,11 +10,13 @@ from kafka import KafkaProducer
 
 from tests.workers.support import (assert_same, build_worker, make_events, make_view, online_values,
                                   reference_values, run_until, send)
+from workers.kafka_client import ConfluentConsumer
 
-pytestmark = pytest.mark.integration
+# Every test here runs over both Kafka clients (consumption, values, a two-worker group).
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("kafka_client")]
 
 
-def test_worker_values_equal_reference(servers, topic_factory, unique_name, redis_client, pg_schema):
+def test_worker_values_equal_reference(kafka_client, servers, topic_factory, unique_name, redis_client, pg_schema):
     topic = topic_factory(partitions=3)
     view = make_view(topic)
     events = make_events(600)
@@ -24,6 +26,7 @@ def test_worker_values_equal_reference(servers, topic_factory, unique_name, redi
     gc_before = gc.get_threshold()
     run_until(worker, len(events)).join(90)
     assert worker.records_done == len(events)
+    assert isinstance(worker.consumer, ConfluentConsumer) == (kafka_client == "confluent")
     expected = reference_values(view, events)
     assert_same(online_values(redis_client, project, view), expected)
     assert worker.metrics.spread.labels("txns")._value.get() == 0  # keyed by customer: one partition each

@@ -39,9 +39,20 @@ from tests.workers.support import (assert_same, build_worker, make_events, make_
                                   reference_values, wait_for)
 from tests.workers.worker_main import install_throttle
 from workers.backfill import BackfillError, BackfillOptions, run_backfill
+from workers.kafka_client import KAFKA_CLIENTS
 from workers.worker import SHUTDOWN_GRACE_S
 
 pytestmark = pytest.mark.integration
+
+# Over both Kafka clients (the ``kafka_client`` fixture), the tests of kills and rebalances: the SIGKILL
+# mid-stream at 50%, between two Redis chunks and between the Redis and the Kafka commits, the kill of one
+# of two workers, a worker joining mid-stream and a fenced zombie.  The others run over kafka-python only
+# (the default client), to keep the time the second client adds to the suite under four minutes: the kills
+# at 15% and 85% repeat the one at 50% at other times; the kill before the Redis commit is test_poison's,
+# which runs over both; SIGTERM's commit and close, the records' fields (every dead-letter reason) and the
+# committed offsets, assignment and partition counts of the rebuild after Redis lost its data are the
+# consumer calls test_kafka_client checks for both; the store outages retry batches against Redis and
+# PostgreSQL with the consumer calls the tests here make.
 
 REPO = Path(__file__).resolve().parents[2]
 N_EVENTS = 1500
@@ -193,11 +204,16 @@ KILL_POINTS = [
     # and the offsets not; the restart re-runs the batch and each state skips what it already holds.
     pytest.param(("between_redis_chunks", 4), id="sigkill-between-redis-chunks"),
 ]
+#: kafka-python only (see the top)
+ONE_CLIENT_KILL_POINTS = ("sigkill-at-15pct", "sigkill-at-85pct", "sigkill-after-event-log-before-redis")
+KILLS = [pytest.param(point.values[0], client, id=f"{point.id}-{client}")
+         for point in KILL_POINTS for client in KAFKA_CLIENTS
+         if client == "kafka-python" or point.id not in ONE_CLIENT_KILL_POINTS]
 
 
-@pytest.mark.parametrize("kill", KILL_POINTS)
-def test_sigkill_mid_stream_then_restart(kill, servers, topic_factory, unique_name, project, shared_redis,
-                                         pg_schema, spawn):
+@pytest.mark.parametrize(("kill", "kafka_client"), KILLS, indirect=["kafka_client"])
+def test_sigkill_mid_stream_then_restart(kill, kafka_client, servers, topic_factory, unique_name, project,
+                                         shared_redis, pg_schema, spawn):
     topic = topic_factory(partitions=3)
     view = make_view(topic)
     group = unique_name("g")
@@ -243,6 +259,7 @@ def test_sigkill_mid_stream_then_restart(kill, servers, topic_factory, unique_na
     wait_complete(shared_redis, project, group, sent, timeout=60)
     code, _, out = second.sigterm()
     assert code == 0, second.tail()
+    assert first.kafka_client() == second.kafka_client() == kafka_client
     assert out["records_done"] == sent.total - done  # nothing committed twice, nothing skipped
     assert out["dead_letters"] == {}  # a replayed event is not refused (as late or repeated) by a state that has it
     assert_clean_result(shared_redis, project, view, sent.events, servers.postgres_dsn, pg_schema)
@@ -250,6 +267,7 @@ def test_sigkill_mid_stream_then_restart(kill, servers, topic_factory, unique_na
 
 # == b. Two workers in one group =============================================================
 
+@pytest.mark.usefixtures("kafka_client")
 def test_two_workers_one_killed_the_other_takes_over(servers, topic_factory, unique_name, project, shared_redis,
                                                      pg_schema, spawn):
     topic = topic_factory(partitions=4)
@@ -282,6 +300,7 @@ def test_two_workers_one_killed_the_other_takes_over(servers, topic_factory, uni
     assert_clean_result(shared_redis, project, view, sent.events, servers.postgres_dsn, pg_schema)
 
 
+@pytest.mark.usefixtures("kafka_client")
 def test_second_worker_joins_mid_stream(servers, topic_factory, unique_name, project, shared_redis, pg_schema,
                                         spawn):
     topic = topic_factory(partitions=4)
@@ -312,6 +331,7 @@ def stopped(w) -> bool:
         return stat.read().rsplit(")", 1)[1].split()[0] == "T"
 
 
+@pytest.mark.usefixtures("kafka_client")
 def test_worker_whose_partitions_are_taken_over_while_it_holds_a_batch(servers, topic_factory, unique_name, project,
                                                                         shared_redis, pg_schema, spawn):
     """A zombie: worker a freezes in the middle of a batch (event log written, Redis not), its session

@@ -1,0 +1,100 @@
+"""``/get-online-features``: a Feast request read through ``FeatureStore.aget_online_features``, the
+client's own asyncio read path, and answered in Feast's shape.
+
+Before the read, the join keys the request needs are checked (present, not null, of the entity's key
+type), so that a bad entity gets a 422 naming the key, the row and the view."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+
+import redis.exceptions
+
+from featurestore.client import FeatureStore
+
+from .errors import ApiError
+from .feast import OnlineQuery, encode_online, parse_online
+from .jsonio import json_bytes
+
+__all__ = ["OnlineAnswer", "OnlineReads"]
+
+_KEY_TYPES = {"string": str, "int64": int}
+_MAX_SHAPES = 1024  # request shapes whose key checks are kept
+
+
+@dataclass
+class OnlineAnswer:
+    """The response body, and what it served: ``rows`` entity rows of ``features`` features each."""
+
+    body: bytes
+    rows: int
+    features: int
+
+
+class OnlineReads:
+    """Answers ``/get-online-features`` bodies from ``store``."""
+
+    def __init__(self, store: FeatureStore, max_entities: int) -> None:
+        self.store = store
+        self.max_entities = max_entities
+        repo = store.repo
+        join_keys = {e.join_key for e in repo.entities.values()} | {v.entity.join_key for v in repo.views.values()}
+        self.request_fields = frozenset(f for odfv in repo.odfvs.values() for f in odfv.request_schema) - join_keys
+        self._keys: dict[tuple, dict[str, tuple[type, str, str]]] = {}
+
+    def parse(self, body: bytes) -> OnlineQuery:
+        return parse_online(body, self.max_entities, self.request_fields)
+
+    async def answer(self, query: OnlineQuery) -> OnlineAnswer:
+        """Read ``query`` and write Feast's response (``ApiError`` or the client's errors on bad input)."""
+        self._check_keys(query)
+        read = partial(self.store.aget_online_features, query.rows, features=query.features,
+                       feature_service=query.feature_service, request_data=query.request_data, at_ms=query.at_ms,
+                       full_names=query.full_names)
+        try:
+            response = await read()
+        except redis.exceptions.ConnectionError:  # a pooled connection Redis closed (a restart, an idle timeout):
+            response = await read()  # a read changes nothing, so once more, on a new connection
+        features = len(response.statuses)
+        return OnlineAnswer(json_bytes(encode_online(response)), len(query.rows), features)
+
+    def _key_spec(self, query: OnlineQuery) -> dict[str, tuple[type, str, str]]:
+        """join key -> (Python type, key type, a view keyed by it) of the views the query reads."""
+        spec = self._keys.get(query.shape)
+        if spec is None:
+            repo = self.store.repo
+            views = []
+            for ref in self.store.resolve(query.features, query.feature_service):  # UnknownNameError: 404
+                if ref.view in repo.views:
+                    views.append(repo.views[ref.view])
+                else:
+                    views += [repo.views[name] for name, _ in repo.odfvs[ref.view].inputs()]
+            spec = {}
+            for view in views:
+                spec.setdefault(view.entity.join_key, (_KEY_TYPES[view.entity.key_type], view.entity.key_type,
+                                                       view.name))
+            if len(self._keys) >= _MAX_SHAPES:
+                self._keys.clear()
+            self._keys[query.shape] = spec
+        return spec
+
+    def _check_keys(self, query: OnlineQuery) -> None:
+        for key, (python_type, key_type, view) in self._key_spec(query).items():
+            values = query.entities.get(key)
+            if values is None:
+                sent = ", ".join(query.entities) or "nothing"
+                raise ApiError(422, "missing_join_key", f"'entities' lacks the join key {key!r} of feature view "
+                                                        f"{view!r} (it has: {sent})")
+            for i, value in enumerate(values):
+                if type(value) is not python_type:
+                    if value is None:
+                        raise ApiError(422, "missing_join_key", f"entities.{key}[{i}] is null: every entity row "
+                                                                f"needs the join key {key!r} of feature view {view!r}")
+                    raise ApiError(422, "wrong_key_type", f"entities.{key}[{i}] is {_json_kind(value)} {value!r}: "
+                                                          f"feature view {view!r} has {key_type} keys")
+
+
+def _json_kind(value: object) -> str:
+    return {str: "a string", int: "a number", float: "a number", bool: "a boolean", list: "an array",
+            dict: "an object"}.get(type(value), type(value).__name__)

@@ -44,9 +44,7 @@ import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from kafka import KafkaProducer, TopicPartition
-from kafka.errors import KafkaError
-from kafka.structs import OffsetAndMetadata
+from kafka import KafkaProducer
 
 from featurestore.definitions import EventSource
 from featurestore.definitions.sources import TOPIC_RE
@@ -56,6 +54,7 @@ from featurestore.processing import PreparedView, SourceProcessor
 from featurestore.schema import validator_for
 
 from . import reporting
+from .commits import CommitsMixin
 from .config import WorkerConfig
 from .dead_letters import HEADER_ROOM, DeadLetter, DeadLetterSender, dead_letter_value_limit
 from .decode import decode_record
@@ -82,11 +81,6 @@ LAG_PERIOD_S = 5.0
 _record_key = operator.attrgetter("key")
 
 
-
-
-
-
-
 @dataclass
 class _Pending:
     """Valid events of one source in a batch, with where they came from."""
@@ -95,7 +89,7 @@ class _Pending:
     where: list = field(default_factory=list)  # (partition, offset, raw record)
 
 
-class Worker(IsolationMixin, RecoveryMixin, MembershipMixin, ResetChecksMixin, ReportingMixin):
+class Worker(IsolationMixin, RecoveryMixin, MembershipMixin, ResetChecksMixin, ReportingMixin, CommitsMixin):
     """One worker process; several with the same ``group`` share the partitions.  Its parts: the poll
     loop and the batch path here; poison isolation (``workers.isolation``), recovery from the event log
     (``workers.recovery``), group membership (``workers.membership``), topic-reset checks
@@ -313,8 +307,9 @@ class Worker(IsolationMixin, RecoveryMixin, MembershipMixin, ResetChecksMixin, R
                                 f"{exc}") from exc
         self._process_records(batch)
 
-    def _process_records(self, batch) -> None:
-        started = time.perf_counter()
+    def _decode_batch(self, batch) -> tuple[dict, list, dict[str, int], int]:
+        """(valid events per source with their positions, dead letters, the highest offset per partition,
+        how many records are new) of a polled batch; records already applied are skipped."""
         pending: dict[str, _Pending] = defaultdict(_Pending)
         dead: list[DeadLetter] = []
         advance: dict[str, int] = {}
@@ -344,6 +339,12 @@ class Worker(IsolationMixin, RecoveryMixin, MembershipMixin, ResetChecksMixin, R
                 p = pending[source.name]
                 p.events.append(result)
                 p.where.append((tp.partition, rec.offset, rec))
+        return pending, dead, advance, n_new
+
+    def _process_records(self, batch) -> None:
+        started = time.perf_counter()
+        pending, dead, advance, n_new = self._decode_batch(batch)
+        poison = self._poison
         if not advance:
             return
         touched, writes = [], []
@@ -390,26 +391,6 @@ class Worker(IsolationMixin, RecoveryMixin, MembershipMixin, ResetChecksMixin, R
         self._commit_kafka(advance)
         self._observe(pending, applied_counts, started)
 
-    def _refused_commit(self, result: CommitResult, batch, advance: dict[str, int]) -> None:
-        """The commit wrote nothing: reload what it depends on, so that the batch is applied again."""
-        if result == CommitResult.FENCED:
-            self.metrics.fenced.inc()
-            logger.warning("commit fenced: another worker took or advanced %s; reloading", sorted(advance))
-            self._resync()
-        elif result == CommitResult.EPOCH_CHANGED:
-            logger.error("the online store lost its data (epoch marker changed): rebuilding from the event log")
-            self.rebuild_from_event_log()
-        else:
-            self.metrics.state_conflicts.inc()
-            logger.warning("commit refused: another writer changed a state this worker cached (events of one entity "
-                           "on partitions of several workers?); reloading and applying the batch again")
-            for processor in self.processors.values():
-                processor.invalidate()
-            for tp, records_of_tp in batch.items():  # read the batch again (its earlier chunks are skipped per state)
-                name = partition_name(tp)
-                if name in advance:
-                    self.consumer.seek(tp, self.applied.get(name, records_of_tp[0].offset - 1) + 1)
-
     def _run(self, coro):
         """Run a coroutine in the I/O loop and wait for it."""
         return self._submit(coro).result()
@@ -419,25 +400,5 @@ class Worker(IsolationMixin, RecoveryMixin, MembershipMixin, ResetChecksMixin, R
 
     def _source(self, name: str) -> EventSource:
         return next(s for s in self.sources.values() if s.name == name)
-
-    def _commit_kafka(self, advance: dict[str, int]) -> None:
-        offsets = {}
-        for name, off in advance.items():
-            topic, part = name.rsplit(":", 1)
-            offsets[TopicPartition(topic, int(part))] = OffsetAndMetadata(off + 1, "", -1)
-        try:  # asynchronous: the Redis offsets are authoritative, this one is informational
-            self.consumer.commit_async(offsets)
-        except KafkaError as exc:
-            logger.warning("kafka offset commit failed (%s); redis offsets stay authoritative", exc)
-
-    def _commit_kafka_sync(self) -> None:
-        offsets = {}
-        for name, off in self.applied.items():
-            topic, part = name.rsplit(":", 1)
-            offsets[TopicPartition(topic, int(part))] = OffsetAndMetadata(off + 1, "", -1)
-        try:
-            self.consumer.commit(offsets)
-        except KafkaError as exc:
-            logger.warning("final kafka offset commit failed: %s", exc)
 
     # -- recovery when Redis lost its data --------------------------------------------

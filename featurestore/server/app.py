@@ -82,23 +82,7 @@ def create_app(store: FeatureStore, config: ServerConfig | None = None) -> FastA
                   description="Online features over HTTP/JSON in Feast's request and response shapes: "
                               "docs/server.md.", docs_url="/docs", openapi_url="/openapi.json", redoc_url=None)
 
-    async def on_error(request: Request, exc: Exception) -> Response:
-        status, code, message, extra, headers = describe(exc, config.retry_after_s)
-        request.state.fs_error = code
-        if status >= 500:
-            logger.error("%s %s: %s", request.method, request.url.path, redact(message),
-                         exc_info=status == 500)
-        return Response(error_body(code, redact(message), extra), status, headers, media_type="application/json")
-
-    async def on_http_error(request: Request, exc: HTTPException) -> Response:
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        request.state.fs_error = code
-        message = f"{request.method} {request.url.path}: {exc.detail} (endpoints: docs/server.md, /docs)"
-        return Response(error_body(code, message), exc.status_code, exc.headers, media_type="application/json")
-
-    for cls in HANDLED:
-        app.add_exception_handler(cls, on_error)
-    app.add_exception_handler(HTTPException, on_http_error)  # type: ignore[arg-type]
+    _install_error_handlers(app, config, redact)
     app.add_middleware(ServerGuard, config=config, metrics=metrics, endpoints=ENDPOINTS)
 
     @app.post("/get-online-features", openapi_extra=body_schema(GetOnlineFeaturesRequest),
@@ -110,28 +94,7 @@ def create_app(store: FeatureStore, config: ServerConfig | None = None) -> FastA
         metrics.served(service, answer.rows, answer.features)
         return Response(answer.body, media_type="application/json")
 
-    def refuse_if_read_only() -> None:
-        if config.read_only:
-            raise ApiError(403, "read_only", "this server runs with --read-only: /push and /materialize are off")
-
-    @app.post("/push", openapi_extra=body_schema(PushRequest),
-              responses={200: {"model": PushResponse}, 403: {"model": ErrorBody}, 409: {"model": ErrorBody},
-                         **_ERRORS}, summary="Push events computed elsewhere")
-    async def push(request: Request) -> Response:
-        refuse_if_read_only()
-        query = parse_push(await request.body())
-        run = partial(store.push, query.source, query.frame, to=query.to)
-        result = await asyncio.get_running_loop().run_in_executor(writes, run)
-        return json_response(push_report(result))
-
-    @app.post("/materialize", openapi_extra=body_schema(MaterializeRequest),
-              responses={403: {"model": ErrorBody}, 409: {"model": ErrorBody}, **_ERRORS},
-              summary="Offline event log -> online states")
-    async def materialize(request: Request) -> Response:
-        refuse_if_read_only()
-        query = parse_materialize(await request.body())
-        run = partial(store.materialize, query.start, query.end, views=query.views)
-        return json_response(await asyncio.get_running_loop().run_in_executor(writes, run))
+    _add_write_routes(app, store, config, writes)
 
     @app.get("/registry", summary="Entities, sources, views with versions, services")
     async def registry() -> Response:
@@ -165,3 +128,52 @@ async def _compile_services(store: FeatureStore) -> None:
             await store.aget_online_features([], feature_service=name, request_data=request_data or None)
         except Exception as exc:  # noqa: BLE001 - reported; requests for it get the same error
             logger.warning("feature service %r cannot be read: %s", name, exc)
+
+
+def _install_error_handlers(app: FastAPI, config: ServerConfig, redact) -> None:
+    """Every error as a JSON body naming the problem (``describe``), secrets redacted."""
+
+    async def on_error(request: Request, exc: Exception) -> Response:
+        status, code, message, extra, headers = describe(exc, config.retry_after_s)
+        request.state.fs_error = code
+        if status >= 500:
+            logger.error("%s %s: %s", request.method, request.url.path, redact(message),
+                         exc_info=status == 500)
+        return Response(error_body(code, redact(message), extra), status, headers, media_type="application/json")
+
+    async def on_http_error(request: Request, exc: HTTPException) -> Response:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        request.state.fs_error = code
+        message = f"{request.method} {request.url.path}: {exc.detail} (endpoints: docs/server.md, /docs)"
+        return Response(error_body(code, message), exc.status_code, exc.headers, media_type="application/json")
+
+    for cls in HANDLED:
+        app.add_exception_handler(cls, on_error)
+    app.add_exception_handler(HTTPException, on_http_error)  # type: ignore[arg-type]
+
+
+def _add_write_routes(app: FastAPI, store: FeatureStore, config: ServerConfig, writes: ThreadPoolExecutor) -> None:
+    """``/push`` and ``/materialize``: the client's own calls, one at a time on the ``writes`` thread."""
+
+    def refuse_if_read_only() -> None:
+        if config.read_only:
+            raise ApiError(403, "read_only", "this server runs with --read-only: /push and /materialize are off")
+
+    @app.post("/push", openapi_extra=body_schema(PushRequest),
+              responses={200: {"model": PushResponse}, 403: {"model": ErrorBody}, 409: {"model": ErrorBody},
+                         **_ERRORS}, summary="Push events computed elsewhere")
+    async def push(request: Request) -> Response:
+        refuse_if_read_only()
+        query = parse_push(await request.body())
+        run = partial(store.push, query.source, query.frame, to=query.to)
+        result = await asyncio.get_running_loop().run_in_executor(writes, run)
+        return json_response(push_report(result))
+
+    @app.post("/materialize", openapi_extra=body_schema(MaterializeRequest),
+              responses={403: {"model": ErrorBody}, 409: {"model": ErrorBody}, **_ERRORS},
+              summary="Offline event log -> online states")
+    async def materialize(request: Request) -> Response:
+        refuse_if_read_only()
+        query = parse_materialize(await request.body())
+        run = partial(store.materialize, query.start, query.end, views=query.views)
+        return json_response(await asyncio.get_running_loop().run_in_executor(writes, run))

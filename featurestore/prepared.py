@@ -65,19 +65,24 @@ def add_derived(transforms: list, frame: pd.DataFrame, owned: bool = False) -> d
     return out
 
 
-def add_derived_columns(views: list[PreparedView], events: list[ValidEvent]) -> None:
-    """Run each view's BatchTransforms over the batch and store ``__bt_*`` in the event values.
+def derived_columns(views: list[PreparedView], events: list[ValidEvent]) -> dict[str, list]:
+    """Each of the views' BatchTransforms over the batch: ``__bt_*`` column -> one value per event.
 
     Input columns get the dtypes ``validate_frame`` gives them in the batch path (``typed_column``:
     object strings with None, ``Int64`` / ``boolean`` when a value is missing), not what pandas would
     infer from the values (float for ints with a None, its own string dtype)."""
     transforms = derived_transforms(views)
     if not transforms or not events:
-        return
+        return {}
     schema = views[0].view.source.schema  # inputs are fields of the views' one source
     inputs = {c: typed_column([e.values.get(c) for e in events], schema[c])
               for c in dict.fromkeys(c for bt in transforms for c in bt.inputs)}
     derived = add_derived(transforms, pd.DataFrame(inputs, copy=False), owned=True)
-    for column, values in derived.items():
-        for event, value in zip(events, values.tolist()):
+    return {column: values.tolist() for column, values in derived.items()}
+
+
+def add_derived_columns(views: list[PreparedView], events: list[ValidEvent]) -> None:
+    """``derived_columns`` stored in the event values (``__bt_*`` keys)."""
+    for column, values in derived_columns(views, events).items():
+        for event, value in zip(events, values):
             event.values[column] = value

@@ -25,11 +25,11 @@ from transforms.engine.layout import M_WM, NO_TIME
 from transforms.engine.values import BatchColumns
 from transforms.state import REJECT_DUPLICATE, REJECT_LATE, load_state, load_states
 
-from .prepared import PreparedView, add_derived, add_derived_columns, derived_transforms, prepare_view
+from .prepared import PreparedView, add_derived, add_derived_columns, derived_columns, derived_transforms, prepare_view
 from .records import ArenaStates, arena_records, decode_applied, encode_applied, rebuild_records
 
 __all__ = ["HISTORY_CHUNK", "ArenaStates", "PreparedView", "SourceProcessor", "add_derived", "add_derived_columns",
-           "arena_records", "decode_applied", "derived_transforms", "encode_applied", "log_batches",
+           "arena_records", "derived_columns", "decode_applied", "derived_transforms", "encode_applied", "log_batches",
            "prepare_view", "rebuild_records"]
 
 logger = logging.getLogger(__name__)
@@ -156,7 +156,7 @@ class SourceProcessor:
 
         ``positions[i]``: (partition, offset) of ``events[i]`` in the source topic; events at or
         below a state's applied offset of their partition are skipped for that state (already in it)."""
-        add_derived_columns(self.views, events)
+        derived = derived_columns(self.views, events)
         by_key: dict[str, list[int]] = {}
         for i, event in enumerate(events):
             by_key.setdefault(str(event.key), []).append(i)
@@ -172,7 +172,7 @@ class SourceProcessor:
         if self.history is not None and any(absent.values()):
             self._seed(absent)
         ts = np.fromiter((e.ts_ms for e in events), dtype=np.int64, count=len(events))
-        shared = BatchColumns([e.values for e in events], [e.event_id for e in events])
+        shared = BatchColumns([e.values for e in events], [e.event_id for e in events], derived)
         for pv in self.views:
             arena = self.arenas[pv.view_key]
             chosen = self._chosen(pv, by_key, positions, several)
@@ -186,7 +186,7 @@ class SourceProcessor:
                 if not order:
                     continue
                 slots = np.array([slot_of[k] for k, idxs in chosen for _ in idxs], dtype=np.int64)
-                batch = BatchColumns([events[i].values for i in order], [events[i].event_id for i in order])
+                batch = shared.take(order)
                 at = ts[order]
             before = arena.S[slots, M_WM]
             reasons = arena.apply(slots, at, None, batch)

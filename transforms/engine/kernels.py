@@ -88,41 +88,52 @@ def _tile(P, S, free, top, s, g, k, width):
 
 
 @njit
-def _add_to_tile(P, Pf, row, off, ts, seq, kind, bits, fv):
-    """One non-null value into a tile's fields of one column (``off``: the field offsets)."""
-    c = P[row + off[F_C]] + 1
-    P[row + off[F_C]] = c
-    if off[F_S] >= 0:
-        Pf[row + off[F_S]] += fv
-    if off[F_MU] >= 0:  # Welford, as merge_moments expects (count, mean, M2)
-        mu = Pf[row + off[F_MU]]
+def _add_to_tile(P, Pf, row, g_off, g, j, ts, seq, kind, bits, fv):
+    """One non-null value into a tile's fields of column ``j`` (``g_off[g, j]``: the field offsets,
+    read in place: no array view per call)."""
+    at_c = row + g_off[g, j, F_C]
+    c = P[at_c] + 1
+    P[at_c] = c
+    o = g_off[g, j, F_S]
+    if o >= 0:
+        Pf[row + o] += fv
+    o = g_off[g, j, F_MU]
+    if o >= 0:  # Welford, as merge_moments expects (count, mean, M2)
+        mu = Pf[row + o]
         d = fv - mu
         mu += d / c
-        Pf[row + off[F_MU]] = mu
-        Pf[row + off[F_Q]] += d * (fv - mu)
-    for field, lower in ((F_LO, True), (F_HI, False)):  # min keeps the lower value, max the higher
-        if off[field] >= 0:
-            at = row + off[field]
-            kb = P[at + 1]  # the kind field follows the value field (F_LOK, F_HIK)
-            held = stored_float(P, Pf, at, kb)
-            if c == 1 or (less(kind, bits, fv, kb, P[at], held) if lower
-                          else greater(kind, bits, fv, kb, P[at], held)):
-                P[at] = bits
-                P[at + 1] = kind
-    if off[F_FTS] >= 0:
-        a, q = P[row + off[F_FTS]], P[row + off[F_FSQ]]
+        Pf[row + o] = mu
+        Pf[row + g_off[g, j, F_Q]] += d * (fv - mu)
+    o = g_off[g, j, F_LO]
+    if o >= 0:  # min keeps the lower value
+        at = row + o
+        kb = P[at + 1]  # the kind field follows the value field (F_LOK, F_HIK)
+        if c == 1 or less(kind, bits, fv, kb, P[at], stored_float(P, Pf, at, kb)):
+            P[at] = bits
+            P[at + 1] = kind
+    o = g_off[g, j, F_HI]
+    if o >= 0:  # max keeps the higher value
+        at = row + o
+        kb = P[at + 1]
+        if c == 1 or greater(kind, bits, fv, kb, P[at], stored_float(P, Pf, at, kb)):
+            P[at] = bits
+            P[at + 1] = kind
+    o = g_off[g, j, F_FTS]
+    if o >= 0:
+        a, q = P[row + o], P[row + g_off[g, j, F_FSQ]]
         if c == 1 or ts < a or (ts == a and seq < q):
-            P[row + off[F_FTS]] = ts
-            P[row + off[F_FSQ]] = seq
-            P[row + off[F_FV]] = bits
-            P[row + off[F_FK]] = kind
-    if off[F_LTS] >= 0:
-        a, q = P[row + off[F_LTS]], P[row + off[F_LSQ]]
+            P[row + o] = ts
+            P[row + g_off[g, j, F_FSQ]] = seq
+            P[row + g_off[g, j, F_FV]] = bits
+            P[row + g_off[g, j, F_FK]] = kind
+    o = g_off[g, j, F_LTS]
+    if o >= 0:
+        a, q = P[row + o], P[row + g_off[g, j, F_LSQ]]
         if c == 1 or ts > a or (ts == a and seq > q):
-            P[row + off[F_LTS]] = ts
-            P[row + off[F_LSQ]] = seq
-            P[row + off[F_LV]] = bits
-            P[row + off[F_LK]] = kind
+            P[row + o] = ts
+            P[row + g_off[g, j, F_LSQ]] = seq
+            P[row + g_off[g, j, F_LV]] = bits
+            P[row + g_off[g, j, F_LK]] = kind
 
 
 @njit
@@ -185,8 +196,8 @@ def window_start_ms(t, w, hop):
 
 
 @njit
-def _add_to_tiles(P, Pf, S, free, top, g_hop, g_reach, g_width, g_off, s, t, seq, wm, vk, vb, vf):
-    """One accepted event (its columns ``vk``, ``vb``, ``vf``) into slot ``s``'s tile of each group."""
+def _add_to_tiles(P, Pf, S, free, top, g_hop, g_reach, g_width, g_off, s, t, seq, wm, vk, vb, vf, i):
+    """Accepted event ``i`` (its columns: row ``i`` of ``vk``, ``vb``, ``vf``) into slot ``s``'s tile of each group."""
     for g in range(len(g_hop)):
         hop = g_hop[g]
         if hop > 0:
@@ -198,25 +209,24 @@ def _add_to_tiles(P, Pf, S, free, top, g_hop, g_reach, g_width, g_off, s, t, seq
         row = _tile(P, S, free, top, s, g, k, g_width[g])
         P[row + 1] += 1
         for j in range(g_off.shape[1]):
-            off = g_off[g, j]
-            if off[F_C] >= 0 and vk[j] != K_NULL:
-                _add_to_tile(P, Pf, row, off, t, seq, vk[j], vb[j], vf[j])
+            if g_off[g, j, F_C] >= 0 and vk[i, j] != K_NULL:
+                _add_to_tile(P, Pf, row, g_off, g, j, t, seq, vk[i, j], vb[i, j], vf[i, j])
 
 
 @njit
-def _add_distinct(P, S, free, top, HV, hstat, cd_col, cd_window, cd_hop, s, t, wm, vk, vh, entry_cls):
-    """One accepted event's values into slot ``s``'s count_distinct lists (the latest time per value)."""
+def _add_distinct(P, S, free, top, HV, hstat, cd_col, cd_window, cd_hop, s, t, wm, vk, vh, i, entry_cls):
+    """Accepted event ``i``'s values into slot ``s``'s count_distinct lists (the latest time per value)."""
     G = entry_cls
     owners = 1 + len(cd_col)
     for d in range(len(cd_col)):
         j = cd_col[d]
-        if vk[j] == K_NULL:
+        if vk[i, j] == K_NULL:
             continue
         w = cd_window[d]
         if w > 0 and t < window_start_ms(wm, w, cd_hop[d]):
             continue  # out of the window already: pruned at the end anyway
         owner = s * owners + 1 + d
-        h = vh[j]
+        h = vh[i, j]
         e = find(HV, P, h, owner)
         if e >= 0:
             if t > P[e + 1]:
@@ -281,8 +291,8 @@ def apply_batch(P, Pf, S, free, top, HV, hstat,
         if wm == NO_TIME or t > wm:
             wm = t
             S[s, M_WM] = t
-        _add_to_tiles(P, Pf, S, free, top, g_hop, g_reach, g_width, g_off, s, t, seq, wm, vk[i], vb[i], vf[i])
-        _add_distinct(P, S, free, top, HV, hstat, cd_col, cd_window, cd_hop, s, t, wm, vk[i], vh[i], entry_cls)
+        _add_to_tiles(P, Pf, S, free, top, g_hop, g_reach, g_width, g_off, s, t, seq, wm, vk, vb, vf, i)
+        _add_distinct(P, S, free, top, HV, hstat, cd_col, cd_window, cd_hop, s, t, wm, vk, vh, i, entry_cls)
         for q in range(len(ln_col)):
             j = ln_col[q]
             if vk[i, j] == K_NULL:

@@ -105,11 +105,21 @@ class BatchColumns:
 
     __slots__ = ("values", "ids", "_columns", "_ids")
 
-    def __init__(self, values: list[dict], ids: list):
+    def __init__(self, values: list[dict], ids: list, columns: dict[str, list] | None = None):
         self.values = values
         self.ids = ids
         self._columns: dict[str, tuple[list, set]] = {}
         self._ids: tuple | None = None
+        for name, col in (columns or {}).items():  # columns given whole (BatchTransforms' outputs)
+            self._columns[name] = (col, set(map(type, col)))
+
+    def take(self, order: list[int]) -> BatchColumns:
+        """The events ``order`` (positions in this batch), with the columns already extracted."""
+        out = BatchColumns([self.values[i] for i in order], [self.ids[i] for i in order])
+        for name, (col, _) in self._columns.items():
+            picked = [col[i] for i in order]
+            out._columns[name] = (picked, set(map(type, picked)))
+        return out
 
     def __len__(self) -> int:
         return len(self.values)

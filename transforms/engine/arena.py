@@ -112,8 +112,8 @@ class StateArena:
     def reserve(self, words: int, entries: int) -> None:
         """Room for ``words`` more pool words and ``entries`` more hash-table entries."""
         need = int(self.top[0]) + words
-        if need > len(self.P):
-            P = np.zeros(max(need, 2 * len(self.P)), dtype=np.int64)
+        if need > len(self.P):  # half as much again: at most a third of the pool spare
+            P = np.zeros(max(need, len(self.P) + len(self.P) // 2), dtype=np.int64)
             P[:len(self.P)] = self.P
             self.P, self.Pf = P, P.view(np.float64)
         if (int(self.hstat[0]) + entries) * 2 > len(self.HV):
@@ -147,9 +147,10 @@ class StateArena:
             done = kernels.apply_batch(self.P, self.Pf, self.S, self.free, self.top, self.HV, self.hstat,
                                        *L.tables(), order, slots, ts, ih, hid, vk, vb, vf, vh, self.lateness_ms,
                                        reasons, done, per_event)
-            if done < n:  # room for a quarter of what is left, at least half the pool again
+            if done < n:  # room for a quarter of what is left: the pool or the entry table, whichever ran out
                 left = n - done
-                self.reserve(max(per_event * max(left // 4, 1), len(self.P) // 2), max(left // 4, 1) * L.owners)
+                short = int(self.top[0]) + per_event > len(self.P)
+                self.reserve(per_event * max(left // 4, 1) if short else 0, max(left // 4, 1) * L.owners)
         return reasons
 
     def _compact_objects(self, vk: np.ndarray, vb: np.ndarray) -> None:

@@ -91,7 +91,7 @@ class Objects:
                 self.codes[(t, value)] = code
             except TypeError:
                 pass
-        self.limit = max(4096, 2 * len(self.values))
+        self.limit = max(4096, len(self.values) + len(self.values) // 2)
         return remap
 
 

@@ -26,7 +26,8 @@ from transforms.engine.values import BatchColumns
 from transforms.state import REJECT_DUPLICATE, REJECT_LATE, load_state, load_states
 
 from .prepared import PreparedView, add_derived, add_derived_columns, derived_columns, derived_transforms, prepare_view
-from .records import ArenaStates, arena_records, decode_applied, encode_applied, rebuild_records
+from .applied import AppliedOffsets, BatchPositions, decode_applied, encode_applied
+from .records import ArenaStates, arena_records, rebuild_records
 
 __all__ = ["HISTORY_CHUNK", "ArenaStates", "PreparedView", "SourceProcessor", "add_derived", "add_derived_columns",
            "arena_records", "derived_columns", "decode_applied", "derived_transforms", "encode_applied", "log_batches",
@@ -92,8 +93,8 @@ class SourceProcessor:
         self.max_states = max_states
         self.history = history
         self.arenas: dict[str, StateArena] = {pv.view_key: StateArena(pv.specs, pv.lateness_ms) for pv in views}
-        # view_key -> entity -> {partition: highest applied offset}, for the states in the cache
-        self.applied: dict[str, dict[str, dict[int, int]]] = {pv.view_key: {} for pv in views}
+        #: view_key -> the highest applied offset per partition of each cached state, by arena slot
+        self.applied: dict[str, AppliedOffsets] = {pv.view_key: AppliedOffsets() for pv in views}
         #: with ``check_stored``, view_key -> entity -> the applied offsets stored in the online store as this
         #: processor last saw them (loaded or committed): each record carries them as ``expected``, so the
         #: commit writes nothing over a state another writer changed since (``committed`` after a commit)
@@ -112,10 +113,16 @@ class SourceProcessor:
     def cache(self) -> dict[str, ArenaStates]:
         return {vk: ArenaStates(arena) for vk, arena in self.arenas.items()}
 
+    def applied_offsets(self, view_key: str, key: str) -> dict[int, int]:
+        """The highest applied offset per partition of ``key``'s cached state in view ``view_key``."""
+        return self.applied[view_key].get(self.arenas[view_key].slot_of[key])
+
     def invalidate(self) -> None:
         for pv in self.views:
             self.arenas[pv.view_key] = StateArena(pv.specs, pv.lateness_ms)
-        for table in (*self.applied.values(), *self.stored.values()):
+        for applied in self.applied.values():
+            applied.clear()
+        for table in self.stored.values():
             table.clear()
 
     def committed(self, records: list[OnlineRecord]) -> None:
@@ -137,8 +144,8 @@ class SourceProcessor:
             if over > 0:
                 applied, stored = self.applied[view_key], self.stored[view_key]
                 for key in list(itertools.islice(arena.slot_of, over)):  # dict order: least recently used first
+                    applied.reset(arena.slot_of[key])
                     arena.drop(key)
-                    applied.pop(key, None)
                     stored.pop(key, None)
                 dropped += over
         self.evicted += dropped
@@ -161,7 +168,7 @@ class SourceProcessor:
         for i, event in enumerate(events):
             by_key.setdefault(str(event.key), []).append(i)
         key_code = self._key_codes(by_key, len(events))
-        several = self._on_several_partitions(key_code, positions, len(by_key))
+        at = BatchPositions(positions, key_code, by_key) if positions is not None else None
         touched = []
         refused: dict[int, Rejection] = {}
         self.spread = set()
@@ -175,23 +182,25 @@ class SourceProcessor:
         shared = BatchColumns([e.values for e in events], [e.event_id for e in events], derived)
         for pv in self.views:
             arena = self.arenas[pv.view_key]
-            chosen = self._chosen(pv, by_key, positions, several)
             slot_of = arena.slot_of
-            if chosen is None:  # every event of the batch, in arrival order
-                slots = np.fromiter((slot_of[k] for k in keys), dtype=np.int64, count=len(keys))[key_code]
-                keys_touched, batch, at = keys, shared, ts
-            else:
-                keys_touched = [k for k, idxs in chosen]
-                order = [i for _, idxs in chosen for i in idxs]
-                if not order:
-                    continue
-                slots = np.array([slot_of[k] for k, idxs in chosen for _ in idxs], dtype=np.int64)
-                batch = shared.take(order)
-                at = ts[order]
+            key_slots = np.fromiter((slot_of[k] for k in keys), dtype=np.int64, count=len(keys))
+            slots = key_slots[key_code]
+            keys_touched, batch, when, order = keys, shared, ts, None
+            if at is not None:
+                new, spread = self.applied[pv.view_key].fresh(key_slots, at)
+                self.spread.update(keys[k] for k in spread)
+                if not new.all():  # some of these events are in their states already (a re-run batch)
+                    order = np.flatnonzero(new)
+                    if not len(order):
+                        continue
+                    hit = np.bincount(key_code[order], minlength=len(keys)) > 0
+                    keys_touched = [k for k, h in zip(keys, hit.tolist()) if h]
+                    slots, when = slots[order], ts[order]
+                    batch = shared.take(order.tolist())
             before = arena.S[slots, M_WM]
-            reasons = arena.apply(slots, at, None, batch)
+            reasons = arena.apply(slots, when, None, batch)
             if reasons.any():
-                index = np.arange(len(events)) if chosen is None else np.array(order)
+                index = np.arange(len(events)) if order is None else order
                 self._refused(pv, events, index.tolist(), slots.tolist(), before, reasons, refused)
             touched.append((pv, keys_touched))
         return touched, refused
@@ -203,48 +212,6 @@ class SourceProcessor:
         for k, idxs in enumerate(by_key.values()):
             code[idxs] = k
         return code
-
-    @staticmethod
-    def _on_several_partitions(key_code: np.ndarray, positions, n_keys: int) -> np.ndarray | None:
-        """Per key of the batch: whether its events come from more than one partition."""
-        if positions is None or not len(key_code):
-            return None
-        parts = np.fromiter((p for p, _ in positions), dtype=np.int64, count=len(positions)) + 1
-        pairs = np.unique(key_code * (int(parts.max()) + 1) + parts)
-        return np.bincount(pairs // (int(parts.max()) + 1), minlength=n_keys) > 1
-
-    def _chosen(self, pv: PreparedView, by_key: dict[str, list[int]], positions, several
-                ) -> list[tuple[str, list[int]]] | None:
-        """The events this view's states have not applied yet, per key (None: all of them), and the
-        applied offsets they raise."""
-        if positions is None:
-            return None
-        done_by_key = self.applied[pv.view_key]
-        chosen: list[tuple[str, list[int]]] = []
-        every = True
-        for k, (key, idxs) in enumerate(by_key.items()):
-            done = done_by_key.get(key)
-            if done is None:
-                done = done_by_key[key] = {}
-            fresh = self._fresh(idxs, positions, done, not several[k])
-            if fresh == []:
-                every = False
-                continue  # every event already in this state: nothing to write
-            held = len(done)
-            if several[k]:
-                for i in idxs:  # arrival order: offsets increase per partition
-                    part, off = positions[i]
-                    done[part] = off
-            else:
-                part, off = positions[idxs[-1]]
-                done[part] = off
-            if len(done) > max(held, 1):
-                self.spread.add(key)
-            if fresh is not None:
-                every = False
-                idxs = [idxs[j] for j in fresh]
-            chosen.append((key, idxs))
-        return None if every else chosen
 
     @staticmethod
     def _refused(pv, events, chosen, slots, before, reasons, refused) -> None:
@@ -260,17 +227,6 @@ class SourceProcessor:
                 refused.setdefault(i, _refusal(code, events[i], met[s], pv.lateness_ms))
             elif met[s] is None or events[i].ts_ms > met[s]:
                 met[s] = events[i].ts_ms
-
-    @staticmethod
-    def _fresh(idxs: list[int], positions, done: dict[int, int], single: bool = False) -> list[int] | None:
-        """Which of the events ``idxs`` (positions in the key's batch) a state with ``done`` has not
-        applied yet: None when all of them (``single``: the events are known to share one partition)."""
-        if not done:
-            return None
-        part, off = positions[idxs[0]]
-        if off > done.get(part, -1) and (single or all(positions[i][0] == part for i in idxs)):
-            return None
-        return [j for j, i in enumerate(idxs) if positions[i][1] > done.get(positions[i][0], -1)]
 
     def records(self, touched) -> list[OnlineRecord]:
         """Phase 2: the online records of the touched states, one compiled evaluation per view."""
@@ -299,7 +255,7 @@ class SourceProcessor:
                             ts.append(t)
                             values.append(v)
                             ids.append(e)
-                        applied[key] = dict(offsets)
+                        applied.set(s, dict(offsets))
                 if slots:
                     arena.apply(np.array(slots, dtype=np.int64), np.array(ts, dtype=np.int64), ids, values)
 
@@ -347,7 +303,7 @@ class SourceProcessor:
                     slots.append(s)
                     blobs.append(blob)
                     ids.append(part)
-                applied[key] = decode_applied(done)
+                applied.set(s, decode_applied(done))
                 stored[key] = done
             try:
                 load_states(arena, slots, blobs, ids)

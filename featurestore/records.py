@@ -17,26 +17,8 @@ from transforms import ViewState
 from transforms.engine import StateArena, codec
 from transforms.engine.layout import M_WM, NO_TIME
 
+from .applied import AppliedOffsets
 from .prepared import PreparedView
-
-
-def encode_applied(applied: dict[int, int] | None) -> bytes:
-    """``OnlineRecord.applied`` of a state: its highest applied offset per partition."""
-    if not applied:
-        return b""
-    if len(applied) == 1:  # an entity's events come from one partition (keyed produce)
-        for p, o in applied.items():
-            return b"%d:%d" % (p, o)
-    return ",".join(f"{p}:{o}" for p, o in applied.items()).encode()
-
-
-def decode_applied(raw: bytes | None) -> dict[int, int]:
-    if not raw:
-        return {}
-    try:
-        return {int(p): int(o) for p, o in (item.split(b":") for item in raw.split(b","))}
-    except ValueError as exc:
-        raise ValueError(f"stored applied offsets {raw[:100]!r} are not 'partition:offset,...'") from exc
 
 
 class ArenaStates(Mapping):
@@ -59,7 +41,7 @@ def encode_values(values: list) -> bytes:
     return orjson.dumps(values, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
-def arena_records(pv: PreparedView, arena: StateArena, keys: list[str], applied: dict | None = None,
+def arena_records(pv: PreparedView, arena: StateArena, keys: list[str], applied: AppliedOffsets | None = None,
                   expected: dict | None = None) -> list[OnlineRecord]:
     """The online records (state, values as of the watermark, valid-until) of ``keys``' states in
     ``arena``, all evaluated in one compiled call; states without an accepted event are not written."""
@@ -78,8 +60,8 @@ def arena_records(pv: PreparedView, arena: StateArena, keys: list[str], applied:
     out = []
     ttl, vk = pv.ttl_ms, pv.view_key
     dumps, option = orjson.dumps, orjson.OPT_SERIALIZE_NUMPY
-    for key, wm, row, u, blob, part in zip(keys, wms.tolist(), rows, until, blobs, ids):
-        done = encode_applied(applied.get(key)) if applied is not None else b""
+    for key, s, wm, row, u, blob, part in zip(keys, slots, wms.tolist(), rows, until, blobs, ids):
+        done = applied.encode(s) if applied is not None else b""
         exp = expected.get(key, b"") if expected is not None else None
         out.append(OnlineRecord(vk, key, blob, dumps(row, option=option), wm, u, ttl, done, part, exp))
     return out

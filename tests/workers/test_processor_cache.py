@@ -158,7 +158,7 @@ def test_history_of_absent_entities_is_asked_in_chunks_and_applied_first(servers
     expected, _ = reference.apply(now)
     assert sorted((r.key, r.values, r.watermark, r.valid_until) for r in records) == \
         sorted((r.key, r.values, r.watermark, r.valid_until) for r in expected)
-    assert seeded.applied[pv.view_key][touched[0]] == {0: 1}  # offsets from the history
+    assert seeded.applied_offsets(pv.view_key, touched[0]) == {0: 1}  # offsets from the history
 
 
 def test_entities_with_events_on_a_new_partition_are_reported(servers, unique_name):

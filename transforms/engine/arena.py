@@ -12,9 +12,9 @@ from __future__ import annotations
 import numpy as np
 
 from ..specs import AggSpec
-from . import codec_kernels, kernels, pool
+from . import codec_kernels, kernels, pool, prune
 from .evaluate import evaluate as evaluate_states
-from .layout import (K_BOOL, K_FLOAT, K_INT, K_LIST, K_OBJ, M_IDS_LIVE, M_SEQ, M_USED, M_WM, NO_TIME, Layout,
+from .layout import (K_BOOL, K_FLOAT, K_INT, K_LIST, K_OBJ, M_IDS_LIVE, M_PRUNE, M_SEQ, M_USED, M_WM, NO_TIME, Layout,
                      layout_for)
 from .values import BatchColumns, Objects, decode_value, encode_columns
 
@@ -23,9 +23,10 @@ REJECT_DUPLICATE = "duplicate_event_id"
 
 
 def _empty_slots(n: int, width: int) -> np.ndarray:
-    """Slot metadata of ``n`` unused slots (what ``kernels.reset_slot`` leaves)."""
+    """Slot metadata of ``n`` unused slots (what ``prune.reset_slot`` leaves)."""
     S = np.full((n, width), -1, dtype=np.int64)
     S[:, M_WM] = NO_TIME
+    S[:, M_PRUNE] = NO_TIME
     S[:, [M_SEQ, M_IDS_LIVE, M_USED]] = 0
     return S
 
@@ -76,7 +77,7 @@ class StateArena:
         if s is None:
             return
         L = self.layout
-        kernels.release_slot(self.P, self.S, self.free, self.HV, self.hstat, L.groups, len(L.cd_col),
+        prune.release_slot(self.P, self.S, self.free, self.HV, self.hstat, L.groups, len(L.cd_col),
                              len(L.ln_col), L.groups + 1, s)
         self.key_of[s] = None
         self._free_slots.append(s)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from .jit import njit
-from .kernels import append_id, prune_ids
+from .kernels import append_id
+from .prune import prune_ids
 from .pool import alloc, delete, find, insert
 from .layout import (
     F_FK,
@@ -218,7 +219,7 @@ def _tile_objects(P, S, g_width, g_off, s, live, remap, rewrite):
 @njit
 def decode_ids(P, S, free, top, HV, hstat, G, owners, s, pairs, lateness):
     """Load stored ``(hash, ts)`` pairs (arrival order; a repeated id counts at its last place) into
-    slot ``s``, then drop the stale front as ``_prune`` does."""
+    slot ``s``, then drop the stale front as ``prune_state`` does."""
     owner = s * owners
     for i in range(0, len(pairs) - 1, 2):
         h = pairs[i]

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 
 from .jit import njit
-from .pool import alloc, delete, find, insert, release
+from .pool import alloc, delete, find, insert
+from .prune import prune_state, window_start_ms
 from .layout import (
     F_C,
     F_FK,
@@ -37,10 +38,9 @@ from .layout import (
     M_FIXED,
     M_IDS_HEAD,
     M_IDS_LIVE,
-    M_IDS_MARK,
     M_IDS_TAIL,
+    M_PRUNE,
     M_SEQ,
-    M_USED,
     M_WM,
     NO_TIME,
 )
@@ -191,11 +191,6 @@ def append_id(P, S, free, top, HV, hstat, entry_cls, s, h, t, owner):
 
 
 @njit
-def window_start_ms(t, w, hop):
-    return ((t - w) // hop) * hop
-
-
-@njit
 def _add_to_tiles(P, Pf, S, free, top, g_hop, g_reach, g_width, g_off, s, t, seq, wm, vk, vb, vf, i):
     """Accepted event ``i`` (its columns: row ``i`` of ``vk``, ``vb``, ``vf``) into slot ``s``'s tile of each group."""
     for g in range(len(g_hop)):
@@ -204,6 +199,9 @@ def _add_to_tiles(P, Pf, S, free, top, g_hop, g_reach, g_width, g_off, s, t, seq
             k = t // hop
             if k < (wm - g_reach[g]) // hop:
                 continue  # no future window reaches this tile
+            leaves = (k + 1) * hop + g_reach[g]  # the watermark at which it is pruned
+            if leaves < S[s, M_PRUNE]:
+                S[s, M_PRUNE] = leaves
         else:
             k = 0
         row = _tile(P, S, free, top, s, g, k, g_width[g])
@@ -225,6 +223,10 @@ def _add_distinct(P, S, free, top, HV, hstat, cd_col, cd_window, cd_hop, s, t, w
         w = cd_window[d]
         if w > 0 and t < window_start_ms(wm, w, cd_hop[d]):
             continue  # out of the window already: pruned at the end anyway
+        if w > 0:
+            leaves = (t // cd_hop[d] + 1) * cd_hop[d] + w  # the watermark at which time t leaves the window
+            if leaves < S[s, M_PRUNE]:
+                S[s, M_PRUNE] = leaves
         owner = s * owners + 1 + d
         h = vh[i, j]
         e = find(HV, P, h, owner)
@@ -265,7 +267,7 @@ def apply_batch(P, Pf, S, free, top, HV, hstat,
         s = slots[i]
         if s != last:
             if last >= 0:
-                _prune(P, S, free, HV, hstat, g_hop, g_reach, g_width, cd_window, cd_hop, last, lateness)
+                prune_state(P, S, free, HV, hstat, g_hop, g_reach, g_width, cd_window, cd_hop, last, lateness)
             last = s
         if top[0] + per_event > len(P) or 2 * (hstat[0] + owners) > len(HV):
             return p
@@ -303,113 +305,5 @@ def apply_batch(P, Pf, S, free, top, HV, hstat,
                 S[s, ln0 + q] = block
             _push_last(P, block, ln_n[q], t, seq, vk[i, j], vb[i, j])
     if last >= 0:
-        _prune(P, S, free, HV, hstat, g_hop, g_reach, g_width, cd_window, cd_hop, last, lateness)
+        prune_state(P, S, free, HV, hstat, g_hop, g_reach, g_width, cd_window, cd_hop, last, lateness)
     return len(order)
-
-
-@njit
-def _prune(P, S, free, HV, hstat, g_hop, g_reach, g_width, cd_window, cd_hop, s, lateness):
-    wm = S[s, M_WM]
-    if wm == NO_TIME:
-        return
-    G = len(g_hop)
-    D = len(cd_window)
-    for g in range(G):
-        hop = g_hop[g]
-        if hop == 0:
-            continue
-        oldest = (wm - g_reach[g]) // hop
-        prev = -1
-        cur = S[s, M_FIXED + g]
-        while cur >= 0 and P[cur] >= oldest:
-            prev = cur
-            cur = P[cur + 2]
-        if cur >= 0:
-            if prev < 0:
-                S[s, M_FIXED + g] = -1
-            else:
-                P[prev + 2] = -1
-            while cur >= 0:
-                nxt = P[cur + 2]
-                release(P, free, g, cur)
-                cur = nxt
-    prune_ids(P, S, free, HV, hstat, G, s, wm - lateness)
-    for d in range(D):
-        w = cd_window[d]
-        if w == 0:
-            continue
-        start = window_start_ms(wm, w, cd_hop[d])
-        at = M_FIXED + G + d
-        prev = -1
-        cur = S[s, at]
-        while cur >= 0:
-            nxt = P[cur + 2]
-            if P[cur + 1] < start:
-                if prev < 0:
-                    S[s, at] = nxt
-                else:
-                    P[prev + 2] = nxt
-                delete(HV, hstat, P, P[cur], P[cur + 3], cur)
-                release(P, free, G, cur)
-            else:
-                prev = cur
-            cur = nxt
-
-
-@njit
-def prune_ids(P, S, free, HV, hstat, G, s, horizon):
-    """Drop ids from the oldest arrival up to the first at or after ``horizon`` (dead entries,
-    ids that moved to a later arrival, go as they reach the front)."""
-    e = S[s, M_IDS_HEAD]
-    while e >= 0 and (P[e + 3] < 0 or P[e + 1] < horizon):
-        nxt = P[e + 2]
-        if P[e + 3] >= 0:
-            delete(HV, hstat, P, P[e], P[e + 3], e)
-            S[s, M_IDS_LIVE] -= 1
-        if S[s, M_IDS_MARK] == e:
-            S[s, M_IDS_MARK] = -1
-        release(P, free, G, e)
-        e = nxt
-    S[s, M_IDS_HEAD] = e
-    if e < 0:
-        S[s, M_IDS_TAIL] = -1
-
-
-@njit
-def release_slot(P, S, free, HV, hstat, G, D, L, ln_cls0, s):
-    """Free every row of slot ``s`` and mark it unused."""
-    for g in range(G):
-        cur = S[s, M_FIXED + g]
-        while cur >= 0:
-            nxt = P[cur + 2]
-            release(P, free, g, cur)
-            cur = nxt
-    cur = S[s, M_IDS_HEAD]
-    while cur >= 0:
-        nxt = P[cur + 2]
-        if P[cur + 3] >= 0:
-            delete(HV, hstat, P, P[cur], P[cur + 3], cur)
-        release(P, free, G, cur)
-        cur = nxt
-    for d in range(D):
-        cur = S[s, M_FIXED + G + d]
-        while cur >= 0:
-            nxt = P[cur + 2]
-            delete(HV, hstat, P, P[cur], P[cur + 3], cur)
-            release(P, free, G, cur)
-            cur = nxt
-    for q in range(L):
-        block = S[s, M_FIXED + G + D + q]
-        if block >= 0:
-            release(P, free, ln_cls0 + q, block)
-    reset_slot(S, s)
-
-
-@njit
-def reset_slot(S, s):
-    for c in range(S.shape[1]):
-        S[s, c] = -1
-    S[s, M_WM] = NO_TIME
-    S[s, M_SEQ] = 0
-    S[s, M_IDS_LIVE] = 0
-    S[s, M_USED] = 0

@@ -23,7 +23,8 @@ __all__ = ["COMMAND_MODULES", "build_parser", "common_options", "load_settings",
 COMMAND_MODULES: tuple[str, ...] = ("featurestore.dev.commands", "featurestore.commands.stream",
                                     "featurestore.commands.demo", "featurestore.commands.registry",
                                     "featurestore.commands.materialize", "featurestore.commands.compact",
-                                    "featurestore.commands.reset", "featurestore.commands.serve")
+                                    "featurestore.commands.reset", "featurestore.commands.serve",
+                                    "featurestore.commands.ui")
 
 
 def common_options(suppress: bool = True) -> argparse.ArgumentParser:

@@ -37,15 +37,20 @@ class CoordinationMixin:
         return seconds * 1000 + micros // 1000
 
     def announce_worker(self, group: str, worker: str, topics: list[str], ttl_ms: int = LIVE_TTL_MS,
-                        views: list[str] | None = None, started_ms: int | None = None) -> int:
+                        views: list[str] | None = None, started_ms: int | None = None,
+                        status: dict | None = None) -> int:
         """Record (or renew) that ``worker`` of ``group`` consumes ``topics`` (computing the view keys
         ``views``, running since ``started_ms``), for ``ttl_ms`` (by the Redis server's clock, so hosts
-        with skewed clocks agree).  Returns the server time written (``started_ms`` when not given)."""
+        with skewed clocks agree).  ``status``: what the worker does (JSON; ``workers.membership``), kept
+        in the announcement for the web console.  Returns the server time written (``started_ms`` when
+        not given)."""
         now = self._server_ms()
         doc = {"group": group, "worker": worker, "topics": sorted(topics), "host": socket.gethostname(),
                "pid": os.getpid(), "at_ms": now, "ttl_ms": ttl_ms,
                "views": sorted(views) if views is not None else None,
                "started_ms": now if started_ms is None else started_ms}
+        if status is not None:
+            doc["status"] = status
         pipe = self.client.pipeline(transaction=False)
         pipe.hset(self.live_key, f"{group}:{worker}", orjson.dumps(doc))
         pipe.pexpire(self.live_key, max(ttl_ms, LIVE_TTL_MS))  # gone when no worker of the project renews it

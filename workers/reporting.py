@@ -19,8 +19,9 @@ PROGRESS_PERIOD_S = 30.0
 @dataclass
 class ViewStatus:
     """What one worker did for one view since it started: the newest event time applied (ms), when it
-    last committed (ms, this host's clock), the events applied, and the worker CPU seconds apportioned to
-    the view (each batch's process CPU time split over its views by events applied times features)."""
+    last committed (ms, this host's clock), the events applied, and the worker CPU seconds of the view: the
+    engine's own time on it (``SourceProcessor.engine_cpu_s``) plus its share of each batch's shared work
+    (decoding, validation, BatchTransforms, the stores' writes), split over the views by events times features."""
 
     last_event_ms: int | None = None
     last_commit_ms: int | None = None
@@ -47,10 +48,17 @@ class StatusBook:
     views: dict[str, ViewStatus] = field(default_factory=dict)
     cpu_at: float = field(default_factory=time.process_time)
 
-    def record(self, batch: dict[str, tuple[int, int | None]], now_ms: int) -> None:
-        """One committed batch: view key -> (events applied, newest event time in ms or None)."""
+    def record(self, batch: dict[str, tuple[int, int | None]], now_ms: int,
+               engine_s: dict[str, float] | None = None) -> None:
+        """One committed batch: view key -> (events applied, newest event time in ms or None);
+        ``engine_s``: view key -> the engine's CPU seconds on the view in this batch."""
+        engine_s = engine_s or {}
         cpu_now = time.process_time()
         spent, self.cpu_at = max(0.0, cpu_now - self.cpu_at), cpu_now
+        spent = max(0.0, spent - sum(engine_s.values()))  # what is left is shared by the batch's views
+        for vk, seconds in engine_s.items():
+            if vk in self.views:
+                self.views[vk].cpu_s += seconds
         weights = {vk: n * self.views[vk].features for vk, (n, _) in batch.items() if vk in self.views}
         total = sum(weights.values())
         for vk, (n, newest) in batch.items():
@@ -110,5 +118,11 @@ class ReportingMixin:
                 batch[pv.view_key] = (applied, newest)
                 if newest is not None:
                     self.metrics.freshness.labels(pv.view.name).set(max(0.0, (now_ms - newest) / 1000))
-        self.status_book().record(batch, int(now_ms))
+        engine_s: dict[str, float] = {}
+        seen = self.__dict__.setdefault("_engine_seen", {})
+        for processor in self.processors.values():  # the engine's CPU time per view since the last batch
+            for vk, total in getattr(processor, "engine_cpu_s", {}).items():
+                engine_s[vk] = total - seen.get(vk, 0.0)
+                seen[vk] = total
+        self.status_book().record(batch, int(now_ms), engine_s)
         self.metrics.batch_seconds.observe(time.perf_counter() - started)

@@ -4,8 +4,8 @@ segments and history per source and view, and worker CPU time per view.
 Redis: ``MEMORY USAGE`` of a sample of a view's keys (up to ``SAMPLE_KEYS``) times its key count; the
 count is exact (a SCAN of the view's keys) up to ``EXACT_COUNT_MAX`` keys in the database, else estimated
 from ``RANDOMKEY`` samples.  PostgreSQL: ``pg_total_relation_size`` of each table.  CPU: what the live
-workers publish (``workers.reporting.StatusBook``: each batch's process CPU time split over its views by
-events times features)."""
+workers publish (``workers.reporting.StatusBook``: the engine's CPU time per view, plus each view's share of
+the rest of each batch's process CPU time)."""
 
 from __future__ import annotations
 

@@ -32,10 +32,10 @@ class WorkerConfig:
     #: thousand allocations (measured: 40% of the time applying events).  None keeps the default.
     gc_threshold: tuple[int, int, int] | None = (50_000, 20, 100)
     #: States kept in memory per view (least recently used evicted after a commit; an evicted entity is
-    #: loaded from Redis at its next event).  The default holds ~2 GB for the example repository's two
-    #: views: bench_engine measured 5.7 KB allocated per cached (entity, view), 1.9 KB of it in use
-    #: (2026-12-01, 227c415).
-    max_cached_states: int | None = 175_000
+    #: loaded from Redis at its next event).  The default fits a worker in ~2 GB with the example
+    #: repository's two views: bench_engine measured 1.9 KB allocated per cached (entity, view), its key
+    #: and applied offsets included (2026-12-01, 853770c), so ~1.7 GB of states and room for the rest.
+    max_cached_states: int | None = 450_000
     #: States per Redis commit script.  A script blocks every other client of the server while it runs
     #: (~4 us per state), so a batch is committed in chunks, each fenced, the offsets advanced by the
     #: last; a state records the offsets applied to it, so a batch re-run after a crash between chunks

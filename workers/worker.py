@@ -2,7 +2,7 @@
 
 Per micro-batch, in this order:
 
-1. decode (orjson) and validate each record; bad ones become dead letters;
+1. decode (orjson) and validate each record (``workers.batches``); bad ones become dead letters;
 2. apply the valid events to the cached per-entity states (``SourceProcessor``);
    late or repeated events become dead letters too;
 3. write the accepted events to the PostgreSQL event log: an idempotent upsert
@@ -42,22 +42,22 @@ import threading
 import time
 import uuid
 from collections import defaultdict
-from dataclasses import dataclass, field
+from typing import Awaitable, Callable
 
 from kafka import KafkaProducer
 
 from featurestore.definitions import EventSource
 from featurestore.definitions.sources import TOPIC_RE
 from featurestore.exceptions import ConfigurationError, RecoveryError
+from featurestore.offline import OfflineStore
 from featurestore.online import CommitResult, RedisOnlineStore
 from featurestore.processing import PreparedView, SourceProcessor
-from featurestore.schema import validator_for
 
 from . import reporting
+from .batches import decode_batch
 from .commits import CommitsMixin
 from .config import WorkerConfig
 from .dead_letters import HEADER_ROOM, DeadLetter, DeadLetterSender, dead_letter_value_limit
-from .decode import decode_record
 from .errors import FATAL, RETRYABLE
 from .isolation import IsolationMixin
 from .kafka_client import Consumer, check_client, open_consumer
@@ -81,45 +81,50 @@ LAG_PERIOD_S = 5.0
 _record_key = operator.attrgetter("key")
 
 
-@dataclass
-class _Pending:
-    """Valid events of one source in a batch, with where they came from."""
+def _check_config(config: WorkerConfig) -> None:
+    """Refuse a configuration the worker cannot run with, naming the option to change."""
+    if not TOPIC_RE.match(config.dead_letter_topic) or config.dead_letter_topic in (".", ".."):
+        raise ConfigurationError(f"dead-letter topic {config.dead_letter_topic!r} is not a valid Kafka topic name "
+                                 f"(1-249 of A-Z, a-z, 0-9, '.', '_', '-'); pass another --dead-letter-topic")
+    if config.on_topic_reset not in ON_TOPIC_RESET:
+        raise ConfigurationError(f"on_topic_reset must be one of {', '.join(ON_TOPIC_RESET)}, "
+                                 f"not {config.on_topic_reset!r}")
+    check_client(config)
+    if config.commit_chunk is not None and config.commit_chunk < 1:
+        raise ValueError(f"commit_chunk must be at least 1 state per script (None: the whole batch in one), "
+                         f"not {config.commit_chunk}")
 
-    events: list = field(default_factory=list)
-    where: list = field(default_factory=list)  # (partition, offset, raw record)
+
+def _sources_of(views: list[PreparedView]) -> tuple[dict[str, EventSource], dict[str, list[PreparedView]]]:
+    """(topic -> source, source name -> its views) of ``views``; two sources on one topic are refused."""
+    sources: dict[str, EventSource] = {}
+    by_source: dict[str, list[PreparedView]] = defaultdict(list)
+    for pv in views:
+        other = sources.setdefault(pv.view.source.topic, pv.view.source)
+        if other.name != pv.view.source.name:
+            raise ConfigurationError(f"views of sources {other.name!r} and {pv.view.source.name!r} both read topic "
+                                     f"{pv.view.source.topic!r}: a worker reads each topic as one source")
+        by_source[pv.view.source.name].append(pv)
+    return sources, by_source
 
 
 class Worker(IsolationMixin, RecoveryMixin, MembershipMixin, ResetChecksMixin, ReportingMixin, CommitsMixin):
     """One worker process; several with the same ``group`` share the partitions.  Its parts: the poll
-    loop and the batch path here; poison isolation (``workers.isolation``), recovery from the event log
+    loop and the batch path here; decoding a polled batch (``workers.batches``), poison isolation
+    (``workers.isolation``), recovery from the event log
     (``workers.recovery``), group membership (``workers.membership``), topic-reset checks
     (``workers.reset_checks``) and what it reports (``workers.reporting``)."""
 
-    def __init__(self, views: list[PreparedView], online: RedisOnlineStore, offline_factory, config: WorkerConfig):
+    def __init__(self, views: list[PreparedView], online: RedisOnlineStore,
+                 offline_factory: Callable[[], Awaitable[OfflineStore]], config: WorkerConfig):
         """``offline_factory``: a coroutine function returning the offline store; it is
         created inside this worker's own event loop (asyncpg pools are bound to one)."""
-        if not TOPIC_RE.match(config.dead_letter_topic) or config.dead_letter_topic in (".", ".."):
-            raise ConfigurationError(f"dead-letter topic {config.dead_letter_topic!r} is not a valid Kafka topic name "
-                                     f"(1-249 of A-Z, a-z, 0-9, '.', '_', '-'); pass another --dead-letter-topic")
-        if config.on_topic_reset not in ON_TOPIC_RESET:
-            raise ConfigurationError(f"on_topic_reset must be one of {', '.join(ON_TOPIC_RESET)}, "
-                                     f"not {config.on_topic_reset!r}")
-        check_client(config)
-        if config.commit_chunk is not None and config.commit_chunk < 1:
-            raise ValueError(f"commit_chunk must be at least 1 state per script (None: the whole batch in one), "
-                             f"not {config.commit_chunk}")
+        _check_config(config)
         self.views = views
         self.online = online
         self.config = config
         self.metrics = WorkerMetrics()
-        self.sources: dict[str, EventSource] = {}
-        by_source: dict[str, list[PreparedView]] = defaultdict(list)
-        for pv in views:
-            other = self.sources.setdefault(pv.view.source.topic, pv.view.source)
-            if other.name != pv.view.source.name:
-                raise ConfigurationError(f"views of sources {other.name!r} and {pv.view.source.name!r} both read topic "
-                                         f"{pv.view.source.topic!r}: a worker reads each topic as one source")
-            by_source[pv.view.source.name].append(pv)
+        self.sources, by_source = _sources_of(views)
         self.processors = {name: SourceProcessor(pvs, online, config.max_cached_states,
                                                  history=functools.partial(self._history, name), check_stored=True)
                            for name, pvs in by_source.items()}
@@ -139,7 +144,7 @@ class Worker(IsolationMixin, RecoveryMixin, MembershipMixin, ResetChecksMixin, R
         self.loop = asyncio.new_event_loop()
         self._loop_thread = threading.Thread(target=self.loop.run_forever, name="offline-io", daemon=True)
         self._loop_thread.start()
-        self.offline = self._run(offline_factory())
+        self.offline: OfflineStore = self._run(offline_factory())
         candidate = uuid.uuid4().hex
         self.epoch = online.ensure_epoch(candidate)
         # The marker was missing: a new store, or one that lost its data while no worker ran
@@ -307,43 +312,11 @@ class Worker(IsolationMixin, RecoveryMixin, MembershipMixin, ResetChecksMixin, R
                                 f"{exc}") from exc
         self._process_records(batch)
 
-    def _decode_batch(self, batch) -> tuple[dict, list, dict[str, int], int]:
-        """(valid events per source with their positions, dead letters, the highest offset per partition,
-        how many records are new) of a polled batch; records already applied are skipped."""
-        pending: dict[str, _Pending] = defaultdict(_Pending)
-        dead: list[DeadLetter] = []
-        advance: dict[str, int] = {}
-        n_new = 0
-        poison = self._poison
-        now_ms = int(time.time() * 1000)
-        for tp, records in batch.items():
-            name = partition_name(tp)
-            done = self.applied.get(name, -1)
-            source = self.sources[tp.topic]
-            validate = validator_for(source)
-            if records and records[0].offset <= done and not self._poison:
-                self._suspect_rewind(tp, records[0].offset, done)
-                continue
-            for rec in records:
-                if rec.offset <= done:
-                    continue  # already applied (a batch split by _isolate)
-                advance[name] = rec.offset
-                n_new += 1
-                if poison and (tp.topic, tp.partition, rec.offset) in poison:
-                    dead.append(DeadLetter(rec, "processing_error", poison[(tp.topic, tp.partition, rec.offset)]))
-                    continue
-                result = decode_record(rec, source.max_message_bytes, validate, now_ms)
-                if type(result) is DeadLetter:
-                    dead.append(result)
-                    continue
-                p = pending[source.name]
-                p.events.append(result)
-                p.where.append((tp.partition, rec.offset, rec))
-        return pending, dead, advance, n_new
-
     def _process_records(self, batch) -> None:
         started = time.perf_counter()
-        pending, dead, advance, n_new = self._decode_batch(batch)
+        decoded = decode_batch(batch, self.sources, self.applied, self._poison, self._suspect_rewind,
+                               int(time.time() * 1000))
+        pending, dead, advance, n_new = decoded.pending, decoded.dead, decoded.advance, decoded.n_new
         poison = self._poison
         if not advance:
             return
@@ -400,5 +373,3 @@ class Worker(IsolationMixin, RecoveryMixin, MembershipMixin, ResetChecksMixin, R
 
     def _source(self, name: str) -> EventSource:
         return next(s for s in self.sources.values() if s.name == name)
-
-    # -- recovery when Redis lost its data --------------------------------------------

@@ -2,9 +2,9 @@
 
 An entity's hash leaves Redis while its events stay in the event log: it expires ``ttl + grace``
 after its last write (an entity idle that long — the idle customer who comes back), or an operator
-deletes it.  A worker that does not cache the state (restarted, or evicted it) used to start such an
-entity afresh at its next event: lifetime aggregates and windows longer than the idle time restarted
-and disagreed with the training sets, which read the whole log.
+deletes it.  A worker that does not cache the state (restarted, or evicted it) must not start such an
+entity afresh at its next event: lifetime aggregates and windows longer than the idle time would restart
+and disagree with the training sets, which read the whole log.
 """
 
 from __future__ import annotations

@@ -62,6 +62,31 @@ def _first_in_window(P, block, t, w, hop):
 
 
 @njit
+def _extreme(P, Pf, at, lower, first, vkind, vbits, vfloat):
+    """The lower (``lower``) or higher of the value held so far and the tile's value at ``at``."""
+    kk = P[at + 1]  # the kind follows the value
+    cf = stored_float(P, Pf, at, kk)
+    if first or (less(kk, P[at], cf, vkind, vbits, vfloat) if lower else greater(kk, P[at], cf, vkind, vbits, vfloat)):
+        return kk, P[at], cf
+    return vkind, vbits, vfloat
+
+
+@njit
+def _by_time(P, Pf, at, earliest, first, vts, vseq, vkind, vbits, vfloat):
+    """The earliest (``earliest``) or latest by (event time, arrival) of the value held so far and the
+    tile's value at ``at`` (``[ts, seq, bits, kind]``)."""
+    a_ts = P[at]
+    a_sq = P[at + 1]
+    if earliest:
+        take = first or a_ts < vts or (a_ts == vts and a_sq < vseq)
+    else:
+        take = first or a_ts > vts or (a_ts == vts and a_sq > vseq)
+    if take:
+        return a_ts, a_sq, P[at + 3], P[at + 2], stored_float(P, Pf, at + 2, P[at + 3])
+    return vts, vseq, vkind, vbits, vfloat
+
+
+@njit
 def merge_tiles(P, Pf, head, off, fn, a, b, windowed):
     """Merge the tiles ``a <= k <= b`` (all with ``windowed`` False) of one list for feature function
     ``fn`` over the column fields ``off`` (None: no column, ``off[F_C] < 0``).  Returns (n_events,
@@ -101,28 +126,11 @@ def merge_tiles(P, Pf, head, off, fn, a, b, windowed):
                     m2 = merge_m2(c, mean, m2, tc, tmu, tq)
                     mean = merge_mean(c, mean, tc, tmu)
             elif fn == FN_MIN or fn == FN_MAX:
-                at = cur + off[F_LO if fn == FN_MIN else F_HI]
-                kk = P[at + 1]  # the kind follows the value
-                cf = stored_float(P, Pf, at, kk)
-                if c == 0 or (less(kk, P[at], cf, vkind, vbits, vfloat) if fn == FN_MIN
-                              else greater(kk, P[at], cf, vkind, vbits, vfloat)):
-                    vkind = kk
-                    vbits = P[at]
-                    vfloat = cf
+                vkind, vbits, vfloat = _extreme(P, Pf, cur + off[F_LO if fn == FN_MIN else F_HI], fn == FN_MIN,
+                                                c == 0, vkind, vbits, vfloat)
             else:  # first, last: by (event time, arrival)
-                at = cur + off[F_FTS if fn == FN_FIRST else F_LTS]
-                a_ts = P[at]
-                a_sq = P[at + 1]
-                if fn == FN_FIRST:
-                    take = c == 0 or a_ts < vts or (a_ts == vts and a_sq < vseq)
-                else:
-                    take = c == 0 or a_ts > vts or (a_ts == vts and a_sq > vseq)
-                if take:
-                    vts = a_ts
-                    vseq = a_sq
-                    vbits = P[at + 2]
-                    vkind = P[at + 3]
-                    vfloat = stored_float(P, Pf, at + 2, vkind)
+                vts, vseq, vkind, vbits, vfloat = _by_time(P, Pf, cur + off[F_FTS if fn == FN_FIRST else F_LTS],
+                                                           fn == FN_FIRST, c == 0, vts, vseq, vkind, vbits, vfloat)
             c += tc
         cur = P[cur + 2]
     return n, c, total, mean, m2, vkind, vbits, vfloat, old

@@ -244,6 +244,20 @@ def _add_distinct(P, S, free, top, HV, hstat, cd_col, cd_window, cd_hop, s, t, w
 
 
 @njit
+def _add_last(P, S, free, top, ln_col, ln_n, widths, G, ln0, s, t, seq, vk, vb, i):
+    """Accepted event ``i``'s values into slot ``s``'s last_n blocks (created when missing)."""
+    for q in range(len(ln_col)):
+        j = ln_col[q]
+        if vk[i, j] == K_NULL:
+            continue
+        block = S[s, ln0 + q]
+        if block < 0:
+            block = alloc(P, free, top, G + 1 + q, widths[G + 1 + q])
+            S[s, ln0 + q] = block
+        _push_last(P, block, ln_n[q], t, seq, vk[i, j], vb[i, j])
+
+
+@njit
 def apply_batch(P, Pf, S, free, top, HV, hstat,
                 g_hop, g_reach, g_width, g_off, cd_col, cd_window, cd_hop, ln_col, ln_n, widths,
                 order, slots, ts, ih, hid, vk, vb, vf, vh, lateness, reasons, start, per_event):
@@ -295,15 +309,7 @@ def apply_batch(P, Pf, S, free, top, HV, hstat,
             S[s, M_WM] = t
         _add_to_tiles(P, Pf, S, free, top, g_hop, g_reach, g_width, g_off, s, t, seq, wm, vk, vb, vf, i)
         _add_distinct(P, S, free, top, HV, hstat, cd_col, cd_window, cd_hop, s, t, wm, vk, vh, i, entry_cls)
-        for q in range(len(ln_col)):
-            j = ln_col[q]
-            if vk[i, j] == K_NULL:
-                continue
-            block = S[s, ln0 + q]
-            if block < 0:
-                block = alloc(P, free, top, G + 1 + q, widths[G + 1 + q])
-                S[s, ln0 + q] = block
-            _push_last(P, block, ln_n[q], t, seq, vk[i, j], vb[i, j])
+        _add_last(P, S, free, top, ln_col, ln_n, widths, G, ln0, s, t, seq, vk, vb, i)
     if last >= 0:
         prune_state(P, S, free, HV, hstat, g_hop, g_reach, g_width, cd_window, cd_hop, last, lateness)
     return len(order)

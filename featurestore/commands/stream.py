@@ -10,12 +10,22 @@ import time
 from ..cli import common_options, load_settings
 from ..exceptions import InvalidInputError
 from ..runtime import open_runtime
+from .spark_options import add_spark_arguments, add_training_set, run_spark_backfill_cmd
 
 logger = logging.getLogger(__name__)
 
 
 def register(subparsers) -> None:
+    """Add ``worker``, ``produce``, ``backfill``, ``training-set`` and ``get``."""
     common = common_options()
+    _add_worker(subparsers, common)
+    _add_produce(subparsers, common)
+    _add_backfill(subparsers, common)
+    add_training_set(subparsers, common)
+    _add_get(subparsers, common)
+
+
+def _add_worker(subparsers, common) -> None:
     p = subparsers.add_parser("worker", parents=[common], help="consume events and keep features up to date")
     p.add_argument("--repo", help="feature repository (file or folder); default: the bundled example")
     p.add_argument("--views", nargs="*", help="only these feature views (default: all)")
@@ -46,6 +56,8 @@ def register(subparsers) -> None:
                    help="stop after this long without new records (for demos and batch-like runs)")
     p.set_defaults(handler=run_worker)
 
+
+def _add_produce(subparsers, common) -> None:
     p = subparsers.add_parser("produce", parents=[common], help="send events to a source's topic")
     p.add_argument("--repo", help="feature repository (file or folder); default: the bundled example")
     p.add_argument("--source", required=True, help="the event source whose topic receives the events")
@@ -59,6 +71,8 @@ def register(subparsers) -> None:
     p.add_argument("--partitions", type=int, default=4, help="partitions when the topic is created")
     p.set_defaults(handler=run_produce)
 
+
+def _add_backfill(subparsers, common) -> None:
     p = subparsers.add_parser("backfill", parents=[common], help="rebuild a view's history with the same transforms")
     p.add_argument("--repo", help="feature repository (file or folder); default: the bundled example")
     p.add_argument("--view", required=True, help="the feature view to rebuild")
@@ -80,8 +94,11 @@ def register(subparsers) -> None:
     p.add_argument("--spill-dir", help="folder for the per-chunk spill files (default: the system temp folder)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (default: shown on a terminal)")
     p.add_argument("--strict", action="store_true", help="stop (exit 1) at the first rejected row")
+    add_spark_arguments(p)
     p.set_defaults(handler=run_backfill_cmd)
 
+
+def _add_get(subparsers, common) -> None:
     p = subparsers.add_parser("get", parents=[common], help="print an online feature vector")
     p.add_argument("--repo", help="feature repository (file or folder); default: the bundled example")
     p.add_argument("--entity", action="append", required=True, metavar="KEY=VALUE",
@@ -195,6 +212,8 @@ def run_backfill_cmd(args) -> int:
     from workers.backfill import BackfillError, BackfillOptions, run_backfill
     from featurestore.processing import prepare_view
 
+    if args.engine == "spark":
+        return run_spark_backfill_cmd(args, _time_ms)
     if not 0 <= args.shard < args.shards:
         raise InvalidInputError(f"--shard {args.shard} must be in [0, --shards {args.shards})")
     rt = open_runtime(load_settings(args), args.repo)

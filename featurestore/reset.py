@@ -10,8 +10,12 @@ reprocess`` call ``areset_source``; ``aplan_reset`` says first what it deletes.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from .definitions import EventSource
+
+if TYPE_CHECKING:
+    from .offline import OfflineStore
 
 __all__ = ["ResetPlan", "aplan_reset", "areset_source"]
 
@@ -44,7 +48,7 @@ class ResetPlan:
         return out
 
 
-async def aplan_reset(online, offline, source: EventSource, view_keys: list[str]) -> ResetPlan:
+async def aplan_reset(online, offline: OfflineStore, source: EventSource, view_keys: list[str]) -> ResetPlan:
     """What ``areset_source`` deletes: the source's applied offsets in every consumer group, the
     online states of ``view_keys`` (every registered version of the source's views), its event
     log and its rejects."""
@@ -56,7 +60,7 @@ async def aplan_reset(online, offline, source: EventSource, view_keys: list[str]
     return plan
 
 
-async def areset_source(online, offline, source: EventSource, view_keys: list[str]) -> None:
+async def areset_source(online, offline: OfflineStore, source: EventSource, view_keys: list[str]) -> None:
     """Delete what ``aplan_reset`` lists.  The offsets go first: a worker that commits meanwhile is
     fenced (its offsets compare-and-set fails) and reloads."""
     online.forget_topic(source.topic)

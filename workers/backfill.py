@@ -42,6 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from featurestore.exceptions import InvalidInputError
+from featurestore.offline import OfflineStore
 from featurestore.offline.postgres import event_id_column
 
 from .backfill_chunk import _Chunk, add_batch_transforms, compute_history, final_states
@@ -70,21 +71,15 @@ def _horizon(pv: PreparedView) -> int:
 
 # -- the run --------------------------------------------------------------------------------------
 
-async def run_backfill(pv: PreparedView, offline, online, opts: BackfillOptions | str = "files", *legacy,
-                       **kw) -> BackfillReport:
-    """Backfill one view; see the module docstring.  ``opts`` may be a ``BackfillOptions`` or the
-    source name followed by the old positional arguments (start, end, shards, shard, online)."""
-    if not isinstance(opts, BackfillOptions):
-        names = ["start_ms", "end_ms", "shards", "shard", "online"]
-        opts = BackfillOptions(source=opts, **dict(zip(names, legacy)),
-                               **{("online" if k == "write_online" else k): v for k, v in kw.items()})
+async def run_backfill(pv: PreparedView, offline: OfflineStore, online, opts: BackfillOptions) -> BackfillReport:
+    """Backfill one view as ``opts`` says; see the module docstring."""
     return await _Backfill(pv, offline, online, opts).run()
 
 
 class _Backfill(HandOffMixin):
     """One process of a backfill: its shard, read once, then computed and written chunk by chunk."""
 
-    def __init__(self, pv: PreparedView, offline, online, opts: BackfillOptions):
+    def __init__(self, pv: PreparedView, offline: OfflineStore, online, opts: BackfillOptions):
         if opts.source not in SOURCES:
             raise InvalidInputError(f"unknown backfill source {opts.source!r}: use one of {', '.join(SOURCES)}")
         if not 0 <= opts.shard < opts.shards:

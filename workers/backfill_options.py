@@ -9,11 +9,15 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from featurestore.definitions import FileHistory
 from featurestore.exceptions import BackfillError
 
 from featurestore.processing import PreparedView
+
+if TYPE_CHECKING:
+    from featurestore.offline import OfflineStore
 
 __all__ = ["BackfillError", "BackfillOptions", "BackfillReport", "run_fingerprint"]
 
@@ -84,7 +88,7 @@ class BackfillReport:
 
 # -- run identity ---------------------------------------------------------------------------------
 
-def run_fingerprint(pv: PreparedView, opts: BackfillOptions, offline, group: str | None) -> str:
+def run_fingerprint(pv: PreparedView, opts: BackfillOptions, offline: OfflineStore, group: str | None) -> str:
     """Identity of a rebuild: view definition and version, source (and file identity), range,
     shard count, online/group.  The shard index is not part of it: all shards of a rebuild
     share the run (and its cut-over); their chunks have distinct ids."""

@@ -27,10 +27,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from kafka import errors as kerrors
 from kafka.errors import KafkaError
+
+if TYPE_CHECKING:
+    from featurestore.offline import OfflineStore
 
 logger = logging.getLogger(__name__)
 
@@ -86,8 +89,8 @@ class DeadLetterSender:
     ``value_limit + HEADER_ROOM``; ``run(coro)`` runs a coroutine of the offline store and
     returns its result; ``source_of(topic)`` names the source of a topic."""
 
-    def __init__(self, producer, topic: str, value_limit: int, offline, run: Callable, source_of: Callable,
-                 metrics) -> None:
+    def __init__(self, producer, topic: str, value_limit: int, offline: OfflineStore, run: Callable,
+                 source_of: Callable, metrics) -> None:
         self.producer = producer
         self.topic = topic
         self.value_limit = value_limit

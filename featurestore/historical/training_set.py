@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import time
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 import numpy as np
 import pandas as pd
@@ -16,10 +16,13 @@ from .labels import EVENT_TIMESTAMP, entity_keys, parse_refs, to_epoch_ms
 from .on_demand import on_demand_columns
 from .point_in_time import compute_view, fields_needed
 
+if TYPE_CHECKING:
+    from ..offline import OfflineStore
+
 __all__ = ["get_historical_features"]
 
 
-async def get_historical_features(offline: Any, repo: Repository, registry: Any, entity_df: pd.DataFrame,
+async def get_historical_features(offline: OfflineStore, repo: Repository, registry: Any, entity_df: pd.DataFrame,
                                   refs: Iterable[Any], full_feature_names: bool = False,
                                   timings: dict[str, float] | None = None) -> pd.DataFrame:
     """``entity_df`` (join key column(s) + ``event_timestamp``) with one column per requested
@@ -87,7 +90,7 @@ def _check_columns(entity_df: pd.DataFrame, views: dict[str, FeatureView],
             )
 
 
-async def _view_columns(offline: Any, entity_df: pd.DataFrame, views: dict[str, FeatureView],
+async def _view_columns(offline: OfflineStore, entity_df: pd.DataFrame, views: dict[str, FeatureView],
                         needed: dict[str, list[str]], ts: np.ndarray, live: dict[str, np.ndarray],
                         timings: dict[str, float]) -> dict[tuple[str, str], pd.Series]:
     """``(view, feature) -> column`` of the ``needed`` view features as of each entity row: one

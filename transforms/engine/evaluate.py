@@ -24,6 +24,9 @@ from .layout import (FN_COUNT, FN_DISTINCT, FN_EPM, FN_EVENTS, FN_FIRST, FN_LAST
 
 @njit
 def _sooner(horizon, change):
+    """The earlier of two change times, where ``NO_TIME`` is "no change ahead" (never)."""
+    if change == NO_TIME:
+        return horizon
     return change if horizon == NO_TIME or change < horizon else horizon
 
 

@@ -12,18 +12,21 @@ baseline, and this one, which loads the states and hands the other two their job
   scheduled start, so a stall counts for every request behind it): 1 entity x 50 features (round
   the customers) and 100 entities x 50; each beside, in the same run and at the same rate, the
   in-process client on the same reads (``aget_online_features``, the path the server calls, with
-  the server's collector settings) and the server's ``/healthz`` (the HTTP floor).  The three run
+  the server's collector settings) and the server's ``/healthz`` (the HTTP floor: answered, as
+  ``/get-online-features`` is, by the server's ASGI guard without FastAPI's routing).  Beside them,
+  ``/health``, the same answer through FastAPI's routing (what a FastAPI endpoint costs).  They run
   in ``--rounds`` interleaved rounds, so a slow phase of the machine weighs on each alike.  Beside
   each HTTP figure, the share of requests the server itself answered within 1, 2, 5 ... ms (its own
   histogram: from the request's arrival in the app to its answer).
 * Throughput (closed loop, ``--connections`` back to back for ``--throughput-seconds``): 1 entity,
-  100 entities and ``/healthz``.
+  100 entities, ``/healthz`` and ``/health``.
 * The highest rate (open loop, steps of ``--step-seconds``) at which p99 stays under 10 ms.
 
 Goals, as ratios to baselines of the same run (this machine's speed varies between phases): each
 p99 over HTTP <= the in-process p99 of the same reads + the floor's p99 + 0.5 ms; the throughput of
-1 entity >= half the floor's.  Feast's published p99 (their hardware: c5.4xlarge, one Redis, 50
-features) are reported beside, labelled as theirs.
+1 entity >= half the floor's.  The same ratios to ``/health`` (FastAPI's routing) are reported
+beside, and Feast's published p99 (their hardware: c5.4xlarge, one Redis, 50 features), labelled
+as theirs.
 """
 
 from __future__ import annotations
@@ -315,7 +318,8 @@ class Bench:
         args = self.args
         seconds = args.seconds / args.rounds
         self.http("open", "/get-online-features", rows_per_read, args.rate, 1.0)  # warm
-        runs: dict[str, list] = {"http": [], "in_process_client": [], "http_floor_healthz": []}
+        runs: dict[str, list] = {"http": [], "in_process_client": [], "http_floor_healthz": [],
+                                 "fastapi_route_health": []}
         inside: dict[float, float] = {}
         for _ in range(args.rounds):
             runs["in_process_client"].append(self.local(rows_per_read, seconds))
@@ -324,6 +328,7 @@ class Bench:
             for le, count in self.server_histogram().items():
                 inside[le] = inside.get(le, 0) + count - before.get(le, 0)
             runs["http_floor_healthz"].append(self.http("open", "/healthz", None, args.rate, seconds))
+            runs["fastapi_route_health"].append(self.http("open", "/health", None, args.rate, seconds))
         out = {name: {**summary(*rs), "p99_ms_per_round": [summary(r)["p99_ms"] for r in rs]}
                for name, rs in runs.items()}
         total = max(inside.values()) or 1
@@ -332,6 +337,9 @@ class Bench:
         allowed = out["in_process_client"]["p99_ms"] + out["http_floor_healthz"]["p99_ms"] + SLACK_MS
         out["goal_p99_ms"] = round(allowed, 3)
         out["meets_goal"] = out["http"]["p99_ms"] <= allowed and out["http"]["errors"] == 0
+        routed = out["in_process_client"]["p99_ms"] + out["fastapi_route_health"]["p99_ms"] + SLACK_MS
+        out["goal_p99_ms_with_fastapi_route"] = round(routed, 3)
+        out["meets_goal_with_fastapi_route"] = out["http"]["p99_ms"] <= routed and out["http"]["errors"] == 0
         return out
 
     def server_histogram(self) -> dict[float, float]:
@@ -346,10 +354,13 @@ class Bench:
         runs = {"one_entity": summary(self.http("closed", "/get-online-features", self.one_rows, seconds=seconds)),
                 "hundred_entities": summary(self.http("closed", "/get-online-features", self.hundred_rows,
                                                       seconds=seconds)),
-                "http_floor_healthz": summary(self.http("closed", "/healthz", None, seconds=seconds))}
+                "http_floor_healthz": summary(self.http("closed", "/healthz", None, seconds=seconds)),
+                "fastapi_route_health": summary(self.http("closed", "/health", None, seconds=seconds))}
         ratio = runs["one_entity"]["per_s"] / runs["http_floor_healthz"]["per_s"]
+        routed = runs["one_entity"]["per_s"] / runs["fastapi_route_health"]["per_s"]
         return {**{k: v["per_s"] for k, v in runs.items()}, "ratio_one_entity_to_floor": round(ratio, 3),
-                "meets_goal": ratio >= 0.5, "runs": runs}
+                "meets_goal": ratio >= 0.5, "ratio_one_entity_to_fastapi_route": round(routed, 3),
+                "meets_goal_with_fastapi_route": routed >= 0.5, "runs": runs}
 
     def max_rate(self, rows_per_read, rates: list[float]) -> dict:
         """The highest of ``rates`` at which p99 < 10 ms (and the rate was kept up, without errors)."""
@@ -426,8 +437,12 @@ def main() -> None:
         "throughput_per_s": throughput,
         "p99_under_10ms": max_rates,
         "goal": "p99 over HTTP <= in-process p99 + HTTP floor p99 + 0.5 ms (1 and 100 entities); "
-                "1-entity throughput >= 0.5 x the floor's",
+                "1-entity throughput >= 0.5 x the floor's (floor: /healthz, answered without FastAPI's routing, "
+                "as /get-online-features is; *_with_fastapi_route: the same against /health, through it)",
         "meets_goal": one["meets_goal"] and hundred["meets_goal"] and throughput["meets_goal"],
+        "meets_goal_with_fastapi_route": (one["meets_goal_with_fastapi_route"]
+                                          and hundred["meets_goal_with_fastapi_route"]
+                                          and throughput["meets_goal_with_fastapi_route"]),
         "feast_published_p99_ms": FEAST_PUBLISHED_P99_MS,
     }
     print(json.dumps(report, indent=2))

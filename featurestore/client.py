@@ -25,7 +25,7 @@ import pandas as pd
 from .definitions import FeatureService, FeatureView
 from .exceptions import ConfigurationError, InvalidInputError, RegistryError, UnknownNameError
 from .online.reader import PRESENT, ViewRead, aread_rows, read_rows
-from .read_plan import _OnlinePlan, _odfv_statuses
+from .read_plan import PlanCache, _OnlinePlan, _odfv_statuses
 from .repo import Repository
 from .responses import FeatureRef, OnlineResponse, PushResult
 from .writes import PUSH_TARGETS, WritesMixin
@@ -41,6 +41,10 @@ class FeatureStore(WritesMixin):
     (``featurestore apply`` assigns them; ``FeatureStore.connect`` looks them up).
     """
 
+    #: count ``get_online_features`` reads per service and feature in Redis, batched, for the console's usage
+    #: page (``featurestore.console.usage.ReadCounter``); set False to not count
+    count_usage = True
+
     def __init__(self, repo: Repository, online, versions: dict[str, int], project: str = "default", offline=None,
                  registry=None, *, postgres_dsn: str | None = None, pg_schema: str = "public"):
         self.repo = repo
@@ -49,7 +53,7 @@ class FeatureStore(WritesMixin):
         self.registry = registry
         self.versions = versions
         self.project = project
-        self._plans: dict = {}
+        self._plans = PlanCache()  # compiled read plans of the latest request shapes
         self._dsn = postgres_dsn
         self._pg_schema = pg_schema
         self._loop: asyncio.AbstractEventLoop | None = None  # private loop of the synchronous methods
@@ -57,6 +61,7 @@ class FeatureStore(WritesMixin):
         self._pools: dict[Any, tuple[Any, Any]] = {}  # event loop -> (offline store, registry) opened here
         #: Seconds spent per step by the last ``get_historical_features`` (load, compute, ...).
         self.last_timings: dict[str, float] = {}
+        self._usage: Any = None  # the ReadCounter, opened by the first counted read
 
     # -- connecting ---------------------------------------------------------------------
     @classmethod
@@ -139,7 +144,10 @@ class FeatureStore(WritesMixin):
                 return pool.submit(loop.run_until_complete, coro).result()
 
     def close(self) -> None:
-        """Close the pools this store opened (not those passed in) and its private loop."""
+        """Write the read counts not yet written; close the pools this store opened (not those passed in) and
+        its private loop."""
+        if self._usage is not None:
+            self._usage.flush()
         with self._lock:
             if self._loop is not None and not self._loop.is_closed():
                 own = self._pools.pop(self._loop, None)
@@ -161,6 +169,14 @@ class FeatureStore(WritesMixin):
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+    def use_versions(self, versions: dict[str, int], repo: Repository | None = None) -> None:
+        """Read ``versions`` (of the definitions of ``repo``, when given) from now on; the compiled
+        read plans are dropped (the feature server, after an ``apply``)."""
+        if repo is not None:
+            self.repo = repo
+        self.versions = versions
+        self._plans.clear()
 
     # -- resolving what was asked ------------------------------------------------------
     def resolve(self, features=None, feature_service: str | FeatureService | None = None) -> list[FeatureRef]:
@@ -202,7 +218,21 @@ class FeatureStore(WritesMixin):
         """
         plan, rows, keys = self._online_request(entity_rows, features, feature_service)
         results = read_rows(self.online, plan.reads, keys, at_ms)
+        if self.count_usage:
+            self._count_read(plan, feature_service, len(rows))
         return self._assemble(plan, rows, results, request_data, full_names)
+
+    def _count_read(self, plan: _OnlinePlan, feature_service, rows: int) -> None:
+        if self._usage is None:
+            from .console.usage import ReadCounter
+
+            client = getattr(self.online, "client", None)
+            if client is None or not hasattr(client, "pipeline"):
+                self.count_usage = False  # an online store without a Redis client: nothing to count in
+                return
+            self._usage = ReadCounter(client, self.project)
+        service = feature_service if isinstance(feature_service, (str, type(None))) else feature_service.name
+        self._usage.add(plan, service, rows)
 
     async def aget_online_features(self, entity_rows, features=None, feature_service=None, request_data=None,
                                    at_ms: int | None = None, full_names: bool = False) -> OnlineResponse:
@@ -303,9 +333,17 @@ class FeatureStore(WritesMixin):
 
     # -- offline --------------------------------------------------------------------------
     def get_historical_features(self, entity_df: pd.DataFrame, features=None, feature_service=None,
-                                full_feature_names: bool = False) -> pd.DataFrame:
+                                full_feature_names: bool = False, engine: str = "local", spark=None,
+                                out: str | None = None):
         """Point-in-time correct values for each (entity, event_timestamp) row: exactly what the
-        online store serves at that time had every event up to it arrived."""
+        online store serves at that time had every event up to it arrived.  ``engine="spark"``: the
+        same values computed in Spark tasks (docs/spark.md) on ``spark`` (default: the active
+        session, else a local one), returned as a Spark DataFrame, or written as Parquet to ``out``."""
+        if engine != "local":
+            from .spark.client import check_engine, historical_on_spark
+
+            check_engine(engine)
+            return historical_on_spark(self, entity_df, features, feature_service, full_feature_names, spark, out)
         return self._run(self.aget_historical_features(entity_df, features, feature_service, full_feature_names))
 
     async def aget_historical_features(self, entity_df: pd.DataFrame, features=None, feature_service=None,

@@ -3,11 +3,52 @@ response column comes from where, and the statuses of on-demand outputs."""
 
 from __future__ import annotations
 
+from collections import OrderedDict
+from typing import Any, Hashable
 
 from .definitions import FeatureView
 from .online.reader import EXPIRED, MISSING, PRESENT, ViewRead, picker
 from .repo import Repository
 from .responses import FeatureRef
+
+#: request shapes whose compiled plans a client (and the server's key checks) keep
+PLAN_CACHE_SIZE = 256
+
+
+class PlanCache:
+    """What was compiled for the ``size`` request shapes used last (the least recently used is dropped
+    past that): a client asked for ever new feature lists keeps a bounded number of plans."""
+
+    def __init__(self, size: int = PLAN_CACHE_SIZE) -> None:
+        self.size = size
+        self._items: OrderedDict[Hashable, Any] = OrderedDict()
+
+    def get(self, key: Hashable) -> Any:
+        """The item of ``key`` (now the most recently used), or None."""
+        item = self._items.get(key)
+        if item is not None:
+            self._items.move_to_end(key)
+        return item
+
+    def __setitem__(self, key: Hashable, item: Any) -> None:
+        self._items[key] = item
+        self._items.move_to_end(key)
+        if len(self._items) > self.size:
+            self._items.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __contains__(self, key: Hashable) -> bool:
+        return key in self._items
+
+    def values(self):
+        """The items kept, least recently used first (a view: the cache is not reordered)."""
+        return self._items.values()
+
+    def clear(self) -> None:
+        self._items.clear()
+
 
 def _odfv_statuses(input_statuses: list[list[str]], n: int, compute_on_missing: bool) -> list[str]:
     """Per row, the status of an on-demand view's outputs: ``missing`` when an input view is missing,
@@ -60,7 +101,8 @@ class _OnlinePlan:
         view, feature) per on-demand label (``columns`` and ``views`` None)."""
         hit = self._outputs.get(full_names)
         if hit is None:
-            labels, steps = [], []
+            labels: list[str] = []
+            steps: list[tuple] = []
             for ref in self.refs:
                 labels.append(f"{ref.view}__{ref.feature}" if full_names or ref.feature in self.clash else ref.feature)
                 if ref.view in self.repo.views:

@@ -24,9 +24,7 @@ TOP_LINES = 15  # how far down "the top" of a module reaches
 REASON = "size budget"
 
 #: over budget, awaiting their owners: "path" (module lines) or "path:function" -> lines today
-PENDING: dict[str, int] = {
-    "featurestore/server/app.py:create_app": 73,
-}
+PENDING: dict[str, int] = {}
 
 
 def _modules() -> list[Path]:

@@ -50,6 +50,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--max-body-bytes", type=int, default=None,
                    help="largest request body read; larger ones get 413 (env FEATURESTORE_SERVER_MAX_BODY_BYTES, "
                         "default 1048576)")
+    p.add_argument("--registry-poll-seconds", type=float, default=5.0,
+                   help="seconds between two looks at the registry and the repository's files: what `featurestore "
+                        "apply` changed is served without a restart (default 5; 0: never)")
     p.add_argument("--access-log", action="store_true",
                    help="log one line per request (at INFO: with --log-level INFO)")
     p.set_defaults(handler=run_serve)
@@ -65,6 +68,8 @@ def _check(args: argparse.Namespace) -> None:
         raise InvalidInputError(f"--workers {args.workers}: at least 1")
     if not 0 < args.port < 65536:
         raise InvalidInputError(f"--port {args.port}: a TCP port is 1 to 65535")
+    if args.registry_poll_seconds < 0:
+        raise InvalidInputError(f"--registry-poll-seconds {args.registry_poll_seconds}: 0 (never) or more")
     for name in ("max_entities", "max_body_bytes"):
         value = getattr(args, name)
         if value is not None and value < 1:
@@ -97,7 +102,8 @@ def run_serve(args: argparse.Namespace) -> int:
     options = {"repo": str(repo_file(args.repo).resolve()), "read_only": args.read_only,
                "max_entities": args.max_entities, "max_body_bytes": args.max_body_bytes,
                "state_dir": str(settings.state_dir), "log_level": getattr(args, "log_level", None),
-               "log_json": bool(getattr(args, "log_json", False)), "metrics_dir": metrics_dir}
+               "log_json": bool(getattr(args, "log_json", False)), "metrics_dir": metrics_dir,
+               "registry_poll_s": args.registry_poll_seconds}
     os.environ[OPTIONS_ENV] = json.dumps(options)
     for name, variable in _SERVER_ENV.items():  # the workers use the servers resolved here
         value = settings.as_dict(plaintext_secrets=True)[name]
@@ -138,5 +144,6 @@ def app_from_environment():
     config = ServerConfig(token=token or None, read_only=options["read_only"],
                           max_entities=options["max_entities"] or settings.server_max_entities,
                           max_body_bytes=options["max_body_bytes"] or settings.server_max_body_bytes,
-                          secrets=tuple(settings.secret_values()), metrics_dir=options["metrics_dir"])
+                          secrets=tuple(settings.secret_values()), metrics_dir=options["metrics_dir"],
+                          registry_poll_s=options.get("registry_poll_s", 5.0))
     return create_app(store, config)

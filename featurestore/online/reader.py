@@ -32,6 +32,10 @@ from .redis import OFFSET, ROW_HEADER
 
 PRESENT, MISSING, EXPIRED = "present", "missing", "expired"
 
+#: ``payload -> values`` (spec order) of a stored values row, ``payload`` its bytes after the
+#: ``ROW_HEADER`` (``redis.pack_row``: JSON).  The one place that knows how values are encoded.
+decode_values = orjson.loads
+
 
 def picker(indices: list[int]):
     """``items -> tuple(items[i] for i in indices)`` in C (``itemgetter``; also for 0 or 1 index)."""
@@ -116,7 +120,7 @@ def decode_rows(reads: list[ViewRead], keys_per_view: list[list[str]], t: int, f
                 ) -> list[tuple[list, list[str], list[int | None], list[bool]]]:
     """``read_rows`` of the read script's reply ``[flat, stale]`` (``RedisOnlineStore.read_packed``)."""
     states = dict(zip(stale[::2], stale[1::2])) if stale else {}
-    loads = orjson.loads
+    decode = decode_values
     out = []
     pos = 0
     for r, keys in zip(reads, keys_per_view):
@@ -143,7 +147,7 @@ def decode_rows(reads: list[ViewRead], keys_per_view: list[list[str]], t: int, f
                 pending.append((i, states[pos], t_eval))
                 from_state[i] = True
             else:
-                values = loads(row[ROW_HEADER:])
+                values = decode(row[ROW_HEADER:])
                 for j in clock:
                     values[j] = (t_eval - wm) / 1000
                 rows[i] = values if pick is None else pick(values)

@@ -116,6 +116,38 @@ _READ_PACKED = _lua("read_packed.lua")
 
 
 _LOAD_STATES = _lua("load_states.lua")
+ASYNC_READ_TIMEOUT_S = 10.0  # one read's deadline on the asyncio connections (``aread_packed``)
+
+
+class _ReadConnections:
+    """The asyncio connections of ``aread_packed`` on one event loop: made by redis-py (its URL
+    options: auth, database, TLS), kept idle here between reads, at most ``IDLE`` of them."""
+
+    IDLE = 64
+
+    def __init__(self, url: str) -> None:
+        # no socket_timeout: each read has one deadline of its own (asyncio.timeout), not one per call
+        self.client = redis.asyncio.Redis.from_url(url, socket_timeout=None,
+                                                   socket_connect_timeout=_TIMEOUTS["socket_connect_timeout"])
+        self._idle: list = []
+
+    def take(self):
+        return self._idle.pop() if self._idle else self.client.connection_pool.make_connection()
+
+    def give_back(self, conn) -> None:
+        if len(self._idle) < self.IDLE:
+            self._idle.append(conn)
+        else:
+            asyncio.get_running_loop().create_task(conn.disconnect())
+
+    async def close_idle(self) -> None:
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            await conn.disconnect(nowait=True)
+
+    async def aclose(self) -> None:
+        await self.close_idle()
+        await self.client.aclose()
 
 
 class RedisOnlineStore(CoordinationMixin):
@@ -278,39 +310,52 @@ class RedisOnlineStore(CoordinationMixin):
         return self._evalsha_packed(self._read_packed, keys, [_request_time(t)])
 
     async def aread_packed(self, keys: list[str], t: int) -> list[list]:
-        """``read_packed`` on redis-py's asyncio client (one per running event loop, built from ``url``;
-        closed by ``aclose``)."""
+        """``read_packed`` on redis-py's asyncio connections (a set per running event loop, built from
+        ``url``; closed by ``aclose``).
+
+        The command is packed by hiredis, as ``_evalsha_packed`` does (redis-py's own packing of the
+        500 keys of a 100-entity read cost ~1.5 ms more, ``bench_online``), and sent on an idle
+        connection of this store's own set, under one ``ASYNC_READ_TIMEOUT_S`` deadline: redis-py's
+        pool and per-call timeouts cost a lock, a readiness poll and a task per read.  A connection
+        whose read did not complete (an error, a timeout, a cancelled request) is closed, never reused."""
         loop = asyncio.get_running_loop()
-        client = self._async_clients.get(loop)
-        if client is None:
+        connections = self._async_clients.get(loop)
+        if connections is None:
             if self.url is None:
                 raise ConfigurationError("asyncio reads need the store's URL: build it with RedisOnlineStore.from_url "
                                          "(or pass url=)")
-            client = self._async_clients[loop] = redis.asyncio.Redis.from_url(self.url, **_TIMEOUTS)
-        # packed by hiredis and sent on a pooled connection, as ``_evalsha_packed`` does: redis-py's own
-        # packing of the 500 keys of a 100-entity read cost ~1.5 ms more per read (bench_online)
+            connections = self._async_clients[loop] = _ReadConnections(self.url)
         command = hiredis.pack_command(("EVALSHA", self._read_packed.sha, len(keys), *keys, _request_time(t)))
-        pool = client.connection_pool
-        conn = await pool.get_connection()
+        conn = connections.take()
         try:
-            await conn.send_packed_command([command])
-            try:
-                return await conn.read_response()
-            except redis.exceptions.NoScriptError:  # server restarted or scripts flushed
-                await client.script_load(_READ_PACKED)
-                await conn.send_packed_command([command])
-                return await conn.read_response()
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError):
-            await conn.disconnect()
+            async with asyncio.timeout(ASYNC_READ_TIMEOUT_S):
+                if not conn.is_connected:
+                    await conn.connect()
+                await conn.send_packed_command([command], check_health=False)
+                try:
+                    reply = await conn.read_response()
+                except redis.exceptions.NoScriptError:  # server restarted or scripts flushed
+                    await conn.send_packed_command([hiredis.pack_command(("SCRIPT", "LOAD", _READ_PACKED))],
+                                                   check_health=False)
+                    await conn.read_response()
+                    await conn.send_packed_command([command], check_health=False)
+                    reply = await conn.read_response()
+        except BaseException as exc:
+            await conn.disconnect(nowait=True)
+            if isinstance(exc, (redis.exceptions.ConnectionError, OSError)):
+                await connections.close_idle()  # opened before the same failure (a Redis restart): stale too
+            if isinstance(exc, TimeoutError) and not isinstance(exc, redis.exceptions.RedisError):
+                raise redis.exceptions.TimeoutError(f"Redis did not answer a read within {ASYNC_READ_TIMEOUT_S} s"
+                                                    ) from None
             raise
-        finally:
-            await pool.release(conn)
+        connections.give_back(conn)
+        return reply
 
     async def aclose(self) -> None:
-        """Close the asyncio client of the running event loop, if ``aread_packed`` opened one."""
-        client = self._async_clients.pop(asyncio.get_running_loop(), None)
-        if client is not None:
-            await client.aclose()
+        """Close the asyncio connections of the running event loop, if ``aread_packed`` opened some."""
+        connections = self._async_clients.pop(asyncio.get_running_loop(), None)
+        if connections is not None:
+            await connections.aclose()
 
     def read_values(self, items: list[tuple[str, str]]) -> list[tuple[bytes | None, int | None, int | None]]:
         """(values, watermark, valid_until) for each (view_key, entity) in one round trip."""

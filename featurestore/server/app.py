@@ -10,9 +10,10 @@ import asyncio
 import gc
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import Any, Callable
 
 from fastapi import FastAPI, Request
 from starlette.exceptions import HTTPException
@@ -26,10 +27,11 @@ from .config import ServerConfig
 from .errors import HANDLED, ApiError, describe, error_body
 from .jsonio import json_bytes, json_response
 from .metrics import CONTENT_TYPE_LATEST, ServerMetrics
-from .middleware import ServerGuard
+from .middleware import FastRoute, ServerGuard
 from .online import OnlineReads
 from .probes import Readiness
 from .registry_doc import registry_document
+from .reload import RegistryWatch
 from .schemas import (ErrorBody, GetOnlineFeaturesRequest, GetOnlineFeaturesResponse, MaterializeRequest,
                       PushRequest, PushResponse, body_schema)
 from .writes import parse_materialize, parse_push, push_report
@@ -42,6 +44,55 @@ ENDPOINTS = frozenset({"/get-online-features", "/push", "/materialize", "/regist
                        "/readyz", "/metrics", "/docs", "/openapi.json"})
 _ERRORS: dict[int | str, dict[str, Any]] = {status: {"model": ErrorBody} for status in (400, 401, 404, 413, 422, 503)}
 _HEALTHY = json_bytes({"status": "ok"})
+#: FastAPI's own OpenTelemetry off: the server's metrics are its Prometheus ones (``metrics.py``), and
+#: FastAPI's look-up of the global providers cost every request ~10 us
+_NO_TELEMETRY: Any = {"tracing": False, "metrics": False, "logs": False}
+
+
+@dataclass
+class _Server:
+    """The parts of one server app, built by ``create_app`` and shared by its endpoints."""
+
+    store: FeatureStore
+    config: ServerConfig
+    metrics: ServerMetrics = field(init=False)
+    reads: OnlineReads = field(init=False)
+    readiness: Readiness = field(init=False)
+    writes: ThreadPoolExecutor = field(init=False)
+    redact: Callable[[str], str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.metrics = ServerMetrics(set(self.store.repo.services), self.config.metrics_dir)
+        self.reads = OnlineReads(self.store, self.config.max_entities)
+        self.redact = SecretFilter([*self.config.secrets, *([self.config.token] if self.config.token else [])]).redact
+        self.readiness = Readiness(self.store, self.redact)
+        self.writes = ThreadPoolExecutor(1, thread_name_prefix="featurestore-writes")
+
+    def error(self, exc: Exception, method: str, path: str, state: dict) -> tuple[int, bytes, dict[str, str]]:
+        """(status, JSON body, headers) answering ``exc`` (``describe``), secrets redacted; 5xx logged."""
+        status, code, message, extra, headers = describe(exc, self.config.retry_after_s)
+        state["fs_error"] = code
+        if status >= 500:
+            logger.error("%s %s: %s", method, path, self.redact(message), exc_info=status == 500)
+        return status, error_body(code, self.redact(message), extra), headers
+
+    async def read(self, body: bytes, state: dict) -> tuple[int, bytes]:
+        """``/get-online-features``: (200, Feast's response) of a request body."""
+        query = self.reads.parse(body)
+        service = state["fs_service"] = self.metrics.service_label(query.feature_service)
+        answer = await self.reads.answer(query)
+        self.metrics.served(service, answer.rows, answer.features)
+        return 200, answer.body
+
+    async def changed(self) -> None:
+        """After the registry watch gave the store other versions or definitions."""
+        self.reads.reset()
+        self.metrics.services = set(self.store.repo.services)
+        await _compile_services(self.store)
+
+
+async def _healthy(body: bytes, state: dict) -> tuple[int, bytes]:
+    return 200, _HEALTHY
 
 
 def create_app(store: FeatureStore, config: ServerConfig | None = None) -> FastAPI:
@@ -49,52 +100,72 @@ def create_app(store: FeatureStore, config: ServerConfig | None = None) -> FastA
 
     At startup, a store without versions gets them from the registry (each view the registered
     version matching its definition, as ``FeatureStore.connect`` does), and every feature service's
-    read plan is compiled.  At shutdown, the pools the store opened are closed."""
-    config = config or ServerConfig()
-    metrics = ServerMetrics(set(store.repo.services), config.metrics_dir)
-    reads = OnlineReads(store, config.max_entities)
-    redact = SecretFilter([*config.secrets, *([config.token] if config.token else [])]).redact
-    readiness = Readiness(store, redact)
-    writes = ThreadPoolExecutor(1, thread_name_prefix="featurestore-writes")
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI):
-        if not store.versions:
-            store.versions = await store.aresolve_versions()
-        missing = sorted(set(store.repo.views) - set(store.versions))
-        if missing:
-            logger.warning("feature views not applied, answered with 404 until `featurestore apply` and a restart: "
-                           "%s", ", ".join(missing))
-        await _compile_services(store)
-        saved_gc = gc.get_threshold()
-        if config.gc_threshold is not None:
-            gc.collect()
-            gc.freeze()  # modules, definitions, plans: never garbage, never scanned again
-            gc.set_threshold(*config.gc_threshold)
-        yield
-        gc.set_threshold(*saved_gc)
-        await readiness.aclose()
-        await store.aclose()
-        await asyncio.get_running_loop().run_in_executor(writes, store.close)
-        writes.shutdown(wait=True)
-
-    app = FastAPI(title="featurestore feature server", version=__version__, lifespan=lifespan,
+    read plan is compiled; then the registry is polled (``RegistryWatch``) every
+    ``config.registry_poll_s`` seconds.  At shutdown, the pools the store opened are closed."""
+    server = _Server(store, config or ServerConfig())
+    app = FastAPI(title="featurestore feature server", version=__version__, lifespan=partial(_lifespan, server),
                   description="Online features over HTTP/JSON in Feast's request and response shapes: "
-                              "docs/server.md.", docs_url="/docs", openapi_url="/openapi.json", redoc_url=None)
+                              "docs/server.md.", docs_url="/docs", openapi_url="/openapi.json", redoc_url=None,
+                  telemetry=_NO_TELEMETRY)
+    _install_error_handlers(app, server)
+    fast: dict[tuple[str, str], FastRoute] = {("POST", "/get-online-features"): server.read,
+                                              ("GET", "/healthz"): _healthy}
+    app.add_middleware(ServerGuard, config=server.config, metrics=server.metrics, endpoints=ENDPOINTS, fast=fast,
+                       on_error=server.error, handled=HANDLED)
+    _add_read_routes(app, server)
+    _add_write_routes(app, server)
+    # The web console under /ui (featurestore/console, docs/console.md), behind this server's guard; it also
+    # adds the rows served per service to the usage counts in Redis.
+    from featurestore.console import mount_console
 
-    _install_error_handlers(app, config, redact)
-    app.add_middleware(ServerGuard, config=config, metrics=metrics, endpoints=ENDPOINTS)
+    mount_console(app, store, "/ui", metrics=server.metrics)
+    return app
+
+
+@asynccontextmanager
+async def _lifespan(server: _Server, app: FastAPI):
+    store, config = server.store, server.config
+    if not store.versions:
+        store.versions = await store.aresolve_versions()
+    missing = sorted(set(store.repo.views) - set(store.versions))
+    if missing:
+        logger.warning("feature views not applied, answered with 404 until `featurestore apply` (the server "
+                       "polls the registry): %s", ", ".join(missing))
+    await _compile_services(store)
+    watch = None
+    if config.registry_poll_s:
+        watch = asyncio.create_task(RegistryWatch(store, config.registry_poll_s, server.changed).run())
+    saved_gc = gc.get_threshold()
+    if config.gc_threshold is not None:
+        gc.collect()
+        gc.freeze()  # modules, definitions, plans: never garbage, never scanned again
+        gc.set_threshold(*config.gc_threshold)
+    try:
+        yield
+    finally:
+        gc.set_threshold(*saved_gc)
+        if watch is not None:
+            watch.cancel()
+            with suppress(asyncio.CancelledError):
+                await watch
+        await server.readiness.aclose()
+        await store.aclose()
+        await asyncio.get_running_loop().run_in_executor(server.writes, store.close)
+        server.writes.shutdown(wait=True)
+
+
+def _add_read_routes(app: FastAPI, server: _Server) -> None:
+    """The endpoints that read.  ``/get-online-features`` and ``/healthz`` are answered by the guard
+    (``ServerGuard``'s fast routes); they are declared here too, for ``/docs``."""
+    store, config = server.store, server.config
 
     @app.post("/get-online-features", openapi_extra=body_schema(GetOnlineFeaturesRequest),
               responses={200: {"model": GetOnlineFeaturesResponse}, **_ERRORS}, summary="Read online features")
     async def get_online_features(request: Request) -> Response:
-        query = reads.parse(await request.body())
-        service = request.state.fs_service = metrics.service_label(query.feature_service)
-        answer = await reads.answer(query)
-        metrics.served(service, answer.rows, answer.features)
-        return Response(answer.body, media_type="application/json")
-
-    _add_write_routes(app, store, config, writes)
+        state: dict = {}
+        _, body = await server.read(await request.body(), state)
+        request.state.fs_service = state.get("fs_service", "-")
+        return Response(body, media_type="application/json")
 
     @app.get("/registry", summary="Entities, sources, views with versions, services")
     async def registry() -> Response:
@@ -107,16 +178,14 @@ def create_app(store: FeatureStore, config: ServerConfig | None = None) -> FastA
 
     @app.get("/readyz", summary="Readiness: Redis, and PostgreSQL where configured, answer")
     async def readyz() -> Response:
-        ready, report = await readiness.check()
+        ready, report = await server.readiness.check()
         if ready:
             return json_response(report)
         return json_response(report, 503, {"Retry-After": str(config.retry_after_s)})
 
     @app.get("/metrics", summary="Prometheus metrics")
     async def prometheus() -> Response:
-        return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
-
-    return app
+        return Response(server.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
 
 async def _compile_services(store: FeatureStore) -> None:
@@ -130,16 +199,14 @@ async def _compile_services(store: FeatureStore) -> None:
             logger.warning("feature service %r cannot be read: %s", name, exc)
 
 
-def _install_error_handlers(app: FastAPI, config: ServerConfig, redact) -> None:
-    """Every error as a JSON body naming the problem (``describe``), secrets redacted."""
+def _install_error_handlers(app: FastAPI, server: _Server) -> None:
+    """Every error as a JSON body naming the problem (``_Server.error``), secrets redacted."""
 
     async def on_error(request: Request, exc: Exception) -> Response:
-        status, code, message, extra, headers = describe(exc, config.retry_after_s)
-        request.state.fs_error = code
-        if status >= 500:
-            logger.error("%s %s: %s", request.method, request.url.path, redact(message),
-                         exc_info=status == 500)
-        return Response(error_body(code, redact(message), extra), status, headers, media_type="application/json")
+        state: dict = {}
+        status, body, headers = server.error(exc, request.method, request.url.path, state)
+        request.state.fs_error = state["fs_error"]
+        return Response(body, status, headers, media_type="application/json")
 
     async def on_http_error(request: Request, exc: HTTPException) -> Response:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
@@ -152,8 +219,9 @@ def _install_error_handlers(app: FastAPI, config: ServerConfig, redact) -> None:
     app.add_exception_handler(HTTPException, on_http_error)  # type: ignore[arg-type]
 
 
-def _add_write_routes(app: FastAPI, store: FeatureStore, config: ServerConfig, writes: ThreadPoolExecutor) -> None:
+def _add_write_routes(app: FastAPI, server: _Server) -> None:
     """``/push`` and ``/materialize``: the client's own calls, one at a time on the ``writes`` thread."""
+    store, config, writes = server.store, server.config, server.writes
 
     def refuse_if_read_only() -> None:
         if config.read_only:

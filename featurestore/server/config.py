@@ -20,7 +20,9 @@ class ServerConfig:
     multiprocess mode, when several worker processes serve one port and ``/metrics`` adds up all of
     them.  ``gc_threshold``: Python's collector thresholds while serving, with what startup allocated
     frozen out of every collection (None: Python's own, nothing frozen), as the worker does: full
-    collections scanning the imported modules' objects held requests up.
+    collections scanning the imported modules' objects held requests up.  ``registry_poll_s``: seconds
+    between two looks at the registry and the repository's files, to serve what ``featurestore apply``
+    changed without a restart (0: never; ``featurestore.server.reload``).
     """
 
     token: str | None = field(default=None, repr=False)
@@ -31,3 +33,4 @@ class ServerConfig:
     secrets: tuple[str, ...] = field(default=(), repr=False)
     metrics_dir: str | None = None
     gc_threshold: tuple[int, int, int] | None = (50_000, 20, 100)
+    registry_poll_s: float = 5.0

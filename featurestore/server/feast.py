@@ -25,7 +25,7 @@ from featurestore.types import parse_timestamp
 from .errors import ApiError
 from .jsonio import load_object
 
-__all__ = ["EPOCH_TEXT", "STATUS_NAMES", "OnlineQuery", "encode_online", "parse_online", "rfc3339"]
+__all__ = ["EPOCH_TEXT", "STATUS_NAMES", "OnlineQuery", "encode_online", "encode_read", "parse_online", "rfc3339"]
 
 STATUS_NAMES = {PRESENT: "PRESENT", MISSING: "NOT_FOUND", EXPIRED: "OUTSIDE_MAX_AGE"}
 EPOCH_TEXT = "1970-01-01T00:00:00Z"
@@ -50,6 +50,9 @@ class OnlineQuery:
         return (tuple(self.features) if self.features is not None else None), self.feature_service
 
 
+_STR = {str}
+
+
 def _malformed(message: str) -> ApiError:
     return ApiError(400, "malformed_body", message)
 
@@ -71,7 +74,7 @@ def parse_online(body: bytes, max_entities: int, request_fields: frozenset[str] 
     except ValueError as exc:
         raise _malformed(str(exc)) from None
     features, service = doc.get("features"), doc.get("feature_service")
-    if features is not None and (not isinstance(features, list) or not all(isinstance(f, str) for f in features)):
+    if features is not None and (type(features) is not list or (features and set(map(type, features)) != _STR)):
         raise _malformed("'features' must be an array of 'view:feature' strings")
     if service is not None and not isinstance(service, str):
         raise _malformed("'feature_service' must be a string: the name of a feature service")
@@ -185,3 +188,34 @@ def encode_online(response: OnlineResponse) -> dict:
             last_times = times
         results.append({"values": values, "statuses": feast_statuses, "event_timestamps": feast_times})
     return {"metadata": {"feature_names": names}, "results": results}
+
+
+def encode_read(plan, entity_rows: list[dict], results: list, full_names: bool) -> dict | None:
+    """Feast's response straight from what the read path returns (``_OnlinePlan`` and the
+    ``aread_rows`` results of ``entity_rows``), as ``encode_online`` writes it from the client's
+    ``OnlineResponse``, without building the latter: each view's statuses and event times are
+    written as JSON once, and each feature's values are the view rows' column.  None for a plan with
+    on-demand features (those take ``FeatureStore.aget_online_features`` and ``encode_online``)."""
+    labels, pick_columns, steps, pick_views = plan.outputs(full_names)
+    if steps is not None:
+        return None
+    n = len(entity_rows)
+    key_statuses, key_times = Fragment(dumps(["PRESENT"] * n)), Fragment(dumps([EPOCH_TEXT] * n))
+    out = [{"values": [row.get(key) for row in entity_rows], "statuses": key_statuses, "event_timestamps": key_times}
+           for key in plan.join_keys]
+    columns: list = []
+    view_statuses: list[Fragment] = []
+    view_times: list[Fragment] = []
+    status_memo: dict[tuple, Fragment] = {}
+    texts = _TEXTS
+    for read, (view_rows, statuses, times, _) in zip(plan.reads, results):
+        columns += zip(*view_rows) if n else [()] * len(read.features)
+        skey = tuple(statuses)
+        known = status_memo.get(skey)
+        if known is None:
+            known = status_memo[skey] = Fragment(dumps([STATUS_NAMES[s] for s in statuses]))
+        view_statuses.append(known)
+        view_times.append(Fragment(dumps([texts.get(t) or _time_text(t) for t in times])))
+    out += [{"values": values, "statuses": status, "event_timestamps": at}
+            for values, status, at in zip(pick_columns(columns), pick_views(view_statuses), pick_views(view_times))]
+    return {"metadata": {"feature_names": [*plan.join_keys, *labels]}, "results": out}

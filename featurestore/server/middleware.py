@@ -1,7 +1,10 @@
 """The ASGI layer in front of the app: the bearer token, the body size limit, the metrics of every
 answer, and a JSON 500 for anything the app let through, so no request takes the server down.
 
-Plain ASGI (no per-request objects beyond a closure): it runs on every request, the probes included."""
+Plain ASGI (no per-request objects beyond a closure): it runs on every request, the probes included.
+The hot endpoints (``/get-online-features`` and the liveness probes) are answered here, by
+``FastRoute`` handlers, without FastAPI's routing and request objects; the app behind still declares
+them, for ``/docs`` and ``/openapi.json``."""
 
 from __future__ import annotations
 
@@ -14,7 +17,7 @@ from .config import ServerConfig
 from .errors import describe, error_body
 from .metrics import ServerMetrics
 
-__all__ = ["PROBES", "ServerGuard"]
+__all__ = ["PROBES", "FastRoute", "ServerGuard"]
 
 logger = logging.getLogger(__name__)
 
@@ -23,6 +26,11 @@ PROBES = frozenset({"/healthz", "/health", "/readyz"})
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict]]
 Send = Callable[[dict], Awaitable[None]]
+#: ``(body, request state) -> (status, JSON body)``: an endpoint answered by the guard itself
+FastRoute = Callable[[bytes, dict], Awaitable[tuple[int, bytes]]]
+#: ``(exception, request method, path, request state) -> (status, JSON body, headers)``: the app's error answer
+OnError = Callable[[Exception, str, str, dict], tuple[int, bytes, dict[str, str]]]
+_JSON = (b"content-type", b"application/json")
 
 
 class ServerGuard:
@@ -30,10 +38,14 @@ class ServerGuard:
 
     ``endpoints``: the paths reported as themselves in the metrics (others are ``other``).  The app
     puts the service label and the error code of an answer in the request state (``fs_service``,
-    ``fs_error``)."""
+    ``fs_error``).  ``fast``: ``(method, path) -> FastRoute`` answered here; their errors (the
+    ``handled`` classes) are answered by ``on_error``, as the app answers its own."""
 
-    def __init__(self, app, config: ServerConfig, metrics: ServerMetrics, endpoints: frozenset[str]) -> None:
+    def __init__(self, app, config: ServerConfig, metrics: ServerMetrics, endpoints: frozenset[str],
+                 fast: dict[tuple[str, str], FastRoute] | None = None, on_error: OnError | None = None,
+                 handled: tuple[type[Exception], ...] = ()) -> None:
         self.app, self.config, self.metrics, self.endpoints = app, config, metrics, endpoints
+        self.fast, self.on_error, self.handled = fast or {}, on_error, handled
         self._expected = config.token.encode() if config.token else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -61,7 +73,11 @@ class ServerGuard:
                     await _answer(send_status, state, 413, "body_too_large",
                                   f"the request body is larger than {size} bytes (FEATURESTORE_SERVER_MAX_BODY_BYTES)")
                 else:
-                    await self.app(scope, _replay(body, receive), send_status)
+                    route = self.fast.get((scope["method"], path))
+                    if route is None:
+                        await self.app(scope, _replay(body, receive), send_status)
+                    else:
+                        await self._answer_fast(route, body, scope, state, send_status)
         except Exception as exc:  # noqa: BLE001 - answered as a 500 and logged; the server goes on
             logger.exception("%s %s failed", scope.get("method"), path)
             if status[0] == 0:
@@ -71,6 +87,18 @@ class ServerGuard:
             endpoint = path if path in self.endpoints else "other"
             self.metrics.observe(endpoint, state.get("fs_service", "-"), status[0] or 500,
                                  time.perf_counter() - started, state.get("fs_error"))
+
+    async def _answer_fast(self, route: FastRoute, body: bytes, scope: Scope, state: dict, send: Send) -> None:
+        headers: dict[str, str] = {}
+        try:
+            status, payload = await route(body, state)
+        except self.handled as exc:
+            assert self.on_error is not None
+            status, payload, headers = self.on_error(exc, scope["method"], scope["path"], state)
+        raw = [_JSON, (b"content-length", b"%d" % len(payload))]
+        raw += [(k.lower().encode(), v.encode()) for k, v in headers.items()]
+        await send({"type": "http.response.start", "status": status, "headers": raw})
+        await send({"type": "http.response.body", "body": payload})
 
     def _refusal(self, scope: Scope, path: str) -> tuple[int, str, str, dict[str, str]] | None:
         """(status, code, message, headers) when the request is refused before the app sees it."""
@@ -134,7 +162,7 @@ async def _answer(send: Send, state: dict, status: int, code: str, message: str,
                   headers: dict[str, str] | None = None) -> None:
     state["fs_error"] = code
     body = error_body(code, message)
-    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    raw = [_JSON, (b"content-length", b"%d" % len(body))]
     raw += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
     await send({"type": "http.response.start", "status": status, "headers": raw})
     await send({"type": "http.response.body", "body": body})

@@ -1,5 +1,6 @@
-"""``/get-online-features``: a Feast request read through ``FeatureStore.aget_online_features``, the
-client's own asyncio read path, and answered in Feast's shape.
+"""``/get-online-features``: a Feast request read through the client's own asyncio read path (its
+plan of the request shape and ``aread_rows``; ``FeatureStore.aget_online_features`` for on-demand
+features), and answered in Feast's shape.
 
 Before the read, the join keys the request needs are checked (present, not null, of the entity's key
 type), so that a bad entity gets a 422 naming the key, the row and the view."""
@@ -12,15 +13,16 @@ from functools import partial
 import redis.exceptions
 
 from featurestore.client import FeatureStore
+from featurestore.online.reader import aread_rows
+from featurestore.read_plan import PlanCache
 
 from .errors import ApiError
-from .feast import OnlineQuery, encode_online, parse_online
+from .feast import OnlineQuery, encode_online, encode_read, parse_online
 from .jsonio import json_bytes
 
 __all__ = ["OnlineAnswer", "OnlineReads"]
 
 _KEY_TYPES = {"string": str, "int64": int}
-_MAX_SHAPES = 1024  # request shapes whose key checks are kept
 
 
 @dataclass
@@ -38,26 +40,47 @@ class OnlineReads:
     def __init__(self, store: FeatureStore, max_entities: int) -> None:
         self.store = store
         self.max_entities = max_entities
-        repo = store.repo
+        self._keys = PlanCache()  # request shape -> the join keys it needs (``_key_spec``)
+        self.reset()
+
+    def reset(self) -> None:
+        """Derive again what depends on the store's repository (after it changed)."""
+        repo = self.store.repo
         join_keys = {e.join_key for e in repo.entities.values()} | {v.entity.join_key for v in repo.views.values()}
         self.request_fields = frozenset(f for odfv in repo.odfvs.values() for f in odfv.request_schema) - join_keys
-        self._keys: dict[tuple, dict[str, tuple[type, str, str]]] = {}
+        self._keys.clear()
 
     def parse(self, body: bytes) -> OnlineQuery:
         return parse_online(body, self.max_entities, self.request_fields)
 
     async def answer(self, query: OnlineQuery) -> OnlineAnswer:
-        """Read ``query`` and write Feast's response (``ApiError`` or the client's errors on bad input)."""
+        """Read ``query`` and write Feast's response (``ApiError`` or the client's errors on bad input).
+
+        The client's read path: its plan of the request shape and its Redis read (``aread_rows``);
+        the response is written from the rows it returns (``encode_read``), or, for on-demand
+        features, from ``aget_online_features``' answer."""
         self._check_keys(query)
+        store = self.store
+        plan, rows, keys = store._online_request(query.rows, query.features, query.feature_service)
+        if plan.outputs(query.full_names)[2] is not None:  # on-demand features: the client computes them
+            return await self._answer_odfv(query)
+        try:
+            results = await aread_rows(store.online, plan.reads, keys, query.at_ms)
+        except redis.exceptions.ConnectionError:  # a pooled connection Redis closed (a restart, an idle timeout):
+            results = await aread_rows(store.online, plan.reads, keys, query.at_ms)  # a read changes nothing
+        doc = encode_read(plan, rows, results, query.full_names)
+        assert doc is not None  # no on-demand features: checked above
+        return OnlineAnswer(json_bytes(doc), len(rows), len(doc["results"]) - len(plan.join_keys))
+
+    async def _answer_odfv(self, query: OnlineQuery) -> OnlineAnswer:
         read = partial(self.store.aget_online_features, query.rows, features=query.features,
                        feature_service=query.feature_service, request_data=query.request_data, at_ms=query.at_ms,
                        full_names=query.full_names)
         try:
             response = await read()
-        except redis.exceptions.ConnectionError:  # a pooled connection Redis closed (a restart, an idle timeout):
-            response = await read()  # a read changes nothing, so once more, on a new connection
-        features = len(response.statuses)
-        return OnlineAnswer(json_bytes(encode_online(response)), len(query.rows), features)
+        except redis.exceptions.ConnectionError:  # as in ``answer``
+            response = await read()
+        return OnlineAnswer(json_bytes(encode_online(response)), len(query.rows), len(response.statuses))
 
     def _key_spec(self, query: OnlineQuery) -> dict[str, tuple[type, str, str]]:
         """join key -> (Python type, key type, a view keyed by it) of the views the query reads."""
@@ -74,8 +97,6 @@ class OnlineReads:
             for view in views:
                 spec.setdefault(view.entity.join_key, (_KEY_TYPES[view.entity.key_type], view.entity.key_type,
                                                        view.name))
-            if len(self._keys) >= _MAX_SHAPES:
-                self._keys.clear()
             self._keys[query.shape] = spec
         return spec
 

@@ -57,6 +57,13 @@ class Served:
                 self.process.wait(5)
 
 
+def wait_for(condition: Callable[[], bool], seconds: float = 30) -> None:
+    """Until ``condition()`` holds, at most ``seconds`` (the assertion after it says what did not happen)."""
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
 @pytest.fixture(scope="module")
 def project(servers) -> Iterator[Project]:
     """The example repository applied under a project of its own (dropped afterwards)."""

@@ -8,7 +8,11 @@
 * the single-entity read again while another process commits batches the way a worker does
   (``--ingest-batch`` events over 20,000 other entities per batch, ``--commit-chunk`` states per
   script), and again with the whole batch in one script (the baseline): reads wait behind each
-  commit script, so this shows the tail a worker's commits add.
+  commit script, so this shows the tail a worker's commits add;
+* the cost of the client's usage counting (``FeatureStore.count_usage``, counts kept in memory and
+  written to Redis every few seconds): the 1-entity and 100-entity reads with counting on and off,
+  alternating read by read in the same run, the time of one count, and the rows the counters hold
+  afterwards (all the rows read with counting on).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import numpy as np
 
 from bench.servers import bench_settings
 from featurestore.client import FeatureStore
+from featurestore.console.usage import FEATURE_LISTS, usage_key
 from featurestore.definitions import Aggregate, Entity, EventSource, FeatureView
 from featurestore.online import RedisOnlineStore
 from featurestore.repo import Repository
@@ -98,6 +103,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--warmup-seconds", type=float, default=8,
                         help="wait for the ingesting process's imports and first commits before reading")
     parser.add_argument("--read-seconds", type=float, default=10, help="duration of the reads while it commits")
+    parser.add_argument("--usage-reads", type=int, default=None,
+                        help="1-entity reads, half with usage counting on, half off (100-entity reads: a quarter); "
+                             "default: twice --reads")
     parser.add_argument("--event-ids", action="store_true",
                         help="a source with an event-id field and 1 day of lateness: states hold ~86 ids each")
     return parser.parse_args()
@@ -198,6 +206,69 @@ def reads_while_ingesting(reads: Reads, redis_url: str, project: str, args: argp
             "commit_ms_p50": round(float(np.median(commit_ms)), 1) if commit_ms else None}
 
 
+def counted_rows(online: RedisOnlineStore, project: str) -> int:
+    """The entity rows the usage counters of today hold for reads of feature lists."""
+    raw = online.client.hgetall(usage_key(project, int(time.time() * 1000)))
+    return sum(int(v) for k, v in raw.items() if k.decode().endswith("|" + FEATURE_LISTS))
+
+
+def counter_add_us(reads: Reads, n: int = 200_000) -> float:
+    """Microseconds one ``ReadCounter.add`` takes (the counting's whole part of a read between flushes)."""
+    counter, plan = reads.store._usage, next(iter(reads.store._usage._pending), None)
+    plan = plan if plan is not None else reads.store._online_request([{"customer_id": "C00000"}], reads.features,
+                                                                     None)[0]
+    started = time.perf_counter()
+    for _ in range(n):
+        counter.add(plan, None, 1)
+    return (time.perf_counter() - started) / n * 1e6
+
+
+def usage_cost(reads: Reads, project: str, n: int) -> dict:
+    """The reads with ``count_usage`` off and on, alternating read by read (off, on, then on, off, ...), so
+    the machine's noise (other processes on its cores) falls on both alike."""
+    store = reads.store
+    store.count_usage = True
+    reads.one(0)  # opens the counter
+    store.close()  # flushes it
+    before = counted_rows(reads.online, project)
+    samples: dict[tuple[str, bool], list[float]] = {(k, on): [] for k in ("one", "hundred") for on in (False, True)}
+    rows_counted = 0
+    shapes = (("one", reads.one, n, 1), ("hundred", reads.hundred, max(2, n // 4), len(reads.rows)))
+    for kind, fn, count, rows in shapes:
+        for i in range(count):
+            on = (i % 2 == 1) != (i // 2 % 2 == 1)
+            store.count_usage = on
+            start = time.perf_counter()
+            fn(i)
+            samples[(kind, on)].append(time.perf_counter() - start)
+            rows_counted += rows if on else 0
+    store.count_usage = True
+    add_us = counter_add_us(reads)
+    rows_counted += 200_000
+    store.close()
+    out: dict = {"counter_add_us": round(add_us, 3)}
+    for k in ("one", "hundred"):
+        off, on = percentiles(samples[(k, False)]), percentiles(samples[(k, True)])
+        out[f"read_{'1_entity' if k == 'one' else '100_entities'}"] = {
+            "counting_off": off, "counting_on": on,
+            "p99_change_pct": round(100 * (on["p99_ms"] - off["p99_ms"]) / off["p99_ms"], 2),
+            "p50_change_pct": round(100 * (on["p50_ms"] - off["p50_ms"]) / off["p50_ms"], 2),
+            "noise_p99_change_pct_off_vs_off": _a_a(samples[(k, False)])}
+    out["rows_counted_in_redis"] = counted_rows(reads.online, project) - before
+    out["rows_read_with_counting_on"] = rows_counted
+    out["counter_add_share_of_1_entity_p50_pct"] = round(
+        100 * add_us / 1000 / out["read_1_entity"]["counting_off"]["p50_ms"], 3)
+    out["goal"] = "p99 grows by less than 5 % with counting on"
+    out["meets_goal"] = all(v["p99_change_pct"] < 5 for k, v in out.items() if k.startswith("read_"))
+    return out
+
+
+def _a_a(off: list[float]) -> float:
+    """The p99 change between the two halves (alternate reads) of the counting-off reads: the noise floor."""
+    a, b = percentiles(off[0::2])["p99_ms"], percentiles(off[1::2])["p99_ms"]
+    return round(100 * (b - a) / a, 2)
+
+
 def main() -> None:
     args = parse_args()
     settings = bench_settings()
@@ -217,6 +288,7 @@ def main() -> None:
     hundred_asyncio = percentiles(asyncio.run(reads.hundred_async(1000)))
     late = percentiles(timed_reads(lambda i: reads.one(i, at=last + 40 * 86_400_000 // 2), 1000))
     states = reads.evaluated_states()
+    usage = usage_cost(reads, project, args.usage_reads or 2 * args.reads)
     while_chunked = reads_while_ingesting(reads, redis_url, project, args, args.commit_chunk)
     while_whole = reads_while_ingesting(reads, redis_url, project, args, None)
     report = {
@@ -231,6 +303,7 @@ def main() -> None:
         "meets_goal_100": hundred["p99_ms"] < 3,
         "read_100_entities_evaluated_states": {"states": states, "of": len(views) * len(reads.rows)},
         "read_1_entity_after_windows_moved": late,
+        "usage_counting": usage,
         "read_1_entity_while_a_worker_commits": {
             "chunked": while_chunked, "baseline_one_script_per_batch": while_whole,
             "note": f"another process commits batches of ingest_batch events as a worker does; {READ_RATE} reads/s "

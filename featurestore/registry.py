@@ -32,7 +32,7 @@ from .repo import Repository
 __all__ = ["Change", "Registry", "KINDS"]
 
 KINDS = ("entity", "source", "view", "odfv", "service")
-_METADATA = ("owner", "description", "tags", "ttl", "ttl_ms")
+_METADATA = ("owner", "description", "tags", "ttl", "ttl_ms", "expectations")  # no new version when they change
 _KIND_LABEL = {"entity": "Entity", "source": "EventSource", "view": "FeatureView",
                "odfv": "OnDemandFeatureView", "service": "FeatureService"}
 

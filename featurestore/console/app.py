@@ -25,7 +25,7 @@ from .lineage import lineage_graph, lineage_svg
 from .pages import render
 from .search import search
 from .stats_runs import load_runs
-from .usage import read_usage
+from .usage import FEATURE_LISTS, read_usage
 from .versions import registered_versions, version_diff
 
 __all__ = ["COOKIE", "Console", "create_console_app", "mount_console"]
@@ -128,7 +128,8 @@ async def usage_page(request: Request) -> Response:
     c = _console(request)
     services = {name: [f"{item}:{f}" for item, f in s.resolve()] for name, s in c.store.repo.services.items()}
     usage = await asyncio.to_thread(read_usage, c.store.online.client, c.store.project, services)
-    return render(request, "usage.html", usage=usage, chart=charts.line_chart(dict(usage["series"]), "rows"),
+    return render(request, "usage.html", usage=usage, feature_lists=FEATURE_LISTS,
+                  chart=charts.line_chart(dict(usage["series"]), "rows"),
                   services_chart=charts.bar_chart(usage["services"], "rows"),
                   features_chart=charts.bar_chart(usage["features"][:30], "reads"))
 

@@ -5,7 +5,12 @@ The feature server already counts the entity rows it answers per service (its Pr
 at most every ``FLUSH_PERIOD_S`` (from the request path: one clock read per request; the Redis write
 runs as a task of its own) and when the server stops, so the read path does no Redis write of its own.
 Counts land in one hash per UTC day, ``fs:{project}:usage:{YYYYMMDD}``, field ``{minute ms}|{service}``,
-kept ``KEEP_DAYS`` days.  Reads per feature are the reads of the services serving it."""
+kept ``KEEP_DAYS`` days.  Reads per feature are the reads of the services serving it.
+
+``ReadCounter`` does the same for the Python client's ``get_online_features``: entity rows read per service
+(field ``{minute ms}|{service}``) or, for a list of features, under ``FEATURE_LISTS`` and per feature (field
+``{minute ms}|-|{view}:{feature}``), added up in memory per request shape and written at most every
+``CLIENT_FLUSH_PERIOD_S`` (by the read that finds the period over) and at ``close``."""
 
 from __future__ import annotations
 
@@ -15,11 +20,15 @@ import time
 from collections import defaultdict
 from typing import Any
 
-__all__ = ["FLUSH_PERIOD_S", "KEEP_DAYS", "UsageRecorder", "read_usage", "usage_key"]
+__all__ = ["CLIENT_FLUSH_PERIOD_S", "FEATURE_LISTS", "FLUSH_PERIOD_S", "KEEP_DAYS", "ReadCounter", "UsageRecorder",
+           "read_usage", "usage_key"]
 
 logger = logging.getLogger(__name__)
 
 FLUSH_PERIOD_S = 10.0
+CLIENT_FLUSH_PERIOD_S = 5.0
+#: the series name of reads that named features rather than a service
+FEATURE_LISTS = "(feature lists)"
 KEEP_DAYS = 8
 _DAY_MS = 86_400_000
 
@@ -98,6 +107,59 @@ class UsageRecorder:
         return int(sum(delta.values()))
 
 
+class ReadCounter:
+    """Counts a client's online reads (see the module docstring).  ``client``: a synchronous redis-py client
+    of the online store.  ``add`` is the read path's part: a dict update and a clock read."""
+
+    def __init__(self, client: Any, project: str, period_s: float = CLIENT_FLUSH_PERIOD_S) -> None:
+        self.client, self.project, self.period_s = client, project, period_s
+        self._pending: dict[Any, int] = {}  # request plan -> entity rows read since the last flush
+        self._labels: dict[Any, tuple[str | None, tuple[str, ...]]] = {}  # plan -> (service, features)
+        self._next = time.monotonic() + period_s
+
+    def add(self, plan: Any, service: str | None, rows: int) -> None:
+        """Count ``rows`` entity rows read with ``plan`` (of ``service``, or of ``plan.refs`` when None)."""
+        pending = self._pending
+        if plan in pending:
+            pending[plan] += rows
+        else:
+            pending[plan] = rows
+            self._labels[plan] = (service, () if service else tuple(f"{r.view}:{r.feature}" for r in plan.refs))
+        if time.monotonic() >= self._next:
+            self.flush()
+
+    def flush(self) -> int:
+        """Write the counts since the last flush to this minute's fields; returns the rows written (0 when
+        Redis did not answer: the counts are kept for the next flush)."""
+        self._next = time.monotonic() + self.period_s
+        if not self._pending:
+            return 0
+        pending, labels = self._pending, self._labels
+        self._pending, self._labels = {}, {}
+        fields: dict[str, int] = defaultdict(int)
+        now = int(time.time() * 1000)
+        minute = now - now % 60_000
+        for plan, n in pending.items():
+            service, features = labels[plan]
+            fields[f"{minute}|{service or FEATURE_LISTS}"] += n
+            for feature in features:
+                fields[f"{minute}|-|{feature}"] += n
+        key = usage_key(self.project, now)
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            for field, n in fields.items():
+                pipe.hincrby(key, field, n)
+            pipe.expire(key, KEEP_DAYS * 86_400)
+            pipe.execute()
+        except Exception as exc:  # noqa: BLE001 - kept and written at the next flush
+            logger.warning("could not record feature reads in the online store: %s", exc)
+            for plan, n in pending.items():
+                self._pending[plan] = self._pending.get(plan, 0) + n
+                self._labels.setdefault(plan, labels[plan])
+            return 0
+        return sum(pending.values())
+
+
 def read_usage(client: Any, project: str, services: dict[str, list[str]], hours: int = 24,
                now_ms: int | None = None) -> dict[str, Any]:
     """Reads of the last ``hours``: per service a time series of (minute ms, rows read) and a total, and
@@ -109,13 +171,17 @@ def read_usage(client: Any, project: str, services: dict[str, list[str]], hours:
     for day in days:
         pipe.hgetall(usage_key(project, day))
     series: dict[str, dict[int, int]] = defaultdict(dict)
+    features: dict[str, int] = defaultdict(int)
     for raw in pipe.execute():
         for field, value in raw.items():
             minute, _, service = field.decode().partition("|")
-            if int(minute) >= since:
-                series[service][int(minute)] = series[service].get(int(minute), 0) + int(value)
+            if int(minute) < since:
+                continue
+            if service.startswith("-|"):  # a feature of a client's read of a list of features
+                features[service[2:]] += int(value)
+                continue
+            series[service][int(minute)] = series[service].get(int(minute), 0) + int(value)
     totals = {s: sum(points.values()) for s, points in series.items()}
-    features: dict[str, int] = defaultdict(int)
     for service, n in totals.items():
         for feature in services.get(service, []):
             features[feature] += n

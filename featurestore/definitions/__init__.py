@@ -7,6 +7,7 @@ All are frozen pydantic models; invalid definitions raise
 from __future__ import annotations
 
 from ._base import NAME_RE, RESERVED_WORDS, check_name
+from .expectations import AllowedValues, NotNull, Range, Relation
 from .features import Activity, Aggregate, BatchTransform, Feature, Latest, output_dtype
 from .services import FeatureService, OnDemandFeatureView
 from .sources import Entity, EventSource, FileHistory, TableHistory
@@ -18,6 +19,7 @@ __all__ = [
     "RESERVED_WORDS",
     "Activity",
     "Aggregate",
+    "AllowedValues",
     "BatchTransform",
     "Embedding",
     "Entity",
@@ -28,7 +30,10 @@ __all__ = [
     "FeatureView",
     "FileHistory",
     "Latest",
+    "NotNull",
     "OnDemandFeatureView",
+    "Range",
+    "Relation",
     "TableHistory",
     "ValueType",
     "check_name",

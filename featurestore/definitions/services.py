@@ -6,14 +6,15 @@ import warnings
 from typing import Any, Callable, Union
 
 import pandas as pd
-from pydantic import field_validator, model_validator
+from pydantic import PrivateAttr, field_validator, model_validator
 
 from ..exceptions import DefinitionError, InvalidInputError
 from ..types import ValueType
 from ._base import Definition, TypeField, check_name
 from ._columns import coerce_column
+from .expectations import AnyExpectation, Expectation, check_expectation_types
 from .features import function_identity
-from .views import FeatureSelection, FeatureView, selection_of
+from .views import FeatureSelection, FeatureView, expectation_items, selection_of
 
 with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message=".*shadows an attribute.*")
@@ -164,7 +165,11 @@ ServiceItem = Union[FeatureView, FeatureSelection, OnDemandFeatureView]
 
 
 class FeatureService(Definition):
-    """A named set of features served together (what a model consumes)."""
+    """A named set of features served together (what a model consumes).
+
+    ``expectations`` are checks on the values of its views' features, named ``"view:feature"`` or by a
+    plain name its views hold once; the features of one check belong to one view, and ``featurestore
+    stats --view`` of that view evaluates it."""
 
     positional = ("name", "features")
 
@@ -173,6 +178,9 @@ class FeatureService(Definition):
     description: str = ""
     owner: str = ""
     tags: dict[str, str] = {}
+    expectations: tuple[AnyExpectation, ...] = ()
+
+    _bound: tuple[tuple[str, Expectation], ...] = PrivateAttr(default=())
 
     @field_validator("features", mode="before")
     @classmethod
@@ -188,6 +196,37 @@ class FeatureService(Definition):
                     f"item {i} is {type(item).__name__}, expected a FeatureView, view[[...]] or OnDemandFeatureView"
                 )
         return v
+
+    @field_validator("expectations", mode="before")
+    @classmethod
+    def _expectation_items(cls, v: Any) -> Any:
+        return expectation_items(v)
+
+    @model_validator(mode="after")
+    def _bind_expectations(self) -> "FeatureService":
+        where = f"FeatureService {self.name!r}"
+        pairs = [p for item in self.features if not isinstance(item, OnDemandFeatureView)
+                 for p in selection_of(item).resolve()]
+        views = {v.name: v for v in self.views()}
+        bound = []
+        for check in self.expectations:
+            names = {ref: _feature_of(ref, pairs, where, check) for ref in check.features()}
+            owners = sorted({view for view, _ in names.values()})
+            if len(owners) > 1:
+                raise DefinitionError(f"{where}: expectation {check.describe()!r} reads features of views "
+                                      f"{', '.join(owners)}; a check compares the features of one view")
+            view = views[owners[0]]
+            problem = check_expectation_types(
+                check, {ref: view.dtype(f) for ref, (_, f) in names.items()}, where)
+            if problem:
+                raise DefinitionError(problem)
+            bound.append((view.name, check.renamed({ref: f for ref, (_, f) in names.items()})))
+        self._bound = tuple(bound)
+        return self
+
+    def expectations_of(self, view_name: str) -> list[Expectation]:
+        """This service's checks on ``view_name``, naming the view's features by their plain names."""
+        return [check for view, check in self._bound if view == view_name]
 
     def resolve(self) -> list[tuple[str, str]]:
         """``(view or ODFV name, feature name)`` for every feature served, in order,
@@ -220,8 +259,25 @@ class FeatureService(Definition):
                 items.append({"odfv": item.name, "features": list(item.schema)})
             else:
                 items.append(selection_of(item).to_json())
-        return {"name": self.name, "features": items, "description": self.description,
-                "owner": self.owner, "tags": dict(self.tags)}
+        out = {"name": self.name, "features": items, "description": self.description,
+               "owner": self.owner, "tags": dict(self.tags)}
+        if self.expectations:
+            out["expectations"] = [c.to_json() for c in self.expectations]
+        return out
+
+
+def _feature_of(ref: str, pairs: list[tuple[str, str]], where: str, check: Expectation) -> tuple[str, str]:
+    """The ``(view, feature)`` of the service's views that ``ref`` (``"view:feature"`` or a plain name) names."""
+    view, sep, feature = ref.rpartition(":")
+    found = [p for p in pairs if (p == (view, feature) if sep else p[1] == ref)]
+    if len(found) == 1:
+        return found[0]
+    served = ", ".join(f"{v}:{f}" for v, f in pairs)
+    if not found:
+        raise DefinitionError(f"{where}: expectation {check.describe()!r}: {ref!r} is not a feature of the "
+                              f"service's views (features: {served}; on-demand outputs cannot be checked)")
+    raise DefinitionError(f"{where}: expectation {check.describe()!r}: {ref!r} is in views "
+                          f"{', '.join(v for v, _ in found)}; name it 'view:feature'")
 
 
 __all__ = ["FeatureService", "OnDemandFeatureView"]

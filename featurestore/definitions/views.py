@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator,
 from ..exceptions import DefinitionError, UnknownNameError
 from ..types import ValueType
 from ._base import Definition, Duration, fmt_duration
+from .expectations import EXPECTATION_KINDS, AnyExpectation, check_expectation_types
 from .features import FEATURE_KINDS, Activity, Aggregate, BatchTransform, Feature, Latest, function_identity
 from .sources import Entity, EventSource
 
@@ -25,6 +26,8 @@ class FeatureView(Definition):
     the entity's last event; ``version`` overrides the version the registry
     assigns.  ``view.features`` holds copies of the given features with ``dtype``
     resolved.  ``view[["a", "b"]]`` selects features for a service or an ODFV.
+    ``expectations`` (``Range``, ``NotNull``, ``AllowedValues``, ``Relation``) are checks on
+    the view's values that ``featurestore stats`` evaluates; they are metadata (no new version).
     """
 
     positional = ("name", "entity", "source", "features", "ttl")
@@ -38,6 +41,7 @@ class FeatureView(Definition):
     owner: str = ""
     description: str = ""
     tags: dict[str, str] = {}
+    expectations: tuple[AnyExpectation, ...] = ()
 
     _specs: tuple[Any, ...] = PrivateAttr(default=())
     _fingerprint: str | None = PrivateAttr(default=None)
@@ -56,6 +60,11 @@ class FeatureView(Definition):
                     f"item {i} is {type(item).__name__}, expected Aggregate, Activity, Latest or BatchTransform"
                 )
         return v
+
+    @field_validator("expectations", mode="before")
+    @classmethod
+    def _expectation_items(cls, v: Any) -> Any:
+        return expectation_items(v)
 
     @field_validator("ttl")
     @classmethod
@@ -109,7 +118,19 @@ class FeatureView(Definition):
             resolved.append(f if given is not None else f.model_copy(update={"dtype": dtype}))
         object.__setattr__(self, "features", tuple(resolved))
         self._specs = tuple(specs)
+        self._check_expectations(where)
         return self
+
+    def _check_expectations(self, where: str) -> None:
+        dtypes = {f.name: f.dtype for f in self.features}
+        for check in self.expectations:
+            for name in check.features():
+                if name not in dtypes:
+                    raise DefinitionError(f"{where}: expectation {check.describe()!r}: no feature {name!r} "
+                                          f"(features: {', '.join(dtypes)})")
+            problem = check_expectation_types(check, dtypes, where)  # type: ignore[arg-type]
+            if problem:
+                raise DefinitionError(problem)
 
     # -- lookups -----------------------------------------------------------------------
 
@@ -190,6 +211,7 @@ class FeatureView(Definition):
             "description": self.description,
             "tags": dict(self.tags),
             "fingerprint": self.fingerprint(),
+            **({"expectations": [c.to_json() for c in self.expectations]} if self.expectations else {}),
         }
 
 
@@ -227,6 +249,21 @@ class FeatureSelection(BaseModel):
         return {"view": self.view.name, "features": list(self.features)}
 
 
+def expectation_items(v: Any) -> Any:
+    """The ``expectations`` field's items as given, after checking each is an expectation."""
+    if v is None:
+        return ()
+    if isinstance(v, EXPECTATION_KINDS):
+        v = [v]
+    if isinstance(v, (str, bytes, dict)) or not hasattr(v, "__iter__"):
+        raise ValueError("expectations must be a list of Range, NotNull, AllowedValues or Relation")
+    v = list(v)
+    for i, item in enumerate(v):
+        if not isinstance(item, EXPECTATION_KINDS):
+            raise ValueError(f"item {i} is {type(item).__name__}, expected Range, NotNull, AllowedValues or Relation")
+    return v
+
+
 def selection_of(item: FeatureView | FeatureSelection) -> FeatureSelection:
     """A view as the selection of all its features; a selection unchanged."""
     if isinstance(item, FeatureSelection):
@@ -234,4 +271,4 @@ def selection_of(item: FeatureView | FeatureSelection) -> FeatureSelection:
     return FeatureSelection(view=item, features=tuple(item.feature_names))
 
 
-__all__ = ["AnyFeature", "FeatureSelection", "FeatureView", "selection_of"]
+__all__ = ["AnyFeature", "FeatureSelection", "FeatureView", "expectation_items", "selection_of"]

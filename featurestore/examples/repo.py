@@ -15,6 +15,7 @@ import pandas as pd
 from featurestore.definitions import (
     Activity,
     Aggregate,
+    AllowedValues,
     BatchTransform,
     Embedding,
     Entity,
@@ -24,6 +25,8 @@ from featurestore.definitions import (
     FileHistory,
     Latest,
     OnDemandFeatureView,
+    Range,
+    Relation,
 )
 
 customer = Entity(
@@ -106,6 +109,11 @@ customer_stats = FeatureView(
     owner="risk-team",
     description="Purchase statistics per customer.",
     tags={"team": "risk", "domain": "payments"},
+    expectations=[
+        # a mean never exceeds the max of the same window (the tolerance absorbs float rounding)
+        Relation("avg_amount_7d", "<=", "max_amount_7d", tolerance=1e-6),
+        Range("total_spend", min=0, description="Amounts are positive."),
+    ],
 )
 
 transaction_stats = FeatureView(
@@ -175,4 +183,5 @@ recommendation = FeatureService(
     name="recommendation",
     features=[customer_stats[["total_purchases", "customer_segment", "distinct_categories_30d", "last_category"]]],
     description="Features of the recommendation model.",
+    expectations=[AllowedValues("customer_segment", ["budget", "standard", "premium"])],
 )

@@ -33,12 +33,14 @@ XSS = '<script>window.__xss = 1</script><img src=x onerror="window.__xss = 2">'
 T0 = 1_767_225_600_000
 N_EVENTS = 300
 BAD_RECORDS = 3
+#: the bound of the view ``spend``'s failing expectation ``Range("max_7d", min=1, max=MAX_AMOUNT)``
+MAX_AMOUNT = 390
 
 REPO_TEXT = '''
 import pandas as pd
 
-from featurestore.definitions import (Aggregate, Entity, EventSource, FeatureService, FeatureView, Latest,
-                                      OnDemandFeatureView)
+from featurestore.definitions import (Aggregate, Entity, EventSource, FeatureService, FeatureView, Latest, NotNull,
+                                      OnDemandFeatureView, Range, Relation)
 
 customer = Entity(name="customer", join_key="customer_id", description="A card holder.")
 
@@ -54,11 +56,14 @@ spend = FeatureView(
     features=[Aggregate(name="spend_24h", column="amount", function="sum", window="{window}"),
               Aggregate(name="max_7d", column="amount", function="max", window="7d"),
               Latest(name="last_amount", column="amount", description="The newest purchase's amount."),
-              Latest(name="last_payment", column="payment_id")])
+              Latest(name="last_payment", column="payment_id")],
+    expectations=[Relation("last_amount", "<=", "max_7d"),
+                  Range("max_7d", min=1, max={max_amount}, description="A purchase is at most {max_amount}.")])
 
 activity = FeatureView(
     name="activity", entity=customer, source=payments, ttl="7d", description="How often a customer pays.",
-    features=[Aggregate(name="payments_1h", column="payment_id", function="count", window="1h")])
+    features=[Aggregate(name="payments_1h", column="payment_id", function="count", window="1h")],
+    expectations=[Range("payments_1h", min=0)])
 
 
 def ratio_of(df: pd.DataFrame) -> pd.DataFrame:
@@ -72,7 +77,8 @@ amount_ratio = OnDemandFeatureView(
     schema={{"amount_ratio": "float64"}}, fn=ratio_of, description="The request's amount over the day's spend.")
 
 fraud = FeatureService(name="fraud", features=[spend, activity[["payments_1h"]], amount_ratio],
-                       description="Inputs of the fraud model.", tags={{"model": "fraud-v3"}})
+                       description="Inputs of the fraud model.", tags={{"model": "fraud-v3"}},
+                       expectations=[NotNull("spend:spend_24h")])
 '''
 
 
@@ -89,7 +95,7 @@ class Stack:
 
 
 def _write_repo(path: Path, topic: str, window: str) -> Path:
-    path.write_text(REPO_TEXT.format(topic=topic, window=window, xss=XSS))
+    path.write_text(REPO_TEXT.format(topic=topic, window=window, xss=XSS, max_amount=MAX_AMOUNT))
     return path
 
 
@@ -190,6 +196,16 @@ def last_amounts(at_ms: int) -> list[float]:
         if T0 + i * 60_000 <= at_ms:
             newest[i % 25] = float(1 + (i * 37) % 400)
     return [newest[c] for c in sorted(newest)]
+
+
+def max_amounts(at_ms: int) -> dict[str, float]:
+    """Each customer's largest amount up to ``at_ms`` (what ``spend.max_7d`` serves: all events are in 7 days)."""
+    top: dict[str, float] = {}
+    for i in range(N_EVENTS):
+        if T0 + i * 60_000 <= at_ms:
+            key = f"C{i % 25:03d}"
+            top[key] = max(top.get(key, 0.0), float(1 + (i * 37) % 400))
+    return top
 
 
 def _statistics_runs(servers, project: str, repo_path: Path) -> None:

@@ -120,3 +120,16 @@ def test_monitoring_and_cost_charts_render(page):
     page.goto("/cost")
     assert page.locator("svg.chart").count() == 3
     assert page.problems == []
+
+
+def test_a_failed_expectation_is_red(page):
+    page.goto("/statistics/spend")
+    failed = page.locator("table.checks tr.check-failed")
+    assert failed.count() == 1 and "max_7d in [1, 390]" in failed.inner_text()
+    result = failed.locator("td.bad")
+    assert result.inner_text() == "FAILED"
+    assert result.evaluate("e => getComputedStyle(e).color") == "rgb(180, 35, 24)"  # #b42318
+    assert page.locator("#checks-summary").evaluate("e => getComputedStyle(e).color") == "rgb(180, 35, 24)"
+    failed.scroll_into_view_if_needed()
+    _shot(page, "statistics-checks")
+    assert page.problems == []

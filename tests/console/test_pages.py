@@ -156,3 +156,26 @@ def test_statistics_through_the_training_set_path(client):
     cells = re.findall(r"<td[^>]*>(?:<a [^>]*>)?([^<]*)", row)
     assert cells[1:4] == ["string", "25", "0.0%"] and cells[12] == "25"  # distinct: one payment id each
     assert "last_payment: most frequent values" in page
+
+
+def test_failed_expectations_are_red_with_their_counts(client):
+    """The fixture's second run of ``spend`` (after the last event): ``max_7d in [1, 390]`` fails for the
+    customers whose largest purchase is above 390; the relation and the service's not-null check hold."""
+    from tests.console.conftest import MAX_AMOUNT, STATS_AT, max_amounts
+
+    over = sorted(k for k, v in max_amounts(STATS_AT[1]).items() if v > MAX_AMOUNT)
+    listing = client.get("/statistics").text
+    row = listing.split('href="/statistics/spend"')[1].split("</tr>")[0]
+    assert '<td class="bad">1 of 3</td>' in row  # checks failed
+    page = client.get("/statistics/spend").text
+    assert 'id="checks-summary" class="bad">2 of 3 checks passed' in page
+    checks = _table(page, "checks")
+    failed = [r for r in checks.split("<tr")[1:] if r.startswith(' class="check-failed"')]
+    assert len(failed) == 1 and f"max_7d in [1, {MAX_AMOUNT}]" in failed[0]
+    cells = re.findall(r"<td[^>]*>(?:<code>)?([^<]*)", failed[0])
+    assert cells[1:5] == ["max_7d", "view spend", "25", str(len(over))]
+    assert '<td class="bad">FAILED</td>' in failed[0] and ", ".join(over[:5]) in failed[0]
+    assert f"A purchase is at most {MAX_AMOUNT}." in failed[0]
+    passed = [r for r in checks.split("<tr")[1:] if r.startswith(' class="check-ok"')]
+    assert [("last_amount &lt;= max_7d" in r or "spend_24h not null" in r) for r in passed] == [True, True]
+    assert "service fraud" in passed[1]

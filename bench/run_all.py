@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script (``./dev bench``): the repository root holds ``bench``
     sys.path.insert(0, str(ROOT))
 
-NAMES = ("transforms", "backfill", "historical", "online", "worker", "latency", "server")
+NAMES = ("transforms", "backfill", "historical", "online", "worker", "latency", "server", "stats")
 
 #: arguments of ``--quick``: seconds per benchmark instead of minutes
 QUICK = {
@@ -34,6 +34,7 @@ QUICK = {
     "online": ["--reads", "300", "--entities", "50", "--ingest-batch", "500", "--warmup-seconds", "4",
                "--read-seconds", "1"],
     "worker": ["--events", "3000", "--customers", "200"],
+    "stats": ["--entities", "2000"],
     "latency": ["--rates", "300", "--seconds", "2", "--customers", "100"],
     "server": ["--entities", "100", "--rate", "100", "--seconds", "1", "--rounds", "1", "--throughput-seconds", "1",
                "--step-seconds", "0.5", "--steps-1", "200", "--steps-100", "20"],

@@ -28,6 +28,7 @@ EXPECTED = {
     "worker": ("end_to_end_events_per_s", "floors_events_per_s", "meets_goal"),
     "latency": ("runs", "goal", "meets_goal"),
     "server": ("one_entity", "hundred_entities", "throughput_per_s", "p99_under_10ms", "meets_goal"),
+    "stats": ("stats_run", "training_set_read_alone", "meets_goal"),
 }
 
 

@@ -14,7 +14,7 @@ import numpy as np
 from ..specs import AggSpec
 from . import codec_kernels, kernels, pool, prune
 from .evaluate import evaluate as evaluate_states
-from .layout import (K_BOOL, K_FLOAT, K_INT, K_LIST, K_OBJ, M_IDS_LIVE, M_PRUNE, M_SEQ, M_USED, M_WM, NO_TIME, Layout,
+from .layout import (K_BOOL, K_FLOAT, K_INT, K_LIST, K_OBJ, M_IDS_LIVE, M_SEQ, M_USED, M_WM, NO_TIME, Layout,
                      layout_for)
 from .values import BatchColumns, Objects, decode_value, encode_columns
 
@@ -26,7 +26,6 @@ def _empty_slots(n: int, width: int) -> np.ndarray:
     """Slot metadata of ``n`` unused slots (what ``prune.reset_slot`` leaves)."""
     S = np.full((n, width), -1, dtype=np.int64)
     S[:, M_WM] = NO_TIME
-    S[:, M_PRUNE] = NO_TIME
     S[:, [M_SEQ, M_IDS_LIVE, M_USED]] = 0
     return S
 

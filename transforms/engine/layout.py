@@ -46,12 +46,10 @@ TILE_FUNCTIONS = frozenset({"sum", "count", "mean", "min", "max", "first", "last
                             "count_events", "events_per_minute"})
 
 # slot metadata columns (then one tile-list head per group, one entry-list head per distinct spec,
-# one block per last_n spec).  M_PRUNE: the lowest watermark at which one of the slot's tiles or
-# count_distinct values leaves its window (NO_TIME: not known; pruning looks), kept in memory only.
-M_WM, M_SEQ, M_IDS_HEAD, M_IDS_TAIL, M_IDS_LIVE, M_IDS_STORED, M_IDS_MARK, M_USED, M_PRUNE = range(9)
-M_FIXED = 9
+# one block per last_n spec)
+M_WM, M_SEQ, M_IDS_HEAD, M_IDS_TAIL, M_IDS_LIVE, M_IDS_STORED, M_IDS_MARK, M_USED = range(8)
+M_FIXED = 8
 NO_TIME = np.iinfo(np.int64).min  # the watermark of a state without events
-NEVER = np.iinfo(np.int64).max
 
 # what each input column must be encoded as
 NEED_NUMBER, NEED_HASH, NEED_BITS = 1, 2, 4

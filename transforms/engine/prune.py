@@ -1,17 +1,11 @@
 """Dropping rows of the state engine's slots, compiled: what no future window reaches (tiles,
 ``count_distinct`` values, event ids beyond the lateness horizon), and whole slots.
-
-A slot's ``M_PRUNE`` is the lowest watermark at which one of its tiles or distinct values leaves
-its window: ``prune_state`` looks at those lists only once the watermark reaches it (pruning is
-then exactly what a walk of every list would do), and sets it again from what is left.  Every
-kernel that adds a tile or a distinct value lowers it to that row's own bound.
 """
 
 from __future__ import annotations
 
 from .jit import njit
-from .layout import (M_FIXED, M_IDS_HEAD, M_IDS_LIVE, M_IDS_MARK, M_IDS_TAIL, M_PRUNE, M_SEQ, M_USED, M_WM, NEVER,
-                     NO_TIME)
+from .layout import M_FIXED, M_IDS_HEAD, M_IDS_LIVE, M_IDS_MARK, M_IDS_TAIL, M_SEQ, M_USED, M_WM, NO_TIME
 from .pool import delete, release
 
 
@@ -22,73 +16,53 @@ def window_start_ms(t, w, hop):
 
 @njit
 def prune_state(P, S, free, HV, hstat, g_hop, g_reach, g_width, cd_window, cd_hop, s, lateness):
-    """Drop what no future window of slot ``s`` reaches: tiles and count_distinct values (looked
-    at only once the watermark reaches ``M_PRUNE``, then recomputed), and ids beyond the horizon."""
+    """Drop what no future window of slot ``s`` reaches at its watermark: tiles (lists newest first,
+    so the tail), ids beyond the lateness horizon, count_distinct values out of their window.  One
+    function body: a call between compiled functions costs more than these loops."""
     wm = S[s, M_WM]
     if wm == NO_TIME:
         return
     G = len(g_hop)
-    look = wm >= S[s, M_PRUNE]
-    bound = NEVER
-    if look:
-        for g in range(G):
-            hop = g_hop[g]
-            if hop > 0:
-                bound = min(bound, _prune_tiles(P, S, free, g, s, hop, g_reach[g], wm))
+    for g in range(G):
+        hop = g_hop[g]
+        if hop == 0:
+            continue
+        oldest = (wm - g_reach[g]) // hop
+        prev = -1
+        cur = S[s, M_FIXED + g]
+        while cur >= 0 and P[cur] >= oldest:
+            prev = cur
+            cur = P[cur + 2]
+        if cur >= 0:
+            if prev < 0:
+                S[s, M_FIXED + g] = -1
+            else:
+                P[prev + 2] = -1
+            while cur >= 0:
+                nxt = P[cur + 2]
+                release(P, free, g, cur)
+                cur = nxt
     prune_ids(P, S, free, HV, hstat, G, s, wm - lateness)
-    if look:
-        for d in range(len(cd_window)):
-            w = cd_window[d]
-            if w > 0:
-                bound = min(bound, _prune_distinct(P, S, free, HV, hstat, G, d, s, w, cd_hop[d], wm))
-        S[s, M_PRUNE] = bound
-
-
-@njit
-def _prune_tiles(P, S, free, g, s, hop, reach, wm):
-    """Drop slot ``s``'s tiles of group ``g`` no window reaches at ``wm``; returns the watermark at
-    which the oldest one left goes (``NEVER``: none left)."""
-    oldest = (wm - reach) // hop
-    prev = -1
-    cur = S[s, M_FIXED + g]
-    while cur >= 0 and P[cur] >= oldest:
-        prev = cur
-        cur = P[cur + 2]
-    if cur >= 0:
-        if prev < 0:
-            S[s, M_FIXED + g] = -1
-        else:
-            P[prev + 2] = -1
+    for d in range(len(cd_window)):
+        w = cd_window[d]
+        if w == 0:
+            continue
+        start = window_start_ms(wm, w, cd_hop[d])
+        at = M_FIXED + G + d
+        prev = -1
+        cur = S[s, at]
         while cur >= 0:
             nxt = P[cur + 2]
-            release(P, free, g, cur)
-            cur = nxt
-    return NEVER if prev < 0 else (P[prev] + 1) * hop + reach
-
-
-@njit
-def _prune_distinct(P, S, free, HV, hstat, G, d, s, w, hop, wm):
-    """Drop slot ``s``'s values of count_distinct spec ``d`` out of the window at ``wm``; returns the
-    watermark at which the oldest one left goes (``NEVER``: none left)."""
-    start = window_start_ms(wm, w, hop)
-    at = M_FIXED + G + d
-    bound = NEVER
-    prev = -1
-    cur = S[s, at]
-    while cur >= 0:
-        nxt = P[cur + 2]
-        if P[cur + 1] < start:
-            if prev < 0:
-                S[s, at] = nxt
+            if P[cur + 1] < start:
+                if prev < 0:
+                    S[s, at] = nxt
+                else:
+                    P[prev + 2] = nxt
+                delete(HV, hstat, P, P[cur], P[cur + 3], cur)
+                release(P, free, G, cur)
             else:
-                P[prev + 2] = nxt
-            delete(HV, hstat, P, P[cur], P[cur + 3], cur)
-            release(P, free, G, cur)
-        else:
-            bound = min(bound, (P[cur + 1] // hop + 1) * hop + w)
-            prev = cur
-        cur = nxt
-    return bound
+                prev = cur
+            cur = nxt
 
 
 @njit
@@ -145,7 +119,6 @@ def reset_slot(S, s):
     for c in range(S.shape[1]):
         S[s, c] = -1
     S[s, M_WM] = NO_TIME
-    S[s, M_PRUNE] = NO_TIME
     S[s, M_SEQ] = 0
     S[s, M_IDS_LIVE] = 0
     S[s, M_USED] = 0

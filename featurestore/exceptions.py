@@ -1,7 +1,9 @@
 """Exception hierarchy of the feature store; every error raised on purpose derives from FeatureStoreError.
 
-Which errors a worker retries and which stop it is decided in one place, ``workers/errors.py``
-(``RETRYABLE``, ``FATAL``).
+The stores' outages are listed in one place, ``featurestore/outages.py`` (``STORE_OUTAGES``): the worker
+retries its batch on them (``workers/errors.py`` ``RETRYABLE`` adds Kafka's errors; ``FATAL`` stops it),
+the feature server answers them with 503.  ``transforms`` raises ``ValueError`` subclasses (it imports
+nothing of this package); the store re-raises an unreadable state as ``StateFormatError``.
 """
 
 from __future__ import annotations

@@ -143,7 +143,7 @@ class ViewState:
 
     @classmethod
     def from_bytes(cls, specs, blob: bytes, lateness_ms: int = 0, ids: bytes = b"") -> "ViewState":
-        """A state from what ``to_parts`` wrote (or a format 1 / 2 state and its ids)."""
+        """A state from what ``to_parts`` wrote (or a format 2 state and its ids)."""
         state = cls(specs, lateness_ms)
         load_state(state.arena, state.slot, blob, ids)
         return state

@@ -2,26 +2,20 @@
 
 from __future__ import annotations
 
-import asyncio
 
 import asyncpg
 import redis
 from kafka.errors import KafkaError
 
 from featurestore.exceptions import (ConfigurationError, GroupConflictError, RecoveryError, RegistryError,
-                                     StoreUnavailableError, UnknownNameError, WorkerRunningError)
+                                     UnknownNameError, WorkerRunningError)
+from featurestore.outages import STORE_OUTAGES
 
 __all__ = ["FATAL", "RETRYABLE"]
 
-#: Errors of the stores that are worth retrying (the batch is re-run from scratch).  For
-#: PostgreSQL: a lost connection (class 08), a server starting up or recovering (57P03),
-#: shutting down (57P01/57P02) or out of connection slots (53300).
-RETRYABLE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, redis.exceptions.BusyLoadingError,
-             OSError, asyncio.TimeoutError, StoreUnavailableError, KafkaError,
-             asyncpg.exceptions.PostgresConnectionError, asyncpg.exceptions.CannotConnectNowError,
-             asyncpg.exceptions.AdminShutdownError, asyncpg.exceptions.CrashShutdownError,
-             asyncpg.exceptions.TooManyConnectionsError, asyncpg.exceptions.InsufficientResourcesError,
-             redis.exceptions.OutOfMemoryError, redis.exceptions.ReadOnlyError)
+#: Errors worth retrying (the batch is re-run from scratch): the stores' outages
+#: (``featurestore.outages.STORE_OUTAGES``, the one list) and Kafka's errors.
+RETRYABLE = (*STORE_OUTAGES, KafkaError)
 
 #: Errors of the environment, not of a record (a missing table, refused credentials or permissions, an
 #: inconsistent configuration): the worker stops with them rather than dead-letter every record.

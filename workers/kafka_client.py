@@ -45,7 +45,7 @@ from kafka import KafkaConsumer, TopicPartition
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.errors import KafkaError
 
-from featurestore.exceptions import ConfigurationError
+from featurestore.exceptions import ConfigurationError, FeatureStoreError
 
 from .config import WorkerConfig
 
@@ -121,8 +121,8 @@ class Record:
         return f"Record({self.topic}:{self.partition}@{self.offset})"
 
 
-class ConfluentKafkaError(KafkaError):
-    """A librdkafka error, as a kafka-python ``KafkaError`` (``error``: confluent-kafka's ``KafkaError``)."""
+class ConfluentKafkaError(KafkaError, FeatureStoreError):
+    """A librdkafka error as a kafka-python ``KafkaError``, retried alike (``error``: confluent-kafka's)."""
 
     def __init__(self, error: Any, doing: str):
         super().__init__(f"{doing}: {error.str() if hasattr(error, 'str') else error}")

@@ -6,11 +6,9 @@ from __future__ import annotations
 
 import logging
 
-import asyncpg
-import redis.exceptions
-
-from featurestore.exceptions import (FeatureStoreError, InvalidInputError, StateFormatError, StoreUnavailableError,
-                                     UnknownNameError, WorkerRunningError)
+from featurestore.exceptions import (FeatureStoreError, InvalidInputError, StateFormatError, UnknownNameError,
+                                     WorkerRunningError)
+from featurestore.outages import STORE_OUTAGES
 
 from .jsonio import json_bytes
 
@@ -18,13 +16,11 @@ __all__ = ["ApiError", "HANDLED", "OUTAGES", "describe", "error_body"]
 
 logger = logging.getLogger(__name__)
 
-#: exceptions that mean a store cannot be reached now: 503, retry later
-OUTAGES: tuple[type[Exception], ...] = (
-    StoreUnavailableError, redis.exceptions.RedisError, asyncpg.exceptions.PostgresConnectionError,
-    asyncpg.exceptions.OperatorInterventionError, asyncpg.exceptions.InsufficientResourcesError, OSError)
+#: exceptions that mean a store cannot be reached now (the one list, ``featurestore.outages``): 503, retry later
+OUTAGES = STORE_OUTAGES
 
 
-class ApiError(Exception):
+class ApiError(FeatureStoreError):
     """A request the server refuses: ``status`` (4xx), ``code`` (a stable word clients can test) and
     ``message`` (what is wrong, in words); ``extra`` fields join the error body."""
 

@@ -1,9 +1,9 @@
-"""States stored by an older format keep working after an upgrade, and format 3 round-trips.
+"""States stored by the released format 2 keep working after an upgrade, and format 3 round-trips.
 
 ``data/state_v1.json`` holds a state serialized by format 1 (one 14-field row per
-(column, hop) and tile), written by the code of that format, with the events it
+(column, hop) and tile, written by no released version: refused), with the events it
 was built from.  Format 2 states are written by ``transforms.legacy`` (the JSON engine
-of 0.2).  The compiled engine reads both, converts them, and must answer exactly as a
+of 0.1).  The compiled engine reads them, converts them, and must answer exactly as a
 state built from the same events today, before and after more events, and through the
 online reader (``compile_reader``) too.
 """
@@ -16,17 +16,17 @@ from pathlib import Path
 
 import numpy as np
 import orjson
+import pytest
 
 from tests.transforms.reference import value_matches
 from transforms import (
     FORMAT_VERSION,
     REJECT_DUPLICATE,
-    REJECT_LATE,
     AggSpec,
     ViewState,
     compile_reader,
 )
-from transforms.engine.codec import MAGIC
+from transforms.engine.codec import MAGIC, StateFormatError
 from transforms.legacy.state import ViewState as LegacyState
 from transforms.state import append_ids, id_hash
 
@@ -93,28 +93,11 @@ def test_format_2_state_and_its_json_ids_convert_to_the_same_state() -> None:
     assert new_blob[:4] == MAGIC and new_ids[:1] == b"="  # whole, in format 3
 
 
-def test_format_1_state_upgrades_to_the_same_values() -> None:
-    expected = fresh_state()
-    upgraded = ViewState.from_bytes(SPECS, FIXTURE["blob"].encode(), lateness_ms=LATENESS)
-    assert upgraded.watermark == expected.watermark and upgraded.seq == expected.seq
-    assert upgraded.valid_until() == expected.valid_until()
-    read = compile_reader(SPECS, [s.name for s in SPECS])
-    wm = expected.watermark
-    for dt in (0, 1, 30 * M, H, 3 * H, D + 7, 3 * D, 8 * D, 40 * D):
-        want = expected.evaluate(wm + dt)
-        same(want, upgraded.evaluate(wm + dt), f"upgraded state at wm+{dt}")
-        same(want, dict(zip([s.name for s in SPECS], read(FIXTURE["blob"].encode(), wm + dt))), f"reader at wm+{dt}")
-    # more events, a redelivered id and a late one: the upgraded state applies the same rules
-    more = [(wm + 2 * M, {"x": 7.5, "y": 1.5, "c": "z"}, "new1"), (wm - LATENESS - 1, {"x": 1.0}, "new2"),
-            (wm + 3 * M, {"x": 2.0, "c": "a"}, FIXTURE["events"][-1][2]), (wm - M, {"x": -4.0, "y": None}, "new3")]
-    r1 = [(r.index, r.reason) for r in expected.apply(more)]
-    r2 = [(r.index, r.reason) for r in upgraded.apply(more)]
-    assert r1 == r2 and {reason for _, reason in r1} == {REJECT_LATE, REJECT_DUPLICATE}
-    again = ViewState.from_bytes(SPECS, upgraded.to_bytes(), lateness_ms=LATENESS)
-    assert upgraded.to_parts()[0][:4] == MAGIC
-    for dt in (3 * M, 2 * H, 2 * D, 9 * D):
-        same(expected.evaluate(wm + dt), upgraded.evaluate(wm + dt), f"after more events at wm+{dt}")
-        same(expected.evaluate(wm + dt), again.evaluate(wm + dt), f"re-serialized at wm+{dt}")
+def test_format_1_state_is_refused_with_what_to_do() -> None:
+    """Format 1 was written by no released version: its states are not read, and the error says how
+    to rebuild them."""
+    with pytest.raises(StateFormatError, match="format 1.*rebuild the state"):
+        ViewState.from_bytes(SPECS, FIXTURE["blob"].encode(), lateness_ms=LATENESS)
 
 
 def test_state_and_its_event_ids_apart_join_to_the_same_state() -> None:

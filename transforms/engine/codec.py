@@ -1,4 +1,4 @@
-"""The binary state format (version 3) and the reading of format 1 and 2 states.
+"""The binary state format (version 3) and the reading of format 2 states.
 
 A state is little-endian int64 words, then an optional JSON trailer:
 
@@ -15,8 +15,8 @@ trailer               JSON list of the interned values (strings) that kinds ``K_
 The event ids are kept apart (``OnlineRecord.ids``): ``b"="`` and ``(hash, ts)`` pairs in
 arrival order (16 bytes each), or ``b"&"`` and the pairs to append to what is stored (the
 commit script appends them; format 2 writers send ``b"+"`` and JSON pairs, which it joins with a comma).  States
-starting with ``{`` are formats 1 and 2 (JSON, ``transforms.legacy``): they are read, converted,
-and written back in format 3 at the next commit.
+starting with ``{`` are format 2 (JSON, ``transforms.legacy``): they are read, converted, and
+written back in format 3 at the next commit (format 1, written by no released version, is refused).
 """
 
 from __future__ import annotations
@@ -252,7 +252,7 @@ def _load_pairs(arena, s: int, pairs: np.ndarray) -> None:
                   arena.lateness_ms)
 
 
-# -- formats 1 and 2 -------------------------------------------------------------------------
+# -- format 2 --------------------------------------------------------------------------------
 
 # format 2 field names of the fields format 3 stores as they are, and of the values it stores with a kind
 _LEGACY_FIELDS = {lay.FIELD_NAMES.index(name): name for name in ("c", "s", "mu", "q", "fts", "fsq", "lts", "lsq")}
@@ -262,13 +262,13 @@ _FLOAT_FIELDS = (lay.F_S, lay.F_MU, lay.F_Q)
 
 
 def decode_legacy(arena, s: int, blob: bytes, ids: bytes) -> None:
-    """Fill the empty slot ``s`` from a format 1 or 2 state (and its ids as that format stored them)."""
+    """Fill the empty slot ``s`` from a format 2 state (and its ids as that format stored them)."""
     from ..legacy.state import ViewState as LegacyState
 
     try:
         old = LegacyState.from_bytes(arena.specs, blob, arena.lateness_ms, ids)
     except (ValueError, KeyError, TypeError, orjson.JSONDecodeError) as exc:
-        raise StateFormatError(f"stored state (format 1/2) cannot be read: {exc}; rebuild it "
+        raise StateFormatError(f"stored state (JSON, format 2) cannot be read: {exc}; rebuild it "
                                "(featurestore backfill --online)") from None
     words = legacy_words(arena, old)
     remap = np.arange(len(arena.objects.values), dtype=np.int64)
@@ -277,7 +277,7 @@ def decode_legacy(arena, s: int, blob: bytes, ids: bytes) -> None:
     got = ck.decode_state(arena.P, arena.S, arena.free, arena.top, arena.HV, arena.hstat, L.g_width, L.widths,
                           L.ln_n, L.owners, s, words, remap)
     if got < 0:
-        raise StateFormatError(f"stored state (format 1/2) does not fit these features (code {got}): rebuild it")
+        raise StateFormatError(f"stored state (JSON, format 2) does not fit these features (code {got}): rebuild it")
     if old.ids:
         hashes, _ = encode_ids(list(old.ids))
         pairs = np.empty(2 * len(hashes), dtype=np.int64)

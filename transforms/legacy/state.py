@@ -22,12 +22,12 @@ from dataclasses import dataclass
 import orjson
 
 from ..aggregations import is_null
-from .kernels import ACTIVITY, FIELDS, Kernels, TileGroup, fields_for
+from .kernels import ACTIVITY, Kernels, TileGroup, fields_for
 from .kernels import build as build_kernels
 from ..specs import AggSpec
 from ..windows import window_start
 
-FORMAT_VERSION = 2  # 2: one tile row per hop holding every column's fields (1: per (column, hop), 14 fields)
+FORMAT_VERSION = 2  # one tile row per hop holding every column's fields
 
 REJECT_LATE = "late"
 REJECT_DUPLICATE = "duplicate_event_id"
@@ -431,47 +431,17 @@ def _drop_stale_front(ids: dict, horizon: int) -> None:
 
 
 def _tile_rows(doc: dict, layout: _Layout) -> list:
-    """The tile rows of each group of ``layout`` from a serialized state (format 1 states are upgraded)."""
+    """The tile rows of each group of ``layout`` from a serialized state."""
     version = doc.get("v")
     if version == 1:
-        return _upgrade_v1(doc["g"], layout)
+        raise ValueError("state format 1 (written before 0.1.0, by no released version) is not read: rebuild the "
+                         "state (featurestore backfill --online)")
     if version != FORMAT_VERSION:
         raise ValueError(f"state format version {version!r} is not {FORMAT_VERSION}: rebuild the state (backfill)")
     if doc.get("l") != layout.layout_id or len(doc["g"]) != len(layout.groups):
         raise ValueError(f"state holds tiles laid out as {doc.get('l')!r}, not as these specs do ({layout.layout_id}): "
                          "it was written for other specs")
     return doc["g"]
-
-
-_V1_FIELDS = {"c": 2, "s": 3, "mu": 4, "q": 5, "lo": 6, "hi": 7,
-              "fts": 8, "fsq": 9, "fv": 10, "lts": 11, "lsq": 12, "lv": 13}
-
-
-def _upgrade_v1(groups: list, layout: _Layout) -> list:
-    """Format 1 kept one 14-field row per (column, hop) and tile; format 2 one row per (hop, tile)."""
-    by_hop: dict = {}
-    for column, hop, rows in groups:
-        by_hop.setdefault(hop, {})[column] = {row[0]: row for row in rows}
-    wanted = {(g.hop, c) for g in layout.groups for c, _ in g.columns} | {(g.hop, None) for g in layout.groups}
-    for hop, columns in by_hop.items():
-        for column in columns:
-            if (hop, column) not in wanted:
-                raise ValueError(f"state holds tiles for ({column!r}, {hop!r}) that these specs do not use")
-    out = []
-    for g in layout.groups:
-        old = by_hop.get(g.hop, {})
-        keys: dict = {}
-        for rows in sorted(old.values(), key=len, reverse=True):
-            keys.update(dict.fromkeys(rows))
-        tiles = []
-        for k in keys:
-            row = [k, max(rows[k][1] for rows in old.values() if k in rows)]
-            for column, fields in g.columns:
-                v1 = old.get(column, {}).get(k)
-                row += [v1[_V1_FIELDS[f]] if v1 is not None else FIELDS[f] for f in fields]
-            tiles.append(row)
-        out.append(tiles)
-    return out
 
 
 def compile_reader(specs, features: list[str]):

@@ -33,9 +33,9 @@ class WorkerConfig:
     gc_threshold: tuple[int, int, int] | None = (50_000, 20, 100)
     #: States kept in memory per view (least recently used evicted after a commit; an evicted entity is
     #: loaded from Redis at its next event).  The default fits a worker in ~2 GB with the example
-    #: repository's two views: bench_engine measured 1.9 KB allocated per cached (entity, view), its key
-    #: and applied offsets included (2026-12-01, 853770c), so ~1.7 GB of states and room for the rest.
-    max_cached_states: int | None = 450_000
+    #: repository's two views: bench_engine measured 2.7 KB allocated per cached (entity, view), its key
+    #: included (200k events over 5k entities, 2026-12-01, bf9d114), so ~1.9 GB of states.
+    max_cached_states: int | None = 350_000
     #: States per Redis commit script.  A script blocks every other client of the server while it runs
     #: (~4 us per state), so a batch is committed in chunks, each fenced, the offsets advanced by the
     #: last; a state records the offsets applied to it, so a batch re-run after a crash between chunks

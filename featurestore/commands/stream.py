@@ -39,7 +39,7 @@ def _add_worker(subparsers, common) -> None:
     p.add_argument("--batch-size", type=int, default=20000,
                    help="most records per micro-batch (a poll returns what is there, up to this): larger batches "
                         "write each busy entity once for several events")
-    p.add_argument("--max-cached-states", type=int, default=450_000,
+    p.add_argument("--max-cached-states", type=int, default=350_000,
                    help="entity states kept in memory per view (least recently used evicted; reloaded from Redis)")
     p.add_argument("--commit-chunk", type=int, default=250,
                    help="entity states per Redis commit script (0: the whole batch in one): a script blocks "

@@ -9,7 +9,7 @@ from typing import Any
 from featurestore.cli import build_parser
 
 COMPOSE_FILE = Path(__file__).resolve().parents[1] / "docker-compose.yml"
-APP_SERVICES = {"apply", "worker", "producer", "backfill", "compact", "serve", "stats"}
+APP_SERVICES = {"apply", "worker", "producer", "backfill", "backfill-spark", "compact", "serve", "stats"}
 
 
 def _load_compose(text: str) -> dict[str, Any]:

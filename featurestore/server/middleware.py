@@ -111,6 +111,10 @@ class ServerGuard:
             if not hmac.compare_digest(token.strip(), self._expected):
                 return 401, "unauthorized", "the bearer token is not this server's", _CHALLENGE
         length = _header(scope, b"content-length")
+        if b"h2c" in (_header(scope, b"upgrade") or b"").lower() and length not in (None, b"0"):
+            return 400, "h2c_upgrade", ("this server speaks HTTP/1.1, and the body of a request that asks to upgrade "
+                                        "to HTTP/2 over plain http (Upgrade: h2c) does not reach it: send HTTP/1.1 "
+                                        "(Java: HttpClient.Version.HTTP_1_1; curl: --http1.1)"), {}
         if length is not None and length.isdigit() and int(length) > self.config.max_body_bytes:
             return 413, "body_too_large", (f"the request body has {int(length)} bytes; this server reads at most "
                                            f"{self.config.max_body_bytes} (FEATURESTORE_SERVER_MAX_BODY_BYTES)"), {}

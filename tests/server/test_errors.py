@@ -170,3 +170,30 @@ def test_a_redis_outage_is_503_with_retry_after_and_the_server_recovers(project,
     finally:
         redis_server.terminate()
         redis_server.wait(10)
+
+
+def test_a_request_asking_for_an_h2c_upgrade_is_told_to_send_http_1_1(server):
+    """Java's default HttpClient and ``curl --http2`` on plain http ask to upgrade to HTTP/2 (h2c); the
+    body of such a request does not reach the app, so it is refused by name, not as an empty body."""
+    import json as _json
+    import socket
+    from urllib.parse import urlsplit
+
+    body = _json.dumps(ONE).encode()
+    host = urlsplit(server.url).hostname
+    request = (f"POST /get-online-features HTTP/1.1\r\nHost: {host}:{server.port}\r\n"
+               f"Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n"
+               f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
+    with socket.create_connection((host, server.port), timeout=10) as sock:
+        sock.sendall(request)
+        reply = b""
+        while b"\r\n\r\n" not in reply or len(reply.split(b"\r\n\r\n", 1)[1]) < 20:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            reply += chunk
+    head, _, payload = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400"), head
+    error = _json.loads(payload[:payload.rindex(b"}") + 1])["error"]
+    assert error["code"] == "h2c_upgrade" and "HTTP/1.1" in error["message"]
+    assert server.client.post("/get-online-features", json=ONE).status_code == 200  # and the server goes on

@@ -1,8 +1,7 @@
 """The compiled kernels of the state engine: one generic source for every view.
 
-Size budget: ``apply_batch`` keeps every per-event step in its own body (a little over 60 lines),
-because a call between compiled functions in the per-event loop costs ~10% of the kernel (measured
-on the example views' batches, 2026-12-01).
+Size budget: ``apply_batch`` keeps every per-event step in its own body (a little over 60 lines):
+a call between compiled functions in the per-event loop slows the whole kernel measurably.
 
 Each kernel takes an arena's arrays (``P`` the word pool and ``Pf`` its float view, ``S`` the
 slot metadata, ``free`` / ``top`` the allocator, ``HV`` / ``hstat`` the entry hash table) and

@@ -63,6 +63,19 @@ def _session(args):
     return spark_session(args.spark_master, parse_conf(args.spark_conf), app_name="featurestore")
 
 
+def refuse_spark_options(args) -> None:
+    """``InvalidInputError`` naming the Spark-only options given with ``--engine local``."""
+    given = [flag for flag, value in (("--spark-master", getattr(args, "spark_master", None)),
+                                      ("--spark-conf", getattr(args, "spark_conf", None)),
+                                      ("--out", getattr(args, "out", None) if hasattr(args, "history_path") else None),
+                                      ("--history-path", getattr(args, "history_path", None)),
+                                      ("--buckets", getattr(args, "buckets", None))) if value]
+    if given:
+        one = len(given) == 1
+        raise InvalidInputError(f"{', '.join(given)} {'is an option' if one else 'are options'} of the Spark engine: "
+                                f"add --engine spark, or leave {'it' if one else 'them'} out")
+
+
 def run_spark_backfill_cmd(args, time_ms) -> int:
     """``backfill --engine spark``; ``time_ms`` parses --start/--end."""
     import asyncio
@@ -120,6 +133,7 @@ def run_training_set(args) -> int:
                                           spark=spark, out=args.out)
             rows = spark.read.parquet(args.out).count()
         else:
+            refuse_spark_options(args)
             frame = _read_labels(args.labels)
             result = store.get_historical_features(frame, features, args.service, args.full_feature_names)
             result.to_parquet(args.out, index=False)

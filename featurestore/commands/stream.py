@@ -10,7 +10,7 @@ import time
 from ..cli import common_options, load_settings
 from ..exceptions import InvalidInputError
 from ..runtime import open_runtime
-from .spark_options import add_spark_arguments, add_training_set, run_spark_backfill_cmd
+from .spark_options import add_spark_arguments, add_training_set, refuse_spark_options, run_spark_backfill_cmd
 
 logger = logging.getLogger(__name__)
 
@@ -214,6 +214,7 @@ def run_backfill_cmd(args) -> int:
 
     if args.engine == "spark":
         return run_spark_backfill_cmd(args, _time_ms)
+    refuse_spark_options(args)
     if not 0 <= args.shard < args.shards:
         raise InvalidInputError(f"--shard {args.shard} must be in [0, --shards {args.shards})")
     rt = open_runtime(load_settings(args), args.repo)

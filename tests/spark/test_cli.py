@@ -105,3 +105,14 @@ def test_bad_spark_arguments_are_named(spark, cli_repo, capsys):
     assert main(["backfill", "--repo", str(path), "--view", "stats", "--engine", "spark",
                  "--history-path", "file:///nonexistent/h.parquet", "--out", "/tmp/never"]) == 2
     assert "cannot read the Parquet history" in capsys.readouterr().err
+
+
+def test_spark_options_without_the_spark_engine_are_refused(cli_repo, capsys, tmp_path):
+    """A Spark-only option with the local engine would be ignored: it is refused, named."""
+    path, _ = cli_repo
+    assert main(["backfill", "--repo", str(path), "--view", "stats", "--out", "file:///tmp/x", "--buckets", "4"]) == 2
+    err = capsys.readouterr().err
+    assert "--out, --buckets are options of the Spark engine" in err and "--engine spark" in err
+    assert main(["training-set", "--repo", str(path), "--labels", str(tmp_path / "l.parquet"), "--features",
+                 "stats:spend_24h", "--out", str(tmp_path / "o.parquet"), "--spark-master", "local[2]"]) == 2
+    assert "--spark-master is an option of the Spark engine" in capsys.readouterr().err

@@ -98,6 +98,8 @@ class DeadLetterSender:
         self.run = run
         self.source_of = source_of
         self.metrics = metrics
+        #: source topic -> reason -> dead letters sent (or kept when refused) since the worker started
+        self.counts: dict[str, dict[str, int]] = {}
 
     def send(self, dead: list[DeadLetter]) -> None:
         """Send ``dead`` (raises a retriable ``KafkaError`` when the broker cannot be reached)."""
@@ -120,6 +122,8 @@ class DeadLetterSender:
         sent: dict[str, list] = {}
         refused: dict[tuple[str, str], list] = {}
         for d, source, future in futures:
+            by_reason = self.counts.setdefault(d.rec.topic, {})
+            by_reason[d.reason] = by_reason.get(d.reason, 0) + 1
             error = future if isinstance(future, BaseException) else None
             if error is None:
                 try:

@@ -67,7 +67,8 @@ class MembershipMixin:
                 doc = book.views[pv.view_key].to_json()
                 doc.update(view=pv.view.name, version=pv.version, source=pv.view.source.name, topic=topic,
                            lag=sum(n for name, n in lag.items() if name.rsplit(":", 1)[0] == topic),
-                           cached_states=len(processor.arenas[pv.view_key]))
+                           cached_states=len(processor.arenas[pv.view_key]),
+                           dead_letters=dict(getattr(self.dead_letters, "counts", {}).get(topic, {})))
                 views[pv.view_key] = doc
         dead: dict[str, int] = {}
         for metric in self.metrics.dead_letters.collect():

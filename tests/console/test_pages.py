@@ -118,6 +118,13 @@ def test_dead_letters_by_reason_with_positions(client, stack):
     assert latest.count("<tr>") == 1 + BAD_RECORDS
 
 
+def test_each_view_publishes_the_dead_letters_of_its_source(stack):
+    """The worker's status names, per view, the dead letters of the view's source by reason."""
+    views = stack.worker._status()["views"]
+    assert len(views) == 2
+    assert all(doc["dead_letters"] == {"malformed_json": BAD_RECORDS} for doc in views.values()), views
+
+
 def test_cost_measures_redis_and_postgres(client, stack):
     page = client.get("/cost").text
     redis_rows = _table(page, "cost-redis")

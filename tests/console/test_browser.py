@@ -83,10 +83,13 @@ def test_search_box_and_version_diff(page):
     page.keyboard.press("Enter")
     page.wait_for_url("**/search?q=fraud-v3")
     assert page.locator("#hit-count").inner_text() == "1 result for “fraud-v3”"
-    page.click("table.hits >> text=fraud")
+    with page.expect_navigation():  # the service page loads before the next goto (no aborted request)
+        page.click("table.hits >> text=fraud")
     page.goto("/views/spend")
-    page.click("a.diff-link")
+    with page.expect_navigation():
+        page.click("a.diff-link")
     diff = page.locator("pre.diff")
+    diff.wait_for()
     assert "window" in diff.locator("span.add").all_inner_texts()[-1] or diff.locator("span.add").count() > 1
     assert diff.locator("span.del").count() >= 1
     _shot(page, "version-diff")

@@ -319,3 +319,37 @@ def test_text_keys_ids_and_strings_scan_and_segments(offline) -> None:
     block_scan, store._block_scan = store._block_scan, _no_block_scan
     check()  # segments plus rows
     store._block_scan = block_scan
+
+
+def test_empty_event_log(offline) -> None:
+    """An event log without a row: every read path gives an empty frame of the source's columns, and a
+    training set gives each label row what it gives an entity without events in a log holding others'."""
+    loop, store = offline
+    src = _source()
+    visitor = Entity(name="visitor", join_key="uid", key_type="int64")
+    view = FeatureView(name="click_stats", entity=visitor, source=src, ttl="3h",
+                       features=[Aggregate("score_sum_1h", "score", "sum", "1h"),
+                                 Aggregate("n_count_1h", "n", "count", "1h"), Latest("last_m", "m")])
+    repo = Repository(path=None)  # type: ignore[arg-type]
+    repo.entities[visitor.name] = visitor
+    repo.sources[src.name] = src
+    repo.views[view.name] = view
+    loop.run_until_complete(store.migrate([src]))
+    expected = loop.run_until_complete(store._select_events(src))
+    assert expected.empty and list(expected.columns)
+    entity_df = pd.DataFrame({"uid": [1, 2], "event_timestamp": [T0, T0 + MIN]})
+    refs = [f"click_stats:{f.name}" for f in view.features]
+    empty = {}
+    for fraction in (0.0, float("inf")):  # the parallel scan, then the ordered COPY
+        store.SCAN_KEY_FRACTION = fraction
+        for keys in (None, [1, 2]):
+            pd.testing.assert_frame_equal(loop.run_until_complete(store.load_events(src, keys=keys)), expected,
+                                          check_index_type=False)
+        empty[fraction] = loop.run_until_complete(get_historical_features(store, repo, None, entity_df, refs))
+    assert len(empty[0.0]) == 2 and empty[0.0]["uid"].tolist() == [1, 2]
+    pd.testing.assert_frame_equal(empty[0.0], empty[float("inf")])
+    _write(loop, store, src, n=300, seed=5)
+    others = loop.run_until_complete(get_historical_features(
+        store, repo, None, pd.DataFrame({"uid": [10_001, 10_002], "event_timestamp": [T0, T0 + MIN]}), refs))
+    assert others["score_sum_1h"].isna().all() and others["last_m"].isna().all()
+    pd.testing.assert_frame_equal(empty[0.0].drop(columns="uid"), others.drop(columns="uid"))

@@ -69,16 +69,12 @@ def decode_csv(raw: bytes, cols: list[CopyColumn]) -> dict[str, Any]:
     """CSV COPY output of ``cols`` by output name: text as object Series of ``str`` / None, floats as
     arrays, ints and bools as nullable Series."""
     import pyarrow as pa
-    import pyarrow.csv as pcsv
 
     types = {"i8": pa.int64(), "i4": pa.int32(), "f8": pa.float64(), "b": pa.bool_(), "text": pa.string()}
-    table = pcsv.read_csv(
-        io.BytesIO(raw),
-        read_options=pcsv.ReadOptions(column_names=[c[0] for c in cols], block_size=1 << 24),
-        parse_options=pcsv.ParseOptions(newlines_in_values=True),
-        convert_options=pcsv.ConvertOptions(
-            column_types={c[0]: types[c[2]] for c in cols}, strings_can_be_null=True,
-            quoted_strings_can_be_null=False, null_values=[""], true_values=["t"], false_values=["f"]))
+    if not raw:  # no row: Arrow's reader refuses an empty file
+        table = pa.table({c[0]: pa.array([], type=types[c[2]]) for c in cols})
+    else:
+        table = _read_csv(raw, cols, types)
     data: dict[str, Any] = {}
     for name, _, kind, _ in cols:
         arr = table.column(name)
@@ -90,6 +86,18 @@ def decode_csv(raw: bytes, cols: list[CopyColumn]) -> dict[str, Any]:
             data[name] = pd.Series(arr.to_pandas(types_mapper={pa.int64(): pd.Int64Dtype(),
                                                                pa.bool_(): pd.BooleanDtype()}.get))
     return data
+
+
+def _read_csv(raw: bytes, cols: list[CopyColumn], types: dict):
+    import pyarrow.csv as pcsv
+
+    return pcsv.read_csv(
+        io.BytesIO(raw),
+        read_options=pcsv.ReadOptions(column_names=[c[0] for c in cols], block_size=1 << 24),
+        parse_options=pcsv.ParseOptions(newlines_in_values=True),
+        convert_options=pcsv.ConvertOptions(
+            column_types={c[0]: types[c[2]] for c in cols}, strings_can_be_null=True,
+            quoted_strings_can_be_null=False, null_values=[""], true_values=["t"], false_values=["f"]))
 
 
 def copy_output(data: dict[str, Any], cols: list[CopyColumn], key_vt: ValueType, with_id: bool) -> dict[str, Any]:

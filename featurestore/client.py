@@ -245,11 +245,15 @@ class FeatureStore(WritesMixin):
     def _online_request(self, entity_rows, features, feature_service) -> tuple["_OnlinePlan", list, list[list[str]]]:
         """(the plan of this request shape, the entity rows as dicts, the entity keys per view read)."""
         rows = entity_rows.to_dict("records") if isinstance(entity_rows, pd.DataFrame) else list(entity_rows)
+        by_name = isinstance(feature_service, (str, type(None)))
+        # A FeatureService object (unhashable: its tags are a dict) is keyed by identity, and its plan
+        # holds it: while the plan is cached, no other object can take that identity.
         plan_key = (tuple(features) if features is not None else None,
-                    feature_service if isinstance(feature_service, (str, type(None))) else id(feature_service))
+                    feature_service if by_name else ("object", id(feature_service)))
         plan = self._plans.get(plan_key)
         if plan is None:
             plan = self._plans[plan_key] = self._plan(features, feature_service)
+            plan.service = None if by_name else feature_service
         return plan, rows, self._entity_keys(plan, rows)
 
     def _plan(self, features, feature_service) -> _OnlinePlan:

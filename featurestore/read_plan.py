@@ -69,6 +69,7 @@ class _OnlinePlan:
                  reads: list[ViewRead], views: list[FeatureView]):
         self.refs, self.needed, self.reads, self.views = refs, needed, reads, views
         self.repo = repo
+        self.service: object = None  # the FeatureService object this plan was compiled for, when keyed by one
         entity_index: dict[tuple, int] = {}
         self.entities: list[tuple[str, bool, FeatureView]] = []  # (join key, string keys, first view) per entity
         self.view_entity: list[int] = []

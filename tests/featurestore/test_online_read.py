@@ -190,6 +190,23 @@ def test_many_entities_at_many_times_equal_viewstate(example) -> None:
     assert ready and stale
 
 
+def test_service_objects_read_their_own_features(example) -> None:
+    """FeatureService objects made and dropped one after another (Python may give a new object the
+    identity of a dropped one) each read their own features, never a plan compiled for another."""
+    from featurestore.definitions import FeatureService
+
+    store, online, prepared, last = example
+    view = next(iter(store.repo.views.values()))
+    names = [f.name for f in view.features]
+    row = [{view.entity.join_key: "C3"}]
+    for i in range(60):
+        picked = names[i % len(names)]
+        service = FeatureService(f"one_{i}", [view[[picked]]])
+        resp = store.get_online_features(row, feature_service=service, at_ms=last + HOUR)
+        assert list(resp.columns) == [view.entity.join_key, picked]
+        del service, resp
+
+
 def test_response_forms_services_and_on_demand(example) -> None:
     store, online, prepared, last = example
     at = last + 3 * HOUR

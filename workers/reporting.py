@@ -121,7 +121,7 @@ class ReportingMixin:
         engine_s: dict[str, float] = {}
         seen = self.__dict__.setdefault("_engine_seen", {})
         for processor in self.processors.values():  # the engine's CPU time per view since the last batch
-            for vk, total in getattr(processor, "engine_cpu_s", {}).items():
+            for vk, total in processor.engine_cpu_s.items():
                 engine_s[vk] = total - seen.get(vk, 0.0)
                 seen[vk] = total
         self.status_book().record(batch, int(now_ms), engine_s)

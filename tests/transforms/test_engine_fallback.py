@@ -22,16 +22,9 @@ ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = r'''
 import json, random, sys
 import orjson
-from transforms import AggSpec, ViewState
+from transforms import ViewState
 from transforms.engine.jit import COMPILED
-M, H, D = 60_000, 3_600_000, 86_400_000
-T0 = 1_767_225_600_000
-specs = (AggSpec("s", "sum", "x", H), AggSpec("c", "count", "x", D), AggSpec("m", "mean", "x", H, 60_000),
-         AggSpec("lo", "min", "x", D), AggSpec("hi", "max", "y", H), AggSpec("v", "var", "x"),
-         AggSpec("sd", "stddev", "x", D), AggSpec("f", "first", "c", H), AggSpec("l", "last", "c", D),
-         AggSpec("n3", "last_n", "x", D, n=3), AggSpec("cd", "count_distinct", "c", H),
-         AggSpec("e", "count_events", None, H), AggSpec("r", "events_per_minute", None, H),
-         AggSpec("t", "seconds_since_last"), AggSpec("life", "sum", "y"))
+from tests.transforms.every_function import D, H, M, SPECS as specs, T0
 rng = random.Random(int(sys.argv[1]))
 out = {"compiled": COMPILED, "rejected": [], "values": [], "states": []}
 states = [ViewState(specs, 5 * M) for _ in range(4)]

@@ -29,6 +29,14 @@ def warm_up() -> float:
     again = state.ViewState.from_bytes(specs, blob, 60_000, ids)
     again.evaluate(5_000)
     state.compile_reader(specs, ["s", "n"]).read_many([blob], [5_000])
+    state.compile_reader(specs, ["s", "n"]).read_many([blob] * 9, [5_000] * 9)  # the many-state loader
+    many = StateArena(specs, 60_000)
+    state.load_states(many, [many.slot(m) for m in range(2)], [blob, blob], [state.append_ids(None, ids), b""])
+    from ..legacy.state import ViewState as FormatTwo
+
+    two = FormatTwo(specs, 60_000)
+    two.apply([(1_000, {"x": 1.0, "c": "a"}, "i1")])
+    state.ViewState.from_bytes(specs, two.to_bytes(), 60_000).evaluate(5_000)  # a format 2 state converted
     arena = StateArena(specs, 60_000)
     s = arena.slot("k")
     arena.apply(np.array([s]), np.array([3_000]), [None], [{"x": 3.0}])
@@ -36,8 +44,18 @@ def warm_up() -> float:
 
     codec.encode_many(arena, np.array([s]))
     codec.encode_ids_many(arena, np.array([s]))
+    _grow_and_compact(arena, s)
     arena.drop("k")
     return time.perf_counter() - start
+
+
+def _grow_and_compact(arena: StateArena, s: int) -> None:
+    """What a long-running worker meets later: an event-id table that outgrows its size (rehash)
+    and an interned-values table past its limit (compaction)."""
+    arena.reserve(0, len(arena.HV))
+    arena.objects.limit = 0
+    arena.apply(np.array([s]), np.array([4_000]), ["i9"], [{"x": 4.0, "c": "z"}])
+    arena.objects.limit = 4096
 
 
 __all__ = ["COMPILED", "warm_up"]

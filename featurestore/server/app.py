@@ -22,6 +22,8 @@ from starlette.responses import Response
 from featurestore import __version__
 from featurestore.client import FeatureStore
 from featurestore.logging import SecretFilter
+from transforms.engine.jit import CACHE_DIR
+from transforms.engine.warmup import warm_up
 
 from .config import ServerConfig
 from .errors import HANDLED, ApiError, describe, error_body
@@ -132,6 +134,8 @@ async def _lifespan(server: _Server, app: FastAPI):
         logger.warning("feature views not applied, answered with 404 until `featurestore apply` (the server "
                        "polls the registry): %s", ", ".join(missing))
     await _compile_services(store)
+    seconds = warm_up()  # before the first request: no read of a stale state waits for numba to compile
+    logger.info("state engine ready in %.2f s (kernel cache %s)", seconds, CACHE_DIR)
     watch = None
     if config.registry_poll_s:
         watch = asyncio.create_task(RegistryWatch(store, config.registry_poll_s, server.changed).run())

@@ -164,3 +164,9 @@ def test_metrics_count_requests_rows_and_errors_by_endpoint_and_service(server, 
     assert value('featurestore_server_feature_values_served_total{service="recommendation"}') >= 6 * 4
     assert value('featurestore_server_errors_total{endpoint="/get-online-features",error="unknown_name",'
                  'service="unknown"}') >= 1
+
+
+def test_kernels_loaded_before_the_first_request(project, serve) -> None:
+    """The server loads the state engine's kernels at start-up (the reads of stale states use them), and says so."""
+    served = serve(project.env, "--log-level", "INFO")
+    assert "state engine ready in" in served.log_text()

@@ -92,6 +92,9 @@ class Settings(BaseSettings):
     server_max_entities: PositiveInt = 1000
     #: largest request body the feature server reads, in bytes
     server_max_body_bytes: PositiveInt = 1_048_576
+    #: the PostgreSQL JDBC driver's jar for the Spark engine's reads of the event log (None:
+    #: /usr/share/java/postgresql.jar, Debian's libpostgresql-jdbc-java)
+    spark_jdbc_jar: str | None = None
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -129,3 +129,34 @@ def test_feature_servers_listen_on_every_interface_with_replicas() -> None:
     assert (args.command, args.host, args.port) == ("serve", "0.0.0.0", 6566)
     assert serve["deploy"]["replicas"] == 2 and "/readyz" in " ".join(serve["healthcheck"]["test"])
     assert serve["environment"]["FEATURESTORE_REDIS_URL"] == "redis://redis:6379/0"  # the shared server settings
+
+
+def test_spark_profile_runs_the_official_image() -> None:
+    """The `spark` profile: a master from the official Apache Spark image of the driver's pyspark version,
+    a worker built FROM that image (plus Python 3.11 and this package), and the driver on this project's image."""
+    import pyspark
+
+    compose = _load_compose(COMPOSE_FILE.read_text())
+    services = compose["services"]
+    tag = f"apache/spark:{pyspark.__version__}-scala2.13-java17-python3-ubuntu"
+    master, worker, driver = services["spark-master"], services["spark-worker"], services["backfill-spark"]
+    assert all(s["profiles"] == ["spark"] for s in (master, worker, driver))
+    assert master["image"] == tag and "build" not in master
+    assert master["command"][:2] == ["/opt/spark/bin/spark-class", "org.apache.spark.deploy.master.Master"]
+    assert worker["entrypoint"][:3] == ["/opt/spark/bin/spark-class", "org.apache.spark.deploy.worker.Worker",
+                                        "spark://spark-master:7077"]
+    dockerfile = COMPOSE_FILE.parent / worker["build"]["dockerfile"]
+    lines = [line.strip() for line in dockerfile.read_text().splitlines()]
+    version = worker["build"]["args"]["SPARK_VERSION"]
+    assert version == pyspark.__version__ and f"ARG SPARK_VERSION={version}" in lines
+    assert "FROM apache/spark:${SPARK_VERSION}-scala2.13-java17-python3-ubuntu" in lines
+    assert any("python3.11" in line and "apt-get install" in line for line in lines)
+    env = driver["environment"]
+    assert env["PYSPARK_PYTHON"] in " ".join(lines)  # the worker image's Python, named by the driver
+    assert driver["build"]["args"] == {"EXTRAS": "spark", "SPARK_VERSION": version}
+    assert "dockerfile" not in driver["build"]
+    project_image = (COMPOSE_FILE.parent / "Dockerfile").read_text()
+    assert f"ARG SPARK_VERSION={version}" in project_image and '"pyspark==${SPARK_VERSION}"' in project_image
+    assert "libpostgresql-jdbc-java" in project_image  # the driver's JDBC jar, at the default path
+    args = build_parser().parse_args(driver["command"])
+    assert (args.engine, args.source, args.spark_master) == ("spark", "postgres", "spark://spark-master:7077")

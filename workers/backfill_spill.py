@@ -17,8 +17,8 @@ import pandas as pd
 import pyarrow as pa
 
 from featurestore.definitions import EventSource
-from featurestore.offline.postgres import _tidy, event_id_column
-from featurestore.types import BOOL, FLOAT64, INT64, STRING, TIMESTAMP
+from featurestore.events_layout import event_schema, events_frame, source_fields
+from featurestore.types import BOOL, FLOAT64, INT64, TIMESTAMP
 
 __all__ = ["Spill", "crc_buckets", "shard_mask"]
 
@@ -48,31 +48,14 @@ def _owner(raw_key, shards: int) -> int:
 
 # -- spill: one Arrow IPC file per bucket ------------------------------------------------------
 
-def _arrow_type(vt) -> pa.DataType:
-    if vt in (INT64, TIMESTAMP):
-        return pa.int64()
-    if vt == FLOAT64:
-        return pa.float64()
-    if vt == BOOL:
-        return pa.bool_()
-    if vt == STRING:
-        return pa.string()
-    if vt.is_list:
-        return pa.list_(pa.int64() if vt.element == "int64" else pa.float64())
-    return pa.string()
-
-
 class Spill:
     """Events of this shard's buckets on local disk, appended in arrival order."""
 
     def __init__(self, directory: Path, source: EventSource):
         self.dir = directory
         self.source = source
-        self.fields = [f for f in source.schema if f != source.timestamp_field]
-        key_t = pa.int64() if source.schema[source.entity_field] == INT64 else pa.string()
-        self.schema = pa.schema([("__key", key_t), ("__ts", pa.int64()), ("__eid", pa.string()),
-                                 ("__part", pa.int32()), ("__off", pa.int64())]
-                                + [(f"f_{f}", _arrow_type(source.schema[f])) for f in self.fields])
+        self.fields = source_fields(source)
+        self.schema = event_schema(source, bucket=False)
         self.writers: dict[int, pa.ipc.RecordBatchStreamWriter] = {}
         self.sinks: dict[int, object] = {}
         self.rows: dict[int, int] = {}
@@ -124,22 +107,7 @@ class Spill:
             table = self.schema.empty_table()
         raw = table.to_pandas()
         del table
-        raw = raw.sort_values(["__part", "__off"], kind="stable").reset_index(drop=True)
-        key_vt = src.schema[src.entity_field]
-        out = {"key": _tidy(raw["__key"], key_vt), "ts": raw["__ts"].astype("int64")}
-        for f in src.schema:
-            if f == src.timestamp_field:
-                out[f] = out["ts"].copy()
-            elif f != "ts":
-                col = raw[f"f_{f}"]
-                vt = src.schema[f]
-                out[f] = col if vt.is_list else _tidy(col, vt)
-        id_col = event_id_column(src)
-        if id_col not in out:
-            out[id_col] = raw["__eid"].astype(object).where(raw["__eid"].notna(), None)
-        out["__part"] = raw["__part"].astype("int64")
-        out["__off"] = raw["__off"].astype("int64")
-        return pd.DataFrame(out)
+        return events_frame(src, raw)
 
     def remove(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)

@@ -22,7 +22,9 @@ def _engine_arguments(p, what: str) -> None:
                    help="with --engine spark: the cluster (spark://host:7077, yarn, local[4], ...; default: "
                         "spark-submit's, else local[*])")
     p.add_argument("--spark-conf", action="append", default=[], metavar="KEY=VALUE",
-                   help="with --engine spark: a Spark setting (repeat), e.g. spark.executor.memory=8g")
+                   help="with --engine spark: a Spark setting (repeat), e.g. spark.executor.memory=8g; "
+                        "spark.jars=PATH takes the place of the PostgreSQL JDBC driver's jar that reads the "
+                        "event log (FEATURESTORE_SPARK_JDBC_JAR, default /usr/share/java/postgresql.jar)")
 
 
 def add_spark_arguments(p) -> None:
@@ -82,6 +84,7 @@ def run_spark_backfill_cmd(args, time_ms) -> int:
 
     from ..exceptions import BackfillError
     from ..processing import prepare_view
+    from .stream import print_rejects
     from ..spark import SparkBackfillOptions, run_spark_backfill
 
     if args.source == "kafka":
@@ -109,11 +112,7 @@ def run_spark_backfill_cmd(args, time_ms) -> int:
         loop.run_until_complete(offline.close())
         loop.close()
     print(json.dumps({**report.as_dict(), "engine": "spark", "out": args.out}, indent=2))
-    if report.rejected:
-        print(f"{report.rejected} row(s) rejected ({report.rejected_by_reason}), recorded in the rejects table; "
-              f"first ones:", file=sys.stderr)
-        for r in report.rejects[:20]:
-            print(f"  {r['location']}: {r['reason']}: {r['detail']}", file=sys.stderr)
+    print_rejects(report)
     return 0
 
 

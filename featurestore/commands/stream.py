@@ -241,9 +241,14 @@ def run_backfill_cmd(args) -> int:
     print(json.dumps(report.as_dict(), indent=2))
     if report.already_complete:
         print("this run was already complete: nothing done (--restart recomputes it)", file=sys.stderr)
+    print_rejects(report)
+    return 0
+
+
+def print_rejects(report) -> None:
+    """A backfill's rejected rows on stderr: how many by reason, and the first ones with their location."""
     if report.rejected:
         print(f"{report.rejected} row(s) rejected ({report.rejected_by_reason}), recorded in the rejects table; "
               f"first ones:", file=sys.stderr)
         for r in report.rejects[:20]:
             print(f"  {r['location']}: {r['reason']}: {r['detail']}", file=sys.stderr)
-    return 0

@@ -1,11 +1,11 @@
 """``featurestore backfill --engine spark``: a view's history recomputed in Spark tasks.
 
 1. **read and validate** (``readers``): the source's Parquet history (any Hadoop URL) or the
-   PostgreSQL event log in parallel bucket ranges; the rows a file holds are validated in the tasks
-   with ``validate_frame``, as the local backfill validates them;
+   PostgreSQL event log over JDBC in parallel offset ranges; the rows a file holds are validated in
+   the tasks with ``validate_frame``, as the local backfill validates them;
 2. **bucket and compute** (``buckets``): events repartitioned by ``crc32(key) % buckets`` and
    grouped per bucket (many entities each), sorted in arrival order inside the bucket and computed
-   with ``compute_batch`` (``applyInArrow``, one call per bucket);
+   with ``compute_batch`` (``applyInPandas``, one call per bucket);
 3. **write**: history rows as Parquet partitioned by ``date`` (the UTC day of ``ts``) with
    ``mode("overwrite")`` — Spark's commit protocol keeps a failed job's files out and a rerun
    replaces the whole output, so running a job again, or after a killed task failed it, gives the
@@ -49,7 +49,7 @@ class SparkBackfillOptions:
     online: bool = False
     group: str | None = None
     strict: bool = False
-    pg: dict = field(default_factory=dict)  # dsn, project, schema: the event log and history over asyncpg
+    pg: dict = field(default_factory=dict)  # dsn, project, schema: the event log (JDBC), the history (COPY)
 
 
 def run_spark_backfill(spark, pv: PreparedView, opts: SparkBackfillOptions, offline=None, online=None,
@@ -102,7 +102,7 @@ class _SparkRun:
         events, n_buckets = self._events(header)
         apply = bucket_function(pv, o.start_ms, o.online)
         out = (events.withColumn("__bucket", bucket_column(n_buckets, refused=True))
-               .groupBy("__bucket").applyInArrow(apply, _spark(out_schema(pv.view))))
+               .groupBy("__bucket").applyInPandas(apply, _spark(out_schema(pv.view))))
         from pyspark import StorageLevel
 
         out = out.persist(StorageLevel.MEMORY_AND_DISK)
@@ -145,11 +145,9 @@ class _SparkRun:
             estimate = None if o.buckets else self.spark.read.parquet(url).count()  # from the Parquet footers
         else:
             estimate = self._await(self.offline.count_events(self.src))
-            tasks = 2 * parallelism
-            n = max(tasks, o.buckets or 0)
             pg = o.pg
             events = event_log_events(self.spark, self.src, pg["dsn"], pg["project"], pg.get("schema", "public"),
-                                      n, header["cut"], o.end_ms, tasks)
+                                      header["cut"], o.end_ms, 2 * parallelism)
         n_buckets = o.buckets or max(2 * parallelism, -(-(estimate or 0) // EVENTS_PER_BUCKET))
         if n_buckets < 1:
             raise InvalidInputError("--buckets must be at least 1")

@@ -16,10 +16,9 @@ import pickle
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from ..processing import PreparedView
-from .frames import events_frame, history_seq, out_schema, table_of
+from .frames import events_frame, history_seq, out_schema, spark_pandas, table_of
 
 __all__ = ["bucket_column", "bucket_function", "compute_bucket"]
 
@@ -36,20 +35,20 @@ def bucket_column(n_buckets: int, refused: bool = False):
     return F.when(F.col("__reason").isNull(), bucket).otherwise((-1 - F.pmod(F.col("__off"), n)).cast("int"))
 
 
-def compute_bucket(pv: PreparedView, table: pa.Table, start_ms: int | None, online: bool) -> pa.Table:
-    """One bucket's history rows, refused rows and (``online``) final states (module docstring).
-    Rows that validation refused (``__reason`` set; negative buckets) pass through as refused rows."""
+def compute_bucket(pv: PreparedView, frame: pd.DataFrame, start_ms: int | None, online: bool) -> pa.Table:
+    """One bucket's history rows, refused rows and (``online``) final states (module docstring), from
+    the bucket's events as ``applyInPandas`` hands them over.  Rows that validation refused
+    (``__reason`` set; negative buckets) pass through as refused rows."""
     from workers.backfill_chunk import add_batch_transforms, compute_history, final_states
 
     view = pv.view
     schema = out_schema(view)
-    if "__reason" in table.column_names:
-        refused_mask = pc.is_valid(table.column("__reason"))
-        if pc.any(refused_mask).as_py():
-            bad = table.filter(refused_mask).select(["__part", "__off", "__reason", "__detail", "__payload"])
-            bad = bad.append_column("__kind", pa.array(["r"] * bad.num_rows, pa.string()))
-            return table_of(bad.to_pandas(), schema)
-    events = events_frame(view.source, table)
+    if "__reason" in frame.columns:
+        refused_mask = frame["__reason"].notna().to_numpy()
+        if refused_mask.any():
+            bad = frame.loc[refused_mask, ["__part", "__off", "__reason", "__detail", "__payload"]]
+            return table_of(bad.assign(__kind="r"), schema)
+    events = events_frame(view.source, frame)
     events = add_batch_transforms(view, events)
     values, rejects, accepted = compute_history(view, events, start_ms)
     values = values.copy()
@@ -75,9 +74,9 @@ def compute_bucket(pv: PreparedView, table: pa.Table, start_ms: int | None, onli
 
 
 def bucket_function(pv: PreparedView, start_ms: int | None, online: bool):
-    """The ``applyInArrow`` function of a bucket (a closure shipped to the tasks)."""
+    """The ``applyInPandas`` function of a bucket (a closure shipped to the tasks)."""
 
-    def apply(table: pa.Table) -> pa.Table:
-        return compute_bucket(pv, table, start_ms, online)
+    def apply(frame: pd.DataFrame) -> pd.DataFrame:
+        return spark_pandas(compute_bucket(pv, frame, start_ms, online))
 
     return apply

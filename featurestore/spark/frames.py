@@ -1,13 +1,12 @@
 """Arrow layouts of the frames that cross the Spark boundary, and their pandas shapes.
 
-* **events**: the layout of the local backfill's spill (``workers.backfill_spill.Spill``):
-  ``__key``, ``__ts``, ``__eid``, ``__part``, ``__off`` and ``f_<field>`` per schema field, plus
-  the entity ``__bucket``; ``events_frame`` turns a bucket of them into the frame ``compute_batch``
-  takes, exactly as ``Spill.read`` does (arrival order ``(partition, offset)``);
+* **events**: the events layout (``featurestore.events_layout``, the local backfill's spill's) plus
+  the entity ``__bucket``; ``events_frame`` turns a bucket of them (the pandas frame
+  ``applyInPandas`` hands over) into the frame ``compute_batch`` takes, as ``Spill.read`` does;
 * **out**: what a bucket gives back: history rows (``__kind`` "h": ``key``, ``ts``, ``seq``, the
   features), refused rows ("r": ``__part``, ``__off``, ``__reason``, ``__detail``, ``__payload``),
   final online states ("s": ``__blob``, a pickled ``OnlineRecord``) and the bucket's event count
-  ("n": in ``__off``), one layout for all.
+  ("n": in ``__off``), one layout for all; ``spark_pandas`` hands it back to Spark unchanged.
 """
 
 from __future__ import annotations
@@ -16,47 +15,11 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from ..definitions import EventSource, FeatureView
-from ..offline.postgres import event_id_column
-from ..offline.postgres.values import _tidy
-from ..types import BOOL, FLOAT64, INT64, STRING, TIMESTAMP, ValueType
+from ..definitions import FeatureView
+from ..events_layout import arrow_type, event_schema, events_frame, key_type, source_fields
 
-__all__ = ["arrow_type", "event_schema", "events_frame", "history_seq", "key_type", "out_schema", "table_of"]
-
-
-def arrow_type(vt: ValueType | None) -> pa.DataType:
-    """The Arrow type of a field or feature of type ``vt`` (timestamps as int64 epoch ms; a feature's
-    dtype is always set once its view is built)."""
-    if vt is None:
-        return pa.string()
-    if vt in (INT64, TIMESTAMP):
-        return pa.int64()
-    if vt == FLOAT64:
-        return pa.float64()
-    if vt == BOOL:
-        return pa.bool_()
-    if vt == STRING:
-        return pa.string()
-    if vt.is_list:
-        return pa.list_(pa.int64() if vt.element == "int64" else pa.float64())
-    return pa.string()
-
-
-def key_type(source: EventSource) -> pa.DataType:
-    return pa.int64() if source.schema[source.entity_field] == INT64 else pa.string()
-
-
-def source_fields(source: EventSource) -> list[str]:
-    """The schema fields carried as ``f_<field>`` (all but the timestamp field, which is ``__ts``)."""
-    return [f for f in source.schema if f != source.timestamp_field]
-
-
-def event_schema(source: EventSource, bucket: bool = True) -> pa.Schema:
-    """The events layout (the local spill's, plus ``__bucket``)."""
-    fields = [("__key", key_type(source)), ("__ts", pa.int64()), ("__eid", pa.string()), ("__part", pa.int32()),
-              ("__off", pa.int64())]
-    fields += [(f"f_{f}", arrow_type(source.schema[f])) for f in source_fields(source)]
-    return pa.schema(fields + ([("__bucket", pa.int32())] if bucket else []))
+__all__ = ["arrow_type", "event_schema", "events_frame", "history_seq", "key_type", "out_schema",
+           "source_fields", "spark_pandas", "table_of"]
 
 
 def out_schema(view: FeatureView) -> pa.Schema:
@@ -86,27 +49,14 @@ def table_of(frame: pd.DataFrame, schema: pa.Schema) -> pa.Table:
     return pa.Table.from_arrays(arrays, schema=schema)
 
 
-def events_frame(source: EventSource, table: pa.Table) -> pd.DataFrame:
-    """A bucket's events (events layout) in arrival order ``(partition, offset)``, shaped for
-    ``compute_batch`` as the local spill gives them: ``key``, ``ts``, the schema fields, the event
-    id column, ``__part``, ``__off``."""
-    raw = table.to_pandas()
-    raw = raw.sort_values(["__part", "__off"], kind="stable").reset_index(drop=True)
-    key_vt = source.schema[source.entity_field]
-    out = {"key": _tidy(raw["__key"], key_vt), "ts": raw["__ts"].astype("int64")}
-    for f in source.schema:
-        if f == source.timestamp_field:
-            out[f] = out["ts"].copy()
-        elif f != "ts":
-            col = raw[f"f_{f}"]
-            vt = source.schema[f]
-            out[f] = col if vt.is_list else _tidy(col, vt)
-    id_col = event_id_column(source)
-    if id_col not in out:
-        out[id_col] = raw["__eid"].astype(object).where(raw["__eid"].notna(), None)
-    out["__part"] = raw["__part"].astype("int64")
-    out["__off"] = raw["__off"].astype("int64")
-    return pd.DataFrame(out)
+def spark_pandas(table: pa.Table) -> pd.DataFrame:
+    """``table`` as the frame an ``applyInPandas`` function returns, converted back to Arrow by Spark
+    without a change: scalar columns Arrow-backed (``pd.ArrowDtype``: Spark takes their Arrow arrays
+    as they are — one chunk each — so NaN stays NaN and null stays null), list columns as Python
+    lists or None."""
+    return pd.DataFrame({name: (pd.Series(col.to_pylist(), dtype=object) if pa.types.is_list(col.type)
+                                else pd.Series(pd.arrays.ArrowExtensionArray(col.combine_chunks())))
+                         for name, col in zip(table.column_names, table.columns)})
 
 
 def history_seq(values: pd.DataFrame) -> np.ndarray:

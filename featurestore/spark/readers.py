@@ -5,9 +5,10 @@ validates them, in the events layout (``frames.event_schema``) plus the refused 
   ``s3a://``, ``hdfs://``; a file or a folder of files).  Arrival order is the row order: files by
   name, rows by ``_metadata.row_index``; ``__part`` = -1 and ``__off`` = the row number over the
   files (for one file, the row number in it, as the local backfill counts);
-* ``event_log_events``: the PostgreSQL event log, read by Spark tasks in parallel, one task per
-  range of entity buckets (``hashtext`` of the key, computed by the server), each through the
-  offline store's own ``iter_events_by_bucket`` over asyncpg.
+* ``event_log_events``: the PostgreSQL event log, read over JDBC (``spark.read.jdbc``, the driver
+  from ``jdbc.jdbc_jar``) by Spark tasks in parallel, one per range of offsets of a partition
+  (``log_ranges``: each partition's first and last offsets, probed through the primary key, split
+  evenly), as ``PostgresOfflineStore.iter_events_by_bucket`` selects them (the cut-over, the end).
 
 Each yields a DataFrame of the events layout with ``__reason`` / ``__detail`` / ``__payload``
 (null on valid rows): refused rows keep their location (``__part``, ``__off``) and no key.
@@ -15,7 +16,6 @@ Each yields a DataFrame of the events layout with ``__reason`` / ``__detail`` / 
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import Any
 
@@ -26,11 +26,10 @@ import pyarrow as pa
 
 from ..definitions import EventSource, FileHistory
 from ..exceptions import InvalidInputError
-from ..offline.postgres import event_id_column
 from ..schema import validate_frame
 from .frames import event_schema, source_fields
 
-__all__ = ["checked_schema", "event_log_events", "file_events", "history_url"]
+__all__ = ["checked_schema", "event_log_events", "file_events", "history_url", "log_ranges"]
 
 _ROW = "__fs_row"
 
@@ -129,48 +128,66 @@ def _spark_schema(schema: pa.Schema):
     return from_arrow_schema(schema)
 
 
-# -- the event log, in parallel bucket ranges ----------------------------------------------------
+# -- the event log over JDBC, in parallel ranges -------------------------------------------------
 
-def event_log_events(spark, source: EventSource, dsn: str, project: str, pg_schema: str, n_buckets: int,
+def event_log_events(spark, source: EventSource, dsn: str, project: str, pg_schema: str,
                      cut: dict[int, int] | None, end_ms: int | None, tasks: int):
     """Events of the PostgreSQL event log (no refused rows: the log holds accepted events), read
-    by ``tasks`` Spark tasks, each over its range of the ``n_buckets`` entity buckets."""
-    schema = checked_schema(source)
-    ranges = [(i, b) for b in range(n_buckets) for i in [b * tasks // n_buckets]]
-    plan = spark.createDataFrame(ranges, "__task int, __bucket int").repartition(tasks, "__task")
-    id_col = event_id_column(source)
+    over JDBC by about ``tasks`` Spark tasks, each over one range of offsets of one partition
+    (``log_ranges``).  ``cut``: partition -> last offset to read (rows of other Kafka partitions
+    are skipped; partition < 0 rows — files, pushes — are all read); ``end_ms``: last event time."""
+    from pyspark.sql import functions as F
 
-    def read(batches):
-        mine = sorted({int(b) for batch in batches for b in batch.column("__bucket").to_pylist()})
-        if mine:
-            yield from _read_buckets(source, dsn, project, pg_schema, n_buckets, mine, cut, end_ms, id_col, schema)
+    from ..offline.postgres.tables import field_column, qident, table_name
+    from .jdbc import driver_missing, is_driver_missing, java_message, jdbc_target
 
-    return plan.mapInArrow(read, _spark_schema(schema))
-
-
-def _read_buckets(source, dsn, project, pg_schema, n_buckets, buckets, cut, end_ms, id_col, schema):
-    from ..offline.postgres import PostgresOfflineStore
-
-    loop = asyncio.new_event_loop()
-    store = loop.run_until_complete(PostgresOfflineStore.create(dsn, project, pg_schema, max_size=1))
-    frames = store.iter_events_by_bucket(source, n_buckets, buckets, end_ms, cut)
+    url, props = jdbc_target(dsn)
+    table = f"{qident(pg_schema)}.{qident(table_name(project, 'events', source.name))}"
     try:
-        while True:
-            try:
-                frame = loop.run_until_complete(frames.__anext__())
-            except StopAsyncIteration:
-                break
-            yield from _frame_batches(source, frame, id_col, schema)
-    finally:
-        loop.run_until_complete(frames.aclose())
-        loop.run_until_complete(store.close())
-        loop.close()
+        bounds = spark.read.jdbc(url, f"({_BOUNDS_SQL.format(t=table)}) AS b", properties=props).collect()
+    except Exception as exc:  # Py4JJavaError, AnalysisException: the driver, the server, the table
+        if is_driver_missing(exc):
+            raise driver_missing() from None
+        raise InvalidInputError(f"cannot read the event log {table} of source {source.name!r} over JDBC "
+                                f"({url}): {java_message(exc)}") from None
+    ranges = log_ranges({int(r["p"]): (int(r["lo"]), int(r["hi"])) for r in bounds}, cut, tasks)
+    where = f' AND "__ts" <= {int(end_ms)}' if end_ms is not None else ""  # over the query's columns
+    predicates = [f'"__part" = {p} AND "__off" BETWEEN {lo} AND {hi}{where}' for p, lo, hi in ranges]
+    cols = ['"entity_key" AS "__key"', '"event_time" AS "__ts"', '"event_id" AS "__eid"', '"partition" AS "__part"',
+            '"offset" AS "__off"'] + [f'{qident(field_column(f))} AS {qident("f_" + f)}' for f in source_fields(source)]
+    query = f"(SELECT {', '.join(cols)} FROM {table}) AS ev"
+    raw = spark.read.jdbc(url, query, predicates=predicates or ["FALSE"], properties=props)
+    schema = _spark_schema(checked_schema(source))
+    return raw.select(*[(F.col(f"`{f.name}`") if f.name in raw.columns else F.lit(None)).cast(f.dataType).alias(f.name)
+                        for f in schema.fields])
 
 
-def _frame_batches(source: EventSource, frame: pd.DataFrame, id_col: str, schema: pa.Schema):
-    """An event-log frame (``iter_events_by_bucket``) as record batches of the events layout."""
-    ev = {"__key": frame["key"], "__ts": frame["ts"], "__eid": frame[id_col] if id_col in frame.columns else None,
-          "__part": frame["__partition"], "__off": frame["__offset"]}
-    for f in source_fields(source):
-        ev[f"f_{f}"] = frame[f] if f in frame.columns else None
-    yield from _tables(source, pd.DataFrame(ev), schema)
+#: each partition of the event log with its first and last offset, by probes of the primary key
+_BOUNDS_SQL = ('WITH RECURSIVE parts AS (SELECT min("partition") AS p FROM {t} UNION ALL '
+               'SELECT (SELECT min("partition") FROM {t} WHERE "partition" > parts.p) FROM parts '
+               'WHERE parts.p IS NOT NULL) '
+               'SELECT p, (SELECT min("offset") FROM {t} WHERE "partition" = parts.p) AS lo, '
+               '(SELECT max("offset") FROM {t} WHERE "partition" = parts.p) AS hi FROM parts WHERE p IS NOT NULL')
+
+
+def log_ranges(bounds: dict[int, tuple[int, int]], cut: dict[int, int] | None,
+               tasks: int) -> list[tuple[int, int, int]]:
+    """``(partition, first offset, last offset)`` ranges covering the event log's rows (``bounds``:
+    partition -> its first and last offset) up to the ``cut``, about ``tasks`` of them, each
+    partition's offsets split evenly and the ranges in proportion to the partitions' spans."""
+    spans: dict[int, tuple[int, int]] = {}
+    for p, (lo, hi) in sorted(bounds.items()):
+        if cut is not None and p >= 0:
+            if p not in cut:
+                continue
+            hi = min(hi, int(cut[p]))
+        if hi >= lo:
+            spans[p] = (lo, hi)
+    total = sum(hi - lo + 1 for lo, hi in spans.values())
+    out = []
+    for p, (lo, hi) in spans.items():
+        n = hi - lo + 1
+        pieces = max(1, min(n, round(tasks * n / total)))
+        edges = [lo + n * i // pieces for i in range(pieces + 1)]
+        out += [(p, edges[i], edges[i + 1] - 1) for i in range(pieces)]
+    return out

@@ -1,6 +1,7 @@
 """The SparkSession of a Spark backfill or training set: ``spark_session`` checks that pyspark and
 Java are there (naming what to install when not) and builds a session whose Python workers run
-this interpreter, so the tasks import the same ``transforms`` and ``featurestore`` code."""
+this interpreter, so the tasks import the same ``transforms`` and ``featurestore`` code, with the
+PostgreSQL JDBC driver (``jdbc.jdbc_jar``) in ``spark.jars`` for reads of the event log."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from typing import Any, Mapping
 
 from ..exceptions import ConfigurationError
 
-__all__ = ["DEFAULT_CONF", "check_java", "parse_conf", "spark_session"]
+__all__ = ["DEFAULT_CONF", "check_java", "jdbc_jars", "parse_conf", "spark_session"]
 
 #: Settings of every session made here (``--spark-conf`` overrides them): Arrow for the pandas
 #: hand-over, UTC, the UI and console progress off, large Arrow batches.
@@ -86,9 +87,29 @@ def spark_session(master: str | None = None, conf: Mapping[str, Any] | None = No
     elif not os.environ.get("SPARK_HOME") and "MASTER" not in os.environ:
         builder = builder.master("local[*]")
     settings = {**DEFAULT_CONF, **{k: str(v) for k, v in (conf or {}).items()}}
+    jars = jdbc_jars(settings)
+    if jars:
+        settings["spark.jars"] = jars
     for key, value in settings.items():
         builder = builder.config(key, value)
     return builder.getOrCreate()
+
+
+def jdbc_jars(settings: Mapping[str, str]) -> str | None:
+    """``spark.jars`` of a new session: as given when set explicitly, else the PostgreSQL JDBC driver's
+    jar (``FEATURESTORE_SPARK_JDBC_JAR``) when it exists — a session reading only Parquet needs none,
+    and a job reading the event log without it stops naming it (``jdbc.driver_missing``).  A jar set
+    explicitly by that setting must exist."""
+    from .jdbc import driver_missing, jdbc_jar
+
+    if "spark.jars" in settings:
+        return settings["spark.jars"]
+    path, explicit = jdbc_jar()
+    if os.path.isfile(path):
+        return path
+    if explicit:
+        raise driver_missing()
+    return None
 
 
 def ship_repo_modules() -> None:

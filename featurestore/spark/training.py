@@ -2,7 +2,7 @@
 
 The label rows follow the events' bucketing: each row goes to the bucket ``crc32(join key's text)
 % buckets`` of its entity, the events of the view's source to the same buckets, and each bucket is
-computed in one task (``cogroup(...).applyInArrow``) by ``featurestore.historical``'s own
+computed in one task (``cogroup(...).applyInPandas``) by ``featurestore.historical``'s own
 ``compute_view`` — one ``compute_batch`` with the bucket's label rows as queries, the acceptance
 corrections, TTL and defaults — then on-demand views over the joined columns with
 ``on_demand_columns``.  Views of one (source, join key) share one read and one cogroup; the parts
@@ -26,7 +26,7 @@ from ..historical.point_in_time import compute_view
 from ..historical.training_set import _check_columns, _needed_features
 from ..repo import Repository
 from .buckets import bucket_column
-from .frames import arrow_type, events_frame, table_of
+from .frames import arrow_type, events_frame, spark_pandas, table_of
 from .readers import event_log_events, file_events, history_url
 from .session import ship_repo_modules
 
@@ -113,8 +113,8 @@ def _group_values(spark, labels, group: list[FeatureView], needed: dict[str, lis
         ev = file_events(spark, source, history_url(source)).filter("__reason IS NULL")
     else:
         assert pg is not None
-        ev = event_log_events(spark, source, pg["dsn"], pg["project"], pg.get("schema", "public"), n, None,
-                              None, max(1, spark.sparkContext.defaultParallelism))
+        ev = event_log_events(spark, source, pg["dsn"], pg["project"], pg.get("schema", "public"), None, None,
+                              max(1, spark.sparkContext.defaultParallelism))
     ev = ev.drop("__reason", "__detail", "__payload").withColumn("__bucket", bucket_column(n))
     lab = (labels.select(_ROW, _TS, F.col(f"`{join_key}`").alias("__key"))
            .withColumn("__bucket", F.coalesce(bucket_column(n), F.lit(0))).withColumnRenamed("__key", join_key))
@@ -124,20 +124,19 @@ def _group_values(spark, labels, group: list[FeatureView], needed: dict[str, lis
         fields.append((f"__live__{view.name}", pa.bool_()))
     schema = pa.schema(fields)
 
-    def apply(ev_table: pa.Table, lab_table: pa.Table) -> pa.Table:
-        return _bucket_values(group, needed, ev_table, lab_table, schema)
+    def apply(ev_frame: pd.DataFrame, labels: pd.DataFrame) -> pd.DataFrame:
+        return spark_pandas(_bucket_values(group, needed, ev_frame, labels, schema))
 
-    return ev.groupBy("__bucket").cogroup(lab.groupBy("__bucket")).applyInArrow(apply, from_arrow_schema(schema))
+    return ev.groupBy("__bucket").cogroup(lab.groupBy("__bucket")).applyInPandas(apply, from_arrow_schema(schema))
 
 
-def _bucket_values(group: list[FeatureView], needed: dict[str, list[str]], ev_table: pa.Table, lab_table: pa.Table,
-                   schema: pa.Schema) -> pa.Table:
+def _bucket_values(group: list[FeatureView], needed: dict[str, list[str]], ev_frame: pd.DataFrame,
+                   labels: pd.DataFrame, schema: pa.Schema) -> pa.Table:
     """One bucket of label rows: ``compute_view`` per view over the bucket's events."""
-    if not lab_table.num_rows:
+    if not len(labels):
         return schema.empty_table()
     source = group[0].source
-    events = events_frame(source, ev_table).drop(columns=["__part", "__off"])
-    labels = lab_table.to_pandas()
+    events = events_frame(source, ev_frame).drop(columns=["__part", "__off"])
     ts = labels[_TS].to_numpy(dtype="int64")
     out: dict[str, Any] = {_ROW: labels[_ROW].to_numpy(dtype="int64")}
     for view in group:

@@ -5,6 +5,9 @@ view are defined in that file (shipped to the tasks by value)."""
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import textwrap
 
 import pandas as pd
@@ -14,6 +17,7 @@ from featurestore.cli import main
 from featurestore.offline import PostgresOfflineStore
 from featurestore.repo import load_repo
 from featurestore.schema import validate_frame
+from featurestore.spark.jdbc import JAR_SETTING
 from tests.spark.data import HOT, tricky_events
 from tests.spark.test_backfill import assert_same_history, parquet_history
 from tests.spark.test_training import assert_frames_equal
@@ -116,3 +120,25 @@ def test_spark_options_without_the_spark_engine_are_refused(cli_repo, capsys, tm
     assert main(["training-set", "--repo", str(path), "--labels", str(tmp_path / "l.parquet"), "--features",
                  "stats:spend_24h", "--out", str(tmp_path / "o.parquet"), "--spark-master", "local[2]"]) == 2
     assert "--spark-master is an option of the Spark engine" in capsys.readouterr().err
+
+
+def test_reading_the_event_log_without_the_jdbc_driver_names_it(cli_repo, tmp_path, monkeypatch, capsys):
+    """``--source postgres`` reads the event log over JDBC: without the driver's jar the command stops
+    and says where the jar is looked for and how to install it — in a fresh JVM whose spark.jars is empty,
+    and before any JVM starts when FEATURESTORE_SPARK_JDBC_JAR names a missing file."""
+    path, _ = cli_repo
+    args = ["backfill", "--repo", str(path), "--view", "stats", "--engine", "spark", "--source", "postgres",
+            "--spark-master", "local[1]", "--out", f"file://{tmp_path}/never"]
+    monkeypatch.delenv(JAR_SETTING, raising=False)
+    env = {**os.environ, "PYSPARK_PYTHON": sys.executable}
+    done = subprocess.run([sys.executable, "-m", "featurestore", *args, "--spark-conf", "spark.jars="], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "needs the PostgreSQL JDBC driver" in done.stderr and "spark.jars" in done.stderr
+    assert "apt-get install libpostgresql-jdbc-java" in done.stderr
+    assert not (tmp_path / "never").exists()
+
+    monkeypatch.setenv(JAR_SETTING, str(tmp_path / "postgresql.jar"))
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert f"{JAR_SETTING}={tmp_path / 'postgresql.jar'} does not exist" in err and "jdbc.postgresql.org" in err

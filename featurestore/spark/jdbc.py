@@ -47,7 +47,8 @@ def driver_missing() -> ConfigurationError:
     """The error of a Spark job that reads the event log without the PostgreSQL JDBC driver."""
     path, explicit = jdbc_jar()
     where = f"{JAR_SETTING}={path}" if explicit else f"{path} (the default of {JAR_SETTING})"
-    state = "does not exist" if not os.path.exists(path) else "is not in this Spark session's spark.jars"
+    state = ("does not exist" if not os.path.exists(path)
+             else "holds no PostgreSQL driver or is not in this Spark session's spark.jars")
     return ConfigurationError(
         f"the Spark engine reads the PostgreSQL event log over JDBC and needs the PostgreSQL JDBC driver: "
         f"{where} {state}. Install it with `apt-get install libpostgresql-jdbc-java` (Debian, Ubuntu: "
@@ -80,14 +81,17 @@ def jdbc_target(dsn: str) -> tuple[str, dict[str, str]]:
     """``(url, properties)`` of ``dsn``: the JDBC URL (host, port, database only) and the driver's
     properties (user, password, TLS settings, the fetch size)."""
     params = _url_params(dsn) if "://" in dsn else _keyword_params(dsn)
-    host = params.pop("host", "") or "localhost"
+    env = os.environ  # what libpq (and asyncpg) fall back to; a password file (.pgpass) is not read
+    host = params.pop("host", "") or env.get("PGHOST") or "localhost"
     if host.startswith("/") or host.startswith("@"):
         raise ConfigurationError("the Spark engine reads PostgreSQL over JDBC, which needs a TCP address: the DSN "
                                  "names a Unix socket; give host=NAME (and port) instead")
-    port = params.pop("port", "") or "5432"
-    user = params.pop("user", "") or os.environ.get("PGUSER") or getpass.getuser()
-    password = params.pop("password", "") or os.environ.get("PGPASSWORD", "")
-    dbname = params.pop("dbname", "") or user
+    port = params.pop("port", "") or env.get("PGPORT") or "5432"
+    if "," in port:
+        raise ConfigurationError("the Spark engine's JDBC address takes one port per host: write host=h1:p1,h2:p2")
+    user = params.pop("user", "") or env.get("PGUSER") or getpass.getuser()
+    password = params.pop("password", "") or env.get("PGPASSWORD", "")
+    dbname = params.pop("dbname", "") or env.get("PGDATABASE") or user
     hosts = ",".join(h if re.search(r"(^[^:\[]+|\]):\d+$", h) else f"{h}:{port}" for h in host.split(","))
     props = {"user": user, "driver": DRIVER, "fetchsize": str(FETCH_SIZE)}
     if password:

@@ -153,13 +153,26 @@ def event_log_events(spark, source: EventSource, dsn: str, project: str, pg_sche
     ranges = log_ranges({int(r["p"]): (int(r["lo"]), int(r["hi"])) for r in bounds}, cut, tasks)
     where = f' AND "__ts" <= {int(end_ms)}' if end_ms is not None else ""  # over the query's columns
     predicates = [f'"__part" = {p} AND "__off" BETWEEN {lo} AND {hi}{where}' for p, lo, hi in ranges]
+    fields = source_fields(source)
+    # fields by position (PostgreSQL cuts names past 63 bytes, so "f_" + a long field name could not be an alias)
     cols = ['"entity_key" AS "__key"', '"event_time" AS "__ts"', '"event_id" AS "__eid"', '"partition" AS "__part"',
-            '"offset" AS "__off"'] + [f'{qident(field_column(f))} AS {qident("f_" + f)}' for f in source_fields(source)]
+            '"offset" AS "__off"'] + [f'{qident(field_column(f))} AS "c{i}"' for i, f in enumerate(fields)]
     query = f"(SELECT {', '.join(cols)} FROM {table}) AS ev"
     raw = spark.read.jdbc(url, query, predicates=predicates or ["FALSE"], properties=props)
+    read = {**{c: c for c in ("__key", "__ts", "__eid", "__part", "__off")},
+            **{f"f_{f}": f"c{i}" for i, f in enumerate(fields)}}
     schema = _spark_schema(checked_schema(source))
-    return raw.select(*[(F.col(f"`{f.name}`") if f.name in raw.columns else F.lit(None)).cast(f.dataType).alias(f.name)
-                        for f in schema.fields])
+    return raw.select(*[(F.col(f"`{read[f.name]}`") if f.name in read else _no_refusal(f.name)).cast(f.dataType)
+                        .alias(f.name) for f in schema.fields])
+
+
+def _no_refusal(name: str):
+    """The null of a refusal column (the event log holds accepted events only)."""
+    from pyspark.sql import functions as F
+
+    if name not in ("__reason", "__detail", "__payload"):
+        raise AssertionError(f"the event log's read has no column for {name!r}")
+    return F.lit(None)
 
 
 #: each partition of the event log with its first and last offset, by probes of the primary key

@@ -96,20 +96,48 @@ def spark_session(master: str | None = None, conf: Mapping[str, Any] | None = No
 
 
 def jdbc_jars(settings: Mapping[str, str]) -> str | None:
-    """``spark.jars`` of a new session: as given when set explicitly, else the PostgreSQL JDBC driver's
-    jar (``FEATURESTORE_SPARK_JDBC_JAR``) when it exists — a session reading only Parquet needs none,
-    and a job reading the event log without it stops naming it (``jdbc.driver_missing``).  A jar set
+    """``spark.jars`` of a new session: the jars already asked for (``--spark-conf spark.jars=...``, a
+    ``spark-submit --jars`` that launched this driver, ``$SPARK_HOME/conf/spark-defaults.conf``) plus,
+    unless one of them is a PostgreSQL driver, the PostgreSQL JDBC driver's jar
+    (``FEATURESTORE_SPARK_JDBC_JAR``) when it exists: a session reading only Parquet needs none, and a
+    job reading the event log without it stops naming it (``jdbc.driver_missing``).  A jar set
     explicitly by that setting must exist."""
     from .jdbc import driver_missing, jdbc_jar
 
-    if "spark.jars" in settings:
-        return settings["spark.jars"]
+    given = list(dict.fromkeys(j.strip() for source in (settings.get("spark.jars", ""), _launched_jars(),
+                                                        _default_jars())
+                               for j in source.split(",") if j.strip()))
+    if any("postgresql" in os.path.basename(j).lower() for j in given):
+        return ",".join(given)
     path, explicit = jdbc_jar()
     if os.path.isfile(path):
-        return path
+        return ",".join(given + [path])
     if explicit:
         raise driver_missing()
-    return None
+    return ",".join(given) or None
+
+
+def _launched_jars() -> str:
+    """``spark.jars`` of the JVM that launched this driver (``spark-submit``), else ""."""
+    if "PYSPARK_GATEWAY_PORT" not in os.environ:
+        return ""
+    from pyspark import SparkConf, SparkContext
+
+    SparkContext._ensure_initialized()  # the launching JVM's gateway: it exists already
+    return SparkConf().get("spark.jars", "") or ""
+
+
+def _default_jars() -> str:
+    """``spark.jars`` of ``$SPARK_HOME/conf/spark-defaults.conf``, else ""."""
+    home = os.environ.get("SPARK_HOME")
+    path = os.path.join(home, "conf", "spark-defaults.conf") if home else ""
+    if not path or not os.path.isfile(path):
+        return ""
+    for line in open(path, encoding="utf-8"):
+        key, _, value = line.strip().partition(" ")
+        if key == "spark.jars" or line.strip().startswith("spark.jars="):
+            return (value if key == "spark.jars" else line.strip().split("=", 1)[1]).strip()
+    return ""
 
 
 def ship_repo_modules() -> None:

@@ -124,17 +124,24 @@ def test_spark_options_without_the_spark_engine_are_refused(cli_repo, capsys, tm
 
 def test_reading_the_event_log_without_the_jdbc_driver_names_it(cli_repo, tmp_path, monkeypatch, capsys):
     """``--source postgres`` reads the event log over JDBC: without the driver's jar the command stops
-    and says where the jar is looked for and how to install it — in a fresh JVM whose spark.jars is empty,
-    and before any JVM starts when FEATURESTORE_SPARK_JDBC_JAR names a missing file."""
+    and says where the jar is looked for and how to install it — in a fresh JVM whose jars hold no driver
+    (the setting names a jar without it), and before any JVM starts when FEATURESTORE_SPARK_JDBC_JAR
+    names a missing file."""
+    import zipfile
+
     path, _ = cli_repo
     args = ["backfill", "--repo", str(path), "--view", "stats", "--engine", "spark", "--source", "postgres",
             "--spark-master", "local[1]", "--out", f"file://{tmp_path}/never"]
-    monkeypatch.delenv(JAR_SETTING, raising=False)
-    env = {**os.environ, "PYSPARK_PYTHON": sys.executable}
-    done = subprocess.run([sys.executable, "-m", "featurestore", *args, "--spark-conf", "spark.jars="], env=env,
+    empty = tmp_path / "no-driver.jar"
+    with zipfile.ZipFile(empty, "w") as jar:
+        jar.writestr("META-INF/MANIFEST.MF", "Manifest-Version: 1.0\n")
+    env = {**os.environ, "PYSPARK_PYTHON": sys.executable, JAR_SETTING: str(empty)}
+    done = subprocess.run([sys.executable, "-m", "featurestore", *args], env=env,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 2, done.stderr[-2000:]
-    assert "needs the PostgreSQL JDBC driver" in done.stderr and "spark.jars" in done.stderr
+    assert "needs the PostgreSQL JDBC driver" in done.stderr
+    assert f"{JAR_SETTING}={empty} holds no PostgreSQL driver or is not in this Spark session's spark.jars" \
+        in done.stderr
     assert "apt-get install libpostgresql-jdbc-java" in done.stderr
     assert not (tmp_path / "never").exists()
 

@@ -50,7 +50,9 @@ def test_spark_conf_items():
         parse_conf(["spark.executor.memory"])
 
 
-def test_jdbc_address_of_a_dsn_keeps_the_password_out_of_the_url():
+def test_jdbc_address_of_a_dsn_keeps_the_password_out_of_the_url(monkeypatch):
+    for name in ("PGHOST", "PGPORT", "PGUSER", "PGPASSWORD", "PGDATABASE"):
+        monkeypatch.delenv(name, raising=False)
     url, props = jdbc_target("postgresql://feat:p%40ss@db.example:6432/store?sslmode=verify-full&application_name=bf")
     assert url == "jdbc:postgresql://db.example:6432/store"
     assert props == {"user": "feat", "password": "p@ss", "driver": "org.postgresql.Driver", "fetchsize": "10000",
@@ -64,6 +66,13 @@ def test_jdbc_address_of_a_dsn_keeps_the_password_out_of_the_url():
         jdbc_target("host=/var/run/postgresql dbname=d user=u")
     with pytest.raises(ConfigurationError, match="postgresql:// URL or key=value"):
         jdbc_target("mysql://u@h/d")
+    # what the DSN leaves out comes from libpq's variables, as asyncpg takes it
+    monkeypatch.setenv("PGHOST", "pg.internal")
+    monkeypatch.setenv("PGPORT", "6543")
+    monkeypatch.setenv("PGDATABASE", "feats")
+    monkeypatch.setenv("PGPASSWORD", "s3cret")
+    url, props = jdbc_target("user=u")
+    assert (url, props["password"]) == ("jdbc:postgresql://pg.internal:6543/feats", "s3cret")
 
 
 def test_event_log_ranges_split_each_partition_evenly_up_to_the_cut():
@@ -87,6 +96,14 @@ def test_the_jdbc_jar_comes_from_the_setting_or_spark_jars(monkeypatch, tmp_path
     jar.write_bytes(b"PK")
     monkeypatch.setenv(JAR_SETTING, str(jar))
     assert jdbc_jars({}) == str(jar)
+    # jars asked for otherwise are kept, the driver added: --spark-conf, then spark-defaults.conf
+    assert jdbc_jars({"spark.jars": "/opt/jars/hadoop-aws.jar"}) == f"/opt/jars/hadoop-aws.jar,{jar}"
+    (tmp_path / "conf").mkdir()
+    defaults = "spark.master  local[2]\nspark.jars  /opt/a.jar,/opt/b.jar\n"
+    (tmp_path / "conf" / "spark-defaults.conf").write_text(defaults)
+    monkeypatch.setenv("SPARK_HOME", str(tmp_path))
+    assert jdbc_jars({"spark.jars": "/opt/c.jar"}) == f"/opt/c.jar,/opt/a.jar,/opt/b.jar,{jar}"
+    monkeypatch.delenv("SPARK_HOME")
     monkeypatch.setenv(JAR_SETTING, str(tmp_path / "missing.jar"))
     with pytest.raises(ConfigurationError) as err:
         jdbc_jars({})

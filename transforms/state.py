@@ -19,10 +19,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from .engine import codec
-from .engine.arena import REJECT_DUPLICATE, REJECT_LATE, StateArena
+from .engine.arena import REJECT_DUPLICATE, REJECT_LATE, ScratchArena, StateArena
 from .engine.codec import StateFormatError, append_ids
 from .engine.kernels import REASON_LATE
-from .engine.layout import FORMAT_VERSION, M_WM, NO_TIME
+from .engine.layout import FORMAT_VERSION, M_WM, NO_TIME, layout_for
 from .engine.values import id_hash
 
 __all__ = ["FORMAT_VERSION", "REJECT_DUPLICATE", "REJECT_LATE", "Rejection", "StateFormatError", "ViewState",
@@ -185,7 +185,11 @@ def compile_reader(specs, features: list[str]):
 
 
 class StateReader:
-    """Evaluates stored states (without their ids) for some features, many per compiled call."""
+    """Evaluates stored states (without their ids) for some features, many per compiled call.
+
+    Each thread keeps a scratch arena per reader, reused from request to request (``ScratchArena.hold``)
+    while it stays small; features that compute the same thing (same function, column, window and hop;
+    a last_n feature only with itself, so that each answers a list of its own) are evaluated once."""
 
     def __init__(self, specs: tuple, features: tuple):
         names = [s.name for s in specs]
@@ -194,43 +198,56 @@ class StateReader:
             raise ValueError(f"unknown features {unknown} (features: {', '.join(names)})")
         self.specs = specs
         self.positions = [names.index(f) for f in features]
-        self._scratch = threading.local()  # a scratch arena per thread, reset at each call
+        tables = layout_for(specs).reader_tables()
+        computations = [tuple(int(t[p]) for t in tables) + ((p if specs[p].function == "last_n" else -1),)
+                        for p in self.positions]
+        distinct = list(dict.fromkeys(computations))
+        evaluated = [self.positions[computations.index(c)] for c in distinct]
+        #: the reader tables of the features evaluated, and each requested feature's column among them
+        self.tables = tuple(np.ascontiguousarray(t[evaluated]) for t in tables)
+        self.order = None if distinct == computations else [distinct.index(c) for c in computations]
+        self._scratch = threading.local()  # a scratch arena per thread
 
     def __call__(self, blob: bytes, t: int) -> list:
         return self.read_many([blob], [t])[0]
 
-    def _arena(self, n: int) -> StateArena:
-        """This thread's scratch arena for ``n`` states: a small one kept for small requests (reset
-        in O(1)), a new one for large ones."""
-        if n > 8:
-            return StateArena(self.specs, 0, slots=n, words=64 * n)
+    def _arena(self, n: int) -> ScratchArena:
+        """This thread's scratch arena holding ``n`` empty states: the one kept while it stays small
+        (``_KEEP_SLOTS`` states, ``_KEEP_WORDS`` pool words, 1,024 interned values), else a new one."""
         arena = getattr(self._scratch, "arena", None)
-        if arena is None or len(arena.P) > 1 << 16 or len(arena.objects.values) > 1024:
-            arena = self._scratch.arena = StateArena(self.specs, 0, slots=8, words=4096)
-        else:
-            arena.reset()
+        if n > _KEEP_SLOTS:
+            arena = ScratchArena(self.specs, slots=n, words=64 * n)
+        elif arena is None or len(arena.P) > _KEEP_WORDS or len(arena.objects.values) > 1024:
+            arena = self._scratch.arena = ScratchArena(self.specs, slots=8, words=4096)
+        arena.hold(n)
         return arena
 
     def read_many(self, blobs: list[bytes], times: list[int]) -> list[list]:
         """Values of ``features`` of each state ``blobs[m]`` as of ``times[m]``, all evaluated in one
         compiled call."""
-        arena = self._arena(len(blobs))
-        slots = list(range(len(blobs)))
-        for m in slots:
-            arena.slot(m)
-        if len(blobs) <= 8:
-            for m, blob in zip(slots, blobs):
+        n = len(blobs)
+        if not n:
+            return []
+        arena = self._arena(n)
+        slots = np.arange(n, dtype=np.int64)
+        if any(b[:4] != codec.MAGIC for b in blobs):  # older formats (or not states: the error says so)
+            for m, blob in enumerate(blobs):
                 load_state(arena, m, blob, None)
+        elif n <= 5:  # below the fixed cost of decode_many's array work
+            for m, blob in enumerate(blobs):
+                codec.decode(arena, m, blob)
         else:
-            load_states(arena, slots, blobs)
-        wms = arena.S[:len(blobs), M_WM].tolist()
-        for m, wm in enumerate(wms):
+            codec.decode_many(arena, slots, blobs)
+        for m, wm in enumerate(arena.S[:n, M_WM].tolist()):
             if wm != NO_TIME and times[m] < wm:
                 raise ValueError(f"streaming state can be evaluated only at or after its watermark {wm}, "
                                  f"not at {times[m]}")
-        rows, _ = arena.values(np.array(slots, dtype=np.int64), np.array(times, dtype=np.int64))
-        pos = self.positions
-        return [[row[i] for i in pos] for row in rows]
+        out_b, out_f, out_k, out_x, _ = arena.evaluate(slots, np.array(times, dtype=np.int64), self.tables)
+        return arena.rows(out_b, out_f, out_k, out_x, self.order)
+
+
+_KEEP_SLOTS = 256
+_KEEP_WORDS = 1 << 16
 
 
 @functools.lru_cache(maxsize=256)

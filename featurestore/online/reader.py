@@ -19,6 +19,7 @@ scratch arena of the compiled engine and evaluated in one compiled call.
 from __future__ import annotations
 
 import time
+from bisect import bisect_left
 from dataclasses import dataclass, field
 from operator import itemgetter
 
@@ -35,6 +36,8 @@ PRESENT, MISSING, EXPIRED = "present", "missing", "expired"
 #: ``payload -> values`` (spec order) of a stored values row, ``payload`` its bytes after the
 #: ``ROW_HEADER`` (``redis.pack_row``: JSON).  The one place that knows how values are encoded.
 decode_values = orjson.loads
+
+_NEVER_EXPIRED, _ALL_EXPIRED = float("-inf"), float("inf")  # the oldest unexpired watermark: no TTL, a TTL below 0
 
 
 def picker(indices: list[int]):
@@ -120,48 +123,74 @@ def decode_rows(reads: list[ViewRead], keys_per_view: list[list[str]], t: int, f
                 ) -> list[tuple[list, list[str], list[int | None], list[bool]]]:
     """``read_rows`` of the read script's reply ``[flat, stale]`` (``RedisOnlineStore.read_packed``)."""
     states = dict(zip(stale[::2], stale[1::2])) if stale else {}
+    marks = sorted(states)
     decode = decode_values
     out = []
     pos = 0
     for r, keys in zip(reads, keys_per_view):
         n = len(keys)
+        ttl, pick, clock, default = r.ttl_ms, r.pick, r.clock_idx, r.default_row
+        # expired: (t if t > wm else wm) - wm > ttl, that is wm < t - ttl (every row when ttl < 0)
+        oldest = _NEVER_EXPIRED if ttl is None else t - ttl if ttl >= 0 else _ALL_EXPIRED
+        if n > 8 and not clock and _none_within(marks, pos, pos + n):
+            done = _plain_rows(flat[pos:pos + n], oldest, pick)
+            if done is not None:
+                out.append(done)
+                pos += n
+                continue
         rows: list = [None] * n
         statuses = [PRESENT] * n
         times: list = [None] * n
         from_state = [False] * n
-        ttl, pick, clock, default = r.ttl_ms, r.pick, r.clock_idx, r.default_row
-        pending: list[tuple[int, bytes, int]] = []  # (row, state, time) to re-evaluate
+        pending: list[int] = []  # rows to re-evaluate from their states
         for i in range(n):
-            row = flat[pos]
+            row = flat[pos + i]
             if row is None:
                 rows[i] = default
                 statuses[i] = MISSING
-                pos += 1
                 continue
             times[i] = wm = int(row[16:ROW_HEADER]) - OFFSET  # redis.row_watermark, inlined
-            t_eval = t if t > wm else wm  # a clock behind the newest event time reads as of that event
-            if ttl is not None and t_eval - wm > ttl:
+            if wm < oldest:
                 rows[i] = default
                 statuses[i] = EXPIRED
-            elif pos in states:  # a window moved since the last event: evaluated below, all in one call
-                pending.append((i, states[pos], t_eval))
+            elif states and pos + i in states:  # a window moved since the last event: evaluated below, in one call
+                pending.append(i)
                 from_state[i] = True
             else:
                 values = decode(row[ROW_HEADER:])
-                for j in clock:
-                    values[j] = (t_eval - wm) / 1000
+                for j in clock:  # a clock behind the newest event time reads as of that event
+                    values[j] = ((t if t > wm else wm) - wm) / 1000
                 rows[i] = values if pick is None else pick(values)
-            pos += 1
         if pending:
             try:
-                evaluated = r.evaluate.read_many([p[1] for p in pending], [p[2] for p in pending])
+                evaluated = r.evaluate.read_many([states[pos + i] for i in pending],
+                                                 [t if t > times[i] else times[i] for i in pending])
             except EngineStateFormatError as exc:
                 raise StateFormatError(f"{r.view_key}: a stored state of one of entities "
-                                       f"{[keys[i] for i, _, _ in pending][:5]} cannot be read: {exc}") from None
-            for (i, _, _), values in zip(pending, evaluated):
+                                       f"{[keys[i] for i in pending][:5]} cannot be read: {exc}") from None
+            for i, values in zip(pending, evaluated):
                 rows[i] = values
         out.append((rows, statuses, times, from_state))
+        pos += n
     return out
+
+
+def _none_within(marks: list[int], lo: int, hi: int) -> bool:
+    """Whether no number of the sorted ``marks`` is in ``[lo, hi)``."""
+    k = bisect_left(marks, lo)
+    return k == len(marks) or marks[k] >= hi
+
+
+def _plain_rows(chunk: list, oldest: float, pick):
+    """``decode_rows``' answer for one view's rows ``chunk`` when each is present, unexpired (a
+    watermark from ``oldest`` on) and exact at the request time (with no clock feature), else None."""
+    times = [None if row is None else int(row[16:ROW_HEADER]) - OFFSET for row in chunk]
+    if None in times or min(times) < oldest:
+        return None
+    decode = decode_values
+    rows = [decode(row[ROW_HEADER:]) for row in chunk]
+    n = len(chunk)
+    return rows if pick is None else list(map(pick, rows)), [PRESENT] * n, times, [False] * n
 
 
 def read_views(store, reads: list[ViewRead], keys_per_view: list[list[str]],

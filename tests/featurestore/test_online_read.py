@@ -248,6 +248,36 @@ def test_response_forms_services_and_on_demand(example) -> None:
     assert empty.to_df(statuses=True).shape == (0, 7)
 
 
+def test_many_entities_read_together_equal_each_read_alone(example, monkeypatch) -> None:
+    """The rows of one request for many entities (a view whose rows are all present, unexpired and
+    exact is decoded in one pass) equal those of each entity read alone, row type included, at times
+    before the events, at the last one, past windows and past a TTL."""
+    from featurestore.online import reader
+
+    _, online, prepared, last = example
+    original, plain = reader._plain_rows, []
+
+    def spy(*args):
+        done = original(*args)
+        plain.append(done is not None)
+        return done
+
+    monkeypatch.setattr(reader, "_plain_rows", spy)
+    keys = [f"C{i}" for i in range(40)]
+    reads = [ViewRead(pv.view_key, pv.specs, pv.lateness_ms, pv.ttl_ms, list(reversed(pv.view.feature_names)),
+                      {f.name: f.default for f in pv.view.features}) for pv in prepared]
+    for t in (T0, last, last + 1, last + 2 * HOUR, last + 40 * DAY):
+        together = read_rows(online, reads, [keys] * len(reads), t)
+        alone = [read_rows(online, reads, [[k]] * len(reads), t) for k in keys]
+        for v, (rows, statuses, times, from_state) in enumerate(together):
+            want = [a[v][0][0] for a in alone]
+            assert rows == want and [type(r) for r in rows] == [type(r) for r in want]
+            assert [[type(x) for x in r] for r in rows] == [[type(x) for x in r] for r in want]
+            assert statuses == [a[v][1][0] for a in alone] and times == [a[v][2][0] for a in alone]
+            assert from_state == [a[v][3][0] for a in alone]
+    assert any(plain)  # the one pass taken
+
+
 def test_read_views_and_script_reload(example) -> None:
     """``read_views`` (per-entity form) agrees with the columnar rows; a flushed script cache reloads."""
     _, online, prepared, last = example

@@ -176,19 +176,20 @@ class StateArena:
     def live_ids(self, s: int) -> int:
         return int(self.S[s, M_IDS_LIVE])
 
-    def evaluate(self, slots: np.ndarray, times: np.ndarray):
-        """(bits, floats, kinds, extra, until) of every feature of ``slots[m]`` as of ``times[m]``."""
+    def evaluate(self, slots: np.ndarray, times: np.ndarray, tables: tuple | None = None):
+        """(bits, floats, kinds, extra, until) of every feature of ``slots[m]`` as of ``times[m]``;
+        with ``tables`` (``Layout.reader_tables`` of some features), of those features only."""
         L = self.layout
-        m, F = len(slots), len(L.specs)
-        out_b = np.zeros((m, F), dtype=np.int64)
-        out_f = np.zeros((m, F), dtype=np.float64)
-        out_k = np.zeros((m, F), dtype=np.int8)
-        out_x = np.zeros((m, F), dtype=np.int64)
-        until = np.zeros(m, dtype=np.int64)
+        tables = L.reader_tables() if tables is None else tables
+        out_b, out_f, out_k, out_x, until = self._outputs(len(slots), len(tables[0]))
         evaluate_states(self.P, self.Pf, self.S, L.g_hop, L.g_off, L.cd_window, L.cd_hop, L.ln_n,
-                         *L.reader_tables(), np.asarray(slots, dtype=np.int64), np.asarray(times, dtype=np.int64),
+                         *tables, np.asarray(slots, dtype=np.int64), np.asarray(times, dtype=np.int64),
                          out_b, out_f, out_k, out_x, until)
         return out_b, out_f, out_k, out_x, until
+
+    def _outputs(self, m: int, F: int) -> tuple:
+        return (np.zeros((m, F), dtype=np.int64), np.zeros((m, F), dtype=np.float64), np.zeros((m, F), dtype=np.int8),
+                np.zeros((m, F), dtype=np.int64), np.zeros(m, dtype=np.int64))
 
     def values(self, slots, times) -> tuple[list[list], list[int | None]]:
         """Every feature (Python values, spec order) of ``slots[m]`` as of ``times[m]``, and the
@@ -197,26 +198,29 @@ class StateArena:
         rows = self.rows(out_b, out_f, out_k, out_x)
         return rows, [None if u == NO_TIME else int(u) for u in until.tolist()]
 
-    def rows(self, out_b, out_f, out_k, out_x) -> list[list]:
-        """Python rows from ``evaluate``'s arrays, converted a feature column at a time (value by
-        value for a few rows, where numpy's per-call cost would dominate)."""
+    def rows(self, out_b, out_f, out_k, out_x, order: list[int] | None = None) -> list[list]:
+        """Python rows from ``evaluate``'s arrays (with ``order``, its columns ``order[0]``, ``order[1]``,
+        ...), converted a kind at a time (value by value for a few rows, where numpy's per-call cost
+        would dominate)."""
         m, F = out_k.shape
         if m <= 4:
-            return [self._row(k, b, f, x) for k, b, f, x in
+            rows = [self._row(k, b, f, x) for k, b, f, x in
                     zip(out_k.tolist(), out_b.tolist(), out_f.tolist(), out_x.tolist())]
-        obj = np.empty((m, F), dtype=object)
-        for f in range(F):
+            return rows if order is None else [[row[i] for i in order] for row in rows]
+        obj = np.empty((m, F), dtype=object)  # None: K_NULL
+        floats = out_k == K_FLOAT
+        obj[floats] = out_f[floats]
+        ints = out_k == K_INT
+        obj[ints] = out_b[ints]
+        rare = out_k > K_INT
+        if rare.any():
+            self._rare_values(obj, out_b, out_k, out_x, np.flatnonzero(rare.any(axis=0)).tolist())
+        return (obj if order is None else obj[:, order]).tolist()
+
+    def _rare_values(self, obj: np.ndarray, out_b, out_k, out_x, columns: list[int]) -> None:
+        """``obj``'s bools, interned values and last_n lists, in ``columns``."""
+        for f in columns:
             kinds = out_k[:, f]
-            floats = kinds == K_FLOAT
-            if floats.all():
-                obj[:, f] = out_f[:, f]
-                continue
-            ints = kinds == K_INT
-            if ints.all():
-                obj[:, f] = out_b[:, f]
-                continue
-            obj[floats, f] = out_f[floats, f]
-            obj[ints, f] = out_b[ints, f]
             lists = np.flatnonzero(kinds == K_LIST)
             if len(lists):
                 self._last_n_column(obj, f, lists, out_b[lists, f], out_x[lists, f])
@@ -227,7 +231,6 @@ class StateArena:
                     obj[r, f] = values[code]
             for r in np.flatnonzero(kinds == K_BOOL).tolist():
                 obj[r, f] = bool(out_b[r, f])
-        return obj.tolist()
 
     def _last_n_column(self, obj: np.ndarray, f: int, rows: np.ndarray, blocks: np.ndarray, firsts: np.ndarray):
         """``obj[rows, f]``: the last_n lists of ``blocks`` from ``firsts`` on, gathered at once."""
@@ -270,3 +273,37 @@ class StateArena:
         bits = P[block + 4 + 4 * first:end:4].tolist()
         floats = self.Pf[block + 4 + 4 * first:end:4].tolist()
         return [decode_value(k, b, x, self.objects) for k, b, x in zip(kinds.tolist(), bits, floats)]
+
+
+class ScratchArena(StateArena):
+    """An arena for evaluating stored states: ``hold(n)`` forgets the states it holds and gives slots
+    ``0 .. n-1`` to ``n`` new empty ones, touching only the slots used since the last ``hold``.  It keeps
+    no keys (``slot`` is not for it); interned values are kept across holds.  ``evaluate`` fills the
+    arrays of its last call again when their shape fits: what it returns holds until the next call."""
+
+    def __init__(self, specs, slots: int = 8, words: int = 1024):
+        super().__init__(specs, 0, slots=slots, words=words)
+        self._empty = self.S[0].copy()
+        self._held = 0
+        self._out: tuple = ()
+
+    def _outputs(self, m: int, F: int) -> tuple:
+        # every call sets each kind, bits and until; floats and extra are read only where a kind says so
+        if not self._out or self._out[0].shape != (m, F):
+            self._out = super()._outputs(m, F)
+        return self._out
+
+    def slot(self, key) -> int:
+        raise TypeError("a ScratchArena holds slots 0 .. n-1 of its last hold(n), without keys")
+
+    def hold(self, n: int) -> None:
+        if n > len(self.S):
+            self._grow_slots(_pow2(n))
+        self.S[:max(self._held, n)] = self._empty
+        self.S[:n, M_USED] = 1
+        self._held = n
+        self.top[0] = 0
+        self.free.fill(-1)
+        if self.hstat[0]:
+            self.HV.fill(pool.EMPTY)
+        self.hstat.fill(0)

@@ -120,44 +120,56 @@ def decode(arena, s: int, blob: bytes) -> None:
         ck.remap_tiles(arena.P, arena.S, L.g_width, L.g_off, s, remap)
 
 
-def decode_many(arena, slots: list[int], blobs: list[bytes]) -> None:
+def decode_many(arena, slots, blobs: list[bytes]) -> None:
     """``decode`` of many format 3 states into empty slots, in one compiled call (a state that is
     not readable raises ``StateFormatError``, its slot and the ones after it left empty)."""
     if not blobs:
         return
     L = arena.layout
-    lens = np.fromiter(map(len, blobs), dtype=np.int64, count=len(blobs))
-    if (lens % 8).any() or (lens < 32).any():
+    n = len(blobs)
+    lens = np.fromiter(map(len, blobs), dtype=np.int64, count=n)
+    words = lens >> 3
+    if (lens & 7).any() or words.min() < 4:
         for s, blob in zip(slots, blobs):
             decode(arena, s, blob)
         return
     buf = np.frombuffer(b"".join(blobs), dtype=np.int64)
-    starts = np.zeros(len(blobs) + 1, dtype=np.int64)
-    np.cumsum(lens // 8, out=starts[1:])
+    starts = np.empty(n + 1, dtype=np.int64)
+    starts[0] = 0
+    np.cumsum(words, out=starts[1:])
     heads = buf[starts[:-1]]
     counts = buf[starts[:-1] + 1]
-    if (heads != header_word(L.checksum)).any() or (counts > lens // 8).any() or (counts < 4).any():
-        bad = int(np.flatnonzero((heads != header_word(L.checksum)) | (counts > lens // 8) | (counts < 4))[0])
-        decode(arena, slots[bad], blobs[bad])  # raises the error that names the problem
-    remap: list[int] = []
-    remap_bounds = np.zeros(len(blobs) + 1, dtype=np.int64)
-    for m in np.flatnonzero(lens // 8 > counts).tolist():  # states holding strings or other values
+    bad = (heads != header_word(L.checksum)) | (counts > words) | (counts < 4)
+    if bad.any():
+        m = int(np.flatnonzero(bad)[0])
+        decode(arena, slots[m], blobs[m])  # raises the error that names the problem
+    remap, remap_bounds = _trailer_codes(arena, blobs, np.flatnonzero(words > counts).tolist(), counts)
+    arena.reserve(3 * len(buf) + n * L.ln_words, len(buf))
+    status = np.empty(n, dtype=np.int64)
+    ck.decode_all(arena.P, arena.S, arena.free, arena.top, arena.HV, arena.hstat, L.g_width, L.g_off, L.widths,
+                  L.ln_n, L.owners, np.asarray(slots, dtype=np.int64), buf, starts, remap, remap_bounds, status)
+    if status.min() < 0:
+        m = int(np.flatnonzero(status < 0)[0])
+        raise StateFormatError(f"stored state is damaged (format 3, {len(blobs[m])} bytes, code {int(status[m])}): "
+                               "rebuild it (featurestore backfill --online)")
+
+
+def _trailer_codes(arena, blobs: list[bytes], held: list[int], counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(the arena's codes of the values in the trailers of ``blobs[m]`` for ``m`` in ``held``, one
+    after the other, and where each state's codes start and end)."""
+    bounds = np.zeros(len(blobs) + 1, dtype=np.int64)
+    if not held:
+        return _NO_CODES, bounds
+    codes: list[int] = []
+    for m in held:  # states holding strings or other values
         try:
             values = orjson.loads(blobs[m][8 * int(counts[m]):])
         except orjson.JSONDecodeError as exc:
             raise StateFormatError(f"stored state's value trailer is not JSON ({exc}): rebuild it") from None
-        remap_bounds[m + 1] = len(values)
-        remap += [arena.objects.code(v) for v in values]
-    np.cumsum(remap_bounds, out=remap_bounds)
-    arena.reserve(3 * len(buf) + len(blobs) * int((L.ln_n * 4 + 1).sum()), len(buf))
-    status = np.empty(len(blobs), dtype=np.int64)
-    ck.decode_all(arena.P, arena.S, arena.free, arena.top, arena.HV, arena.hstat, L.g_width, L.g_off, L.widths,
-                  L.ln_n, L.owners, np.asarray(slots, dtype=np.int64), buf, starts,
-                  np.array(remap, dtype=np.int64), remap_bounds, status)
-    if (status < 0).any():
-        m = int(np.flatnonzero(status < 0)[0])
-        raise StateFormatError(f"stored state is damaged (format 3, {len(blobs[m])} bytes, code {int(status[m])}): "
-                               "rebuild it (featurestore backfill --online)")
+        bounds[m + 1] = len(values)
+        codes += [arena.objects.code(v) for v in values]
+    np.cumsum(bounds, out=bounds)
+    return np.array(codes, dtype=np.int64), bounds
 
 
 def decode_ids_many(arena, slots: list[int], parts: list[bytes]) -> None:

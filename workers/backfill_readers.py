@@ -54,7 +54,8 @@ def iter_file_history(source: EventSource, read_rows: int):
     if history.format == "parquet":
         import pyarrow.parquet as pq
 
-        batches = (b.to_pandas() for b in pq.ParquetFile(path).iter_batches(batch_size=read_rows))
+        batches = (b.to_pandas(integer_object_nulls=True)  # nullable ints stay ints (float64: exact to 2^53)
+                   for b in pq.ParquetFile(path).iter_batches(batch_size=read_rows))
     else:
         batches = pd.read_csv(path, chunksize=read_rows)
     for raw in batches:

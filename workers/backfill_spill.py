@@ -105,7 +105,7 @@ class Spill:
                 table = pa.ipc.open_stream(mm).read_all()
         else:
             table = self.schema.empty_table()
-        raw = table.to_pandas()
+        raw = table.to_pandas(integer_object_nulls=True)  # nullable ints as ints: float64 is exact to 2^53 only
         del table
         return events_frame(src, raw)
 

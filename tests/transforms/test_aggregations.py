@@ -622,3 +622,30 @@ def test_batch_reject_rows_are_positions_not_index_labels():
     assert got == [(1, REJECT_LATE), (3, REJECT_DUPLICATE)]
     assert list(np.asarray(res.accepted, dtype=bool)) == [True, False, True, False]
     assert list(res.values["n"]) == [1, 2] and list(res.values["s"]) == [1.0, 5.0]
+
+
+def test_batch_keeps_nullable_int64_values_beyond_2_53_exact() -> None:
+    """A nullable int64 column (pandas ``Int64`` with nulls, which ``to_numpy`` would turn into float64,
+    exact to 2^53 only): ``last``, ``first``, ``last_n`` and ``count_distinct`` see the exact ints, as
+    the streaming state does."""
+    import numpy as np
+    import pandas as pd
+
+    from transforms import AggSpec, ViewState
+    from transforms.batch import compute_batch
+
+    big = 2 ** 62
+    qty = [big + 1, None, big + 3, big + 2]
+    events = pd.DataFrame({"key": ["a"] * 4, "ts": np.array([1, 2, 3, 4], dtype="int64"),
+                           "qty": pd.array(qty, dtype="Int64"), "eid": ["w", "x", "y", "z"]})
+    specs = [AggSpec("l", "last", "qty"), AggSpec("f", "first", "qty"), AggSpec("n", "last_n", "qty", n=2),
+             AggSpec("d", "count_distinct", "qty")]
+    got = compute_batch(specs, events, None, 0, "eid").values
+    state = ViewState(specs)
+    expected = []
+    for i, q in enumerate(qty):
+        state.apply([(i + 1, {"qty": q}, f"e{i}")])
+        expected.append(state.evaluate(i + 1))
+    for name in ("l", "f", "n", "d"):
+        assert [v.tolist() if isinstance(v, np.ndarray) else v for v in got[name]] == [e[name] for e in expected]
+    assert got["l"].tolist()[-1] == big + 2 and type(got["l"].tolist()[-1]) is int

@@ -61,9 +61,16 @@ class _Shared:
         """Column ``name`` of the events in sorted order (built once, shared by the threads)."""
         with self.lock:
             if name not in self.columns:
-                raw = self.events[name].to_numpy()
-                self.columns[name] = _Column(raw[self.order])
+                self.columns[name] = _Column(_values_of(self.events[name])[self.order])
             return self.columns[name]
+
+
+def _values_of(col: pd.Series) -> np.ndarray:
+    """A column's values: nullable integers with nulls as Python ints and None (pandas gives float64,
+    exact only up to 2^53), others as pandas gives them."""
+    if col.dtype.kind in "iu" and not isinstance(col.dtype, np.dtype) and col.hasnans:
+        return col.to_numpy(dtype=object, na_value=None)
+    return col.to_numpy()
 
 
 class _Slice:

@@ -189,7 +189,8 @@ class StateReader:
 
     Each thread keeps a scratch arena per reader, reused from request to request (``ScratchArena.hold``)
     while it stays small; features that compute the same thing (same function, column, window and hop;
-    a last_n feature only with itself, so that each answers a list of its own) are evaluated once."""
+    a last_n feature only with itself, so that two last_n features answer lists of their own; a feature
+    requested twice answers one list twice) are evaluated once."""
 
     def __init__(self, specs: tuple, features: tuple):
         names = [s.name for s in specs]
@@ -213,11 +214,13 @@ class StateReader:
 
     def _arena(self, n: int) -> ScratchArena:
         """This thread's scratch arena holding ``n`` empty states: the one kept while it stays small
-        (``_KEEP_SLOTS`` states, ``_KEEP_WORDS`` pool words, 1,024 interned values), else a new one."""
+        (``_KEEP_SLOTS`` states, ``_KEEP_WORDS`` pool words, ``_KEEP_ENTRIES`` entry-table slots, whose
+        reset clears them all, 1,024 interned values), else a new one."""
         arena = getattr(self._scratch, "arena", None)
         if n > _KEEP_SLOTS:
             arena = ScratchArena(self.specs, slots=n, words=64 * n)
-        elif arena is None or len(arena.P) > _KEEP_WORDS or len(arena.objects.values) > 1024:
+        elif (arena is None or len(arena.P) > _KEEP_WORDS or len(arena.HV) > _KEEP_ENTRIES
+              or len(arena.objects.values) > 1024):
             arena = self._scratch.arena = ScratchArena(self.specs, slots=8, words=4096)
         arena.hold(n)
         return arena
@@ -248,6 +251,7 @@ class StateReader:
 
 _KEEP_SLOTS = 256
 _KEEP_WORDS = 1 << 16
+_KEEP_ENTRIES = 4096
 
 
 @functools.lru_cache(maxsize=256)

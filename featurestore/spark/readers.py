@@ -91,7 +91,7 @@ def file_events(spark, source: EventSource, url: str, started_ms: int | None = N
 def _check_batch(source: EventSource, batch: pa.RecordBatch, ref_ms: int, ref_col: str | None, url: str,
                  schema: pa.Schema):
     """One batch of raw rows validated with ``validate_frame``: the valid rows and the refused ones."""
-    raw = batch.to_pandas()
+    raw = batch.to_pandas(integer_object_nulls=True)  # nullable ints stay ints (float64: exact to 2^53)
     rows = raw.pop(_ROW).to_numpy(dtype="int64")
     raw.index = pd.Index(rows)
     ref: Any = ref_ms

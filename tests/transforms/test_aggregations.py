@@ -649,3 +649,4 @@ def test_batch_keeps_nullable_int64_values_beyond_2_53_exact() -> None:
     for name in ("l", "f", "n", "d"):
         assert [v.tolist() if isinstance(v, np.ndarray) else v for v in got[name]] == [e[name] for e in expected]
     assert got["l"].tolist()[-1] == big + 2 and type(got["l"].tolist()[-1]) is int
+

@@ -626,8 +626,8 @@ def test_batch_reject_rows_are_positions_not_index_labels():
 
 def test_batch_keeps_nullable_int64_values_beyond_2_53_exact() -> None:
     """A nullable int64 column (pandas ``Int64`` with nulls, which ``to_numpy`` would turn into float64,
-    exact to 2^53 only): ``last``, ``first``, ``last_n`` and ``count_distinct`` see the exact ints, as
-    the streaming state does."""
+    exact to 2^53 only): ``last``, ``first``, ``last_n``, ``count_distinct``, ``min`` and ``max`` (one a
+    window holding only a null) give the exact ints, as the streaming state does."""
     import numpy as np
     import pandas as pd
 
@@ -636,17 +636,18 @@ def test_batch_keeps_nullable_int64_values_beyond_2_53_exact() -> None:
 
     big = 2 ** 62
     qty = [big + 1, None, big + 3, big + 2]
-    events = pd.DataFrame({"key": ["a"] * 4, "ts": np.array([1, 2, 3, 4], dtype="int64"),
+    events = pd.DataFrame({"key": ["a"] * 4, "ts": np.array([1_000, 2_000, 3_000, 4_000], dtype="int64"),
                            "qty": pd.array(qty, dtype="Int64"), "eid": ["w", "x", "y", "z"]})
     specs = [AggSpec("l", "last", "qty"), AggSpec("f", "first", "qty"), AggSpec("n", "last_n", "qty", n=2),
-             AggSpec("d", "count_distinct", "qty")]
+             AggSpec("d", "count_distinct", "qty"), AggSpec("lo", "min", "qty"), AggSpec("hi", "max", "qty", 2_000),
+             AggSpec("lo1", "min", "qty", 1_000)]
     got = compute_batch(specs, events, None, 0, "eid").values
     state = ViewState(specs)
     expected = []
     for i, q in enumerate(qty):
-        state.apply([(i + 1, {"qty": q}, f"e{i}")])
-        expected.append(state.evaluate(i + 1))
-    for name in ("l", "f", "n", "d"):
+        state.apply([((i + 1) * 1_000, {"qty": q}, f"e{i}")])
+        expected.append(state.evaluate((i + 1) * 1_000))
+    for name in ("l", "f", "n", "d", "lo", "hi", "lo1"):
         assert [v.tolist() if isinstance(v, np.ndarray) else v for v in got[name]] == [e[name] for e in expected]
     assert got["l"].tolist()[-1] == big + 2 and type(got["l"].tolist()[-1]) is int
 

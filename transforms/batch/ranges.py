@@ -39,8 +39,10 @@ def _locked(method: Callable[..., _T]) -> Callable[..., _T]:
 class _Column:
     """Per-column arrays over the sorted accepted events, built lazily."""
 
-    def __init__(self, raw: np.ndarray):
+    def __init__(self, raw: np.ndarray, integer: bool = False):
         self.raw = raw
+        #: an int64 column (numpy ints, or Python ints and None): min / max in int64, exact beyond 2^53
+        self.integer = integer and raw.dtype.kind in "iuO"
         self.valid = _valid_mask(raw)
         self.all_valid = bool(self.valid.all())
         self._cache: dict[Any, Any] = {}
@@ -83,11 +85,17 @@ class _Column:
 
     @_locked
     def floor(self, op: str) -> np.ndarray:
-        """Values with nulls as the identity of ``op`` (+inf for min, -inf for max)."""
+        """Values with nulls as the identity of ``op`` (+inf for min, -inf for max; the int64 bounds in an
+        integer column, whose nulls ``extremum`` tells by the window's count of values)."""
         key = ("floor", op)
         if key not in self._cache:
-            x = self.numeric()
-            self._cache[key] = x if self.all_valid else np.where(self.valid, x, np.inf if op == "min" else -np.inf)
+            if self.integer:
+                fill = np.iinfo(np.int64).max if op == "min" else np.iinfo(np.int64).min
+                x = self.raw.astype("int64") if self.all_valid else np.where(self.valid, self.raw, fill).astype("int64")
+            else:
+                x = self.numeric()
+                x = x if self.all_valid else np.where(self.valid, x, np.inf if op == "min" else -np.inf)
+            self._cache[key] = x
         return self._cache[key]
 
     @_locked
@@ -117,7 +125,10 @@ def _sparse_table(level0: np.ndarray, op: str, levels: int, buffer: np.ndarray |
     entry i of level j is the min (max) of level0[i : i + 2^j] (clipped at the end)."""
     n = len(level0)
     size = (levels + 1) * n
-    flat = np.empty(size, dtype="float64") if buffer is None or len(buffer) < size else buffer[:size]
+    if buffer is not None and len(buffer) >= size and buffer.dtype == level0.dtype:
+        flat = buffer[:size]
+    else:
+        flat = np.empty(size, dtype=level0.dtype)
     table = flat.reshape(levels + 1, n)
     table[0] = level0
     reduce = np.minimum if op == "min" else np.maximum

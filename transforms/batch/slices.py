@@ -61,7 +61,8 @@ class _Shared:
         """Column ``name`` of the events in sorted order (built once, shared by the threads)."""
         with self.lock:
             if name not in self.columns:
-                self.columns[name] = _Column(_values_of(self.events[name])[self.order])
+                col = self.events[name]
+                self.columns[name] = _Column(_values_of(col)[self.order], integer=col.dtype.kind in "iu")
             return self.columns[name]
 
 
@@ -165,17 +166,16 @@ class _Slice:
         return self._cache[key]
 
     def extremum(self, spec: AggSpec) -> np.ndarray:
-        """min / max of the non-null values of each query window (NaN when none)."""
+        """min / max of the non-null values of each query window (NaN when none; for an integer column,
+        Python ints and None)."""
         op, name = spec.function, _column_of(spec)
         col = self.column(name)
         m = len(self.hi)
-        if len(col.raw) == 0:
-            return np.full(m, np.nan)
+        origin, size = self._origin() if len(col.raw) else (0, 0)
+        if size <= 0:  # no event, or every window of this slice is empty
+            return np.full(m, None, dtype=object) if col.integer else np.full(m, np.nan)
         windows = self.shared.extremum_windows[(name, op)]
         picks = {wk: self._pick(wk) for wk in windows}
-        origin, size = self._origin()
-        if size <= 0:  # every window of this slice is empty
-            return np.full(m, np.nan)
         levels = max(p[0] for p in picks.values())
         key = ("table", name, op)
         cached = self._cache.get(key)
@@ -184,9 +184,14 @@ class _Slice:
         _, first, second, has = picks[_window_key(spec)]
         a, b = cached[first], cached[second]
         out = np.minimum(a, b, out=a) if op == "min" else np.maximum(a, b, out=a)
-        bad = np.isinf(out)
+        bad = (self.valid_count(spec) == 0) if col.integer else np.isinf(out)
         if has is not None:
             bad |= ~has
+        if col.integer:
+            ints = np.empty(m, dtype=object)
+            ints[:] = out.tolist()
+            ints[bad] = None
+            return ints
         out[bad] = np.nan
         return out
 

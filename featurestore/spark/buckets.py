@@ -18,7 +18,8 @@ import pandas as pd
 import pyarrow as pa
 
 from ..processing import PreparedView
-from .frames import events_frame, history_seq, out_schema, spark_pandas, table_of
+from ..events_layout import events_frame
+from .frames import history_seq, out_schema, spark_pandas, table_of
 
 __all__ = ["bucket_column", "bucket_function", "compute_bucket"]
 

@@ -16,10 +16,9 @@ import pandas as pd
 import pyarrow as pa
 
 from ..definitions import FeatureView
-from ..events_layout import arrow_type, event_schema, events_frame, key_type, source_fields
+from ..events_layout import arrow_type, key_type
 
-__all__ = ["arrow_type", "event_schema", "events_frame", "history_seq", "key_type", "out_schema",
-           "source_fields", "spark_pandas", "table_of"]
+__all__ = ["history_seq", "out_schema", "spark_pandas", "table_of"]
 
 
 def out_schema(view: FeatureView) -> pa.Schema:

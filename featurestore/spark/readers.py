@@ -1,5 +1,5 @@
 """Where a Spark backfill's events come from, validated in Spark tasks as the local backfill
-validates them, in the events layout (``frames.event_schema``) plus the refused rows.
+validates them, in the events layout (``events_layout.event_schema``) plus the refused rows.
 
 * ``file_events``: the source's Parquet history on any Hadoop file system (``file://``,
   ``s3a://``, ``hdfs://``; a file or a folder of files).  Arrival order is the row order: files by
@@ -27,7 +27,7 @@ import pyarrow as pa
 from ..definitions import EventSource, FileHistory
 from ..exceptions import InvalidInputError
 from ..schema import validate_frame
-from .frames import event_schema, source_fields
+from ..events_layout import event_schema, source_fields
 
 __all__ = ["checked_schema", "event_log_events", "file_events", "history_url", "log_ranges"]
 

@@ -6,6 +6,7 @@ PostgreSQL JDBC driver (``jdbc.jdbc_jar``) in ``spark.jars`` for reads of the ev
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -133,10 +134,11 @@ def _default_jars() -> str:
     path = os.path.join(home, "conf", "spark-defaults.conf") if home else ""
     if not path or not os.path.isfile(path):
         return ""
-    for line in open(path, encoding="utf-8"):
-        key, _, value = line.strip().partition(" ")
-        if key == "spark.jars" or line.strip().startswith("spark.jars="):
-            return (value if key == "spark.jars" else line.strip().split("=", 1)[1]).strip()
+    with open(path, encoding="utf-8") as lines:
+        for line in lines:  # "key value", "key=value" or "key: value" (a Java properties file)
+            found = re.match(r"(\S+?)\s*[=:\s]\s*(.*)", line.strip())
+            if found and found.group(1) == "spark.jars":
+                return found.group(2).strip()
     return ""
 
 

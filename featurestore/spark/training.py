@@ -26,7 +26,8 @@ from ..historical.point_in_time import compute_view
 from ..historical.training_set import _check_columns, _needed_features
 from ..repo import Repository
 from .buckets import bucket_column
-from .frames import arrow_type, events_frame, spark_pandas, table_of
+from ..events_layout import arrow_type, events_frame
+from .frames import spark_pandas, table_of
 from .readers import event_log_events, file_events, history_url
 from .session import ship_repo_modules
 

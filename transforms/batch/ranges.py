@@ -42,7 +42,7 @@ class _Column:
     def __init__(self, raw: np.ndarray, integer: bool = False):
         self.raw = raw
         #: an int64 column (numpy ints, or Python ints and None): min / max in int64, exact beyond 2^53
-        self.integer = integer and raw.dtype.kind in "iuO"
+        self.integer = integer
         self.valid = _valid_mask(raw)
         self.all_valid = bool(self.valid.all())
         self._cache: dict[Any, Any] = {}

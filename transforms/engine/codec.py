@@ -112,12 +112,12 @@ def decode(arena, s: int, blob: bytes) -> None:
     arena.reserve(3 * len(words) + L.ln_words, len(words))
     got = ck.decode_state(arena.P, arena.S, arena.free, arena.top, arena.HV, arena.hstat, L.g_width, L.widths,
                           L.ln_n, L.owners, s, words, remap)
+    if got >= 0:  # every object code checked against the trailer, also when there is none
+        got = ck.remap_tiles(arena.P, arena.S, L.g_width, L.g_off, s, remap)
     if got < 0:
         arena.drop(arena.key_of[s])
         raise StateFormatError(f"stored state is damaged (format 3, {len(blob)} bytes, code {got}): rebuild it "
                                "(featurestore backfill --online)")
-    if len(remap):
-        ck.remap_tiles(arena.P, arena.S, L.g_width, L.g_off, s, remap)
 
 
 def decode_many(arena, slots, blobs: list[bytes]) -> None:

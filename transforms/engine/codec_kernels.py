@@ -32,6 +32,7 @@ from .layout import (
 
 ERR_TRUNCATED = -1
 ERR_COUNT = -2
+ERR_OBJECT = -3  # a value's kind unknown, or its interned-object code beyond the state's value trailer
 
 
 @njit
@@ -166,7 +167,7 @@ def decode_state(P, S, free, top, HV, hstat, g_width, widths, ln_n, owners, s, w
         count = words[p]
         p += 1
         width = 2 + g_width[part] if part < G else 2
-        if count < 0 or p + count * width > n:
+        if count < 0 or count > (n - p) // width:  # not count * width: a damaged count may overflow
             return ERR_COUNT
         head[1] = M_FIXED + part
         owner = -1 if part < G else s * owners + 1 + (part - G)
@@ -185,8 +186,14 @@ def decode_state(P, S, free, top, HV, hstat, g_width, widths, ln_n, owners, s, w
             for i in range(4 * count):
                 P[block + 1 + i] = words[p + i]
             for i in range(count):
-                if words[p + 4 * i + 2] == K_OBJ:
-                    P[block + 1 + 4 * i + 3] = remap[words[p + 4 * i + 3]]
+                kind = words[p + 4 * i + 2]
+                if kind < 0 or kind > K_OBJ:
+                    return ERR_OBJECT
+                if kind == K_OBJ:
+                    code = words[p + 4 * i + 3]
+                    if code < 0 or code >= len(remap):
+                        return ERR_OBJECT
+                    P[block + 1 + 4 * i + 3] = remap[code]
             p += 4 * count
     if p != n:
         return ERR_COUNT
@@ -195,25 +202,37 @@ def decode_state(P, S, free, top, HV, hstat, g_width, widths, ln_n, owners, s, w
 
 @njit
 def remap_tiles(P, S, g_width, g_off, s, remap):
-    """Object codes of slot ``s``'s tiles (as stored) to the arena's codes."""
-    _tile_objects(P, S, g_width, g_off, s, remap[:0] == 0, remap, True)
+    """Object codes of slot ``s``'s tiles (as stored) to the arena's codes; ``ERR_OBJECT`` when one is
+    not a position of ``remap`` (a damaged state: nothing is read out of bounds), else 0."""
+    return _tile_objects(P, S, g_width, g_off, s, remap[:0] == 0, remap, True)
 
 
 @njit
 def _tile_objects(P, S, g_width, g_off, s, live, remap, rewrite):
-    """Mark in ``live`` the object codes slot ``s``'s tiles hold, or (``rewrite``) map them through ``remap``."""
+    """Mark in ``live`` the object codes slot ``s``'s tiles hold, or (``rewrite``) map them through
+    ``remap``.  Returns ``ERR_OBJECT`` at a code outside ``remap`` (``live`` when not rewriting), else 0."""
+    bound = len(remap) if rewrite else len(live)
     for g in range(len(g_width)):
         cur = S[s, M_FIXED + g]
         while cur >= 0:
             for j in range(g_off.shape[1]):
                 for fv, fk in ((F_LO, F_LOK), (F_HI, F_HIK), (F_FV, F_FK), (F_LV, F_LK)):
                     o = g_off[g, j, fv]
-                    if o >= 0 and P[cur + g_off[g, j, fk]] == K_OBJ:
+                    if o < 0:
+                        continue
+                    kind = P[cur + g_off[g, j, fk]]
+                    if kind < 0 or kind > K_OBJ:  # a stored value is null, a number, a bool or an object
+                        return ERR_OBJECT
+                    if kind == K_OBJ:
+                        code = P[cur + o]
+                        if code < 0 or code >= bound:
+                            return ERR_OBJECT
                         if rewrite:
-                            P[cur + o] = remap[P[cur + o]]
+                            P[cur + o] = remap[code]
                         else:
-                            live[P[cur + o]] = True
+                            live[code] = True
             cur = P[cur + 2]
+    return 0
 
 
 @njit
@@ -366,8 +385,10 @@ def decode_all(P, S, free, top, HV, hstat, g_width, g_off, widths, ln_n, owners,
         words = buf[starts[m]:starts[m + 1]]
         codes = remap[remap_bounds[m]:remap_bounds[m + 1]]
         status[m] = decode_state(P, S, free, top, HV, hstat, g_width, widths, ln_n, owners, slots[m], words, codes)
-        if status[m] >= 0 and len(codes):
-            remap_tiles(P, S, g_width, g_off, slots[m], codes)
+        if status[m] >= 0:
+            err = remap_tiles(P, S, g_width, g_off, slots[m], codes)
+            if err < 0:
+                status[m] = err
 
 
 @njit

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from .dev.stack import resolve_servers
 from .exceptions import ConfigurationError
-from .online import RedisOnlineStore
+from .online import RedisOnlineStore, open_online_store
 from .repo import Repository, load_repo
 from .settings import Settings
 
@@ -44,7 +44,7 @@ class Runtime:
         return self.settings.kafka_client_options()
 
     def online(self) -> RedisOnlineStore:
-        return RedisOnlineStore.from_url(self.redis_url, self.project)
+        return open_online_store(self.redis_url, self.project, self.settings.redis_cluster)
 
     async def offline(self):
         from .offline.postgres import PostgresOfflineStore

@@ -77,6 +77,8 @@ class Settings(BaseSettings):
     kafka_ssl_certfile: str | None = None
     kafka_ssl_keyfile: str | None = None
     redis_url: SecretStr | None = None
+    #: the online store is a Redis Cluster (also implied by a ``redis+cluster://`` URL); docs/redis-cluster.md
+    redis_cluster: bool = False
     postgres_dsn: SecretStr | None = None
     state_dir: Path = Path(".featurestore")
     project: str = "default"

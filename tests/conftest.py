@@ -4,6 +4,8 @@ Servers come from, in order of preference:
 1. the environment (FEATURESTORE_KAFKA_BOOTSTRAP_SERVERS, FEATURESTORE_REDIS_URL, FEATURESTORE_POSTGRES_DSN),
 2. testcontainers, when a Docker engine answers,
 3. the embedded stack (real servers from wheels), started in a temporary state folder.
+A Redis Cluster (``redis_cluster_url``) comes from FEATURESTORE_TEST_REDIS_CLUSTER_URL, else is a local
+cluster of three masters from the same wheel.
 A server that cannot be had fails the tests that need it; it never skips them.
 """
 
@@ -36,6 +38,7 @@ SERVER_ENV = {
     "redis": "FEATURESTORE_REDIS_URL",
     "postgres": "FEATURESTORE_POSTGRES_DSN",
 }
+REDIS_CLUSTER_ENV = "FEATURESTORE_TEST_REDIS_CLUSTER_URL"
 _USED: dict[str, str] = {}  # server name -> where it came from, for the terminal summary
 
 
@@ -153,6 +156,30 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
                 sources[name] = "embedded"
         _USED.update(sources)
         yield Servers(found["kafka"], found["redis"], found["postgres"], sources)
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """URL (``redis+cluster://host:port``) of a Redis Cluster: FEATURESTORE_TEST_REDIS_CLUSTER_URL, else a
+    local cluster of three masters (``featurestore.dev.cluster``), stopped at the end of the run."""
+    url = os.environ.get(REDIS_CLUSTER_ENV)
+    if url:
+        _USED["redis-cluster"] = "env"
+        yield url
+        return
+    from featurestore.dev.cluster import cluster_url, start_cluster, stop_cluster
+
+    try:
+        nodes = start_cluster(tmp_path_factory.mktemp("redis-cluster"), timeout=120)
+    except Exception as exc:  # noqa: BLE001 - reported through pytest.fail
+        pytest.fail(f"no Redis Cluster for the tests: the local cluster did not start: {type(exc).__name__}: {exc}. "
+                    f"Provide one with the environment variable {REDIS_CLUSTER_ENV} "
+                    f"(redis+cluster://host:port of one of its nodes).", pytrace=False)
+    _USED["redis-cluster"] = "embedded"
+    try:
+        yield cluster_url([node.port for node in nodes])
+    finally:
+        stop_cluster(nodes)
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import socket
 
 import asyncpg
 
-from featurestore.online import RedisOnlineStore
+from featurestore.online import RedisClusterOnlineStore, open_online_store
 
 
 def apply_repo(servers, project: str, repo_path) -> None:
@@ -42,10 +42,19 @@ def drop_project(servers, project: str) -> None:
             await conn.close()
 
     asyncio.run(drop())
-    online = RedisOnlineStore.from_url(servers.redis_url, project)
-    keys = list(online.client.scan_iter(match=f"fs:{project}*", count=1000))
-    if keys:
-        online.client.delete(*keys)
+    delete_project_keys(servers.redis_url, project)
+
+
+def delete_project_keys(url: str, project: str) -> None:
+    """Delete the online store keys of ``project`` (one Redis, or every master of a cluster)."""
+    online = open_online_store(url, project)
+    patterns = [f"fs:{project}:*"]
+    if isinstance(online, RedisClusterOnlineStore):
+        patterns.append(f"fs:{{{project}[#}}]*")  # its hash-tagged keys
+    for pattern in patterns:
+        keys = list(online.client.scan_iter(match=pattern, count=1000))
+        for lo in range(0, len(keys), 500):
+            online.client.delete(*keys[lo:lo + 500])  # a cluster client splits them by slot
     online.client.close()
 
 

@@ -145,11 +145,14 @@ class Worker(IsolationMixin, RecoveryMixin, MembershipMixin, ResetChecksMixin, R
         self._loop_thread = threading.Thread(target=self.loop.run_forever, name="offline-io", daemon=True)
         self._loop_thread.start()
         self.offline: OfflineStore = self._run(offline_factory())
+        if online.places_by_partition:  # Redis Cluster: entities are placed by their topic's partition count
+            counts = self.verifier.partition_counts(sorted(self.sources))
+            online.use_partitions({pv.view_key: counts[pv.view.source.topic] for pv in views})
         candidate = uuid.uuid4().hex
         self.epoch = online.ensure_epoch(candidate)
         # The marker was missing: a new store, or one that lost its data while no worker ran
         # (Kafka may still hold committed offsets): rebuild from the event log before the first batch.
-        self.rebuild_pending = self.epoch == candidate
+        self.rebuild_pending = online.created_epoch(self.epoch, candidate)
         self.retry = Retry(RETRYABLE, should_stop=self._past_deadline)
         self.consumer: Consumer | None = None
         self.producer: KafkaProducer | None = None

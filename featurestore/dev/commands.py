@@ -7,7 +7,7 @@ import json
 import sys
 
 from featurestore.cli import common_options, load_settings
-from featurestore.dev.stack import EmbeddedStack
+from featurestore.dev.stack import CLUSTER_NODES, EmbeddedStack
 
 __all__ = ["register"]
 
@@ -20,6 +20,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     up = commands.add_parser("up", parents=[common_options()], help="start the stack (idempotent)")
     up.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the servers (default 60)")
+    up.add_argument("--redis-cluster", action="store_true",
+                    help="run a local Redis Cluster of 3 masters instead of the single Redis "
+                         "(FEATURESTORE_REDIS_URL=redis+cluster://127.0.0.1:PORT); a stack already running the "
+                         "other one must be stopped first (`featurestore dev down`)")
     up.set_defaults(handler=cmd_up)
 
     status = commands.add_parser("status", parents=[common_options()],
@@ -39,12 +43,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def cmd_up(args: argparse.Namespace) -> int:
     settings = load_settings(args)
     stack = EmbeddedStack(settings.state_dir)
-    info = stack.up(timeout=args.timeout)
+    info = stack.up(timeout=args.timeout, redis_cluster=args.redis_cluster)
     for line in info.moved_warnings():
         print(f"WARNING: {line}", file=sys.stderr)
     print(f"embedded stack is up (state in {stack.folder})")
+    width = _name_width(info.servers)
     for name, rec in info.servers.items():
-        print(f"  {name:<9} pid {rec.pid:<8} {rec.url}")
+        print(f"  {name:<{width}} pid {rec.pid:<8} {rec.url}")
+    if info.redis_cluster:
+        masters = sum(name in CLUSTER_NODES for name in info.servers)
+        print(f"  {'redis':<{width}} Redis Cluster of {masters} masters: {info.redis_url}")
     filled = settings.with_servers(info.kafka_bootstrap, info.redis_url, info.postgres_dsn)
     print("\n# connection settings (secrets masked):")
     for line in filled.env_lines():
@@ -59,11 +67,17 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report, indent=2))
     else:
-        print(f"{'SERVER':<9} {'PID':<8} {'HEALTH':<9} {'URL':<48} DETAIL")
+        width = _name_width(report)
+        print(f"{'SERVER':<{width}} {'PID':<8} {'HEALTH':<9} {'URL':<48} DETAIL")
         for name, entry in report.items():
             health = "healthy" if entry["healthy"] else "DOWN"
-            print(f"{name:<9} {entry['pid'] or '-':<8} {health:<9} {entry['url'] or '-':<48} {entry['detail']}")
+            print(f"{name:<{width}} {entry['pid'] or '-':<8} {health:<9} {entry['url'] or '-':<48} {entry['detail']}")
     return 0 if healthy else 1
+
+
+def _name_width(names) -> int:
+    """Width of the server name column: 9, or the longest name (the Redis Cluster's ``redis-node-1`` ...)."""
+    return max([9, *(len(name) for name in names)])
 
 
 def cmd_down(args: argparse.Namespace) -> int:

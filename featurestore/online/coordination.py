@@ -72,7 +72,10 @@ class CoordinationMixin:
         pipe.time()
         pipe.hgetall(self.live_key)
         (seconds, micros), raw = pipe.execute()
-        now = seconds * 1000 + micros // 1000
+        return self._sort_live(seconds * 1000 + micros // 1000, raw)
+
+    def _sort_live(self, now: int, raw: dict) -> tuple[int, list[dict]]:
+        """(``now``, the live announcements of ``raw``, sorted); expired ones removed."""
         live, expired = [], []
         for field, blob in raw.items():
             doc = orjson.loads(blob)

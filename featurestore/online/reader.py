@@ -114,8 +114,7 @@ async def aread_rows(store, reads: list[ViewRead], keys_per_view: list[list[str]
 def _full_keys(store, reads: list[ViewRead], keys_per_view: list[list[str]]) -> list[str]:
     full: list[str] = []
     for r, keys in zip(reads, keys_per_view):
-        prefix = store.entity_key(r.view_key, "")
-        full += [prefix + k for k in keys]
+        full += store.entity_keys(r.view_key, keys)
     return full
 
 

@@ -150,6 +150,13 @@ class _ReadConnections:
         await self.client.aclose()
 
 
+def out_of_memory(exc: Exception) -> StoreUnavailableError:
+    return StoreUnavailableError(
+        f"Redis refused the commit: out of memory (maxmemory reached; {exc}). Nothing was written; "
+        "the batch is retried until memory is available (raise maxmemory or add shards of "
+        "capacity; see docs/operations.md, Redis sizing)")
+
+
 class RedisOnlineStore(CoordinationMixin):
     """Online store on one Redis database; ``url`` may be redis:// or rediss:// with auth and db."""
 
@@ -173,6 +180,22 @@ class RedisOnlineStore(CoordinationMixin):
     @staticmethod
     def entity_key(view_key: str, key: str) -> str:
         return f"fs:{view_key}:{key}"
+
+    def entity_keys(self, view_key: str, keys: list[str]) -> list[str]:
+        """The full keys of ``keys``' states of ``view_key``."""
+        prefix = f"fs:{view_key}:"
+        return [prefix + k for k in keys]
+
+    #: whether entities' keys depend on their topic's partition count (``use_partitions``)
+    places_by_partition = False
+
+    def use_partitions(self, counts: dict[str, int]) -> None:
+        """The partition count of each view's topic (``{view_key: N}``): one node places no key by it."""
+
+    @staticmethod
+    def created_epoch(token: str, candidate: str) -> bool:
+        """Whether ``ensure_epoch(candidate)`` returning ``token`` wrote the marker (it was missing)."""
+        return token == candidate
 
     def offsets_key(self, group: str) -> str:
         return f"fs:{self.project}:offsets:{group}"
@@ -218,6 +241,12 @@ class RedisOnlineStore(CoordinationMixin):
         commit (its chunks and the new owner's could interleave until the new owner advances
         the offsets): the worker passes its ``token``, which every chunk checks.
         """
+        return self._commit_chunks(records, group, offsets, epoch, chunk, token, None)
+
+    def _commit_chunks(self, records: list[OnlineRecord], group: str | None, offsets: dict[str, tuple[int, int]],
+                       epoch: str | None, chunk: int | None, token: str | None, slot_group: int | None
+                       ) -> CommitResult:
+        """``commit``'s scripts, ``chunk`` records each, on the keys of ``slot_group`` (cluster mode)."""
         n = len(records)
         lo = 0
         while chunk is not None and n - lo > chunk:
@@ -226,22 +255,30 @@ class RedisOnlineStore(CoordinationMixin):
                 hi += 1
             if hi == n:
                 break
-            result = self._commit_part(records[lo:hi], group, offsets, epoch, False, token)
+            result = self._commit_part(records[lo:hi], group, offsets, epoch, False, token, slot_group)
             if result != 1:
                 return result
             lo = hi
-        return self._commit_part(records[lo:], group, offsets, epoch, True, token)
+        return self._commit_part(records[lo:], group, offsets, epoch, True, token, slot_group)
+
+    def _commit_keys(self, group: str | None, slot_group: int | None) -> list[str]:
+        """The offsets, epoch marker and owner claims a commit script checks (``slot_group``: cluster mode)."""
+        return [self.offsets_key(group or "_none"), self.epoch_key, self.owners_key(group or "_none")]
+
+    def _state_key(self, rec: OnlineRecord, slot_group: int | None) -> str:
+        return self.entity_key(rec.view_key, rec.key)
 
     def _commit_part(self, records: list[OnlineRecord], group: str | None, offsets: dict[str, tuple[int, int]],
-                     epoch: str | None, advance: bool, token: str | None = None) -> CommitResult:
+                     epoch: str | None, advance: bool, token: str | None = None,
+                     slot_group: int | None = None) -> CommitResult:
         """One commit script: ``records`` written if the offsets, the epoch and the owner token check
         out; the offsets advanced too when ``advance``."""
-        keys = [self.offsets_key(group or "_none"), self.epoch_key, self.owners_key(group or "_none")]
+        keys = self._commit_keys(group, slot_group)
         args: list = [epoch or "", len(offsets), "1" if advance else "0", token or ""]
         for name, (expected, new) in offsets.items():
             args += [name, str(expected), str(new)]
         for rec in records:
-            keys.append(self.entity_key(rec.view_key, rec.key))
+            keys.append(self._state_key(rec, slot_group))
             ttl = 0 if rec.ttl_ms is None else rec.ttl_ms + TTL_GRACE_MS
             args += [rec.state, pack_row(rec.values, rec.watermark, rec.valid_until), ttl, rec.applied, rec.ids,
                      b"*" if rec.expected is None else rec.expected]
@@ -264,10 +301,7 @@ class RedisOnlineStore(CoordinationMixin):
                 return conn.read_response()
         except redis.exceptions.ResponseError as exc:
             if "OOM" in str(exc):  # maxmemory reached under noeviction: the script failed at its first write
-                raise StoreUnavailableError(
-                    f"Redis refused the commit: out of memory (maxmemory reached; {exc}). Nothing was written; "
-                    "the batch is retried until memory is available (raise maxmemory or add shards of "
-                    "capacity; see docs/operations.md, Redis sizing)") from exc
+                raise out_of_memory(exc) from exc
             raise
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError):
             conn.disconnect()
@@ -362,27 +396,33 @@ class RedisOnlineStore(CoordinationMixin):
         pipe = self.client.pipeline(transaction=False)
         for view_key, key in items:
             pipe.hmget(self.entity_key(view_key, key), "v", "w", "u")
-        out = []
-        for row, wm, until in pipe.execute():
-            if row is None:
-                out.append((None, None, None))
-            elif row[:1] == b"[":  # the former layout
-                u = int(until)
-                out.append((row, int(wm), None if u < 0 else u))
-            else:
-                out.append(unpack_row(row))
-        return out
+        return [self._values_of(reply) for reply in pipe.execute()]
+
+    @staticmethod
+    def _values_of(reply: list) -> tuple[bytes | None, int | None, int | None]:
+        """``read_values``' answer from one HMGET of ``v``, ``w`` and ``u``."""
+        row, wm, until = reply
+        if row is None:
+            return None, None, None
+        if row[:1] == b"[":  # the former layout
+            u = int(until)
+            return row, int(wm), None if u < 0 else u
+        return unpack_row(row)
 
     def delete_view(self, view_key: str) -> int:
         """Remove every entity of one view version (SCAN + UNLINK); returns the count."""
         n = 0
-        for batch in self._scan_batches(f"fs:{view_key}:*"):
+        for batch in self.scan_view(view_key):
             n += self.client.unlink(*batch)
         return n
 
     def count_view(self, view_key: str) -> int:
         """Entities stored for one view version (SCAN)."""
-        return sum(len(batch) for batch in self._scan_batches(f"fs:{view_key}:*"))
+        return sum(len(batch) for batch in self.scan_view(view_key))
+
+    def scan_view(self, view_key: str):
+        """The full keys of one view version's states, in batches (SCAN)."""
+        return self._scan_batches(f"fs:{view_key}:*")
 
     def _scan_batches(self, pattern: str, size: int = 500):
         batch = []

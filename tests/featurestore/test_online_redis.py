@@ -1,5 +1,7 @@
 """Contract of the Redis online store (real redis-server): fenced commits, epoch, TTL, round trips, namespacing,
-auth."""
+auth.  Every layout-independent test runs on one Redis and on a 3-master Redis Cluster; in these the views'
+topics have one partition, so each test's keys share one slot group (``tests/featurestore/test_online_cluster.py``
+tests keys spread over many)."""
 
 from __future__ import annotations
 
@@ -11,22 +13,38 @@ import time
 import pytest
 import redis
 
-from featurestore.online import OnlineRecord, RedisOnlineStore
+from featurestore.online import OnlineRecord, RedisOnlineStore, open_online_store
 from featurestore.online.redis import TTL_GRACE_MS, pack_row, unpack_row
+from tests.support import delete_project_keys
 
 pytestmark = pytest.mark.integration
 
 
+@pytest.fixture(params=["single", "cluster"])
+def online_url(request, servers) -> str:
+    """The online store's URL: one Redis, or the session's Redis Cluster."""
+    return servers.redis_url if request.param == "single" else request.getfixturevalue("redis_cluster_url")
+
+
 @pytest.fixture
-def project(servers, unique_name):
+def project(online_url, unique_name):
     """A unique project; its keys are deleted afterwards."""
     name = unique_name("p")
     yield name
-    client = redis.Redis.from_url(servers.redis_url)
-    keys = list(client.scan_iter(match=f"fs:{name}*", count=1000))
-    if keys:
-        client.delete(*keys)
-    client.close()
+    delete_project_keys(online_url, name)
+
+
+def open_store(url: str, project: str, partitions: int = 1) -> RedisOnlineStore:
+    """The store at ``url``; views v and w (versions 1 to 3) read topics of ``partitions`` partitions.
+    With 2, the entities these tests name by ``a``, ``b`` and ``e3``, ``e6``, ``e7``, ``e9`` have partition 0
+    for their home (Kafka's default partitioner), the one whose offsets their commits carry."""
+    store = open_online_store(url, project)
+    store.use_partitions({store.view_key(v, n): partitions for v in ("v", "w") for n in (1, 2, 3)})
+    return store
+
+
+def key_of(store: RedisOnlineStore, view_key: str, entity: str) -> str:
+    return store.entity_keys(view_key, [entity])[0]
 
 
 def rec(view_key: str, key: str, wm: int = 1000, ttl: int | None = 60_000, state: bytes = b"S", values: bytes = b"[1]",
@@ -34,8 +52,8 @@ def rec(view_key: str, key: str, wm: int = 1000, ttl: int | None = 60_000, state
     return OnlineRecord(view_key, key, state, values, wm, until, ttl, applied, ids)
 
 
-def test_commit_compare_and_set(servers, project) -> None:
-    store = RedisOnlineStore.from_url(servers.redis_url, project)
+def test_commit_compare_and_set(online_url, project) -> None:
+    store = open_store(online_url, project, partitions=2)
     vk = store.view_key("v", 1)
     assert store.commit([rec(vk, "a")], "g", {"topic:0": (-1, 10)}) == 1
     assert store.load_offsets("g") == {"topic:0": 10}
@@ -50,8 +68,8 @@ def test_commit_compare_and_set(servers, project) -> None:
     assert store.load_offsets("other") == {}
 
 
-def test_chunked_commit(servers, project) -> None:
-    store = RedisOnlineStore.from_url(servers.redis_url, project)
+def test_chunked_commit(online_url, project) -> None:
+    store = open_store(online_url, project)
     vk = store.view_key("v", 1)
     parts = []
     part = store._commit_part
@@ -94,10 +112,10 @@ def test_chunked_commit(servers, project) -> None:
     assert states == {"k0": b"ZOMBIE", "k1": b"ZOMBIE", "k2": b"S2", "k3": b"S3"}
 
 
-def test_chunked_commit_fenced_by_the_partition_owner(servers, project) -> None:
+def test_chunked_commit_fenced_by_the_partition_owner(online_url, project) -> None:
     """A worker that loses its partition in the middle of a chunked commit writes no further chunk,
     even before the new owner advances the offsets (which alone would not stop it)."""
-    store = RedisOnlineStore.from_url(servers.redis_url, project)
+    store = open_store(online_url, project, partitions=2)
     vk = store.view_key("v", 1)
     store.claim_partitions("g", ["t:0", "t:1"], "A:1")
     part, calls = store._commit_part, []
@@ -109,21 +127,22 @@ def test_chunked_commit_fenced_by_the_partition_owner(servers, project) -> None:
         return part(*a)
 
     store._commit_part = taken_over_after_the_first_chunk
-    mine = [rec(vk, f"k{i}", state=b"A") for i in range(4)]
+    k0, k1, k2, k3 = "e3", "e6", "e7", "e9"
+    mine = [rec(vk, k, state=b"A") for k in (k0, k1, k2, k3)]
     assert store.commit(mine, "g", {"t:0": (-1, 7)}, chunk=2, token="A:1") == 0
     store._commit_part = part
     assert calls == [False, True]
-    assert store.load_states(vk, ["k0", "k1", "k2", "k3"]) == {"k0": b"A", "k1": b"A", "k2": None, "k3": None}
+    assert store.load_states(vk, [k0, k1, k2, k3]) == {k0: b"A", k1: b"A", k2: None, k3: None}
     assert store.load_offsets("g") == {}
-    assert store.commit([rec(vk, "k2", state=b"B")], "g", {"t:0": (-1, 9)}, chunk=2, token="B:1") == 1
-    assert store.commit([rec(vk, "k3")], "g", {"t:0": (9, 10)}, token="A:1") == 0  # not the owner
-    assert store.commit([rec(vk, "k3")], "g", {"t:1": (-1, 3)}, token="A:1") == 1  # still owns t:1
-    assert store.commit([rec(vk, "k3")], "g", {"t:0": (9, 10)}) == 1  # no token (backfill, push): offsets only
+    assert store.commit([rec(vk, k2, state=b"B")], "g", {"t:0": (-1, 9)}, chunk=2, token="B:1") == 1
+    assert store.commit([rec(vk, k3)], "g", {"t:0": (9, 10)}, token="A:1") == 0  # not the owner
+    assert store.commit([rec(vk, k3)], "g", {"t:1": (-1, 3)}, token="A:1") == 1  # still owns t:1
+    assert store.commit([rec(vk, k3)], "g", {"t:0": (9, 10)}) == 1  # no token (backfill, push): offsets only
     assert store.load_offsets("g") == {"t:0": 10, "t:1": 3}
 
 
-def test_epoch_marker(servers, project) -> None:
-    store = RedisOnlineStore.from_url(servers.redis_url, project)
+def test_epoch_marker(online_url, project) -> None:
+    store = open_store(online_url, project)
     vk = store.view_key("v", 1)
     assert store.ensure_epoch("e1") == "e1"
     assert store.ensure_epoch("e2") == "e1"  # set once
@@ -131,23 +150,28 @@ def test_epoch_marker(servers, project) -> None:
     assert store.commit([rec(vk, "b")], "g", {"t:0": (1, 2)}, epoch="lost") == -1
     assert store.load_states(vk, ["b"]) == {"b": None}
     assert store.load_offsets("g") == {"t:0": 1}
-    store.client.delete(store.epoch_key)  # the server "lost its data"
+    store.client.delete(*epoch_keys(store))  # the server "lost its data"
     assert store.commit([rec(vk, "b")], "g", {"t:0": (1, 2)}, epoch="e1") == -1
 
 
-def test_ttl_is_set_and_persist_without_ttl(servers, project) -> None:
-    store = RedisOnlineStore.from_url(servers.redis_url, project)
+def epoch_keys(store: RedisOnlineStore) -> list[str]:
+    groups = getattr(store, "groups", None)
+    return [store.epoch_key] if groups is None else [store.group_epoch_key(h) for h in range(groups)]
+
+
+def test_ttl_is_set_and_persist_without_ttl(online_url, project) -> None:
+    store = open_store(online_url, project)
     vk = store.view_key("v", 1)
     store.commit([rec(vk, "a", ttl=60_000), rec(vk, "b", ttl=None)], None, {})
-    pttl = store.client.pttl(store.entity_key(vk, "a"))
+    pttl = store.client.pttl(key_of(store, vk, "a"))
     assert 60_000 + TTL_GRACE_MS - 5_000 < pttl <= 60_000 + TTL_GRACE_MS
-    assert store.client.pttl(store.entity_key(vk, "b")) == -1
+    assert store.client.pttl(key_of(store, vk, "b")) == -1
     store.commit([rec(vk, "a", ttl=None)], None, {})  # a later write without TTL removes the expiry
-    assert store.client.pttl(store.entity_key(vk, "a")) == -1
+    assert store.client.pttl(key_of(store, vk, "a")) == -1
 
 
-def test_read_values_and_states_round_trip(servers, project) -> None:
-    store = RedisOnlineStore.from_url(servers.redis_url, project)
+def test_read_values_and_states_round_trip(online_url, project) -> None:
+    store = open_store(online_url, project)
     vk = store.view_key("v", 3)
     store.commit([rec(vk, "a", wm=123, values=b'[1.5, null]', until=999, state=b"\x00\xffbin"),
                   rec(vk, "b", wm=7, values=b"[2]", until=None)], None, {})
@@ -158,16 +182,16 @@ def test_read_values_and_states_round_trip(servers, project) -> None:
     assert store.load_states(vk, ["a", "b"]) == {"a": b"\x00\xffbin", "b": b"S"}
 
 
-def test_read_packed_decides_exact_values_at_valid_until(servers, project) -> None:
+def test_read_packed_decides_exact_values_at_valid_until(online_url, project) -> None:
     """The read script returns each values row, and the state of those not exact at ``t``
     (``t >= valid_until``), comparing the 16-digit fields as strings: also for times before
     1970 and for request times far outside the stored range."""
-    store = RedisOnlineStore.from_url(servers.redis_url, project)
+    store = open_store(online_url, project)
     vk = store.view_key("v", 1)
     store.commit([rec(vk, "a", wm=1_000, until=5_000, values=b"[1]", state=b"SA"),
                   rec(vk, "b", wm=-9_000, until=-2_000, values=b"[2]", state=b"SB"),
                   rec(vk, "c", wm=7, until=None, values=b"[3]", state=b"SC")], None, {})
-    keys = [store.entity_key(vk, k) for k in ("a", "b", "c", "nobody")]
+    keys = [key_of(store, vk, k) for k in ("a", "b", "c", "nobody")]
     for t, stale in ((4_999, {1: b"SB"}), (5_000, {0: b"SA", 1: b"SB"}), (-2_001, {}), (-2_000, {1: b"SB"}),
                      (-10 ** 18, {}), (10 ** 18, {0: b"SA", 1: b"SB"})):
         rows, states = store.read_packed(keys, t)
@@ -176,14 +200,14 @@ def test_read_packed_decides_exact_values_at_valid_until(servers, project) -> No
         assert dict(zip(states[::2], states[1::2])) == stale, t
 
 
-def test_rows_of_the_former_layout_are_read(servers, project) -> None:
+def test_rows_of_the_former_layout_are_read(online_url, project) -> None:
     """Rows written before the packed layout (bare JSON in ``v``, ``w`` and ``u`` beside it) read as
     the packed rows, until the entity's next write replaces them."""
-    store = RedisOnlineStore.from_url(servers.redis_url, project)
+    store = open_store(online_url, project)
     vk = store.view_key("v", 1)
-    store.client.hset(store.entity_key(vk, "old"), mapping={"s": b"S0", "v": b"[1.5]", "w": 1_000, "u": 5_000})
-    store.client.hset(store.entity_key(vk, "forever"), mapping={"s": b"S1", "v": b"[2]", "w": 3, "u": -1})
-    keys = [store.entity_key(vk, "old"), store.entity_key(vk, "forever")]
+    store.client.hset(key_of(store, vk, "old"), mapping={"s": b"S0", "v": b"[1.5]", "w": 1_000, "u": 5_000})
+    store.client.hset(key_of(store, vk, "forever"), mapping={"s": b"S1", "v": b"[2]", "w": 3, "u": -1})
+    keys = [key_of(store, vk, "old"), key_of(store, vk, "forever")]
     for t, stale in ((4_999, {}), (5_000, {0: b"S0"})):
         rows, states = store.read_packed(keys, t)
         assert [unpack_row(r) for r in rows] == [(b"[1.5]", 1_000, 5_000), (b"[2]", 3, None)]
@@ -202,9 +226,9 @@ def test_pack_row_refuses_timestamps_it_cannot_order() -> None:
         pack_row(b"[]", -10 ** 15 - 1, None)
 
 
-def test_keys_are_namespaced_by_project_and_version(servers, project) -> None:
-    one = RedisOnlineStore.from_url(servers.redis_url, project)
-    two = RedisOnlineStore.from_url(servers.redis_url, project + "_b")
+def test_keys_are_namespaced_by_project_and_version(online_url, project) -> None:
+    one = open_store(online_url, project)
+    two = open_store(online_url, project + "_b")
     try:
         assert one.view_key("v", 1) == f"{project}:v:v1"
         one.commit([rec(one.view_key("v", 1), "a", values=b"[1]")], "g", {"t:0": (-1, 5)})
@@ -218,9 +242,7 @@ def test_keys_are_namespaced_by_project_and_version(servers, project) -> None:
         assert one.read_values([(one.view_key("v", 2), "a")])[0][0] == b"[2]"
         assert two.read_values([(two.view_key("v", 1), "a")])[0][0] == b"[3]"
     finally:
-        keys = list(two.client.scan_iter(match=f"fs:{project}_b*"))
-        if keys:
-            two.client.delete(*keys)
+        delete_project_keys(online_url, project + "_b")
 
 
 def _free_port() -> int:
@@ -251,8 +273,8 @@ def test_password_url_with_db_number(tmp_path) -> None:
         vk = store.view_key("v", 1)
         assert store.commit([rec(vk, "a", wm=5)], "g", {"t:0": (-1, 1)}) == 1
         assert store.read_values([(vk, "a")]) == [(b"[1]", 5, None)]
-        assert redis.Redis(port=port, password="s3cret", db=3).exists(store.entity_key(vk, "a")) == 1
-        assert redis.Redis(port=port, password="s3cret", db=0).exists(store.entity_key(vk, "a")) == 0
+        assert redis.Redis(port=port, password="s3cret", db=3).exists(key_of(store, vk, "a")) == 1
+        assert redis.Redis(port=port, password="s3cret", db=0).exists(key_of(store, vk, "a")) == 0
         with pytest.raises(redis.AuthenticationError):
             RedisOnlineStore.from_url(f"redis://:wrong@127.0.0.1:{port}/3", "proj").read_values([(vk, "a")])
     finally:

@@ -13,7 +13,7 @@ from kafka import KafkaProducer
 
 from featurestore.definitions import Activity, Aggregate, Entity, EventSource, FeatureView, Latest
 from featurestore.offline.postgres import PostgresOfflineStore
-from featurestore.online import RedisOnlineStore
+from featurestore.online import RedisOnlineStore, open_online_store
 from featurestore.online.redis import unpack_row
 from featurestore.repo import Repository
 from featurestore.settings import Settings
@@ -64,13 +64,32 @@ def reference_values(view: FeatureView, events: list[dict]) -> dict[str, dict]:
 
 
 def online_values(client, project: str, view: FeatureView, version: int = 1) -> dict[str, dict]:
+    """Every stored entity's values of ``view``; ``client`` a redis.Redis, or an online store (any layout)."""
     specs = view.agg_specs()
     out = {}
-    prefix = f"fs:{project}:{view.name}:v{version}:"
-    for key in client.scan_iter(match=prefix + "*"):
-        values, _, _ = unpack_row(client.hget(key, "v"))
-        out[key.decode()[len(prefix):]] = dict(zip([s.name for s in specs], orjson.loads(values)))
+    for entity, key in stored_entities(client, project, view, version):
+        values, _, _ = unpack_row(store_client(client).hget(key, "v"))
+        out[entity] = dict(zip([s.name for s in specs], orjson.loads(values)))
     return out
+
+
+def store_client(client):
+    """The redis-py client of ``client`` (an online store, or a redis-py client itself)."""
+    return client.client if isinstance(client, RedisOnlineStore) else client
+
+
+def stored_entities(client, project: str, view: FeatureView, version: int = 1):
+    """(entity, full key) of every state of ``view`` stored (``client``: as ``online_values``)."""
+    view_key = f"{project}:{view.name}:v{version}"
+    if isinstance(client, RedisOnlineStore):
+        for batch in client.scan_view(view_key):
+            for key in batch:
+                text = key.decode()
+                yield text.split(f"{view_key}:", 1)[1], key
+        return
+    prefix = f"fs:{view_key}:"
+    for key in client.scan_iter(match=prefix + "*"):
+        yield key.decode()[len(prefix):], key
 
 
 def repo_of(view: FeatureView) -> Repository:
@@ -83,7 +102,7 @@ def repo_of(view: FeatureView) -> Repository:
 
 
 def build_worker(servers, view, project, group, schema, **config) -> Worker:
-    online = RedisOnlineStore.from_url(servers.redis_url, project)
+    online = open_online_store(servers.redis_url, project)
     pv = prepare_view(view, 1, project)
 
     async def offline():

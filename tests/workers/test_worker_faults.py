@@ -33,10 +33,11 @@ from prometheus_client import generate_latest
 
 from featurestore.exceptions import StoreUnavailableError
 from featurestore.offline.postgres import PostgresOfflineStore, qident, table_name
-from featurestore.online import RedisOnlineStore
+from featurestore.online import RedisOnlineStore, open_online_store
 from featurestore.processing import prepare_view
 from tests.workers.support import (assert_same, build_worker, make_events, make_view, online_values,
-                                  reference_values, wait_for)
+                                  reference_values, store_client, stored_entities, wait_for)
+from tests.support import delete_project_keys
 from tests.workers.worker_main import install_throttle
 from workers.backfill import BackfillError, BackfillOptions, run_backfill
 from workers.kafka_client import KAFKA_CLIENTS
@@ -115,7 +116,10 @@ def send_events(servers, topic: str, events: list[dict]) -> Sent:
 
 # -- observing -------------------------------------------------------------------------------
 
-def stored_offsets(client: redis.Redis, project: str, group: str) -> dict[str, int]:
+def stored_offsets(client, project: str, group: str) -> dict[str, int]:
+    """The applied offsets of ``group``; ``client`` a redis.Redis on one node, or an online store (any layout)."""
+    if isinstance(client, RedisOnlineStore):
+        return client.load_offsets(group)
     return {k.decode(): int(v) for k, v in client.hgetall(f"fs:{project}:offsets:{group}").items()}
 
 
@@ -125,12 +129,12 @@ def progress(client: redis.Redis, project: str, group: str, names=None) -> int:
     return sum(off + 1 for name, off in offsets.items() if names is None or name in names)
 
 
-def states_ahead_of_offsets(client: redis.Redis, project: str, view, stored: dict[str, int]) -> list[str]:
+def states_ahead_of_offsets(client, project: str, view, stored: dict[str, int]) -> list[str]:
     """Entities whose stored state holds events past its partition's stored offset (written by a
-    chunk of a commit whose offsets were not)."""
+    chunk of a commit whose offsets were not); ``client`` as for ``stored_offsets``."""
     ahead = []
-    for key in client.scan_iter(match=f"fs:{project}:{view.name}:v1:*", count=1000):
-        for item in filter(None, (client.hget(key, "o") or b"").split(b",")):
+    for _, key in stored_entities(client, project, view):
+        for item in filter(None, (store_client(client).hget(key, "o") or b"").split(b",")):
             part, off = item.split(b":")
             if int(off) > stored.get(f"{view.source.topic}:{int(part)}", -1):
                 ahead.append(key.decode())
@@ -214,6 +218,31 @@ KILLS = [pytest.param(point.values[0], client, id=f"{point.id}-{client}")
 @pytest.mark.parametrize(("kill", "kafka_client"), KILLS, indirect=["kafka_client"])
 def test_sigkill_mid_stream_then_restart(kill, kafka_client, servers, topic_factory, unique_name, project,
                                          shared_redis, pg_schema, spawn):
+    sigkill_then_restart(kill, kafka_client, servers, topic_factory, unique_name, project, shared_redis,
+                         servers.redis_url, pg_schema, spawn)
+
+
+#: on a 3-master Redis Cluster, over kafka-python: the kill from outside, between two chunks (of one
+#: partition's script: the states of several slot groups ahead of their offsets) and before the Kafka commit
+CLUSTER_KILLS = [pytest.param(p.values[0], "kafka-python", id=f"{p.id}-cluster") for p in KILL_POINTS
+                 if p.id in ("sigkill-at-50pct", "sigkill-between-redis-chunks", "sigkill-after-redis-before-kafka")]
+
+
+@pytest.mark.parametrize(("kill", "kafka_client"), CLUSTER_KILLS, indirect=["kafka_client"])
+def test_sigkill_mid_stream_then_restart_on_a_redis_cluster(kill, kafka_client, servers, topic_factory, unique_name,
+                                                            project, redis_cluster_url, pg_schema, spawn):
+    online = open_online_store(redis_cluster_url, project)
+    try:
+        sigkill_then_restart(kill, kafka_client, servers, topic_factory, unique_name, project, online,
+                             redis_cluster_url, pg_schema, spawn)
+    finally:
+        delete_project_keys(redis_cluster_url, project)
+
+
+def sigkill_then_restart(kill, kafka_client, servers, topic_factory, unique_name, project, shared_redis, redis_url,
+                         pg_schema, spawn) -> None:
+    """SIGKILL a worker at ``kill``, restart it, and compare with the clean result (``shared_redis``: what
+    reads the online store at ``redis_url``, as ``stored_offsets`` takes it)."""
     topic = topic_factory(partitions=3)
     view = make_view(topic)
     group = unique_name("g")
@@ -223,7 +252,7 @@ def test_sigkill_mid_stream_then_restart(kill, kafka_client, servers, topic_fact
     if mode == "progress":
         head = int(N_EVENTS * (1 - PROGRESS_HELD))
         sent = send_events(servers, topic, events[:head])
-        first = spawn("first", topic, project, group, "--throttle-ms", 40, "--commit-chunk", 5)
+        first = spawn("first", topic, project, group, "--throttle-ms", 40, "--commit-chunk", 5, redis_url=redis_url)
         wait_for(lambda: progress(shared_redis, project, group) >= where * N_EVENTS, 40, f"{where:.0%} committed")
         first.sigkill()
         assert first.proc.returncode == -signal.SIGKILL
@@ -232,7 +261,8 @@ def test_sigkill_mid_stream_then_restart(kill, kafka_client, servers, topic_fact
     else:
         sent = send_events(servers, topic, events)
         chunked = ("--commit-chunk", 5) if mode == "between_redis_chunks" else ()
-        first = spawn("first", topic, project, group, "--crash-at", mode, "--crash-after-batches", where, *chunked)
+        first = spawn("first", topic, project, group, "--crash-at", mode, "--crash-after-batches", where, *chunked,
+                      redis_url=redis_url)
         first.proc.wait(40)
         assert first.proc.returncode == -signal.SIGKILL, first.tail()
     done = progress(shared_redis, project, group)
@@ -255,7 +285,7 @@ def test_sigkill_mid_stream_then_restart(kill, kafka_client, servers, topic_fact
         stored = stored_offsets(shared_redis, project, group)
         assert any(behind.get(name, 0) < off + 1 for name, off in stored.items()), (behind, stored)
 
-    second = spawn("second", topic, project, group)
+    second = spawn("second", topic, project, group, redis_url=redis_url)
     wait_complete(shared_redis, project, group, sent, timeout=60)
     code, _, out = second.sigterm()
     assert code == 0, second.tail()

@@ -89,14 +89,14 @@ def _install_crash(worker, point: str, after: int, sig: str = "KILL") -> None:
         part = worker.online._commit_part
         written = {"chunks": 0}
 
-        def crashing_part(records, group, offsets, epoch, advance, token=None):
+        def crashing_part(records, group, offsets, epoch, advance, token=None, slot_group=None):
             if not advance:
                 written["chunks"] += 1
             elif written["chunks"]:  # the last chunk of a commit that already wrote others
                 written["chunks"] = 0
                 seen["n"] += 1
                 crash()
-            return part(records, group, offsets, epoch, advance, token)
+            return part(records, group, offsets, epoch, advance, token, slot_group)
 
         worker.online._commit_part = crashing_part
     elif point == "before_kafka_commit":

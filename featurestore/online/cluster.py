@@ -1,0 +1,459 @@
+"""Redis Cluster backend of the online store: the single-node layout (``redis.py``) with a hash tag
+per slot group, so that every script touches keys of one hash slot.
+
+For project ``p``, the slot group of an entity of view ``V`` is its home partition ``h``: what Kafka's
+default partitioner (murmur2 of the key's UTF-8 bytes) gives for its join key among the ``N``
+partitions of ``V``'s topic.  ``N`` is recorded per view version in ``fs:{p}:partitions`` by the
+first worker and checked by every later writer (``use_partitions``).  Keys:
+
+* ``fs:{p#h}:<view_key>:<entity>`` — the state hash of one (view, entity), fields as on one node;
+* ``fs:{p#h}:offsets:<group>``, ``fs:{p#h}:owners:<group>`` — the applied offsets and the owner
+  claims of partition ``h`` of every topic;
+* ``fs:{p#h}:epoch`` — slot group ``h``'s marker: a master restarted empty loses the markers of its
+  groups, and the next commit to one of them writes nothing (``CommitResult.EPOCH_CHANGED``);
+* ``fs:p:live`` — the running workers' announcements, as on one node.
+
+A commit runs one script per slot group, chunked as on one node: first the groups that only hold
+states (events of an entity that came on a partition other than its home, pushes), then one per
+partition with its home states and its offsets, each checking that partition's offsets, owner and
+epoch.  A worker killed between two scripts leaves the earlier ones written and the later
+partitions' offsets where they were; the replay skips per state the events it applied
+(``OnlineRecord.applied``), exactly as between two chunks on one node.
+
+Commands go to the master of their slot (redis-py's slot map), the reads of one request to every
+master at once; MOVED refreshes the map and ASK follows a slot in migration.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import defaultdict
+from urllib.parse import urlsplit, urlunsplit
+
+import hiredis
+import redis
+from kafka.partitioner.default import murmur2
+
+from ..exceptions import ConfigurationError
+from .base import OnlineRecord
+from .redis import CommitResult, RedisOnlineStore, _request_time, out_of_memory
+
+__all__ = ["CLUSTER_SCHEMES", "RedisClusterOnlineStore", "home_partition", "is_cluster_url", "redis_py_url"]
+
+CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")  # rediss: TLS
+REDIRECT_DEADLINE_S = 10.0  # how long MOVED, ASK, TRYAGAIN and CLUSTERDOWN are followed before an error
+_LOAD_CHUNK = 1000
+
+
+def is_cluster_url(url: str) -> bool:
+    return urlsplit(url).scheme.lower() in CLUSTER_SCHEMES
+
+
+def redis_py_url(url: str) -> str:
+    """The URL ``redis.RedisCluster.from_url`` takes for *url*: ``redis+cluster://[user:pw@]host:port[/0]``
+    becomes ``redis://[user:pw@]host:port`` (``rediss+cluster`` becomes ``rediss``); of several comma-separated
+    seeds the first is kept; the query stays.  ``redis://`` and ``rediss://`` URLs are returned unchanged.
+
+    Raises ValueError for another scheme, a missing host, or a database other than 0 (a cluster has only 0)."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme in ("redis", "rediss"):
+        return url
+    if scheme not in CLUSTER_SCHEMES:
+        raise ValueError(f"not a Redis Cluster URL (expected {CLUSTER_SCHEMES[0]}://host:port): {url!r}")
+    userinfo, at, hosts = parts.netloc.rpartition("@")
+    seed = hosts.split(",")[0].strip()
+    if not seed:
+        raise ValueError(f"no host in Redis Cluster URL {url!r}")
+    if parts.path.strip("/") not in ("", "0"):
+        raise ValueError(f"a Redis Cluster has database 0 only, not {parts.path.strip('/')!r}: {url!r}")
+    return urlunsplit((scheme.split("+")[0], f"{userinfo}{at}{seed}", "", parts.query, parts.fragment))
+
+
+def home_partition(key: str, partitions: int) -> int:
+    """The partition Kafka's default partitioner gives the message key ``key`` (UTF-8) among ``partitions``."""
+    return (murmur2(key.encode("utf-8", "surrogatepass")) & 0x7FFFFFFF) % partitions
+
+
+class RedisClusterOnlineStore(RedisOnlineStore):
+    """Online store on a Redis Cluster (``redis+cluster://host:port`` names one node; the rest is found)."""
+
+    places_by_partition = True
+
+    def __init__(self, client: redis.RedisCluster, project: str, url: str | None = None):
+        if "{" in project or "}" in project:
+            raise ConfigurationError(f"project {project!r}: a project name for Redis Cluster holds no braces "
+                                     "(they delimit the keys' hash tags)")
+        super().__init__(client, project, url)
+        self._partitions: dict[str, int] = {}  # view key -> partition count of its topic, as recorded
+
+    @classmethod
+    def from_url(cls, url: str, project: str) -> "RedisClusterOnlineStore":
+        client = redis.RedisCluster.from_url(redis_py_url(url), socket_timeout=10, socket_connect_timeout=5)
+        return cls(client, project, url)
+
+    # -- layout ----------------------------------------------------------------
+    def tag(self, group: int) -> str:
+        return f"{{{self.project}#{group}}}"
+
+    @property
+    def partitions_key(self) -> str:
+        return f"fs:{{{self.project}}}:partitions"
+
+    def use_partitions(self, counts: dict[str, int]) -> None:
+        """Record the partition count of each view key's topic (``{view_key: N}``), or check it against
+        the one recorded: keys are placed by partition, so a count that changed places them anew."""
+        if not counts:
+            return
+        pipe = self.client.pipeline(transaction=False)
+        for view_key, n in counts.items():
+            pipe.hsetnx(self.partitions_key, view_key, n)
+        pipe.execute()
+        recorded = self.client.hmget(self.partitions_key, list(counts))
+        for (view_key, n), got in zip(counts.items(), recorded):
+            if int(got) != n:
+                raise ConfigurationError(
+                    f"view {view_key}: its topic has {n} partitions, but the online store's keys were placed "
+                    f"for {int(got)} (Redis Cluster places each entity by its Kafka partition). Rebuild the "
+                    f"view's online states for the new count: `featurestore reset --source NAME` and a "
+                    f"backfill with --online (docs/redis-cluster.md, when the partition count changes)")
+            self._partitions[view_key] = n
+
+    def partitions_of(self, view_key: str) -> int | None:
+        """The recorded partition count of ``view_key``'s topic (None: no writer recorded one yet)."""
+        n = self._partitions.get(view_key)
+        if n is None:
+            got = self.client.hget(self.partitions_key, view_key)
+            if got is None:
+                return None
+            n = self._partitions[view_key] = int(got)
+        return n
+
+    @property
+    def groups(self) -> int:
+        """Slot groups in use: the largest partition count recorded."""
+        if not self._partitions:
+            self._partitions.update({k.decode(): int(v) for k, v in self.client.hgetall(self.partitions_key).items()})
+        return max(self._partitions.values(), default=0)
+
+    def group_of(self, view_key: str, key: str) -> int:
+        n = self.partitions_of(view_key)
+        if n is None:
+            raise ConfigurationError(
+                f"view {view_key}: no partition count is recorded for its topic, and Redis Cluster places each "
+                "entity by its Kafka partition: start a worker of the source once (it records the count), or "
+                "record it with `featurestore apply` after the topic exists (docs/redis-cluster.md)")
+        return home_partition(key, n)
+
+    def entity_keys(self, view_key: str, keys: list[str]) -> list[str]:
+        """The full keys of ``keys``' states of ``view_key`` (an unrecorded view: keys no state has)."""
+        n = self.partitions_of(view_key)
+        if n is None:
+            tag = self.tag(-1)
+            return [f"fs:{tag}:{view_key}:{k}" for k in keys]
+        tags = [self.tag(h) for h in range(n)]
+        return [f"fs:{tags[home_partition(k, n)]}:{view_key}:{k}" for k in keys]
+
+    def record_key(self, view_key: str, key: str) -> str:
+        return f"fs:{self.tag(self.group_of(view_key, key))}:{view_key}:{key}"
+
+    def offsets_key(self, group: str, slot_group: int = 0) -> str:  # type: ignore[override]
+        return f"fs:{self.tag(slot_group)}:offsets:{group}"
+
+    def owners_key(self, group: str, slot_group: int = 0) -> str:  # type: ignore[override]
+        return f"fs:{self.tag(slot_group)}:owners:{group}"
+
+    def group_epoch_key(self, slot_group: int) -> str:
+        return f"fs:{self.tag(slot_group)}:epoch"
+
+    # -- routing -----------------------------------------------------------------
+    def _send(self, commands: list[tuple[str, tuple]]) -> list:
+        """Run ``(key, command)`` pairs, each on the master of its key's slot, every master's share
+        pipelined on one connection and all masters at once; replies in order (errors as exceptions
+        in the list, raised by the caller).  Follows MOVED (the slot map refreshed), ASK and NOSCRIPT."""
+        replies: list = [None] * len(commands)
+        todo = list(range(len(commands)))
+        asking: dict[int, str] = {}
+        deadline = time.monotonic() + REDIRECT_DEADLINE_S
+        while True:
+            by_node: dict[str, list[int]] = defaultdict(list)
+            nodes = {}
+            for i in todo:
+                name = asking.get(i)
+                node = (self.client.get_node(node_name=name) if name else None) or \
+                    self.client.get_node_from_key(commands[i][0])
+                if node is None:
+                    self.client.nodes_manager.initialize()
+                    node = self.client.get_node_from_key(commands[i][0])
+                nodes[node.name] = node
+                by_node[node.name].append(i)
+            sent = []
+            try:
+                for name, idx in by_node.items():
+                    pool = nodes[name].redis_connection.connection_pool
+                    conn = pool.get_connection()
+                    packed = []
+                    for i in idx:
+                        if i in asking:
+                            packed.append(hiredis.pack_command(("ASKING",)))
+                        packed.append(hiredis.pack_command(commands[i][1]))
+                    conn.send_packed_command(packed)
+                    sent.append((pool, conn, idx))
+                retry, refresh, wait = [], False, False
+                for pool, conn, idx in sent:
+                    for i in idx:
+                        if i in asking:
+                            try:
+                                conn.read_response()
+                            except redis.exceptions.ResponseError:
+                                pass
+                        try:
+                            replies[i] = conn.read_response()
+                            asking.pop(i, None)
+                        except redis.exceptions.AskError as exc:
+                            if isinstance(exc, redis.exceptions.MovedError):
+                                refresh = True
+                                asking.pop(i, None)
+                            else:
+                                asking[i] = f"{exc.host}:{exc.port}"
+                                if self.client.get_node(node_name=asking[i]) is None:
+                                    refresh = True
+                            retry.append(i)
+                        except redis.exceptions.NoScriptError:
+                            self._load_scripts()
+                            retry.append(i)
+                        except (redis.exceptions.TryAgainError, redis.exceptions.ClusterDownError) as exc:
+                            # a script's keys split by a slot migration in progress, or a failover
+                            replies[i] = exc
+                            refresh = wait = True
+                            retry.append(i)
+                        except redis.exceptions.ResponseError as exc:
+                            replies[i] = exc
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError):
+                for pool, conn, _ in sent:
+                    conn.disconnect()
+                self.client.nodes_manager.initialize()  # a master down or replaced: the map changed
+                raise
+            finally:
+                for pool, conn, _ in sent:
+                    pool.release(conn)
+            if not retry:
+                return replies
+            if time.monotonic() > deadline:
+                raise redis.exceptions.ClusterError(f"{len(retry)} command(s) still redirected after "
+                                                    f"{REDIRECT_DEADLINE_S:.0f} s: {replies[retry[0]]!r}")
+            if wait:
+                time.sleep(0.05)
+            if refresh:
+                self.client.nodes_manager.initialize()
+            todo = retry
+
+    def _load_scripts(self) -> None:
+        for script in (self._commit, self._read_packed, self._load_states):
+            self.client.script_load(script.script)
+
+    @staticmethod
+    def _raise_any(replies: list) -> list:
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+        return replies
+
+    def _one(self, key: str, command: tuple):
+        reply = self._send([(key, command)])[0]
+        if isinstance(reply, Exception):
+            raise reply
+        return reply
+
+    def _evalsha_packed(self, script, keys: list, args: list):
+        """``script(keys, args)`` on the master of ``keys``' slot (one slot: the caller groups them)."""
+        try:
+            return self._one(keys[0], ("EVALSHA", script.sha, len(keys), *keys, *args))
+        except redis.exceptions.ResponseError as exc:
+            if "OOM" in str(exc):
+                raise out_of_memory(exc) from exc
+            raise
+
+    # -- writing -----------------------------------------------------------------
+    def ensure_epoch(self, epoch: str) -> str:
+        """Set every slot group's marker that is missing to ``epoch``; returns the markers (one token)."""
+        n = self.groups
+        if n == 0:
+            return epoch
+        keys = [self.group_epoch_key(h) for h in range(n)]
+        self._raise_any(self._send([(k, ("SET", k, epoch, "NX")) for k in keys]))
+        return self.epoch() or epoch
+
+    def epoch(self) -> str | None:
+        n = self.groups
+        if n == 0:
+            return None
+        keys = [self.group_epoch_key(h) for h in range(n)]
+        got = self._raise_any(self._send([(k, ("GET", k)) for k in keys]))
+        if any(v is None for v in got):
+            return None
+        return ",".join(v.decode() for v in got)
+
+    @staticmethod
+    def created_epoch(token: str, candidate: str) -> bool:
+        return candidate in token.split(",")
+
+    def commit(self, records: list[OnlineRecord], group: str | None, offsets: dict[str, tuple[int, int]],
+               epoch: str | None = None, chunk: int | None = None, token: str | None = None) -> CommitResult:
+        """``RedisOnlineStore.commit`` per slot group (see the module's docstring for the order)."""
+        states: dict[int, list[OnlineRecord]] = defaultdict(list)
+        for rec in records:
+            states[self.group_of(rec.view_key, rec.key)].append(rec)
+        advance: dict[int, dict[str, tuple[int, int]]] = defaultdict(dict)
+        for name, pair in offsets.items():
+            advance[int(name.rsplit(":", 1)[1])][name] = pair
+        markers = epoch.split(",") if epoch else None
+        known = self.groups if markers is None else len(markers)
+        beyond = sorted(h for h in advance if h >= known)
+        if beyond:
+            raise ConfigurationError(f"partition {beyond[0]} is beyond the {known} slot groups of the recorded "
+                                     "partition counts: the topic gained partitions (docs/redis-cluster.md)")
+        order = [h for h in states if h not in advance] + sorted(advance)
+        for h in order:
+            result = self._commit_chunks(states.get(h, []), group, advance.get(h, {}),
+                                         markers[h] if markers is not None else None, chunk, token, h)
+            if result != CommitResult.COMMITTED:
+                return result
+        return CommitResult.COMMITTED
+
+    def _commit_keys(self, group: str | None, slot_group: int | None) -> list[str]:
+        h = slot_group or 0
+        return [self.offsets_key(group or "_none", h), self.group_epoch_key(h), self.owners_key(group or "_none", h)]
+
+    def _state_key(self, rec: OnlineRecord, slot_group: int | None) -> str:
+        return f"fs:{self.tag(slot_group or 0)}:{rec.view_key}:{rec.key}"
+
+    # -- reading -----------------------------------------------------------------
+    def load_offsets(self, group: str) -> dict[str, int]:
+        n = self.groups
+        out: dict[str, int] = {}
+        if n:
+            pipe = self.client.pipeline(transaction=False)
+            for h in range(n):
+                pipe.hgetall(self.offsets_key(group, h))
+            for raw in pipe.execute():
+                out.update({k.decode(): int(v) for k, v in raw.items()})
+        return out
+
+    def claim_partitions(self, group: str, names: list[str], token: str) -> None:
+        if not names:
+            return
+        pipe = self.client.pipeline(transaction=False)
+        for name in names:
+            pipe.hset(self.owners_key(group, int(name.rsplit(":", 1)[1])), name, token)
+        pipe.execute()
+
+    def load_states_applied(self, view_key: str, keys: list[str]) -> dict[str, tuple[bytes | None, bytes, bytes]]:
+        full = self.entity_keys(view_key, keys)
+        by_tag: dict[str, list[int]] = defaultdict(list)
+        for i, k in enumerate(full):
+            by_tag[k[3:k.index("}") + 1]].append(i)
+        calls, parts = [], []
+        for idx in by_tag.values():
+            for lo in range(0, len(idx), _LOAD_CHUNK):
+                part = idx[lo:lo + _LOAD_CHUNK]
+                names = [full[i] for i in part]
+                calls.append((names[0], ("EVALSHA", self._load_states.sha, len(names), *names)))
+                parts.append(part)
+        out: dict[str, tuple[bytes | None, bytes, bytes]] = {}
+        for part, flat in zip(parts, self._send(calls)):
+            if isinstance(flat, Exception):
+                raise flat
+            for i, blob, applied, ids in zip(part, flat[::3], flat[1::3], flat[2::3]):
+                out[keys[i]] = (blob or None, applied or b"", ids or b"")
+        return {k: out[k] for k in keys}
+
+    def load_state(self, view_key: str, key: str) -> bytes | None:
+        return self.client.hget(self.entity_keys(view_key, [key])[0], "s")
+
+    def read_packed(self, keys: list[str], t: int) -> list[list]:
+        """``RedisOnlineStore.read_packed`` with one script per slot group, all masters at once."""
+        by_tag: dict[str, list[int]] = defaultdict(list)
+        for i, k in enumerate(keys):
+            by_tag[k[3:k.index("}") + 1]].append(i)
+        at = _request_time(t)
+        groups = list(by_tag.values())
+        calls = [(keys[idx[0]], ("EVALSHA", self._read_packed.sha, len(idx), *[keys[i] for i in idx], at))
+                 for idx in groups]
+        rows: list = [None] * len(keys)
+        stale: list = []
+        for idx, reply in zip(groups, self._send(calls)):
+            if isinstance(reply, Exception):
+                raise reply
+            out, states = reply
+            for i, row in zip(idx, out):
+                rows[i] = row
+            for j in range(0, len(states), 2):
+                stale += [idx[states[j]], states[j + 1]]
+        return [rows, stale]
+
+    async def aread_packed(self, keys: list[str], t: int) -> list[list]:
+        """``read_packed`` on a thread of the running loop's default executor (the cluster's connections
+        are redis-py's blocking ones)."""
+        return await asyncio.get_running_loop().run_in_executor(None, self.read_packed, keys, t)
+
+    async def aclose(self) -> None:
+        return None
+
+    def read_values(self, items: list[tuple[str, str]]) -> list[tuple[bytes | None, int | None, int | None]]:
+        by_view: dict[str, list[int]] = defaultdict(list)
+        for i, (view_key, _) in enumerate(items):
+            by_view[view_key].append(i)
+        full: list = [None] * len(items)
+        for view_key, idx in by_view.items():
+            for i, k in zip(idx, self.entity_keys(view_key, [items[i][1] for i in idx])):
+                full[i] = k
+        replies = self._send([(k, ("HMGET", k, "v", "w", "u")) for k in full])
+        return [self._values_of(r) for r in replies]
+
+    def scan_view(self, view_key: str):
+        return self._scan_batches(self._view_pattern(view_key))
+
+    def _view_pattern(self, view_key: str) -> str:
+        return f"fs:{{{self.project}#*}}:{view_key}:*"
+
+    def _scan_batches(self, pattern: str, size: int = 500):
+        marker = "}:" + pattern.split("}:", 1)[1].rstrip("*")  # what follows the tag: the view key
+        for batch in super()._scan_batches(pattern, size):
+            kept = [k for k in batch if (k.decode() if isinstance(k, bytes) else k).split("}", 1)[1].startswith(
+                marker[1:])]
+            if kept:
+                yield kept
+
+    # -- coordination ----------------------------------------------------------------
+    def _live_workers(self) -> tuple[int, list[dict]]:
+        now = self._server_ms()
+        raw = self.client.hgetall(self.live_key)
+        return self._sort_live(now, raw)
+
+    def topic_offsets(self, topic: str) -> dict[str, dict[str, int]]:
+        out: dict[str, dict[str, int]] = {}
+        for key, group in self._group_keys("offsets"):
+            found = {k.decode(): int(v) for k, v in self.client.hgetall(key).items()
+                     if k.decode().rsplit(":", 1)[0] == topic}
+            if found:
+                out.setdefault(group, {}).update(found)
+        return out
+
+    def forget_topic(self, topic: str) -> int:
+        n = 0
+        for kind in ("offsets", "owners"):
+            for key, _ in self._group_keys(kind):
+                fields = [k for k in self.client.hkeys(key) if k.decode().rsplit(":", 1)[0] == topic]
+                if fields:
+                    n += self.client.hdel(key, *fields)
+        return n
+
+    def _group_keys(self, kind: str):
+        """(key, consumer group) of every ``fs:{p#h}:<kind>:<group>`` hash."""
+        marker = f"}}:{kind}:"
+        for key in self.client.scan_iter(match=f"fs:{{{self.project}#*}}:{kind}:*", count=500):
+            text = key.decode()
+            if marker in text:
+                yield key, text.split(marker, 1)[1]

@@ -21,6 +21,9 @@ STORE_OUTAGES: tuple[type[BaseException], ...] = (
     StoreUnavailableError, OSError, asyncio.TimeoutError,
     redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, redis.exceptions.BusyLoadingError,
     redis.exceptions.OutOfMemoryError, redis.exceptions.ReadOnlyError,
+    # Redis Cluster: slots without a master (a master down), a script's keys split by a migration
+    redis.exceptions.ClusterDownError, redis.exceptions.TryAgainError, redis.exceptions.MasterDownError,
+    redis.exceptions.ClusterError,
     asyncpg.exceptions.PostgresConnectionError, asyncpg.exceptions.OperatorInterventionError,
     asyncpg.exceptions.InsufficientResourcesError,
 )

@@ -27,6 +27,7 @@ master at once; MOVED refreshes the map and ASK follows a slot in migration.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import defaultdict
 from urllib.parse import urlsplit, urlunsplit
@@ -35,7 +36,7 @@ import hiredis
 import redis
 from kafka.partitioner.default import murmur2
 
-from ..exceptions import ConfigurationError
+from ..exceptions import ConfigurationError, StoreUnavailableError
 from .base import OnlineRecord
 from .redis import CommitResult, RedisOnlineStore, _request_time, out_of_memory
 
@@ -184,7 +185,7 @@ class RedisClusterOnlineStore(RedisOnlineStore):
                 node = (self.client.get_node(node_name=name) if name else None) or \
                     self.client.get_node_from_key(commands[i][0])
                 if node is None:
-                    self.client.nodes_manager.initialize()
+                    self._refresh()
                     node = self.client.get_node_from_key(commands[i][0])
                 nodes[node.name] = node
                 by_node[node.name].append(i)
@@ -233,7 +234,7 @@ class RedisClusterOnlineStore(RedisOnlineStore):
             except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError):
                 for pool, conn, _ in sent:
                     conn.disconnect()
-                self.client.nodes_manager.initialize()  # a master down or replaced: the map changed
+                self._refresh()  # a master down or replaced: the map may have changed
                 raise
             finally:
                 for pool, conn, _ in sent:
@@ -241,13 +242,19 @@ class RedisClusterOnlineStore(RedisOnlineStore):
             if not retry:
                 return replies
             if time.monotonic() > deadline:
-                raise redis.exceptions.ClusterError(f"{len(retry)} command(s) still redirected after "
-                                                    f"{REDIRECT_DEADLINE_S:.0f} s: {replies[retry[0]]!r}")
+                raise StoreUnavailableError(f"Redis Cluster: {len(retry)} command(s) still redirected or refused "
+                                            f"after {REDIRECT_DEADLINE_S:.0f} s (a master down, or a slot "
+                                            f"migrating): {replies[retry[0]]!r}")
             if wait:
                 time.sleep(0.05)
             if refresh:
-                self.client.nodes_manager.initialize()
+                self._refresh()
             todo = retry
+
+    def _refresh(self) -> None:
+        """Reload the slot map; a cluster that cannot answer now leaves the old one (the next command fails)."""
+        with contextlib.suppress(redis.exceptions.RedisError, redis.exceptions.RedisClusterException):
+            self.client.nodes_manager.initialize()
 
     def _load_scripts(self) -> None:
         for script in (self._commit, self._read_packed, self._load_states):

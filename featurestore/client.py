@@ -62,6 +62,9 @@ class FeatureStore(WritesMixin):
         #: Seconds spent per step by the last ``get_historical_features`` (load, compute, ...).
         self.last_timings: dict[str, float] = {}
         self._usage: Any = None  # the ReadCounter, opened by the first counted read
+        #: kafka-python options of the deployment's broker (None: not configured); a Redis Cluster online store
+        #: reads the views' topic partition counts from it when no worker recorded them (``featurestore.placement``)
+        self.kafka_options: dict | None = None
 
     # -- connecting ---------------------------------------------------------------------
     @classmethod
@@ -80,6 +83,8 @@ class FeatureStore(WritesMixin):
         if repo is not None:
             rt.repo = repo
         store = cls(rt.repo, rt.online(), {}, rt.project, postgres_dsn=rt.postgres_dsn, pg_schema=PG_SCHEMA)
+        if rt.settings.kafka_bootstrap_servers:
+            store.kafka_options = rt.kafka_options()
         store.versions = store._run(store.aresolve_versions())
         return store
 

@@ -14,6 +14,7 @@ from .definitions import EventSource, FeatureView
 from .exceptions import InvalidInputError, StoreUnavailableError, UnknownNameError
 from .offline.postgres import PUSH_PARTITION
 from .responses import PushResult
+from .placement import place_views
 
 PUSH_TARGETS = ("online", "offline", "online_and_offline")
 
@@ -162,7 +163,9 @@ class WritesMixin:
         from featurestore.processing import SourceProcessor
 
         views = [v for v in self.repo.views.values() if v.source.name == source.name]
-        return SourceProcessor(self._prepared(views), self.online)
+        prepared = self._prepared(views)
+        place_views(self.online, prepared, self.kafka_options)
+        return SourceProcessor(prepared, self.online)
 
     def compact(self, sources: list[str] | None = None, rebuild: bool = False) -> dict:
         """Compact the event logs of ``sources`` (default: every source of the repository) into
@@ -213,6 +216,7 @@ class WritesMixin:
             raise InvalidInputError(f"materialize: start {start_ms} is after end {end_ms}")
         names = list(views) if views is not None else [n for n in self.repo.views if n in self.versions]
         prepared = self._prepared([self.repo.view(n) for n in names])
+        place_views(self.online, prepared, self.kafka_options)
         if not force:
             self.online.refuse_if_consumed({pv.view.source.topic for pv in prepared}, "materialize")
         offline = (await self._stores())[0]

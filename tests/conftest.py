@@ -182,6 +182,12 @@ def redis_cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]
         stop_cluster(nodes)
 
 
+@pytest.fixture(params=["single", "cluster"])
+def online_url(request, servers) -> str:
+    """The online store's URL: a test using it runs once on one Redis and once on the Redis Cluster."""
+    return servers.redis_url if request.param == "single" else request.getfixturevalue("redis_cluster_url")
+
+
 @pytest.fixture
 def unique_name() -> Callable[..., str]:
     """``unique_name(prefix)`` -> ``<prefix>_<12 hex digits>``: valid for topics, keys and SQL identifiers."""

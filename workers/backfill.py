@@ -44,6 +44,7 @@ import numpy as np
 from featurestore.exceptions import InvalidInputError
 from featurestore.offline import OfflineStore
 from featurestore.offline.postgres import event_id_column
+from featurestore.placement import place_views
 
 from .backfill_chunk import _Chunk, add_batch_transforms, compute_history, final_states
 from .backfill_handoff import HandOffMixin
@@ -145,6 +146,7 @@ class _Backfill(HandOffMixin):
             header = await self._header(run, kafka)
             n_buckets, todo = self._plan(header, done)
             if self.handoff or o.online:
+                place_views(self.online, [self.pv], o.kafka_options)
                 self.online.refuse_if_consumed([self.src.topic], f"backfill of {self.pv.view.name!r} --online")
                 self.epoch = self.online.ensure_epoch(uuid.uuid4().hex)
             spill = Spill(Path(tempfile.mkdtemp(prefix=f"fs-backfill-{run}-s{o.shard}-", dir=o.spill_dir)), self.src)

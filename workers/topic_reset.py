@@ -28,7 +28,6 @@ from dataclasses import dataclass
 from kafka import KafkaConsumer
 from kafka.errors import KafkaError, OffsetOutOfRangeError
 
-from featurestore.exceptions import ConfigurationError
 
 logger = logging.getLogger(__name__)
 
@@ -73,20 +72,6 @@ class PartitionVerifier:
             self._consumer = KafkaConsumer(group_id=None, enable_auto_commit=False, auto_offset_reset="none",
                                            max_poll_records=1, fetch_max_wait_ms=100, **self.options)
         return self._consumer
-
-    def partition_counts(self, topics) -> dict[str, int]:
-        """The partition count of each of ``topics`` (raises ``ConfigurationError`` for a topic the
-        broker does not have)."""
-        consumer = self._client()
-        out = {}
-        for topic in topics:
-            parts = consumer.partitions_for_topic(topic)
-            if not parts:
-                raise ConfigurationError(f"topic {topic!r} does not exist on the broker: create it before the "
-                                         "worker starts (the online store's cluster layout places entities by "
-                                         "their partition)")
-            out[topic] = len(parts)
-        return out
 
     def record_at(self, tp, offset: int):
         """The first record of ``tp`` at or after ``offset``, or None when the broker holds none there."""

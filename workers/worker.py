@@ -51,6 +51,7 @@ from featurestore.definitions.sources import TOPIC_RE
 from featurestore.exceptions import ConfigurationError, RecoveryError
 from featurestore.offline import OfflineStore
 from featurestore.online import CommitResult, RedisOnlineStore
+from featurestore.placement import topic_partition_counts
 from featurestore.processing import PreparedView, SourceProcessor
 
 from . import reporting
@@ -146,7 +147,7 @@ class Worker(IsolationMixin, RecoveryMixin, MembershipMixin, ResetChecksMixin, R
         self._loop_thread.start()
         self.offline: OfflineStore = self._run(offline_factory())
         if online.places_by_partition:  # Redis Cluster: entities are placed by their topic's partition count
-            counts = self.verifier.partition_counts(sorted(self.sources))
+            counts = topic_partition_counts(config.kafka_options, sorted(self.sources))
             online.use_partitions({pv.view_key: counts[pv.view.source.topic] for pv in views})
         candidate = uuid.uuid4().hex
         self.epoch = online.ensure_epoch(candidate)

@@ -99,7 +99,8 @@ def run_spark_backfill_cmd(args, time_ms) -> int:
                                 start_ms=time_ms(args.start), end_ms=time_ms(args.end), buckets=args.buckets,
                                 online=args.online, group=args.group or f"featurestore-{rt.project}",
                                 strict=args.strict,
-                                pg={"dsn": rt.postgres_dsn, "project": rt.project, "schema": PG_SCHEMA})
+                                pg={"dsn": rt.postgres_dsn, "project": rt.project, "schema": PG_SCHEMA},
+                                kafka_options=rt.kafka_options() if rt.settings.kafka_bootstrap_servers else {})
     spark = _session(args)
     loop = asyncio.new_event_loop()
     offline = loop.run_until_complete(rt.offline())

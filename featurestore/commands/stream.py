@@ -224,7 +224,8 @@ def run_backfill_cmd(args) -> int:
                            group=args.group or f"featurestore-{rt.project}", strict=args.strict, chunks=args.chunks,
                            restart=args.restart, progress=not args.no_progress and sys.stderr.isatty(),
                            spill_dir=args.spill_dir,
-                           kafka_options=rt.kafka_options() if args.source == "kafka" else {})
+                           kafka_options=rt.kafka_options()
+                           if args.source == "kafka" or rt.settings.kafka_bootstrap_servers else {})
 
     async def go():
         offline = await rt.offline()

@@ -266,4 +266,5 @@ def mount_console(app: Any, store: Any, path: str = "/ui", kafka_bootstrap: str 
     if metrics is not None and url:
         from .usage import UsageRecorder
 
-        app.add_middleware(UsageRecorder, rows_counter=metrics.rows, redis_url=url, project=store.project)
+        app.add_middleware(UsageRecorder, rows_counter=metrics.rows, redis_url=url, project=store.project,
+                           cluster=store.online.places_by_partition)

@@ -52,10 +52,10 @@ class UsageRecorder:
     the module docstring).  ``rows_counter``: the server's rows counter; ``redis_url``: the online store."""
 
     def __init__(self, app: Any, rows_counter: Any, redis_url: str, project: str,
-                 period_s: float | None = None) -> None:
+                 period_s: float | None = None, cluster: bool = False) -> None:
         self.app, self.rows_counter, self.project = app, rows_counter, project
         self.period_s = FLUSH_PERIOD_S if period_s is None else period_s
-        self.redis_url = redis_url
+        self.redis_url, self.cluster = redis_url, cluster  # cluster: a Redis Cluster (redis:// URL and the setting)
         self._client: Any = None
         self._sent: dict[str, float] = {}
         self._next = time.monotonic() + self.period_s
@@ -89,9 +89,9 @@ class UsageRecorder:
             return 0
         try:
             if self._client is None:
-                import redis.asyncio
+                from featurestore.online import async_redis
 
-                self._client = redis.asyncio.Redis.from_url(self.redis_url, socket_timeout=5)
+                self._client = async_redis(self.redis_url, self.cluster, socket_timeout=5)
             now = int(time.time() * 1000)
             key = usage_key(self.project, now)
             minute = now - now % 60_000

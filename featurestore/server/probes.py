@@ -6,10 +6,11 @@ from __future__ import annotations
 import asyncio
 from typing import Callable
 
-import redis.asyncio
+
 
 from featurestore.client import FeatureStore
 from featurestore.exceptions import ConfigurationError
+from featurestore.online import async_redis
 
 __all__ = ["PROBE_TIMEOUT_S", "Readiness"]
 
@@ -23,8 +24,9 @@ class Readiness:
     def __init__(self, store: FeatureStore, redact: Callable[[str], str] = str) -> None:
         self.store, self.redact = store, redact
         url = getattr(store.online, "url", None)
-        self._redis = (redis.asyncio.Redis.from_url(url, socket_timeout=PROBE_TIMEOUT_S,
-                                                    socket_connect_timeout=PROBE_TIMEOUT_S) if url else None)
+        self._redis = (async_redis(url, getattr(store.online, "places_by_partition", False),
+                                   socket_timeout=PROBE_TIMEOUT_S, socket_connect_timeout=PROBE_TIMEOUT_S)
+                       if url else None)
 
     async def check(self) -> tuple[bool, dict]:
         """(ready, a report: each store's state and the views served with their versions)."""

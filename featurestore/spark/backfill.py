@@ -26,6 +26,7 @@ import uuid
 from dataclasses import dataclass, field
 
 from ..exceptions import BackfillError, InvalidInputError
+from ..placement import place_views
 from ..processing import PreparedView
 from .buckets import bucket_column, bucket_function
 from .frames import out_schema
@@ -50,6 +51,7 @@ class SparkBackfillOptions:
     group: str | None = None
     strict: bool = False
     pg: dict = field(default_factory=dict)  # dsn, project, schema: the event log (JDBC), the history (COPY)
+    kafka_options: dict = field(default_factory=dict)  # the broker, for a Redis Cluster's placement (--online)
 
 
 def run_spark_backfill(spark, pv: PreparedView, opts: SparkBackfillOptions, offline=None, online=None,
@@ -97,6 +99,7 @@ class _SparkRun:
         header = self._header()
         self.handoff.check_cut(header, header.get("cut", {}))
         if o.online:
+            place_views(self.online, [pv], o.kafka_options)
             self.online.refuse_if_consumed([self.src.topic], f"backfill of {pv.view.name!r} --online")
             self.handoff.epoch = self.online.ensure_epoch(uuid.uuid4().hex)
         events, n_buckets = self._events(header)

@@ -22,7 +22,8 @@ from featurestore.registry import Registry
 from featurestore.repo import Repository
 from featurestore.schema import validate_frame
 from featurestore.settings import Settings
-from tests.support import apply_repo, drop_project
+from featurestore.repo import load_repo
+from tests.support import apply_repo, delete_project_keys, drop_project
 
 pytestmark = pytest.mark.integration
 
@@ -54,19 +55,36 @@ def close(a, b) -> bool:
 
 
 @pytest.fixture
-def connected(servers, unique_name):
+def connected(servers, unique_name, online_url):
     """The example repository applied under a unique project (tables in schema public, dropped
-    afterwards); yields (settings, env for subprocesses)."""
+    afterwards), on one Redis and on a Redis Cluster; yields (settings, env for subprocesses)."""
     project = unique_name("p")
-    settings = Settings(project=project, redis_url=servers.redis_url, postgres_dsn=servers.postgres_dsn,
+    settings = Settings(project=project, redis_url=online_url, postgres_dsn=servers.postgres_dsn,
                         kafka_bootstrap_servers=servers.kafka_bootstrap)
     apply_repo(servers, project, EXAMPLE)
-    env = dict(os.environ, FEATURESTORE_PROJECT=project, FEATURESTORE_REDIS_URL=servers.redis_url,
+    # a Redis Cluster places entities by the partition count of their topic, read from the broker
+    ensure_topic(servers, load_repo(EXAMPLE).source("transactions").topic, partitions=3)
+    env = dict(os.environ, FEATURESTORE_PROJECT=project, FEATURESTORE_REDIS_URL=online_url,
                FEATURESTORE_POSTGRES_DSN=servers.postgres_dsn,
                FEATURESTORE_KAFKA_BOOTSTRAP_SERVERS=servers.kafka_bootstrap)
     yield settings, env
 
     drop_project(servers, project)
+    delete_project_keys(online_url, project)
+
+
+def ensure_topic(servers, topic: str, partitions: int) -> None:
+    from kafka import KafkaAdminClient
+    from kafka.admin import NewTopic
+    from kafka.errors import TopicAlreadyExistsError
+
+    admin = KafkaAdminClient(bootstrap_servers=servers.kafka_bootstrap)
+    try:
+        admin.create_topics([NewTopic(topic, partitions, 1)])
+    except TopicAlreadyExistsError:
+        pass
+    finally:
+        admin.close()
 
 
 def test_connect_push_offline_materialize_and_cli(connected) -> None:
@@ -136,7 +154,7 @@ def test_materialize_skips_a_state_that_holds_a_later_event(connected) -> None:
         store.materialize(T0, end)
         later = txns(1, customers=("C1",), start=end + HOUR, prefix="later")  # online only: after `end`
         assert store.push("transactions", later, to="online").online_records == 2
-        keys = {name: store.online.entity_key(store.online.view_key(name, version), "C1")
+        keys = {name: store.online.entity_keys(store.online.view_key(name, version), ["C1"])[0]
                 for name, version in store.versions.items()}
         stored = {name: store.online.client.hgetall(key) for name, key in keys.items()}
         rows = [{"customer_id": "C1"}, {"customer_id": "C2"}]
@@ -231,7 +249,7 @@ def test_push_to_an_entity_gone_from_redis_goes_on_from_its_logged_events(connec
         first = txns(6)
         store.push("transactions", first, to="online_and_offline")
         for view in ("customer_stats", "transaction_stats"):  # C1's hashes go, C2's stay
-            assert store.online.client.delete(store.online.entity_key(f"{settings.project}:{view}:v1", "C1")) == 1
+            assert store.online.client.delete(store.online.entity_keys(f"{settings.project}:{view}:v1", ["C1"])[0]) == 1
         later = txns(4, start=T0 + 30 * 86_400_000, prefix="v")
         store.push("transactions", later, to="online_and_offline")
         at = int(later["event_time"].max())

@@ -20,12 +20,6 @@ from tests.support import delete_project_keys
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(params=["single", "cluster"])
-def online_url(request, servers) -> str:
-    """The online store's URL: one Redis, or the session's Redis Cluster."""
-    return servers.redis_url if request.param == "single" else request.getfixturevalue("redis_cluster_url")
-
-
 @pytest.fixture
 def project(online_url, unique_name):
     """A unique project; its keys are deleted afterwards."""

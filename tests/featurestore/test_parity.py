@@ -1,4 +1,5 @@
-"""THE parity test: what the online store serves at t equals the point-in-time training value at t.
+"""THE parity test: what the online store serves at t equals the point-in-time training value at t, on one
+Redis and on a Redis Cluster.
 
 Events of the example repository (``examples/repo.py``: two views with every kind of feature,
 a BatchTransform embedding, last_n lists, and an on-demand view) go through the streaming path
@@ -23,11 +24,12 @@ import pytest
 
 from featurestore.client import FeatureStore
 from featurestore.offline import PostgresOfflineStore
-from featurestore.online import RedisOnlineStore
+from featurestore.online import open_online_store
 from featurestore.registry import Registry
 from featurestore.repo import load_repo
 from featurestore.schema import validate_event
 from featurestore.processing import SourceProcessor, prepare_view
+from tests.support import delete_project_keys
 
 pytestmark = pytest.mark.integration
 
@@ -66,29 +68,30 @@ def make_stream(n: int = 240, customers: int = 4, seed: int = 5) -> list[dict]:
 
 
 class Setup:
-    def __init__(self, servers, project: str, schema: str):
+    def __init__(self, servers, project: str, schema: str, online_url: str):
         self.repo = load_repo(REPO_PATH)
         self.loop = asyncio.new_event_loop()
         self.offline = self.loop.run_until_complete(PostgresOfflineStore.create(servers.postgres_dsn, project, schema))
         self.registry = Registry.for_store(self.offline)
         self.loop.run_until_complete(self.registry.apply(self.repo, self.offline))
         self.versions = {n: self.loop.run_until_complete(self.registry.version_of(n)) for n in self.repo.views}
-        self.online = RedisOnlineStore.from_url(servers.redis_url, project)
+        self.online = open_online_store(online_url, project)
+        # a Redis Cluster places entities by their topic's partition count, as a worker records it
+        self.online.use_partitions({self.online.view_key(n, v): 4 for n, v in self.versions.items()})
         self.store = FeatureStore(self.repo, self.online, self.versions, project, offline=self.offline,
                                   registry=self.registry)
         self.project = project
+        self.url = online_url
 
     def close(self) -> None:
         self.loop.run_until_complete(self.offline.close())
         self.loop.close()
-        keys = list(self.online.client.scan_iter(match=f"fs:{self.project}*", count=1000))
-        if keys:
-            self.online.client.delete(*keys)
+        delete_project_keys(self.url, self.project)
 
 
 @pytest.fixture
-def setup(servers, pg_schema, unique_name):
-    s = Setup(servers, unique_name("p"), pg_schema)
+def setup(servers, pg_schema, unique_name, online_url):
+    s = Setup(servers, unique_name("p"), pg_schema, online_url)
     yield s
     s.close()
 
@@ -195,8 +198,10 @@ def test_ttl_expiry_online_and_historical_defaults(setup: Setup) -> None:
     assert list(df.columns[:4]) == ["customer_id", "events_1h", "events_1h__status", "events_1h__event_time"]
 
 
-def test_online_equals_historical_real_worker(servers, topic_factory, unique_name, pg_schema) -> None:
+def test_online_equals_historical_real_worker(servers, topic_factory, unique_name, pg_schema, online_url) -> None:
     """Through Kafka and a real worker (tests/workers/support.py), then the same comparison."""
+    from types import SimpleNamespace
+
     import orjson
     from kafka import KafkaProducer
 
@@ -212,7 +217,9 @@ def test_online_equals_historical_real_worker(servers, topic_factory, unique_nam
     producer.flush()
     producer.close()
     project = unique_name("p")
-    worker = build_worker(servers, view, project, unique_name("g"), pg_schema, batch_size=50)
+    on = SimpleNamespace(kafka_bootstrap=servers.kafka_bootstrap, redis_url=online_url,
+                         postgres_dsn=servers.postgres_dsn)
+    worker = build_worker(on, view, project, unique_name("g"), pg_schema, batch_size=50)
     run_until(worker, len(events), timeout=25).join(30)
     assert worker.records_done == len(events)
 
@@ -220,7 +227,7 @@ def test_online_equals_historical_real_worker(servers, topic_factory, unique_nam
     repo._add(view, origin=Path(__file__))
     loop = asyncio.new_event_loop()
     offline = loop.run_until_complete(PostgresOfflineStore.create(servers.postgres_dsn, project, pg_schema))
-    online = RedisOnlineStore.from_url(servers.redis_url, project)
+    online = open_online_store(online_url, project)
     try:
         store = FeatureStore(repo, online, {view.name: 1}, project, offline=offline)
         last: dict[str, int] = {}
@@ -241,6 +248,4 @@ def test_online_equals_historical_real_worker(servers, topic_factory, unique_nam
     finally:
         loop.run_until_complete(offline.close())
         loop.close()
-        keys = list(online.client.scan_iter(match=f"fs:{project}*", count=1000))
-        if keys:
-            online.client.delete(*keys)
+        delete_project_keys(online_url, project)

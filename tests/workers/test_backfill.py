@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import math
 from collections import defaultdict
+from types import SimpleNamespace
 
 import orjson
 import pandas as pd
@@ -22,10 +23,11 @@ import pytest
 
 from featurestore.definitions import FileHistory
 from featurestore.offline.postgres import PostgresOfflineStore
-from featurestore.online import RedisOnlineStore
-from featurestore.online.redis import unpack_row
+from featurestore.online import RedisOnlineStore, open_online_store
 from tests.transforms.reference import Event, mismatches, reference_accept, reference_values as ref_values, value_scale
-from tests.workers.support import T0, build_worker, make_events, make_view, reference_values, run_until, send
+from tests.support import delete_project_keys
+from tests.workers.support import (T0, build_worker, make_events, make_view, online_values, reference_values, run_until,
+                                  send)
 from transforms import ViewState
 from workers import backfill as bf
 from workers.backfill import BackfillError, BackfillOptions, run_backfill
@@ -50,9 +52,9 @@ async def _with_store(servers, project, schema, fn):
         await store.close()
 
 
-def backfill(servers, view, project, schema, **options):
+def backfill(servers, view, project, schema, online_url=None, **options):
     pv = prepare_view(view, 1, project)
-    online = RedisOnlineStore.from_url(servers.redis_url, project)
+    online = open_online_store(online_url or servers.redis_url, project)
     opts = BackfillOptions(kafka_options={"bootstrap_servers": servers.kafka_bootstrap}, idle_timeout_s=5, **options)
 
     async def go(store):
@@ -253,9 +255,10 @@ def test_postgres_backfill_over_worker_event_log_equals_worker(servers, topic_fa
 
 
 def test_handoff_interrupted_before_the_offsets_then_a_worker_counts_nothing_twice(
-        servers, topic_factory, unique_name, redis_client, pg_schema, monkeypatch):
+        servers, topic_factory, unique_name, online_url, pg_schema, monkeypatch, request):
     """A hand-off that wrote the states but died before handing off the offsets: a worker started
-    anyway reads the topic from the start, and each backfilled state skips the events it holds."""
+    anyway reads the topic from the start, and each backfilled state skips the events it holds
+    (on one Redis and on a Redis Cluster)."""
     from workers import backfill as backfill_module
 
     topic = topic_factory(partitions=3)
@@ -269,27 +272,33 @@ def test_handoff_interrupted_before_the_offsets_then_a_worker_counts_nothing_twi
 
     monkeypatch.setattr(backfill_module._Backfill, "_commit_offsets", die)
     with pytest.raises(RuntimeError, match="killed before the offsets"):
-        backfill(servers, view, project, pg_schema, source="kafka", online=True, group=group, chunks=2)
+        backfill(servers, view, project, pg_schema, online_url, source="kafka", online=True, group=group, chunks=2)
     monkeypatch.undo()
-    online = RedisOnlineStore.from_url(servers.redis_url, project)
+    online = open_online_store(online_url, project)
+    request.addfinalizer(lambda: delete_project_keys(online_url, project))
     assert set(online.load_offsets(group).values()) <= {-1}  # nothing handed off (the fence writes -1: none)
-    assert list(redis_client.scan_iter(match=f"fs:{project}:{view.name}:v1:*"))  # but the states are written
+    assert online_values(online, project, view)  # but the states are written
 
     send(servers, topic, events[400:])
-    worker = build_worker(servers, view, project, group, pg_schema, batch_size=100)
+    worker = build_worker(on_url(servers, online_url), view, project, group, pg_schema, batch_size=100)
     run_until(worker, len(events)).join(90)
     assert worker.records_done == len(events)  # it read everything again ...
     letters = {s.labels["reason"]: s.value for m in worker.metrics.dead_letters.collect() for s in m.samples
                if s.name.endswith("_total") and s.value}
     assert letters == {}  # ... refused none as late or repeated ...
     expected = reference_values(view, events)  # ... and counted each event once
-    names = [s.name for s in view.agg_specs()]
-    got = {k.decode().rsplit(":", 1)[1]: dict(zip(names, orjson.loads(unpack_row(redis_client.hget(k, "v"))[0])))
-           for k in redis_client.scan_iter(match=f"fs:{project}:{view.name}:v1:*")}
+    got = online_values(online, project, view)
     assert_values_close({k: [v] for k, v in got.items()}, {k: [v] for k, v in expected.items()})
 
 
-def test_kafka_handoff_at_time_cutover_equals_streaming(servers, topic_factory, unique_name, redis_client, pg_schema):
+def on_url(servers, online_url: str):
+    """``servers`` with the online store at ``online_url``."""
+    return SimpleNamespace(kafka_bootstrap=servers.kafka_bootstrap, redis_url=online_url,
+                           postgres_dsn=servers.postgres_dsn)
+
+
+def test_kafka_handoff_at_time_cutover_equals_streaming(servers, topic_factory, unique_name, online_url, pg_schema,
+                                                        request):
     topic = topic_factory(partitions=3)
     view = make_view(topic)
     events = make_events(900, customers=20, seed=21)
@@ -300,25 +309,24 @@ def test_kafka_handoff_at_time_cutover_equals_streaming(servers, topic_factory, 
     project, group = unique_name("p"), unique_name("g")
     cut_time = first[450]["event_time"]
 
-    rep = backfill(servers, view, project, pg_schema, source="kafka", online=True, group=group, end_ms=cut_time,
-                   chunks=2)
+    request.addfinalizer(lambda: delete_project_keys(online_url, project))
+    rep = backfill(servers, view, project, pg_schema, online_url, source="kafka", online=True, group=group,
+                   end_ms=cut_time, chunks=2)
     assert rep.offsets_committed and rep.cutover
     covered = sum(off + 1 for off in rep.cutover.values())
     assert 0 < rep.events_read < len(first)
-    stored = RedisOnlineStore.from_url(servers.redis_url, project).load_offsets(group)
+    online = open_online_store(online_url, project)
+    stored = online.load_offsets(group)
     assert stored == rep.cutover
 
     send(servers, topic, rest)
-    worker = build_worker(servers, view, project, group, pg_schema, batch_size=100)
+    worker = build_worker(on_url(servers, online_url), view, project, group, pg_schema, batch_size=100)
     run_until(worker, len(events) + len(bad) - covered).join(90)
     assert worker.records_done == len(events) + len(bad) - covered
 
     # the online values equal a pure streaming run over every event, in production order
     expected = reference_values(view, events)
-    got = {}
-    for k in redis_client.scan_iter(match=f"fs:{project}:{view.name}:v1:*"):
-        names = [s.name for s in view.agg_specs()]
-        got[k.decode().rsplit(":", 1)[1]] = dict(zip(names, orjson.loads(unpack_row(redis_client.hget(k, "v"))[0])))
+    got = online_values(online, project, view)
     assert_values_close({k: [v] for k, v in got.items()}, {k: [v] for k, v in expected.items()})
 
     # the event log: every event once (the backfill's part and the worker's part), no duplicates
@@ -340,8 +348,8 @@ def test_kafka_handoff_at_time_cutover_equals_streaming(servers, topic_factory, 
 
     # a second hand-off over the same group is refused: the worker is ahead of a new cut-over
     with pytest.raises(BackfillError, match="already applied"):
-        backfill(servers, view, project, pg_schema, source="kafka", online=True, group=group, end_ms=cut_time - HOUR,
-                 chunks=2)
+        backfill(servers, view, project, pg_schema, online_url, source="kafka", online=True, group=group,
+                 end_ms=cut_time - HOUR, chunks=2)
 
 
 def test_wild_event_times_get_the_same_decision_online_and_offline(servers, topic_factory, unique_name, redis_client,

@@ -33,6 +33,8 @@ class ResetPlan:
     event_log_rows: int = 0
     segment_rows: int = 0
     rejects: int = 0
+    #: the event log and rejects are kept (``--online-only``): workers rebuild the states from the log
+    online_only: bool = False
 
     def lines(self) -> list[str]:
         out = [f"source {self.source!r} (topic {self.topic!r}):"]
@@ -43,27 +45,36 @@ class ResetPlan:
             out.append("  applied offsets: none stored")
         for view_key, n in sorted(self.states.items()):
             out.append(f"  {n} online states of view {view_key}")
-        out.append(f"  {self.event_log_rows} event-log rows, {self.segment_rows} event-log segment rows, "
-                   f"{self.rejects} rejects (dead letters kept in PostgreSQL)")
+        if self.online_only:
+            out.append(f"  the recorded partition counts of these views (Redis Cluster); the event log "
+                       f"({self.event_log_rows} rows, {self.segment_rows} in segments) is kept, and the source's "
+                       "workers rebuild every state from it when they start")
+        else:
+            out.append(f"  {self.event_log_rows} event-log rows, {self.segment_rows} event-log segment rows, "
+                       f"{self.rejects} rejects (dead letters kept in PostgreSQL)")
         return out
 
 
-async def aplan_reset(online, offline: OfflineStore, source: EventSource, view_keys: list[str]) -> ResetPlan:
+async def aplan_reset(online, offline: OfflineStore, source: EventSource, view_keys: list[str],
+                      online_only: bool = False) -> ResetPlan:
     """What ``areset_source`` deletes: the source's applied offsets in every consumer group, the
     online states of ``view_keys`` (every registered version of the source's views), its event
-    log and its rejects."""
+    log and its rejects (``online_only``: not these two)."""
     plan = ResetPlan(source.name, source.topic, offsets=online.topic_offsets(source.topic),
-                     states={vk: online.count_view(vk) for vk in view_keys})
+                     states={vk: online.count_view(vk) for vk in view_keys}, online_only=online_only)
     counts = await offline.source_footprint(source)
     plan.event_log_rows, plan.segment_rows, plan.rejects = (counts["event_log_rows"], counts["segment_rows"],
                                                              counts["rejects"])
     return plan
 
 
-async def areset_source(online, offline: OfflineStore, source: EventSource, view_keys: list[str]) -> None:
+async def areset_source(online, offline: OfflineStore, source: EventSource, view_keys: list[str],
+                        online_only: bool = False) -> None:
     """Delete what ``aplan_reset`` lists.  The offsets go first: a worker that commits meanwhile is
     fenced (its offsets compare-and-set fails) and reloads."""
     online.forget_topic(source.topic)
     for view_key in view_keys:
         online.delete_view(view_key)
-    await offline.reset_source(source)
+        online.forget_partitions(view_key)
+    if not online_only:
+        await offline.reset_source(source)

@@ -21,6 +21,11 @@ def register(subparsers) -> None:
     p.add_argument("--repo", help="feature repository (file or folder); default: the bundled example")
     p.add_argument("--source", required=True, help="the event source to start over")
     p.add_argument("--yes", action="store_true", help="delete without asking (after printing what is deleted)")
+    p.add_argument("--online-only", action="store_true",
+                   help="keep the event log and rejects: delete the online states, the topic's applied offsets and "
+                        "(Redis Cluster) the views' recorded partition counts, so that the source's workers rebuild "
+                        "every state from the event log when they start (after the topic gained partitions on a "
+                        "Redis Cluster; docs/redis-cluster.md)")
     p.set_defaults(handler=run_reset)
 
 
@@ -35,7 +40,7 @@ def run_reset(args) -> int:
     async def go() -> int:
         offline = await rt.offline()
         try:
-            plan = await aplan_reset(online, offline, source, view_keys)
+            plan = await aplan_reset(online, offline, source, view_keys, args.online_only)
             print("featurestore reset will delete:")
             for line in plan.lines():
                 print(line)
@@ -46,8 +51,11 @@ def run_reset(args) -> int:
                 if input("delete? [y/N] ").strip().lower() not in ("y", "yes"):
                     print("nothing deleted")
                     return 1
-            await areset_source(online, offline, source, view_keys)
-            print(f"source {source.name!r} reset: its workers read topic {source.topic!r} from its start")
+            await areset_source(online, offline, source, view_keys, args.online_only)
+            if args.online_only:
+                print(f"source {source.name!r}: online states deleted; its workers rebuild them from the event log")
+            else:
+                print(f"source {source.name!r} reset: its workers read topic {source.topic!r} from its start")
             return 0
         finally:
             await offline.close()

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fnmatch
 import time
 from collections import defaultdict
 from urllib.parse import urlsplit, urlunsplit
@@ -116,9 +117,10 @@ class RedisClusterOnlineStore(RedisOnlineStore):
             if int(got) != n:
                 raise ConfigurationError(
                     f"view {view_key}: its topic has {n} partitions, but the online store's keys were placed "
-                    f"for {int(got)} (Redis Cluster places each entity by its Kafka partition). Rebuild the "
-                    f"view's online states for the new count: `featurestore reset --source NAME` and a "
-                    f"backfill with --online (docs/redis-cluster.md, when the partition count changes)")
+                    f"for {int(got)} (Redis Cluster places each entity by its Kafka partition). Stop the "
+                    f"source's workers and run `featurestore reset --source NAME --online-only`: the workers "
+                    f"started next rebuild the states from the event log at the new count "
+                    f"(docs/redis-cluster.md, when the partition count changes)")
             self._partitions[view_key] = n
 
     def partitions_of(self, view_key: str) -> int | None:
@@ -284,12 +286,16 @@ class RedisClusterOnlineStore(RedisOnlineStore):
 
     # -- writing -----------------------------------------------------------------
     def ensure_epoch(self, epoch: str) -> str:
-        """Set every slot group's marker that is missing to ``epoch``; returns the markers (one token)."""
+        """Set every slot group's marker that is missing to ``epoch``, and every partition count this store
+        knows (recorded or read) that is missing from ``fs:{p}:partitions`` (lost with the data of the master
+        holding it: readers would place every key in no slot group); returns the markers (one token)."""
         n = self.groups
         if n == 0:
             return epoch
         keys = [self.group_epoch_key(h) for h in range(n)]
-        self._raise_any(self._send([(k, ("SET", k, epoch, "NX")) for k in keys]))
+        counts = [(self.partitions_key, ("HSETNX", self.partitions_key, view_key, count))
+                  for view_key, count in self._partitions.items()]
+        self._raise_any(self._send([(k, ("SET", k, epoch, "NX")) for k in keys] + counts))
         return self.epoch() or epoch
 
     def epoch(self) -> str | None:
@@ -419,6 +425,14 @@ class RedisClusterOnlineStore(RedisOnlineStore):
         replies = self._send([(k, ("HMGET", k, "v", "w", "u")) for k in full])
         return [self._values_of(r) for r in replies]
 
+    def forget_partitions(self, view_key: str) -> None:
+        """Forget the recorded partition counts of ``view_key`` (a glob, ``p:view:v*``): the next writer
+        records its topic's count anew."""
+        names = [k for k in self.client.hkeys(self.partitions_key) if fnmatch.fnmatchcase(k.decode(), view_key)]
+        if names:
+            self.client.hdel(self.partitions_key, *names)
+        self._partitions = {k: n for k, n in self._partitions.items() if not fnmatch.fnmatchcase(k, view_key)}
+
     def scan_view(self, view_key: str):
         return self._scan_batches(self._view_pattern(view_key))
 
@@ -426,10 +440,9 @@ class RedisClusterOnlineStore(RedisOnlineStore):
         return f"fs:{{{self.project}#*}}:{view_key}:*"
 
     def _scan_batches(self, pattern: str, size: int = 500):
-        marker = "}:" + pattern.split("}:", 1)[1].rstrip("*")  # what follows the tag: the view key
+        tail = pattern.split("}:", 1)[1]  # what follows the tag: the view key (a glob) and the entity
         for batch in super()._scan_batches(pattern, size):
-            kept = [k for k in batch if (k.decode() if isinstance(k, bytes) else k).split("}", 1)[1].startswith(
-                marker[1:])]
+            kept = [k for k in batch if fnmatch.fnmatchcase(k.decode().split("}:", 1)[1], tail)]
             if kept:
                 yield kept
 

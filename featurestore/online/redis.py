@@ -420,6 +420,9 @@ class RedisOnlineStore(CoordinationMixin):
         """Entities stored for one view version (SCAN)."""
         return sum(len(batch) for batch in self.scan_view(view_key))
 
+    def forget_partitions(self, view_key: str) -> None:
+        """Forget the recorded partition counts of ``view_key`` (a glob): one node records none."""
+
     def scan_view(self, view_key: str):
         """The full keys of one view version's states, in batches (SCAN)."""
         return self._scan_batches(f"fs:{view_key}:*")

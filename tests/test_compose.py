@@ -128,7 +128,8 @@ def test_feature_servers_listen_on_every_interface_with_replicas() -> None:
     args = build_parser().parse_args(serve["command"])
     assert (args.command, args.host, args.port) == ("serve", "0.0.0.0", 6566)
     assert serve["deploy"]["replicas"] == 2 and "/readyz" in " ".join(serve["healthcheck"]["test"])
-    assert serve["environment"]["FEATURESTORE_REDIS_URL"] == "redis://redis:6379/0"  # the shared server settings
+    # the shared server settings (the Redis URL overridable: the redis-cluster profile)
+    assert serve["environment"]["FEATURESTORE_REDIS_URL"] == "${FEATURESTORE_REDIS_URL:-redis://redis:6379/0}"
 
 
 def test_spark_profile_runs_the_official_image() -> None:
@@ -160,3 +161,23 @@ def test_spark_profile_runs_the_official_image() -> None:
     assert "libpostgresql-jdbc-java" in project_image  # the driver's JDBC jar, at the default path
     args = build_parser().parse_args(driver["command"])
     assert (args.engine, args.source, args.spark_master) == ("spark", "postgres", "spark://spark-master:7077")
+
+
+def test_redis_cluster_profile_runs_three_masters_the_stack_can_point_at() -> None:
+    """The `redis-cluster` profile: three cluster-enabled masters of the official image with the online store's
+    Redis settings, a one-shot job creating the cluster, and the stack's Redis URL overridable to it."""
+    compose = _load_compose(COMPOSE_FILE.read_text())
+    services = compose["services"]
+    nodes = [services[f"redis-node-{i}"] for i in (1, 2, 3)]
+    for node in nodes:
+        assert node["profiles"] == ["redis-cluster"] and node["image"].startswith("redis:")
+        command = node["command"]
+        assert command[command.index("--cluster-enabled") + 1] == "yes"
+        assert command[command.index("--hash-max-listpack-value") + 1] == "8192"
+        assert command[command.index("--maxmemory-policy") + 1] == "noeviction"
+    create = services["redis-cluster-create"]
+    script = create["entrypoint"][-1]
+    assert "--cluster create" in script and script.count(":6379") == 3 and "--cluster-replicas 0" in script
+    assert set(create["depends_on"]) == {"redis-node-1", "redis-node-2", "redis-node-3"}
+    assert compose["services"]["worker"]["environment"]["FEATURESTORE_REDIS_URL"] == \
+        "${FEATURESTORE_REDIS_URL:-redis://redis:6379/0}"

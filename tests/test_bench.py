@@ -49,6 +49,45 @@ def test_every_benchmark_runs_and_reports(servers) -> None:
     assert report["benchmarks"]["online"]["report"]["read_100_entities"]["n"] == 1000
 
 
+#: ``--redis-cluster`` runs (a local 3-master cluster started by the benchmark, beside the single Redis): tiny
+#: sizes, and what the report must hold for each store and side by side
+CLUSTER_RUNS = {
+    "online": (["--reads", "100", "--entities", "50"],
+               ("single_node", "cluster", "ratio_cluster_vs_single", "goal_cluster_100_entities",
+                "meets_goal_cluster_100")),
+    "worker": (["--events", "2000", "--customers", "100"],
+               ("single_node", "cluster", "ratio_cluster_vs_single", "floors_events_per_s")),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CLUSTER_RUNS))
+def test_benchmark_with_redis_cluster_reports_both_stores(servers, name: str) -> None:
+    args, keys = CLUSTER_RUNS[name]
+    env = {**os.environ, "FEATURESTORE_KAFKA_BOOTSTRAP_SERVERS": servers.kafka_bootstrap,
+           "FEATURESTORE_REDIS_URL": servers.redis_url, "FEATURESTORE_POSTGRES_DSN": servers.postgres_dsn}
+    done = subprocess.run([sys.executable, "-m", f"bench.bench_{name}", "--redis-cluster", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-4000:]
+    report = json.loads(done.stdout)
+    assert set(keys) <= set(report), sorted(report)
+    assert report["redis_cluster"] is True and report["cluster"]["layout"]["masters"] == 3
+    figures = ("read_1_entity", "raw_hmget_floor", "read_100_entities", "raw_hmget_100_entities_floor") \
+        if name == "online" else ("end_to_end_events_per_s", "ceiling_events_per_s", "redis_hset_pipelined_floor")
+    assert set(figures) <= set(report["ratio_cluster_vs_single"]), sorted(report["ratio_cluster_vs_single"])
+    if name == "online":
+        for side in ("single_node", "cluster"):
+            assert report[side]["read_100_entities"]["n"] == 1000
+            assert report[side]["read_1_entity"]["n"] == 100
+        assert isinstance(report["meets_goal_cluster_100"], bool)
+        assert report["ratio_cluster_vs_single"]["read_100_entities"]["p99"] > 0
+        assert report["cluster"]["layout"]["partitions_per_view"] == 12
+    else:
+        for side in ("single_node", "cluster"):  # every event went through each store's worker, and its ceiling
+            assert report[side]["worker"]["records_committed"] > 0
+            assert report[side]["ceiling_without_transforms"]["records_committed"] > 0
+            assert isinstance(report[side]["meets_goal"], bool)
+
+
 def test_unknown_benchmark_is_named() -> None:
     done = subprocess.run([sys.executable, str(ROOT / "bench" / "run_all.py"), "nosuch"], cwd=ROOT,
                           capture_output=True, text=True, timeout=60)

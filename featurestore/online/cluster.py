@@ -75,7 +75,17 @@ def redis_py_url(url: str) -> str:
 
 def home_partition(key: str, partitions: int) -> int:
     """The partition Kafka's default partitioner gives the message key ``key`` (UTF-8) among ``partitions``."""
-    return (murmur2(key.encode("utf-8", "surrogatepass")) & 0x7FFFFFFF) % partitions
+    return key_hash(key) % partitions
+
+
+def key_hash(key: str) -> int:
+    """Kafka's default partitioner's hash of the message key ``key`` (murmur2 of its UTF-8 bytes, positive)."""
+    return murmur2(key.encode("utf-8", "surrogatepass")) & 0x7FFFFFFF
+
+
+#: entities whose key hash a store keeps (kafka-python's murmur2 is Python: ~1.2 µs a key, paid per view
+#: and read without it); past this many the table starts over
+HASHES_KEPT = 262_144
 
 
 class RedisClusterOnlineStore(RedisOnlineStore):
@@ -89,6 +99,7 @@ class RedisClusterOnlineStore(RedisOnlineStore):
                                      "(they delimit the keys' hash tags)")
         super().__init__(client, project, url)
         self._partitions: dict[str, int] = {}  # view key -> partition count of its topic, as recorded
+        self._hashes: dict[str, int] = {}  # entity key -> key_hash (HASHES_KEPT at most)
 
     @classmethod
     def from_url(cls, url: str, project: str) -> "RedisClusterOnlineStore":
@@ -141,13 +152,15 @@ class RedisClusterOnlineStore(RedisOnlineStore):
         return max(self._partitions.values(), default=0)
 
     def group_of(self, view_key: str, key: str) -> int:
+        """The slot group of ``key``'s state of ``view_key`` (its home partition)."""
         n = self.partitions_of(view_key)
         if n is None:
             raise ConfigurationError(
                 f"view {view_key}: no partition count is recorded for its topic, and Redis Cluster places each "
-                "entity by its Kafka partition: start a worker of the source once (it records the count), or "
-                "record it with `featurestore apply` after the topic exists (docs/redis-cluster.md)")
-        return home_partition(key, n)
+                "entity by its Kafka partition: set FEATURESTORE_KAFKA_BOOTSTRAP_SERVERS (writers then read it "
+                "from the broker), or start a worker of the source once (docs/redis-cluster.md)")
+        h = self._hashes.get(key)
+        return (key_hash(key) if h is None else h) % n
 
     def entity_keys(self, view_key: str, keys: list[str]) -> list[str]:
         """The full keys of ``keys``' states of ``view_key`` (an unrecorded view: keys no state has)."""
@@ -156,10 +169,21 @@ class RedisClusterOnlineStore(RedisOnlineStore):
             tag = self.tag(-1)
             return [f"fs:{tag}:{view_key}:{k}" for k in keys]
         tags = [self.tag(h) for h in range(n)]
-        return [f"fs:{tags[home_partition(k, n)]}:{view_key}:{k}" for k in keys]
+        hashes = self._hashes
+        if len(hashes) > HASHES_KEPT:
+            hashes.clear()
+        get = hashes.get
+        out = []
+        for k in keys:
+            h = get(k)
+            if h is None:
+                h = hashes[k] = key_hash(k)
+            out.append(f"fs:{tags[h % n]}:{view_key}:{k}")
+        return out
 
-    def record_key(self, view_key: str, key: str) -> str:
-        return f"fs:{self.tag(self.group_of(view_key, key))}:{view_key}:{key}"
+    def entity_key(self, view_key: str, key: str) -> str:  # type: ignore[override]
+        """The full key of one entity's state (``entity_keys``; one node's layout has no tag)."""
+        return self.entity_keys(view_key, [key])[0]
 
     def offsets_key(self, group: str, slot_group: int = 0) -> str:  # type: ignore[override]
         return f"fs:{self.tag(slot_group)}:offsets:{group}"
@@ -191,18 +215,19 @@ class RedisClusterOnlineStore(RedisOnlineStore):
                     node = self.client.get_node_from_key(commands[i][0])
                 nodes[node.name] = node
                 by_node[node.name].append(i)
-            sent = []
+            sent: list = []
+            complete = False  # every reply read: the connections can be reused
             try:
                 for name, idx in by_node.items():
                     pool = nodes[name].redis_connection.connection_pool
                     conn = pool.get_connection()
+                    sent.append((pool, conn, idx))
                     packed = []
                     for i in idx:
                         if i in asking:
                             packed.append(hiredis.pack_command(("ASKING",)))
                         packed.append(hiredis.pack_command(commands[i][1]))
                     conn.send_packed_command(packed)
-                    sent.append((pool, conn, idx))
                 retry, refresh, wait = [], False, False
                 for pool, conn, idx in sent:
                     for i in idx:
@@ -233,13 +258,14 @@ class RedisClusterOnlineStore(RedisOnlineStore):
                             retry.append(i)
                         except redis.exceptions.ResponseError as exc:
                             replies[i] = exc
+                complete = True
             except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError):
-                for pool, conn, _ in sent:
-                    conn.disconnect()
                 self._refresh()  # a master down or replaced: the map may have changed
                 raise
             finally:
                 for pool, conn, _ in sent:
+                    if not complete:  # replies left unread (an error, an interruption): never reused
+                        conn.disconnect()
                     pool.release(conn)
             if not retry:
                 return replies

@@ -27,7 +27,7 @@ class ResetChecksMixin:
     def _verify_assigned(self) -> None:
         """Resume the assigned partitions whose last applied record the broker still holds; a
         partition that lost it is a topic reset (``workers.topic_reset``)."""
-        tps, self._to_verify = self._to_verify, []
+        tps = list(self._to_verify)  # kept until checked: an outage here leaves them to the retry
         stored = self.online.load_offsets(self.config.group)
         try:
             ends = self.consumer.end_offsets(tps)
@@ -53,10 +53,12 @@ class ResetChecksMixin:
             if reset is None:
                 good.append(tp)
             elif not self._on_topic_reset(reset):
+                self._to_verify = []
                 return
             else:
                 started_over.add(tp.topic)
                 good.append(tp)
+        self._to_verify = [tp for tp in self._to_verify if tp not in tps]
         for tp in good:  # from the next record to apply (also after a suspected rewind)
             if partition_name(tp) in self.applied:
                 self.consumer.seek(tp, self.applied[partition_name(tp)] + 1)

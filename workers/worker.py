@@ -246,8 +246,8 @@ class Worker(IsolationMixin, RecoveryMixin, MembershipMixin, ResetChecksMixin, R
         self.start()
         try:
             while not self.stopping:
-                if self._to_verify:
-                    self._verify_assigned()
+                if self._to_verify:  # a store outage meanwhile is retried as a batch's is
+                    self.retry.call(self._verify_assigned, on_error=self._after_failure)
                     if self.stopping:
                         break
                 batch = self.consumer.poll(timeout_ms=self.config.poll_timeout_ms)

@@ -20,7 +20,7 @@ import shutil
 import signal
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterable, Sequence
 from urllib.parse import urlsplit
@@ -29,6 +29,7 @@ from featurestore.dev.servers import (
     CHECK_TIMEOUT_S,
     LOOPBACK,
     RECOMMENDED_HASH_VALUE_BYTES,
+    SERVERS,
     ServerSpec,
     CHILDREN,
     _popen,
@@ -39,7 +40,7 @@ from featurestore.dev.servers import (
     proc_stat,
 )
 from featurestore.exceptions import StackError
-from featurestore.online.cluster import CLUSTER_SCHEMES, redis_py_url
+from featurestore.online.slots import CLUSTER_SCHEMES, redis_py_url
 
 __all__ = [
     "CLUSTER_SCHEME", "CLUSTER_SLOTS", "DEFAULT_NODES", "DATA_FOLDER", "NODE", "ClusterNode",
@@ -310,3 +311,27 @@ def cluster_url(ports: Sequence[int]) -> str:
 
 #: A cluster node as a server of the embedded stack: its data in ``<stack>/redis-cluster/<port>``.
 NODE = ServerSpec("redis-node", start_node, _node_url, check_node)
+#: the stack's servers that replace the single ``redis`` with ``EmbeddedStack.up(redis_cluster=True)``
+CLUSTER_NODES = tuple(node_name(index) for index in range(1, DEFAULT_NODES + 1))
+
+
+def stack_names(redis_cluster: bool) -> list[str]:
+    """The stack's servers in start order: the cluster's nodes take the single Redis' place."""
+    if not redis_cluster:
+        return list(SERVERS)
+    names: list[str] = []
+    for name in SERVERS:
+        names.extend(CLUSTER_NODES if name == "redis" else (name,))
+    return names
+
+
+def server_spec(name: str) -> ServerSpec:
+    return replace(NODE, name=name) if name in CLUSTER_NODES else SERVERS[name]
+
+
+def recorded_cluster(records: dict) -> bool | None:
+    """True when the stack's *records* (server name -> record) hold a Redis Cluster, False when a single
+    Redis, None when neither."""
+    if any(name in records for name in CLUSTER_NODES):
+        return True
+    return False if "redis" in records else None

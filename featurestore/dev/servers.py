@@ -13,6 +13,8 @@ The local Redis Cluster that can replace the single Redis is in ``featurestore.d
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import os
 import signal
 import socket
@@ -25,7 +27,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-__all__ = ["ServerSpec", "SERVERS", "free_port", "port_is_free", "port_answers"]
+from featurestore.exceptions import StackError
+
+__all__ = ["CHILDREN", "ServerSpec", "SERVERS", "free_port", "is_running", "log_tail", "port_is_free", "port_answers",
+           "proc_stat", "stop_process"]
+
+logger = logging.getLogger(__name__)
 
 LOOPBACK = "127.0.0.1"
 CHECK_TIMEOUT_S = 3.0
@@ -81,6 +88,62 @@ def is_running(pid: int, proc_start: int | None = None) -> bool:
     if state in ("Z", "X"):  # exited; an init that does not reap leaves it as a zombie
         return False
     return proc_start is None or start == proc_start
+
+
+def children(pid: int) -> list[int]:
+    """Direct children of *pid* (Linux /proc only; empty elsewhere)."""
+    kids = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            raw = (entry / "stat").read_text()
+        except OSError:
+            continue
+        if int(raw[raw.rfind(")") + 2:].split()[1]) == pid:
+            kids.append(int(entry.name))
+    return kids
+
+
+def wait_gone(pid: int, proc_start: int | None, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while is_running(pid, proc_start):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def send_signal(pid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, sig)
+
+
+def stop_process(rec, spec: ServerSpec) -> None:
+    """Stop exactly the recorded process (and, for postgres, wait for its children)."""
+    if not is_running(rec.pid, rec.proc_start):
+        logger.info("%s (pid %s) already stopped", rec.name, rec.pid)
+        return
+    kids = children(rec.pid) if spec.kill_children else []
+    logger.info("stopping %s (pid %s) with %s", rec.name, rec.pid, signal.Signals(spec.stop_signal).name)
+    send_signal(rec.pid, spec.stop_signal)
+    if not wait_gone(rec.pid, rec.proc_start, spec.stop_timeout_s):
+        logger.warning("%s (pid %s) did not stop in %.0f s; killing", rec.name, rec.pid, spec.stop_timeout_s)
+        send_signal(rec.pid, signal.SIGKILL)
+        if not wait_gone(rec.pid, rec.proc_start, 5.0):
+            raise StackError(f"could not stop {rec.name} (pid {rec.pid})")
+    for kid in kids:
+        kid_stat = proc_stat(kid)
+        kid_start = kid_stat[1] if kid_stat else None
+        if not wait_gone(kid, kid_start, 5.0):
+            send_signal(kid, signal.SIGKILL)
+            wait_gone(kid, kid_start, 5.0)
+
+
+def log_tail(path: str | Path, lines: int = 15) -> str:
+    try:
+        text = Path(path).read_text(errors="replace")
+    except OSError:
+        return "(no log)"
+    return "\n".join(text.splitlines()[-lines:])
 
 
 def free_port() -> int:

@@ -23,27 +23,27 @@ import json
 import logging
 import os
 import shutil
-import signal
 import subprocess
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
 from featurestore.dev.cluster import (
+    CLUSTER_NODES,
     DATA_FOLDER as CLUSTER_DATA_FOLDER,
-    DEFAULT_NODES,
-    NODE,
     cluster_url,
     create_cluster,
     free_cluster_port,
-    node_name,
     port_usable,
 )
+from featurestore.dev.cluster import recorded_cluster as _recorded_cluster, server_spec as _spec, stack_names as _names
 from featurestore.dev.servers import CHILDREN as _CHILDREN
 from featurestore.dev.servers import SERVERS, ServerSpec, free_port, port_answers, port_is_free
 from featurestore.dev.servers import is_running as _is_running
 from featurestore.dev.servers import proc_stat as _proc_stat
+from featurestore.dev.servers import log_tail as _log_tail
+from featurestore.dev.servers import stop_process as _stop_process
 from featurestore.exceptions import StackError
 from featurestore.settings import Settings
 
@@ -56,7 +56,6 @@ _POLL_S = 0.2
 #: Folders of ``stack/`` holding server data (the broker keeps none): removed by ``down`` unless kept.
 DATA_FOLDERS = ("redis", CLUSTER_DATA_FOLDER, "pgdata")
 #: the servers of the Redis Cluster that replaces the single ``redis`` with ``up(redis_cluster=True)``
-CLUSTER_NODES = tuple(node_name(index) for index in range(1, DEFAULT_NODES + 1))
 _PORT_RELEASE_S = 2.0  # how long a dead server's port may stay held before it is given up
 
 
@@ -101,87 +100,8 @@ class StackInfo:
                 for name, (old, new) in self.moved.items()]
 
 
-def _names(redis_cluster: bool) -> list[str]:
-    """The stack's servers in start order: the cluster's nodes take the single Redis' place."""
-    if not redis_cluster:
-        return list(SERVERS)
-    names: list[str] = []
-    for name in SERVERS:
-        names.extend(CLUSTER_NODES if name == "redis" else (name,))
-    return names
-
-
-def _spec(name: str) -> ServerSpec:
-    return replace(NODE, name=name) if name in CLUSTER_NODES else SERVERS[name]
-
-
-def _recorded_cluster(records: dict[str, ServerRecord]) -> bool | None:
-    """True when *records* hold a Redis Cluster, False when a single Redis, None when neither."""
-    if any(name in records for name in CLUSTER_NODES):
-        return True
-    return False if "redis" in records else None
-
-
 def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-
-
-# --- process helpers ----------------------------------------------------------
-
-def _children(pid: int) -> list[int]:
-    """Direct children of *pid* (Linux /proc only; empty elsewhere)."""
-    kids = []
-    for entry in Path("/proc").glob("[0-9]*"):
-        try:
-            raw = (entry / "stat").read_text()
-        except OSError:
-            continue
-        if int(raw[raw.rfind(")") + 2:].split()[1]) == pid:
-            kids.append(int(entry.name))
-    return kids
-
-
-def _wait_gone(pid: int, proc_start: int | None, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while _is_running(pid, proc_start):
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.05)
-    return True
-
-
-def _signal(pid: int, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, sig)
-
-
-def _stop_process(rec: ServerRecord, spec: ServerSpec) -> None:
-    """Stop exactly the recorded process (and, for postgres, wait for its children)."""
-    if not _is_running(rec.pid, rec.proc_start):
-        logger.info("%s (pid %s) already stopped", rec.name, rec.pid)
-        return
-    kids = _children(rec.pid) if spec.kill_children else []
-    logger.info("stopping %s (pid %s) with %s", rec.name, rec.pid, signal.Signals(spec.stop_signal).name)
-    _signal(rec.pid, spec.stop_signal)
-    if not _wait_gone(rec.pid, rec.proc_start, spec.stop_timeout_s):
-        logger.warning("%s (pid %s) did not stop in %.0f s; killing", rec.name, rec.pid, spec.stop_timeout_s)
-        _signal(rec.pid, signal.SIGKILL)
-        if not _wait_gone(rec.pid, rec.proc_start, 5.0):
-            raise StackError(f"could not stop {rec.name} (pid {rec.pid})")
-    for kid in kids:
-        kid_stat = _proc_stat(kid)
-        kid_start = kid_stat[1] if kid_stat else None
-        if not _wait_gone(kid, kid_start, 5.0):
-            _signal(kid, signal.SIGKILL)
-            _wait_gone(kid, kid_start, 5.0)
-
-
-def _log_tail(path: str | Path, lines: int = 15) -> str:
-    try:
-        text = Path(path).read_text(errors="replace")
-    except OSError:
-        return "(no log)"
-    return "\n".join(text.splitlines()[-lines:])
 
 
 # --- the stack ------------------------------------------------------------------
@@ -267,28 +187,7 @@ class EmbeddedStack:
             started: dict[str, subprocess.Popen] = {}
             dead: dict[str, ServerRecord] = {}
             moved: dict[str, tuple[int, int]] = {}
-            for name, spec in SERVERS.items():
-                if name == "redis" and redis_cluster:
-                    continue
-                rec = records.get(name)
-                if rec is not None and _is_running(rec.pid, rec.proc_start):
-                    continue
-                if rec is None:
-                    port = free_port()
-                else:
-                    dead[name] = rec
-                    port = rec.port if port_is_free(rec.port, _PORT_RELEASE_S) else free_port()
-                    if port != rec.port:
-                        moved[name] = (rec.port, port)
-                    logger.warning("%s (pid %s) is no longer running; restarting it on port %s", name, rec.pid, port)
-                proc = self._start(spec, port)
-                started[name] = proc
-                records[name] = rec = ServerRecord(
-                    name=name, pid=proc.pid, port=port, url=spec.url(port),
-                    started_at=_now(), log=str(self.folder / f"{name}.log"),
-                    proc_start=(_proc_stat(proc.pid) or (None, None))[1],
-                )
-                logger.info("started %s (pid %s) on port %s", name, rec.pid, rec.port)
+            self._start_missing(records, redis_cluster, started, dead, moved)
             new_cluster = redis_cluster and self._start_cluster_nodes(records, started, dead, moved)
             records = {name: records[name] for name in _names(redis_cluster) if name in records}
             self._save(started_at, records)  # recorded before waiting, so `down` can always clean up
@@ -311,6 +210,33 @@ class EmbeddedStack:
             info = self._info(started_at, records)
             info.moved = moved
             return info
+
+    def _start_missing(self, records: dict[str, ServerRecord], redis_cluster: bool,
+                       started: dict[str, subprocess.Popen], dead: dict[str, ServerRecord],
+                       moved: dict[str, tuple[int, int]]) -> None:
+        """Start the servers (the cluster's nodes aside) that are not running, on their recorded port when free."""
+        for name, spec in SERVERS.items():
+            if name == "redis" and redis_cluster:
+                continue
+            rec = records.get(name)
+            if rec is not None and _is_running(rec.pid, rec.proc_start):
+                continue
+            if rec is None:
+                port = free_port()
+            else:
+                dead[name] = rec
+                port = rec.port if port_is_free(rec.port, _PORT_RELEASE_S) else free_port()
+                if port != rec.port:
+                    moved[name] = (rec.port, port)
+                logger.warning("%s (pid %s) is no longer running; restarting it on port %s", name, rec.pid, port)
+            proc = self._start(spec, port)
+            started[name] = proc
+            records[name] = rec = ServerRecord(
+                name=name, pid=proc.pid, port=port, url=spec.url(port),
+                started_at=_now(), log=str(self.folder / f"{name}.log"),
+                proc_start=(_proc_stat(proc.pid) or (None, None))[1],
+            )
+            logger.info("started %s (pid %s) on port %s", name, rec.pid, rec.port)
 
     def _start_cluster_nodes(self, records: dict[str, ServerRecord], started: dict[str, subprocess.Popen],
                              dead: dict[str, ServerRecord], moved: dict[str, tuple[int, int]]) -> bool:

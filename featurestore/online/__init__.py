@@ -1,7 +1,8 @@
 """Online store: per-entity transform state and ready values, read at request time."""
 
 from .base import OnlineRecord, OnlineStore
-from .cluster import RedisClusterOnlineStore, is_cluster_url, redis_py_url
+from .cluster import RedisClusterOnlineStore
+from .slots import is_cluster_url, redis_py_url
 from .redis import CommitResult, RedisOnlineStore
 
 __all__ = ["CommitResult", "OnlineRecord", "OnlineStore", "RedisClusterOnlineStore", "RedisOnlineStore",

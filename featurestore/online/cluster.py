@@ -20,68 +20,26 @@ epoch.  A worker killed between two scripts leaves the earlier ones written and 
 partitions' offsets where they were; the replay skips per state the events it applied
 (``OnlineRecord.applied``), exactly as between two chunks on one node.
 
-Commands go to the master of their slot (redis-py's slot map), the reads of one request to every
-master at once; MOVED refreshes the map and ASK follows a slot in migration.
+Commands go to the master of their slot, the reads of one request to every master at once
+(``featurestore.online.slots``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import fnmatch
-import time
 from collections import defaultdict
-from urllib.parse import urlsplit, urlunsplit
 
-import hiredis
 import redis
-from kafka.partitioner.default import murmur2
 
-from ..exceptions import ConfigurationError, StoreUnavailableError
+from ..exceptions import ConfigurationError
 from .base import OnlineRecord
 from .redis import CommitResult, RedisOnlineStore, _request_time, out_of_memory
+from .slots import SlotRouter, key_hash, redis_py_url
 
-__all__ = ["CLUSTER_SCHEMES", "RedisClusterOnlineStore", "home_partition", "is_cluster_url", "redis_py_url"]
+__all__ = ["RedisClusterOnlineStore"]
 
-CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")  # rediss: TLS
-REDIRECT_DEADLINE_S = 10.0  # how long MOVED, ASK, TRYAGAIN and CLUSTERDOWN are followed before an error
 _LOAD_CHUNK = 1000
-
-
-def is_cluster_url(url: str) -> bool:
-    return urlsplit(url).scheme.lower() in CLUSTER_SCHEMES
-
-
-def redis_py_url(url: str) -> str:
-    """The URL ``redis.RedisCluster.from_url`` takes for *url*: ``redis+cluster://[user:pw@]host:port[/0]``
-    becomes ``redis://[user:pw@]host:port`` (``rediss+cluster`` becomes ``rediss``); of several comma-separated
-    seeds the first is kept; the query stays.  ``redis://`` and ``rediss://`` URLs are returned unchanged.
-
-    Raises ValueError for another scheme, a missing host, or a database other than 0 (a cluster has only 0)."""
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
-    if scheme in ("redis", "rediss"):
-        return url
-    if scheme not in CLUSTER_SCHEMES:
-        raise ValueError(f"not a Redis Cluster URL (expected {CLUSTER_SCHEMES[0]}://host:port): {url!r}")
-    userinfo, at, hosts = parts.netloc.rpartition("@")
-    seed = hosts.split(",")[0].strip()
-    if not seed:
-        raise ValueError(f"no host in Redis Cluster URL {url!r}")
-    if parts.path.strip("/") not in ("", "0"):
-        raise ValueError(f"a Redis Cluster has database 0 only, not {parts.path.strip('/')!r}: {url!r}")
-    return urlunsplit((scheme.split("+")[0], f"{userinfo}{at}{seed}", "", parts.query, parts.fragment))
-
-
-def home_partition(key: str, partitions: int) -> int:
-    """The partition Kafka's default partitioner gives the message key ``key`` (UTF-8) among ``partitions``."""
-    return key_hash(key) % partitions
-
-
-def key_hash(key: str) -> int:
-    """Kafka's default partitioner's hash of the message key ``key`` (murmur2 of its UTF-8 bytes, positive)."""
-    return murmur2(key.encode("utf-8", "surrogatepass")) & 0x7FFFFFFF
-
 
 #: entities whose key hash a store keeps (kafka-python's murmur2 is Python: ~1.2 µs a key, paid per view
 #: and read without it); past this many the table starts over
@@ -98,6 +56,7 @@ class RedisClusterOnlineStore(RedisOnlineStore):
             raise ConfigurationError(f"project {project!r}: a project name for Redis Cluster holds no braces "
                                      "(they delimit the keys' hash tags)")
         super().__init__(client, project, url)
+        self.router = SlotRouter(client, (self._commit, self._read_packed, self._load_states))
         self._partitions: dict[str, int] = {}  # view key -> partition count of its topic, as recorded
         self._hashes: dict[str, int] = {}  # entity key -> key_hash (HASHES_KEPT at most)
 
@@ -196,110 +155,17 @@ class RedisClusterOnlineStore(RedisOnlineStore):
 
     # -- routing -----------------------------------------------------------------
     def _send(self, commands: list[tuple[str, tuple]]) -> list:
-        """Run ``(key, command)`` pairs, each on the master of its key's slot, every master's share
-        pipelined on one connection and all masters at once; replies in order (errors as exceptions
-        in the list, raised by the caller).  Follows MOVED (the slot map refreshed), ASK and NOSCRIPT."""
-        replies: list = [None] * len(commands)
-        todo = list(range(len(commands)))
-        asking: dict[int, str] = {}
-        deadline = time.monotonic() + REDIRECT_DEADLINE_S
-        while True:
-            by_node: dict[str, list[int]] = defaultdict(list)
-            nodes = {}
-            for i in todo:
-                name = asking.get(i)
-                node = (self.client.get_node(node_name=name) if name else None) or \
-                    self.client.get_node_from_key(commands[i][0])
-                if node is None:
-                    self._refresh()
-                    node = self.client.get_node_from_key(commands[i][0])
-                nodes[node.name] = node
-                by_node[node.name].append(i)
-            sent: list = []
-            complete = False  # every reply read: the connections can be reused
-            try:
-                for name, idx in by_node.items():
-                    pool = nodes[name].redis_connection.connection_pool
-                    conn = pool.get_connection()
-                    sent.append((pool, conn, idx))
-                    packed = []
-                    for i in idx:
-                        if i in asking:
-                            packed.append(hiredis.pack_command(("ASKING",)))
-                        packed.append(hiredis.pack_command(commands[i][1]))
-                    conn.send_packed_command(packed)
-                retry, refresh, wait = [], False, False
-                for pool, conn, idx in sent:
-                    for i in idx:
-                        if i in asking:
-                            try:
-                                conn.read_response()
-                            except redis.exceptions.ResponseError:
-                                pass
-                        try:
-                            replies[i] = conn.read_response()
-                            asking.pop(i, None)
-                        except redis.exceptions.AskError as exc:
-                            if isinstance(exc, redis.exceptions.MovedError):
-                                refresh = True
-                                asking.pop(i, None)
-                            else:
-                                asking[i] = f"{exc.host}:{exc.port}"
-                                if self.client.get_node(node_name=asking[i]) is None:
-                                    refresh = True
-                            retry.append(i)
-                        except redis.exceptions.NoScriptError:
-                            self._load_scripts()
-                            retry.append(i)
-                        except (redis.exceptions.TryAgainError, redis.exceptions.ClusterDownError) as exc:
-                            # a script's keys split by a slot migration in progress, or a failover
-                            replies[i] = exc
-                            refresh = wait = True
-                            retry.append(i)
-                        except redis.exceptions.ResponseError as exc:
-                            replies[i] = exc
-                complete = True
-            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError):
-                self._refresh()  # a master down or replaced: the map may have changed
-                raise
-            finally:
-                for pool, conn, _ in sent:
-                    if not complete:  # replies left unread (an error, an interruption): never reused
-                        conn.disconnect()
-                    pool.release(conn)
-            if not retry:
-                return replies
-            if time.monotonic() > deadline:
-                raise StoreUnavailableError(f"Redis Cluster: {len(retry)} command(s) still redirected or refused "
-                                            f"after {REDIRECT_DEADLINE_S:.0f} s (a master down, or a slot "
-                                            f"migrating): {replies[retry[0]]!r}")
-            if wait:
-                time.sleep(0.05)
-            if refresh:
-                self._refresh()
-            todo = retry
+        """``SlotRouter.send``: each command on the master of its key's slot, all masters at once."""
+        return self.router.send(commands)
 
-    def _refresh(self) -> None:
-        """Reload the slot map; a cluster that cannot answer now leaves the old one (the next command fails)."""
-        with contextlib.suppress(redis.exceptions.RedisError, redis.exceptions.RedisClusterException):
-            self.client.nodes_manager.initialize()
-
-    def _load_scripts(self) -> None:
-        for script in (self._commit, self._read_packed, self._load_states):
-            self.client.script_load(script.script)
-
-    @staticmethod
-    def _raise_any(replies: list) -> list:
+    def _raise_any(self, replies: list) -> list:
         for reply in replies:
             if isinstance(reply, Exception):
                 raise reply
         return replies
 
     def _one(self, key: str, command: tuple):
-        reply = self._send([(key, command)])[0]
-        if isinstance(reply, Exception):
-            raise reply
-        return reply
+        return self.router.raised([(key, command)])[0]
 
     def _evalsha_packed(self, script, keys: list, args: list):
         """``script(keys, args)`` on the master of ``keys``' slot (one slot: the caller groups them)."""

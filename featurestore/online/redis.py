@@ -38,7 +38,10 @@ import redis.asyncio
 
 from ..exceptions import ConfigurationError, StoreUnavailableError
 from .base import OnlineRecord
+from .aio import ASYNC_READ_TIMEOUT_S, ReadConnections
 from .coordination import LIVE_TTL_MS, CoordinationMixin
+from .rows import OFFSET, ROW_HEADER, pack_row, row_watermark, unpack_row
+from .rows import request_time as _request_time
 
 __all__ = ["LIVE_TTL_MS", "OFFSET", "ROW_HEADER", "TTL_GRACE_MS", "CommitResult", "RedisOnlineStore", "pack_row",
            "row_watermark", "unpack_row"]
@@ -58,29 +61,6 @@ def _lua(name: str) -> str:
 _COMMIT = _lua("commit.lua")
 
 
-# A values row: valid-until (ms) and watermark (ms), each plus ``OFFSET`` in 16 zero-padded digits,
-# then the values' JSON.  The read script decides "exact at t" by comparing the first 16 bytes with
-# t's 16 digits as strings: Lua compares strings with strcoll (Redis sets LC_COLLATE from its
-# environment), and equal-length strings of ASCII digits order as their numbers in byte order and in
-# glibc's locale collations (digits carry increasing primary weights, none ignorable); tested in
-# the C locales only.  One HGET and one comparison per key: 0.50 ms of server time for 500 keys
-# where HMGET of three fields and two ``tonumber`` took 1.05 ms (``bench_online``'s 100-entity read).
-ROW_HEADER = 32
-OFFSET = 10 ** 15
-_NEVER = b"9" * 16  # valid-until of values that no tile leaving a window can change
-_TS_MIN, _TS_MAX = -OFFSET, 10 ** 16 - 1 - OFFSET - 1
-
-
-def pack_row(values: bytes, watermark: int, valid_until: int | None) -> bytes:
-    """The stored values row of ``values`` (JSON) exact from ``watermark`` until ``valid_until``
-    (None: for ever), both in ms."""
-    if not (_TS_MIN <= watermark <= _TS_MAX and (valid_until is None or _TS_MIN <= valid_until <= _TS_MAX)):
-        raise ValueError(f"timestamps beyond +-{OFFSET} ms cannot be stored (watermark {watermark}, "
-                         f"valid until {valid_until})")
-    until = _NEVER if valid_until is None else b"%016d" % (valid_until + OFFSET)
-    return until + b"%016d" % (watermark + OFFSET) + values
-
-
 class CommitResult(enum.IntEnum):
     """What ``RedisOnlineStore.commit`` did (an int, as the commit script returns it)."""
 
@@ -94,20 +74,6 @@ class CommitResult(enum.IntEnum):
     STATE_CONFLICT = -2
 
 
-def row_watermark(row: bytes) -> int:
-    return int(row[16:32]) - OFFSET
-
-
-def unpack_row(row: bytes) -> tuple[bytes, int, int | None]:
-    """(values JSON, watermark, valid-until or None) of a stored values row."""
-    until = None if row[:16] == _NEVER else int(row[:16]) - OFFSET
-    return row[ROW_HEADER:], row_watermark(row), until
-
-
-def _request_time(t: int) -> bytes:
-    return b"%016d" % (min(max(t, _TS_MIN), _TS_MAX) + OFFSET)
-
-
 # ``read_packed``: ``out`` holds each key's values row (false when absent); ``states`` the
 # (key index from 0, state) pairs of the rows not exact at ARGV[1] (a tile left a window since
 # the last event: valid-until <= t).  A row of the former layout (bare JSON, first byte '[') is
@@ -116,40 +82,6 @@ _READ_PACKED = _lua("read_packed.lua")
 
 
 _LOAD_STATES = _lua("load_states.lua")
-ASYNC_READ_TIMEOUT_S = 10.0  # one read's deadline on the asyncio connections (``aread_packed``)
-
-
-class _ReadConnections:
-    """The asyncio connections of ``aread_packed`` on one event loop: made by redis-py (its URL
-    options: auth, database, TLS), kept idle here between reads, at most ``IDLE`` of them."""
-
-    IDLE = 64
-
-    def __init__(self, url: str) -> None:
-        # no socket_timeout: each read has one deadline of its own (asyncio.timeout), not one per call
-        self.client = redis.asyncio.Redis.from_url(url, socket_timeout=None,
-                                                   socket_connect_timeout=_TIMEOUTS["socket_connect_timeout"])
-        self._idle: list = []
-
-    def take(self):
-        return self._idle.pop() if self._idle else self.client.connection_pool.make_connection()
-
-    def give_back(self, conn) -> None:
-        if len(self._idle) < self.IDLE:
-            self._idle.append(conn)
-        else:
-            asyncio.get_running_loop().create_task(conn.disconnect())
-
-    async def close_idle(self) -> None:
-        idle, self._idle = self._idle, []
-        for conn in idle:
-            await conn.disconnect(nowait=True)
-
-    async def aclose(self) -> None:
-        await self.close_idle()
-        await self.client.aclose()
-
-
 def out_of_memory(exc: Exception) -> StoreUnavailableError:
     return StoreUnavailableError(
         f"Redis refused the commit: out of memory (maxmemory reached; {exc}). Nothing was written; "
@@ -358,7 +290,7 @@ class RedisOnlineStore(CoordinationMixin):
             if self.url is None:
                 raise ConfigurationError("asyncio reads need the store's URL: build it with RedisOnlineStore.from_url "
                                          "(or pass url=)")
-            connections = self._async_clients[loop] = _ReadConnections(self.url)
+            connections = self._async_clients[loop] = ReadConnections(self.url, _TIMEOUTS["socket_connect_timeout"])
         command = hiredis.pack_command(("EVALSHA", self._read_packed.sha, len(keys), *keys, _request_time(t)))
         conn = connections.take()
         try:

@@ -9,7 +9,7 @@ import redis
 
 from featurestore.exceptions import ConfigurationError
 from featurestore.online import CommitResult, OnlineRecord, open_online_store
-from featurestore.online.cluster import home_partition, redis_py_url
+from featurestore.online.slots import home_partition, redis_py_url
 from featurestore.online.redis import unpack_row
 from tests.support import delete_project_keys
 

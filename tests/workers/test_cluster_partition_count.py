@@ -14,7 +14,7 @@ import pytest
 from featurestore.exceptions import ConfigurationError
 from featurestore.offline.postgres import PostgresOfflineStore
 from featurestore.online import open_online_store
-from featurestore.online.cluster import home_partition
+from featurestore.online.slots import home_partition
 from featurestore.reset import areset_source
 from tests.support import delete_project_keys
 from tests.workers.support import (assert_same, build_worker, make_events, make_view, online_values,

@@ -222,10 +222,9 @@ def test_sigkill_mid_stream_then_restart(kill, kafka_client, servers, topic_fact
                          servers.redis_url, pg_schema, spawn)
 
 
-#: on a 3-master Redis Cluster, over kafka-python: the kill from outside, between two chunks (of one
-#: partition's script: the states of several slot groups ahead of their offsets) and before the Kafka commit
-CLUSTER_KILLS = [pytest.param(p.values[0], "kafka-python", id=f"{p.id}-cluster") for p in KILL_POINTS
-                 if p.id in ("sigkill-at-50pct", "sigkill-between-redis-chunks", "sigkill-after-redis-before-kafka")]
+#: every kill point on a 3-master Redis Cluster, over kafka-python (between two chunks: of one slot group's
+#: scripts, the states of several slot groups ahead of their offsets)
+CLUSTER_KILLS = [pytest.param(p.values[0], "kafka-python", id=f"{p.id}-cluster") for p in KILL_POINTS]
 
 
 @pytest.mark.parametrize(("kill", "kafka_client"), CLUSTER_KILLS, indirect=["kafka_client"])
@@ -300,12 +299,30 @@ def sigkill_then_restart(kill, kafka_client, servers, topic_factory, unique_name
 @pytest.mark.usefixtures("kafka_client")
 def test_two_workers_one_killed_the_other_takes_over(servers, topic_factory, unique_name, project, shared_redis,
                                                      pg_schema, spawn):
+    two_workers_one_killed(servers, topic_factory, unique_name, project, shared_redis, servers.redis_url, pg_schema,
+                           spawn)
+
+
+@pytest.mark.parametrize("kafka_client", ["kafka-python"], indirect=True)
+def test_two_workers_one_killed_the_other_takes_over_on_a_redis_cluster(servers, topic_factory, unique_name, project,
+                                                                        redis_cluster_url, pg_schema, spawn,
+                                                                        kafka_client):
+    try:
+        two_workers_one_killed(servers, topic_factory, unique_name, project,
+                               open_online_store(redis_cluster_url, project), redis_cluster_url, pg_schema, spawn)
+    finally:
+        delete_project_keys(redis_cluster_url, project)
+
+
+def two_workers_one_killed(servers, topic_factory, unique_name, project, shared_redis, redis_url, pg_schema,
+                           spawn) -> None:
+    """Two workers share a topic; one is SIGKILLed half way; the other takes its partitions over and finishes."""
     topic = topic_factory(partitions=4)
     view = make_view(topic)
     group = unique_name("g")
     # commits in chunks of 5 states (~4 per batch): rebalances and the kill also land between chunks
-    a = spawn("a", topic, project, group, "--throttle-ms", 60, "--commit-chunk", 5)
-    b = spawn("b", topic, project, group, "--throttle-ms", 60, "--commit-chunk", 5)
+    a = spawn("a", topic, project, group, "--throttle-ms", 60, "--commit-chunk", 5, redis_url=redis_url)
+    b = spawn("b", topic, project, group, "--throttle-ms", 60, "--commit-chunk", 5, redis_url=redis_url)
 
     def split():
         pa, pb = a.assignment(), b.assignment()

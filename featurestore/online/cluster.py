@@ -314,7 +314,7 @@ class RedisClusterOnlineStore(RedisOnlineStore):
         for view_key, idx in by_view.items():
             for i, k in zip(idx, self.entity_keys(view_key, [items[i][1] for i in idx])):
                 full[i] = k
-        replies = self._send([(k, ("HMGET", k, "v", "w", "u")) for k in full])
+        replies = self.router.raised([(k, ("HMGET", k, "v", "w", "u")) for k in full])
         return [self._values_of(r) for r in replies]
 
     def forget_partitions(self, view_key: str) -> None:

@@ -75,6 +75,7 @@ async def areset_source(online, offline: OfflineStore, source: EventSource, view
     online.forget_topic(source.topic)
     for view_key in view_keys:
         online.delete_view(view_key)
-        online.forget_partitions(view_key)
+        if online_only:  # the workers record them anew (a topic reset keeps them: running workers hold them)
+            online.forget_partitions(view_key)
     if not online_only:
         await offline.reset_source(source)

@@ -15,6 +15,7 @@ import pandas as pd
 from kafka.errors import KafkaError
 from kafka.partitioner.default import murmur2
 
+from featurestore.applied import encode_applied
 from featurestore.exceptions import StoreUnavailableError
 from featurestore.offline.postgres import PUSH_PARTITION, event_id_column
 from featurestore.processing import log_batches, rebuild_records
@@ -121,7 +122,10 @@ class RecoveryMixin:
                 offsets[name] = (stored.get(name, -1), int(off))
         batches = log_batches(processor.views, events, event_id_column(source))
         for pv in processor.views:
-            records += rebuild_records(pv, {key: past for key, (past, _) in batches.items()})
+            rebuilt = rebuild_records(pv, {key: past for key, (past, _) in batches.items()})
+            for rec in rebuilt:  # the offsets each state holds: a later replay skips them, as after any commit
+                rec.applied = encode_applied(batches[rec.key][1])
+            records += rebuilt
         return records, offsets
 
     def _history(self, source_name: str, keys: list[str]) -> dict:

@@ -28,17 +28,19 @@ from __future__ import annotations
 
 import asyncio
 import fnmatch
+import logging
 from collections import defaultdict
 
 import redis
 
-from ..exceptions import ConfigurationError
+from ..exceptions import ConfigurationError, StoreUnavailableError
 from .base import OnlineRecord
 from .redis import CommitResult, RedisOnlineStore, _request_time, out_of_memory
 from .slots import SlotRouter, key_hash, redis_py_url
 
 __all__ = ["RedisClusterOnlineStore"]
 
+logger = logging.getLogger(__name__)
 _LOAD_CHUNK = 1000
 
 #: entities whose key hash a store keeps (kafka-python's murmur2 is Python: ~1.2 µs a key, paid per view
@@ -59,6 +61,7 @@ class RedisClusterOnlineStore(RedisOnlineStore):
         self.router = SlotRouter(client, (self._commit, self._read_packed, self._load_states))
         self._partitions: dict[str, int] = {}  # view key -> partition count of its topic, as recorded
         self._hashes: dict[str, int] = {}  # entity key -> key_hash (HASHES_KEPT at most)
+        self._unplaced: set[str] = set()  # view keys read without a recorded partition count (warned once)
 
     @classmethod
     def from_url(cls, url: str, project: str) -> "RedisClusterOnlineStore":
@@ -125,6 +128,11 @@ class RedisClusterOnlineStore(RedisOnlineStore):
         """The full keys of ``keys``' states of ``view_key`` (an unrecorded view: keys no state has)."""
         n = self.partitions_of(view_key)
         if n is None:
+            if view_key not in self._unplaced:
+                self._unplaced.add(view_key)
+                logger.warning("view %s: no partition count is recorded in the Redis Cluster, so it holds no state "
+                               "of it and its reads answer missing (a worker of its source records the count; "
+                               "a master that lost its data loses it too: docs/redis-cluster.md)", view_key)
             tag = self.tag(-1)
             return [f"fs:{tag}:{view_key}:{k}" for k in keys]
         tags = [self.tag(h) for h in range(n)]
@@ -183,12 +191,17 @@ class RedisClusterOnlineStore(RedisOnlineStore):
         holding it: readers would place every key in no slot group); returns the markers (one token)."""
         n = self.groups
         if n == 0:
-            return epoch
+            raise ConfigurationError("the Redis Cluster's slot groups are not known: record the views' partition "
+                                     "counts first (use_partitions; featurestore.placement)")
         keys = [self.group_epoch_key(h) for h in range(n)]
         counts = [(self.partitions_key, ("HSETNX", self.partitions_key, view_key, count))
                   for view_key, count in self._partitions.items()]
         self._raise_any(self._send([(k, ("SET", k, epoch, "NX")) for k in keys] + counts))
-        return self.epoch() or epoch
+        token = self.epoch()
+        if token is None:  # a master lost its data between the two round trips
+            raise StoreUnavailableError("Redis Cluster: an epoch marker vanished while being written (a master "
+                                        "restarted empty?); retrying")
+        return token
 
     def epoch(self) -> str | None:
         n = self.groups
@@ -206,7 +219,17 @@ class RedisClusterOnlineStore(RedisOnlineStore):
 
     def commit(self, records: list[OnlineRecord], group: str | None, offsets: dict[str, tuple[int, int]],
                epoch: str | None = None, chunk: int | None = None, token: str | None = None) -> CommitResult:
-        """``RedisOnlineStore.commit`` per slot group (see the module's docstring for the order)."""
+        """``RedisOnlineStore.commit`` over slot groups, in two steps.
+
+        1. The states of every slot group, none advancing an offset.  Each script checks its group's epoch
+           marker, each state's stored applied offsets, the offsets of the partitions whose slot group it is
+           and, with ``token``, that the writer owns every partition of the commit (the claims are in every
+           slot group: ``claim_partitions``).
+        2. Each partition's offsets, in its slot group, checked and advanced.
+
+        The first script refused stops the commit (its result returned); what earlier scripts wrote stays,
+        every state carrying its applied offsets (a replay skips them), and no offset advanced before all
+        states are written."""
         states: dict[int, list[OnlineRecord]] = defaultdict(list)
         for rec in records:
             states[self.group_of(rec.view_key, rec.key)].append(rec)
@@ -215,14 +238,19 @@ class RedisClusterOnlineStore(RedisOnlineStore):
             advance[int(name.rsplit(":", 1)[1])][name] = pair
         markers = epoch.split(",") if epoch else None
         known = self.groups if markers is None else len(markers)
-        beyond = sorted(h for h in advance if h >= known)
+        beyond = sorted(h for h in {*advance, *states} if h >= known)
         if beyond:
-            raise ConfigurationError(f"partition {beyond[0]} is beyond the {known} slot groups of the recorded "
-                                     "partition counts: the topic gained partitions (docs/redis-cluster.md)")
-        order = [h for h in states if h not in advance] + sorted(advance)
-        for h in order:
-            result = self._commit_chunks(states.get(h, []), group, advance.get(h, {}),
-                                         markers[h] if markers is not None else None, chunk, token, h)
+            raise ConfigurationError(f"slot group {beyond[0]} is beyond the {known} of the recorded partition "
+                                     "counts: a topic gained partitions (docs/redis-cluster.md)")
+        owned = dict.fromkeys(offsets, ("*", 0)) if token else {}  # the owner checked, the offsets elsewhere
+        for h in sorted(states):
+            result = self._commit_chunks(states[h], group, {**owned, **advance.get(h, {})},
+                                         markers[h] if markers is not None else None, chunk, token, h, False)
+            if result != CommitResult.COMMITTED:
+                return result
+        for h in sorted(advance):
+            result = self._commit_part([], group, advance[h], markers[h] if markers is not None else None, True,
+                                       token, h)
             if result != CommitResult.COMMITTED:
                 return result
         return CommitResult.COMMITTED
@@ -247,11 +275,14 @@ class RedisClusterOnlineStore(RedisOnlineStore):
         return out
 
     def claim_partitions(self, group: str, names: list[str], token: str) -> None:
+        """``token`` owns ``names`` in every slot group: each commit script checks the owner of every partition
+        of its commit, wherever the states it writes live."""
         if not names:
             return
+        claims = dict.fromkeys(names, token)
         pipe = self.client.pipeline(transaction=False)
-        for name in names:
-            pipe.hset(self.owners_key(group, int(name.rsplit(":", 1)[1])), name, token)
+        for h in range(max(self.groups, 1 + max(int(n.rsplit(":", 1)[1]) for n in names))):
+            pipe.hset(self.owners_key(group, h), mapping=claims)
         pipe.execute()
 
     def load_states_applied(self, view_key: str, keys: list[str]) -> dict[str, tuple[bytes | None, bytes, bytes]]:

@@ -176,9 +176,10 @@ class RedisOnlineStore(CoordinationMixin):
         return self._commit_chunks(records, group, offsets, epoch, chunk, token, None)
 
     def _commit_chunks(self, records: list[OnlineRecord], group: str | None, offsets: dict[str, tuple[int, int]],
-                       epoch: str | None, chunk: int | None, token: str | None, slot_group: int | None
-                       ) -> CommitResult:
-        """``commit``'s scripts, ``chunk`` records each, on the keys of ``slot_group`` (cluster mode)."""
+                       epoch: str | None, chunk: int | None, token: str | None, slot_group: int | None,
+                       advance: bool = True) -> CommitResult:
+        """``commit``'s scripts, ``chunk`` records each, on the keys of ``slot_group`` (cluster mode); the
+        last one advances the offsets when ``advance``."""
         n = len(records)
         lo = 0
         while chunk is not None and n - lo > chunk:
@@ -191,7 +192,7 @@ class RedisOnlineStore(CoordinationMixin):
             if result != 1:
                 return result
             lo = hi
-        return self._commit_part(records[lo:], group, offsets, epoch, True, token, slot_group)
+        return self._commit_part(records[lo:], group, offsets, epoch, advance, token, slot_group)
 
     def _commit_keys(self, group: str | None, slot_group: int | None) -> list[str]:
         """The offsets, epoch marker and owner claims a commit script checks (``slot_group``: cluster mode)."""

@@ -63,9 +63,9 @@ def test_states_and_offsets_of_many_slot_groups_commit_and_read_back(store) -> N
     assert store.delete_view(vk) == len(keys) and store.count_view(vk) == 0
 
 
-def test_a_fenced_partition_leaves_the_later_ones_unwritten(store) -> None:
-    """Scripts run states-only groups first, then one partition after another; the first refused one
-    stops the commit, and what ran before stays (each state carries its applied offsets)."""
+def test_a_fenced_partition_stops_the_commit_before_any_offset_advances(store) -> None:
+    """The states go first, slot group after slot group, then the offsets: the first refused script stops
+    the commit; what ran before stays (each state carries its applied offsets) and no offset moved."""
     vk = store.view_key("v", 1)
     keys = [f"k{i}" for i in range(40)]
     home = homes(keys)
@@ -73,9 +73,36 @@ def test_a_fenced_partition_leaves_the_later_ones_unwritten(store) -> None:
     offsets = {f"t:{h}": (-1, 7) for h in range(N)}
     got = store.commit([rec(vk, k, applied=f"{home[k]}:7".encode()) for k in keys], "g", offsets)
     assert got == CommitResult.FENCED
-    assert store.load_offsets("g") == {"t:0": 7, "t:1": 7, "t:2": 7, "t:3": 50}
+    assert store.load_offsets("g") == {"t:3": 50}
     states = store.load_states(vk, keys)
     assert {k for k, s in states.items() if s} == {k for k in keys if home[k] < 3}
+
+
+def test_offsets_advance_only_after_every_state_of_the_commit_is_written(store) -> None:
+    """A state away from its home partition (its events came on partition 3, its home is 5): a refusal in
+    its slot group leaves partition 3's offsets where they were, so a replay reads those events again."""
+    vk = store.view_key("v", 1)
+    away = next(k for k in (f"a{i}" for i in range(200)) if home_partition(k, N) == 5)
+    local = next(k for k in (f"b{i}" for i in range(200)) if home_partition(k, N) == 3)
+    assert store.commit([rec(vk, away, applied=b"3:1")], "g", {"t:3": (-1, 1), "t:5": (-1, 1)}) == 1
+    stale = rec(vk, away, applied=b"3:9", expected=b"")  # as loaded before the first commit: refused
+    got = store.commit([rec(vk, local, applied=b"3:9"), stale], "g", {"t:3": (1, 9), "t:5": (1, 1)})
+    assert got == CommitResult.STATE_CONFLICT
+    assert store.load_offsets("g") == {"t:3": 1, "t:5": 1}
+
+
+def test_a_partition_taken_over_fences_every_slot_group_of_the_old_owner(store) -> None:
+    """The owner claims are in every slot group: a worker that lost partition 1 writes no state of its
+    commit anywhere, even in a slot group whose own partition it still owns or that has none."""
+    vk = store.view_key("v", 1)
+    store.claim_partitions("g", ["t:1", "t:2"], "A")
+    store.claim_partitions("g", ["t:1"], "B")  # B took partition 1 over
+    keys = [f"z{i}" for i in range(40)]
+    got = store.commit([rec(vk, k, applied=b"1:4") for k in keys], "g", {"t:1": (-1, 4)}, token="A")
+    assert got == CommitResult.FENCED
+    assert store.load_states(vk, keys) == dict.fromkeys(keys)  # nothing written, in any slot group
+    assert store.commit([rec(vk, k, applied=b"1:4") for k in keys], "g", {"t:1": (-1, 4)}, token="B") == 1
+    assert store.load_offsets("g") == {"t:1": 4}
 
 
 def test_states_away_from_their_home_partition_commit_before_it(store) -> None:
@@ -119,7 +146,7 @@ def test_partition_counts_are_recorded_and_checked(store, redis_cluster_url, pro
     # a view no writer placed reads as absent
     rows, stale = other.read_packed(other.entity_keys(other.view_key("w", 1), ["a", "b"]), 0)
     assert rows == [None, None] and stale == []
-    with pytest.raises(ConfigurationError, match="beyond the 6 slot groups"):
+    with pytest.raises(ConfigurationError, match="beyond the 6 of the recorded"):
         store.commit([], "g", {"t:6": (-1, 1)})
 
 

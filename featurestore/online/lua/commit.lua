@@ -2,8 +2,10 @@ if ARGV[1] ~= '' and redis.call('GET', KEYS[2]) ~= ARGV[1] then return -1 end
 local n = tonumber(ARGV[2])
 local i = 5
 for p = 1, n do
-  local cur = redis.call('HGET', KEYS[1], ARGV[i])
-  if (cur or '-1') ~= ARGV[i + 1] then return 0 end
+  if ARGV[i + 1] ~= '*' then  -- '*': the owner only (Redis Cluster: the offsets live in another slot group)
+    local cur = redis.call('HGET', KEYS[1], ARGV[i])
+    if (cur or '-1') ~= ARGV[i + 1] then return 0 end
+  end
   if ARGV[4] ~= '' and redis.call('HGET', KEYS[3], ARGV[i]) ~= ARGV[4] then return 0 end
   i = i + 3
 end

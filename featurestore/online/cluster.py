@@ -166,12 +166,6 @@ class RedisClusterOnlineStore(RedisOnlineStore):
         """``SlotRouter.send``: each command on the master of its key's slot, all masters at once."""
         return self.router.send(commands)
 
-    def _raise_any(self, replies: list) -> list:
-        for reply in replies:
-            if isinstance(reply, Exception):
-                raise reply
-        return replies
-
     def _one(self, key: str, command: tuple):
         return self.router.raised([(key, command)])[0]
 
@@ -196,7 +190,7 @@ class RedisClusterOnlineStore(RedisOnlineStore):
         keys = [self.group_epoch_key(h) for h in range(n)]
         counts = [(self.partitions_key, ("HSETNX", self.partitions_key, view_key, count))
                   for view_key, count in self._partitions.items()]
-        self._raise_any(self._send([(k, ("SET", k, epoch, "NX")) for k in keys] + counts))
+        self.router.raised([(k, ("SET", k, epoch, "NX")) for k in keys] + counts)
         token = self.epoch()
         if token is None:  # a master lost its data between the two round trips
             raise StoreUnavailableError("Redis Cluster: an epoch marker vanished while being written (a master "
@@ -208,7 +202,7 @@ class RedisClusterOnlineStore(RedisOnlineStore):
         if n == 0:
             return None
         keys = [self.group_epoch_key(h) for h in range(n)]
-        got = self._raise_any(self._send([(k, ("GET", k)) for k in keys]))
+        got = self.router.raised([(k, ("GET", k)) for k in keys])
         if any(v is None for v in got):
             return None
         return ",".join(v.decode() for v in got)

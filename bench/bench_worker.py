@@ -70,7 +70,7 @@ def floor_redis(url: str, events) -> float:
         start = time.perf_counter()
         for lo in range(0, len(events), 5000):
             keys = [f"floor:{key}" for key in events["customer_id"].iloc[lo:lo + 5000]]
-            online._raise_any(online._send([(k, ("HSET", k, "s", payload, "v", payload[:200])) for k in keys]))
+            online.router.raised([(k, ("HSET", k, "s", payload, "v", payload[:200])) for k in keys])
         return time.perf_counter() - start
     start = time.perf_counter()
     for lo in range(0, len(events), 5000):

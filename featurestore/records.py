@@ -10,11 +10,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import numpy as np
-import orjson
 
 from featurestore.online import OnlineRecord
 from transforms import ViewState
 from transforms.engine import StateArena, codec
+from transforms.engine.json_text import json_rows
 from transforms.engine.layout import M_WM, NO_TIME
 
 from .applied import AppliedOffsets
@@ -37,10 +37,6 @@ class ArenaStates(Mapping):
         return len(self.arena.slot_of)
 
 
-def encode_values(values: list) -> bytes:
-    return orjson.dumps(values, option=orjson.OPT_SERIALIZE_NUMPY)
-
-
 def arena_records(pv: PreparedView, arena: StateArena, keys: list[str], applied: AppliedOffsets | None = None,
                   expected: dict | None = None) -> list[OnlineRecord]:
     """The online records (state, values as of the watermark, valid-until) of ``keys``' states in
@@ -55,15 +51,16 @@ def arena_records(pv: PreparedView, arena: StateArena, keys: list[str], applied:
     if not slots:
         return []
     at = np.array(slots, dtype=np.int64)
-    rows, until = arena.values(at, wms)
+    out_b, out_f, out_k, out_x, changes = arena.evaluate(at, wms)
+    rows = json_rows(arena, out_b, out_f, out_k, out_x)
+    until = [None if u == NO_TIME else u for u in changes.tolist()]
     blobs, ids = codec.encode_many(arena, at), codec.encode_ids_many(arena, at)
     out = []
     ttl, vk = pv.ttl_ms, pv.view_key
-    dumps, option = orjson.dumps, orjson.OPT_SERIALIZE_NUMPY
     for key, s, wm, row, u, blob, part in zip(keys, slots, wms.tolist(), rows, until, blobs, ids):
         done = applied.encode(s) if applied is not None else b""
         exp = expected.get(key, b"") if expected is not None else None
-        out.append(OnlineRecord(vk, key, blob, dumps(row, option=option), wm, u, ttl, done, part, exp))
+        out.append(OnlineRecord(vk, key, blob, row, wm, u, ttl, done, part, exp))
     return out
 
 

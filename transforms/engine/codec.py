@@ -26,6 +26,7 @@ import orjson
 
 from . import codec_kernels as ck
 from . import layout as lay
+from .json_text import with_trailers
 from .values import encode_ids, encode_value, value_hash
 
 MAGIC = b"SFS\x03"
@@ -62,17 +63,12 @@ def encode_many(arena, slots: np.ndarray) -> list[bytes]:
     code_bounds = np.empty(len(slots) + 1, dtype=np.int64)
     nobj = ck.encode_states(arena.P, arena.S, L.g_width, L.g_off, D, Ln, slots, header_word(L.checksum), bounds,
                             out, objpos, codes, code_bounds)
+    if nobj:  # the trailers: whole words, so that states join aligned
+        values = arena.objects.values
+        return with_trailers(out, bounds, [values[c] for c in codes[:nobj].tolist()], code_bounds)
     buf = out.tobytes()
     edges = (bounds * 8).tolist()
-    blobs = [buf[a:b] for a, b in zip(edges[:-1], edges[1:])]
-    if nobj:
-        values, dumps = arena.objects.values, orjson.dumps
-        held = codes[:nobj].tolist()
-        cb = code_bounds.tolist()
-        for m in np.flatnonzero(code_bounds[1:] > code_bounds[:-1]).tolist():
-            trailer = dumps([values[c] for c in held[cb[m]:cb[m + 1]]])
-            blobs[m] += trailer + b" " * (-len(trailer) % 8)  # whole words: states join aligned
-    return blobs
+    return [buf[a:b] for a, b in zip(edges[:-1], edges[1:])]
 
 
 _MARKERS = (b"", APPEND, b"=")

@@ -79,3 +79,11 @@ def njit(fn):
         return fn
     return numba.njit(cache=True, nogil=True)(fn)
 
+
+def njit_inline(fn):
+    """``njit`` for a small helper of a per-item loop: inlined into its callers by numba (a compiled
+    call costs more than such a helper's work); identity without numba."""
+    if numba is None:
+        return fn
+    return numba.njit(cache=True, nogil=True, inline="always")(fn)
+

@@ -43,6 +43,9 @@ def warm_up() -> float:
     from . import codec
 
     codec.encode_many(arena, np.array([s]))
+    from .json_text import json_rows
+
+    json_rows(arena, *arena.evaluate(np.array([s]), np.array([3_000]))[:4])
     codec.encode_ids_many(arena, np.array([s]))
     _grow_and_compact(arena, s)
     arena.drop("k")

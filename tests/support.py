@@ -1,5 +1,5 @@
 """Helpers shared by test modules of several folders: applying a repository under a project of the
-session servers and removing it again, and probing a port."""
+session servers and removing it again, creating a topic, and probing a port."""
 
 from __future__ import annotations
 
@@ -9,6 +9,21 @@ import socket
 import asyncpg
 
 from featurestore.online import RedisClusterOnlineStore, open_online_store
+
+
+def ensure_topic(servers, topic: str, partitions: int) -> None:
+    """Create ``topic`` with ``partitions`` partitions on the session broker, unless it exists."""
+    from kafka import KafkaAdminClient
+    from kafka.admin import NewTopic
+    from kafka.errors import TopicAlreadyExistsError
+
+    admin = KafkaAdminClient(bootstrap_servers=servers.kafka_bootstrap)
+    try:
+        admin.create_topics([NewTopic(topic, partitions, 1)])
+    except TopicAlreadyExistsError:
+        pass
+    finally:
+        admin.close()
 
 
 def apply_repo(servers, project: str, repo_path) -> None:

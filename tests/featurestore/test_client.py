@@ -23,7 +23,7 @@ from featurestore.repo import Repository
 from featurestore.schema import validate_frame
 from featurestore.settings import Settings
 from featurestore.repo import load_repo
-from tests.support import apply_repo, delete_project_keys, drop_project
+from tests.support import apply_repo, delete_project_keys, drop_project, ensure_topic
 
 pytestmark = pytest.mark.integration
 
@@ -71,20 +71,6 @@ def connected(servers, unique_name, online_url):
 
     drop_project(servers, project)
     delete_project_keys(online_url, project)
-
-
-def ensure_topic(servers, topic: str, partitions: int) -> None:
-    from kafka import KafkaAdminClient
-    from kafka.admin import NewTopic
-    from kafka.errors import TopicAlreadyExistsError
-
-    admin = KafkaAdminClient(bootstrap_servers=servers.kafka_bootstrap)
-    try:
-        admin.create_topics([NewTopic(topic, partitions, 1)])
-    except TopicAlreadyExistsError:
-        pass
-    finally:
-        admin.close()
 
 
 def test_connect_push_offline_materialize_and_cli(connected) -> None:

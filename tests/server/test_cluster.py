@@ -12,10 +12,9 @@ import pytest
 
 from featurestore.client import FeatureStore
 from featurestore.settings import Settings
-from tests.featurestore.test_client import ensure_topic
 from tests.server.conftest import EXAMPLE, Project
 from tests.server.test_online import DAY, MIN, T0, feast_form, in_process, transactions
-from tests.support import apply_repo, delete_project_keys, drop_project
+from tests.support import apply_repo, delete_project_keys, drop_project, ensure_topic
 
 pytestmark = pytest.mark.integration
 

@@ -112,6 +112,13 @@ class AppliedOffsets:
             return b"%d:%d" % (p, self.off[s])
         return encode_applied(self.many.get(s)) if p == MANY else b""
 
+    def encode_many(self, slots: list[int]) -> list[bytes]:
+        """``encode`` of each slot of ``slots``."""
+        self._room(max(slots, default=-1) + 1)
+        at = np.array(slots, dtype=np.int64)
+        parts, offs = self.part[at].tolist(), self.off[at].tolist()
+        return [b"%d:%d" % (p, o) if p >= 0 else self.encode(s) for s, p, o in zip(slots, parts, offs)]
+
     def fresh(self, key_slots: np.ndarray, at: BatchPositions) -> tuple[np.ndarray, set[int]]:
         """(whether each event of the batch is new to its state, the keys whose state gets events of
         another partition than it held: ``SourceProcessor.spread``), and raise each state's offsets

@@ -167,7 +167,8 @@ class SourceProcessor:
 
         ``positions[i]``: (partition, offset) of ``events[i]`` in the source topic; events at or
         below a state's applied offset of their partition are skipped for that state (already in it)."""
-        derived = derived_columns(self.views, events)
+        shared = BatchColumns([e.values for e in events], [e.event_id for e in events])
+        shared.add(derived_columns(self.views, events, lambda name: shared.column(name)[0]))
         by_key: dict[str, list[int]] = {}
         for i, event in enumerate(events):
             by_key.setdefault(str(event.key), []).append(i)
@@ -183,7 +184,6 @@ class SourceProcessor:
         if self.history is not None and any(absent.values()):
             self._seed(absent)
         ts = np.fromiter((e.ts_ms for e in events), dtype=np.int64, count=len(events))
-        shared = BatchColumns([e.values for e in events], [e.event_id for e in events], derived)
         for pv in self.views:
             started = time.thread_time()
             arena = self.arenas[pv.view_key]

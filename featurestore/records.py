@@ -55,13 +55,11 @@ def arena_records(pv: PreparedView, arena: StateArena, keys: list[str], applied:
     rows = json_rows(arena, out_b, out_f, out_k, out_x)
     until = [None if u == NO_TIME else u for u in changes.tolist()]
     blobs, ids = codec.encode_many(arena, at), codec.encode_ids_many(arena, at)
-    out = []
     ttl, vk = pv.ttl_ms, pv.view_key
-    for key, s, wm, row, u, blob, part in zip(keys, slots, wms.tolist(), rows, until, blobs, ids):
-        done = applied.encode(s) if applied is not None else b""
-        exp = expected.get(key, b"") if expected is not None else None
-        out.append(OnlineRecord(vk, key, blob, row, wm, u, ttl, done, part, exp))
-    return out
+    done = applied.encode_many(slots) if applied is not None else [b""] * len(slots)
+    exp = [expected.get(key, b"") for key in keys] if expected is not None else [None] * len(keys)
+    return [OnlineRecord(vk, key, blob, row, wm, u, ttl, d, part, e)
+            for key, wm, row, u, blob, d, part, e in zip(keys, wms.tolist(), rows, until, blobs, done, ids, exp)]
 
 
 def rebuild_records(pv: PreparedView, batches: dict[str, list[tuple]]) -> list[OnlineRecord]:

@@ -50,18 +50,26 @@ def value_hash(value) -> int:
 class Objects:
     """Python values (strings, lists and other non-numbers) that tiles and last_n items hold by code.
 
-    Hashable values are interned (one code per value); others get a code each.  ``StateArena``
-    compacts the table when it outgrows the codes its states still hold (``compact``)."""
+    Hashable values are interned (one code per value; strings in a table of their own, looked up
+    without building a key); others get a code each.  ``StateArena`` compacts the table when it
+    outgrows the codes its states still hold (``compact``)."""
 
-    __slots__ = ("values", "codes", "limit")
+    __slots__ = ("values", "codes", "texts", "limit")
 
     def __init__(self) -> None:
         self.values: list = []
         self.codes: dict = {}
+        self.texts: dict[str, int] = {}
         self.limit = 4096  # compact past this many values
 
     def code(self, value) -> int:
         t = type(value)
+        if t is str:
+            code = self.texts.get(value)
+            if code is None:
+                code = self.texts[value] = len(self.values)
+                self.values.append(value)
+            return code
         if t is list or t is dict:  # unhashable: not interned
             self.values.append(value)
             return len(self.values) - 1
@@ -76,21 +84,33 @@ class Objects:
             self.values.append(value)
         return code
 
+    def text_codes(self, column: list) -> list[int]:
+        """The codes of a column of strings and None (None: 0)."""
+        get = self.texts.get
+        out: list = [get(v) for v in column]
+        if None in out:  # new strings, or nulls
+            code = self.code
+            for i, (v, c) in enumerate(zip(column, out)):
+                if c is None:
+                    out[i] = 0 if v is None else code(v)
+        return out
+
+    def append_all(self, column: list) -> range:
+        """Codes for each value of a column of unhashable values (none interned)."""
+        start = len(self.values)
+        self.values.extend(column)
+        return range(start, len(self.values))
+
     def keep(self, live: np.ndarray) -> np.ndarray:
         """Keep only the codes ``live`` marks; returns the new code of each old one (-1: dropped)."""
         remap = np.full(len(self.values), -1, dtype=np.int64)
         kept = np.flatnonzero(live[:len(self.values)])
         remap[kept] = np.arange(len(kept))
-        self.values = [self.values[c] for c in kept.tolist()]
-        self.codes = {}
-        for code, value in enumerate(self.values):
-            t = type(value)
-            if t is list or t is dict:
-                continue
-            try:
-                self.codes[(t, value)] = code
-            except TypeError:
-                pass
+        values = self.values
+        self.values = [values[c] for c in kept.tolist()]
+        new = remap.tolist()
+        self.codes = {key: new[c] for key, c in self.codes.items() if new[c] >= 0}
+        self.texts = {text: new[c] for text, c in self.texts.items() if new[c] >= 0}
         self.limit = max(4096, len(self.values) + len(self.values) // 2)
         return remap
 
@@ -110,7 +130,11 @@ class BatchColumns:
         self.ids = ids
         self._columns: dict[str, tuple[list, set]] = {}
         self._ids: tuple | None = None
-        for name, col in (columns or {}).items():  # columns given whole (BatchTransforms' outputs)
+        self.add(columns or {})
+
+    def add(self, columns: dict[str, list]) -> None:
+        """Columns given whole (BatchTransforms' outputs): name -> one value per event."""
+        for name, col in columns.items():
             self._columns[name] = (col, set(map(type, col)))
 
     def take(self, order: list[int]) -> BatchColumns:
@@ -181,13 +205,17 @@ def encode_columns(columns: tuple[str, ...], needs: np.ndarray, batch: BatchColu
             continue
         if types <= {str, _NONE} and not need & NEED_NUMBER:
             if need & NEED_BITS:
-                code = objects.code
-                vb[:, j] = [0 if v is None else code(v) for v in col]
+                vb[:, j] = objects.text_codes(col)
             if need & NEED_HASH:
                 digest = xxhash.xxh3_64_intdigest
                 vh[:, j] = np.array([0 if v is None else digest(v.encode("utf-8", "surrogatepass")) for v in col],
                                     dtype=np.uint64).view(np.int64)
             vk[:, j] = K_OBJ if _NONE not in types else np.where(np.array([v is None for v in col]), K_NULL, K_OBJ)
+            continue
+        if types <= {list, dict} and not need & (NEED_NUMBER | NEED_HASH):  # embeddings, lists: held as they are
+            vk[:, j] = K_OBJ
+            if need & NEED_BITS:
+                vb[:, j] = objects.append_all(col)
             continue
         for i, v in enumerate(col):
             if _is_null(v):

@@ -44,20 +44,21 @@ class BatchPositions:
 
     __slots__ = ("positions", "part", "off", "code", "first", "last", "several")
 
-    def __init__(self, positions: list[tuple[int, int]], code: np.ndarray, by_key: dict[str, list[int]]):
+    def __init__(self, positions: list[tuple[int, int]], code: np.ndarray, keys: int):
+        """``code[i]``: the index (``0 .. keys - 1``, each present) of event ``i``'s key."""
         n = len(positions)
         self.positions = positions
         self.part = np.fromiter((p for p, _ in positions), dtype=np.int64, count=n)
         self.off = np.fromiter((o for _, o in positions), dtype=np.int64, count=n)
         self.code = code
-        self.first = np.fromiter((idxs[0] for idxs in by_key.values()), dtype=np.int64, count=len(by_key))
-        self.last = np.fromiter((idxs[-1] for idxs in by_key.values()), dtype=np.int64, count=len(by_key))
+        self.first = np.unique(code, return_index=True)[1].astype(np.int64)
+        self.last = (n - 1 - np.unique(code[::-1], return_index=True)[1]).astype(np.int64)
         if n:
             width = int(self.part.max()) + 2
             pairs = np.unique(code * width + self.part + 1)
-            self.several = np.bincount(pairs // width, minlength=len(by_key)) > 1
+            self.several = np.bincount(pairs // width, minlength=keys) > 1
         else:
-            self.several = np.zeros(len(by_key), dtype=bool)
+            self.several = np.zeros(keys, dtype=bool)
 
 
 class AppliedOffsets:

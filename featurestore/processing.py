@@ -169,15 +169,13 @@ class SourceProcessor:
         below a state's applied offset of their partition are skipped for that state (already in it)."""
         shared = BatchColumns([e.values for e in events], [e.event_id for e in events])
         shared.add(derived_columns(self.views, events, lambda name: shared.column(name)[0]))
-        by_key: dict[str, list[int]] = {}
-        for i, event in enumerate(events):
-            by_key.setdefault(str(event.key), []).append(i)
-        key_code = self._key_codes(by_key, len(events))
-        at = BatchPositions(positions, key_code, by_key) if positions is not None else None
+        codes, uniques = pd.factorize(np.array([str(e.key) for e in events], dtype=object))  # first seen, first
+        key_code = codes.astype(np.int64, copy=False)
+        keys: list[str] = uniques.tolist()
+        at = BatchPositions(positions, key_code, len(keys)) if positions is not None else None
         touched = []
         refused: dict[int, Rejection] = {}
         self.spread = set()
-        keys = list(by_key)
         absent: dict[str, list[str]] = {}
         for pv in self.views:
             self._states(pv, keys, absent.setdefault(pv.view_key, []))
@@ -210,14 +208,6 @@ class SourceProcessor:
             touched.append((pv, keys_touched))
             self.engine_cpu_s[pv.view_key] += time.thread_time() - started
         return touched, refused
-
-    @staticmethod
-    def _key_codes(by_key: dict[str, list[int]], n: int) -> np.ndarray:
-        """The index in ``by_key`` of each event's key."""
-        code = np.empty(n, dtype=np.int64)
-        for k, idxs in enumerate(by_key.values()):
-            code[idxs] = k
-        return code
 
     @staticmethod
     def _refused(pv, events, chosen, slots, before, reasons, refused) -> None:

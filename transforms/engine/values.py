@@ -203,19 +203,7 @@ def encode_columns(columns: tuple[str, ...], needs: np.ndarray, batch: BatchColu
             vf[:, j] = arr
             vh[:, j] = arr
             continue
-        if types <= {str, _NONE} and not need & NEED_NUMBER:
-            if need & NEED_BITS:
-                vb[:, j] = objects.text_codes(col)
-            if need & NEED_HASH:
-                digest = xxhash.xxh3_64_intdigest
-                vh[:, j] = np.array([0 if v is None else digest(v.encode("utf-8", "surrogatepass")) for v in col],
-                                    dtype=np.uint64).view(np.int64)
-            vk[:, j] = K_OBJ if _NONE not in types else np.where(np.array([v is None for v in col]), K_NULL, K_OBJ)
-            continue
-        if types <= {list, dict} and not need & (NEED_NUMBER | NEED_HASH):  # embeddings, lists: held as they are
-            vk[:, j] = K_OBJ
-            if need & NEED_BITS:
-                vb[:, j] = objects.append_all(col)
+        if _held_objects(col, types, need, objects, vk[:, j], vb[:, j], vh[:, j]):
             continue
         for i, v in enumerate(col):
             if _is_null(v):
@@ -224,6 +212,27 @@ def encode_columns(columns: tuple[str, ...], needs: np.ndarray, batch: BatchColu
             if need & NEED_HASH:
                 vh[i, j] = value_hash(v)
     return vk, vb, vf, vh
+
+
+def _held_objects(col: list, types: set, need: int, objects: Objects, vk, vb, vh) -> bool:
+    """Encode a column of strings (and None), or of lists or dicts, into ``vk``, ``vb``, ``vh`` (its
+    rows of the kind, bits and hash arrays) where no function takes them for numbers; False for any
+    other column, untouched."""
+    if types <= {str, _NONE} and not need & NEED_NUMBER:
+        if need & NEED_BITS:
+            vb[:] = objects.text_codes(col)
+        if need & NEED_HASH:
+            digest = xxhash.xxh3_64_intdigest
+            vh[:] = np.array([0 if v is None else digest(v.encode("utf-8", "surrogatepass")) for v in col],
+                             dtype=np.uint64).view(np.int64)
+        vk[:] = K_OBJ if _NONE not in types else np.where(np.array([v is None for v in col]), K_NULL, K_OBJ)
+        return True
+    if types <= {list, dict} and not need & (NEED_NUMBER | NEED_HASH):  # embeddings, lists: held as they are
+        vk[:] = K_OBJ
+        if need & NEED_BITS:
+            vb[:] = objects.append_all(col)
+        return True
+    return False
 
 
 def encode_value(v, need: int, objects: Objects) -> tuple[int, int, float]:

@@ -69,8 +69,9 @@ def stored_float(P, Pf, at, kind):
 
 
 @njit
-def _tile(P, S, free, top, s, g, k, width):
-    """The row of slot ``s``'s tile ``k`` of group ``g``, created when missing (lists are newest first)."""
+def _tile(P, S, free, top, s, g, k, width, G):
+    """The row of slot ``s``'s tile ``k`` of group ``g`` (of ``G``), created when missing (lists are newest
+    first; a tile created at the end is the list's oldest)."""
     head = M_FIXED + g
     prev = -1
     cur = S[s, head]
@@ -82,6 +83,8 @@ def _tile(P, S, free, top, s, g, k, width):
     o = alloc(P, free, top, g, width + 3)
     P[o] = k
     P[o + 2] = cur
+    if cur < 0:
+        S[s, S.shape[1] - G + g] = k
     if prev < 0:
         S[s, head] = o
     else:
@@ -203,7 +206,7 @@ def _add_to_tiles(P, Pf, S, free, top, g_hop, g_reach, g_width, g_off, s, t, seq
                 continue  # no future window reaches this tile
         else:
             k = 0
-        row = _tile(P, S, free, top, s, g, k, g_width[g])
+        row = _tile(P, S, free, top, s, g, k, g_width[g], len(g_hop))
         P[row + 1] += 1
         for j in range(g_off.shape[1]):
             if g_off[g, j, F_C] >= 0 and vk[i, j] != K_NULL:

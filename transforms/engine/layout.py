@@ -46,7 +46,8 @@ TILE_FUNCTIONS = frozenset({"sum", "count", "mean", "min", "max", "first", "last
                             "count_events", "events_per_minute"})
 
 # slot metadata columns (then one tile-list head per group, one entry-list head per distinct spec,
-# one block per last_n spec)
+# one block per last_n spec, and last, per group, the index ``k`` of its list's oldest tile: set
+# while the list's head is, so that pruning skips a list with nothing out of reach without a walk)
 M_WM, M_SEQ, M_IDS_HEAD, M_IDS_TAIL, M_IDS_LIVE, M_IDS_STORED, M_IDS_MARK, M_USED = range(8)
 M_FIXED = 8
 NO_TIME = np.iinfo(np.int64).min  # the watermark of a state without events
@@ -192,7 +193,7 @@ def build_layout(specs: tuple[AggSpec, ...]) -> Layout:
         f_col=_i64(columns.get(s.column, -1) if s.column and s.function != "seconds_since_last" else -1
                    for s in specs),
         f_window=_i64(s.window_ms or 0 for s in specs), f_hop=_i64(s.hop_ms or 1 for s in specs),
-        f_sub=_i64(f_sub), widths=_i64(widths), meta_width=M_FIXED + len(hops) + len(cd) + len(ln),
+        f_sub=_i64(f_sub), widths=_i64(widths), meta_width=M_FIXED + 2 * len(hops) + len(cd) + len(ln),
         checksum=zlib.crc32(f"v{FORMAT_VERSION}|{'|'.join(signature)}".encode()),
     )
 

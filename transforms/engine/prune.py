@@ -28,8 +28,10 @@ def prune_state(P, S, free, HV, hstat, g_hop, g_reach, g_width, cd_window, cd_ho
         if hop == 0:
             continue
         oldest = (wm - g_reach[g]) // hop
-        prev = -1
         cur = S[s, M_FIXED + g]
+        if cur < 0 or S[s, S.shape[1] - G + g] >= oldest:
+            continue  # no tile, or none out of reach
+        prev = -1
         while cur >= 0 and P[cur] >= oldest:
             prev = cur
             cur = P[cur + 2]
@@ -38,6 +40,7 @@ def prune_state(P, S, free, HV, hstat, g_hop, g_reach, g_width, cd_window, cd_ho
                 S[s, M_FIXED + g] = -1
             else:
                 P[prev + 2] = -1
+                S[s, S.shape[1] - G + g] = P[prev]
             while cur >= 0:
                 nxt = P[cur + 2]
                 release(P, free, g, cur)

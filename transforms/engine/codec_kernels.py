@@ -6,7 +6,7 @@ import numpy as np
 
 from .jit import njit
 from .kernels import append_id
-from .prune import prune_ids
+from .prune import note_oldest, prune_ids
 from .pool import alloc, delete, find, insert
 from .layout import (
     F_FK,
@@ -172,11 +172,7 @@ def decode_state(P, S, free, top, HV, hstat, g_width, widths, ln_n, owners, s, w
         head[1] = M_FIXED + part
         owner = -1 if part < G else s * owners + 1 + (part - G)
         p = _decode_rows(P, S, free, top, HV, hstat, words, p, n, count, width, min(part, G), head, owner)
-    for g in range(G):  # each list's oldest tile (``layout``: pruning reads it)
-        cur = S[s, M_FIXED + g]
-        while cur >= 0:
-            S[s, S.shape[1] - G + g] = P[cur]
-            cur = P[cur + 2]
+    note_oldest(P, S, G, s)
     for q in range(len(ln_n)):
         if p >= n:
             return ERR_TRUNCATED

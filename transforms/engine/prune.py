@@ -125,3 +125,14 @@ def reset_slot(S, s):
     S[s, M_SEQ] = 0
     S[s, M_IDS_LIVE] = 0
     S[s, M_USED] = 0
+
+
+@njit
+def note_oldest(P, S, G, s):
+    """Record the oldest tile of each of slot ``s``'s ``G`` tile lists (``layout``; pruning reads it), after
+    the lists were built whole (a state loaded from its bytes)."""
+    for g in range(G):
+        cur = S[s, M_FIXED + g]
+        while cur >= 0:
+            S[s, S.shape[1] - G + g] = P[cur]
+            cur = P[cur + 2]

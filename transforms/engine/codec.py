@@ -26,7 +26,7 @@ import orjson
 
 from . import codec_kernels as ck
 from . import layout as lay
-from .json_text import with_trailers
+from .json_text import pieces, with_trailers
 from .values import encode_ids, encode_value, value_hash
 
 MAGIC = b"SFS\x03"
@@ -66,9 +66,7 @@ def encode_many(arena, slots: np.ndarray) -> list[bytes]:
     if nobj:  # the trailers: whole words, so that states join aligned
         values = arena.objects.values
         return with_trailers(out, bounds, [values[c] for c in codes[:nobj].tolist()], code_bounds)
-    buf = out.tobytes()
-    edges = (bounds * 8).tolist()
-    return [buf[a:b] for a, b in zip(edges[:-1], edges[1:])]
+    return pieces(out, bounds * 8)
 
 
 _MARKERS = (b"", APPEND, b"=")
@@ -80,9 +78,7 @@ def encode_ids_many(arena, slots: np.ndarray) -> list[bytes]:
     bounds = np.empty(len(slots) + 1, dtype=np.int64)
     modes = np.empty(len(slots), dtype=np.int64)
     ck.ids_parts(arena.P, arena.S, slots, bounds, out, modes)
-    buf = out.tobytes()
-    edges = (bounds * 8).tolist()
-    return [_MARKERS[m] + buf[a:b] if m else b"" for m, a, b in zip(modes.tolist(), edges[:-1], edges[1:])]
+    return [_MARKERS[m] + part if m else b"" for m, part in zip(modes.tolist(), pieces(out, bounds * 8))]
 
 
 def decode(arena, s: int, blob: bytes) -> None:

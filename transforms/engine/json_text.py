@@ -18,17 +18,16 @@ import orjson
 from .jit import njit, njit_inline
 from .layout import K_BOOL, K_FLOAT, K_INT, K_LIST, K_OBJ
 
-_EMPTY_F = np.zeros(0, dtype=np.float64)
-_EMPTY_I = np.zeros(0, dtype=np.int64)
 _NUMPY = orjson.OPT_SERIALIZE_NUMPY
 _INT64_MIN_TEXT = np.frombuffer(b"-9223372036854775808", dtype=np.uint8)
 _NULL, _TRUE, _FALSE = (np.frombuffer(w, dtype=np.uint8) for w in (b"null", b"true", b"false"))
 
 
 @njit
-def _collect(P, Pf, out_k, out_b, out_f, out_x, floats, codes, fill):
-    """(floats, interned codes) the rows hold, in the order ``_write`` meets them: row by row, feature
-    by feature, a last_n list's items oldest first.  Counts only unless ``fill``."""
+def _collect(P, Pf, out_k, out_b, out_f, out_x, floats, codes):
+    """The floats and interned codes the rows hold into ``floats`` / ``codes`` (room for every value and
+    list item), in the order ``_write`` meets them: row by row, feature by feature, a last_n list's
+    items oldest first; returns how many of each."""
     nf = 0
     nc = 0
     m, F = out_k.shape
@@ -36,12 +35,10 @@ def _collect(P, Pf, out_k, out_b, out_f, out_x, floats, codes, fill):
         for f in range(F):
             kind = out_k[r, f]
             if kind == K_FLOAT:
-                if fill:
-                    floats[nf] = out_f[r, f]
+                floats[nf] = out_f[r, f]
                 nf += 1
             elif kind == K_OBJ:
-                if fill:
-                    codes[nc] = out_b[r, f]
+                codes[nc] = out_b[r, f]
                 nc += 1
             elif kind == K_LIST:
                 block = out_b[r, f]
@@ -51,12 +48,10 @@ def _collect(P, Pf, out_k, out_b, out_f, out_x, floats, codes, fill):
                     at = block + 1 + 4 * i
                     item = P[at + 2]
                     if item == K_FLOAT:
-                        if fill:
-                            floats[nf] = Pf[at + 3]
+                        floats[nf] = Pf[at + 3]
                         nf += 1
                     elif item == K_OBJ:
-                        if fill:
-                            codes[nc] = P[at + 3]
+                        codes[nc] = P[at + 3]
                         nc += 1
     return nf, nc
 
@@ -228,9 +223,7 @@ def with_trailers(words: np.ndarray, bounds: np.ndarray, held: list, code_bounds
     out = out64.view(np.uint8)
     out_bounds = np.empty(len(bounds), dtype=np.int64)
     _join_trailers(words, bounds, text, starts, ends, code_bounds, out, out64, out_bounds)
-    buf = out.tobytes()
-    edges = out_bounds.tolist()
-    return [buf[a:b] for a, b in zip(edges[:-1], edges[1:])]
+    return pieces(out, out_bounds)
 
 
 def _spans(text: bytes, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -248,21 +241,24 @@ def json_rows(arena, out_b: np.ndarray, out_f: np.ndarray, out_k: np.ndarray, ou
     if m == 0:
         return []
     P, Pf = arena.P, arena.Pf
-    nf, nc = _collect(P, Pf, out_k, out_b, out_f, out_x, _EMPTY_F, _EMPTY_I, False)
-    floats, codes = np.empty(nf, dtype=np.float64), np.empty(nc, dtype=np.int64)
-    _collect(P, Pf, out_k, out_b, out_f, out_x, floats, codes, True)
-    ftxt, fs, fe = _spans(orjson.dumps(floats, option=_NUMPY), nf)
-    held = arena.objects.values
-    otxt, os_, oe = _spans(orjson.dumps([held[c] for c in codes.tolist()], option=_NUMPY), nc)
     blocks = out_b[out_k == K_LIST]
     items = int(np.where(blocks >= 0, P[np.maximum(blocks, 0)], 0).sum()) if len(blocks) else 0
-    size = len(ftxt) + len(otxt) + m * (2 + 22 * F) + 22 * items
-    out = np.empty(size, dtype=np.uint8)
+    floats, codes = np.empty(m * F + items, dtype=np.float64), np.empty(m * F + items, dtype=np.int64)
+    nf, nc = _collect(P, Pf, out_k, out_b, out_f, out_x, floats, codes)
+    ftxt, fs, fe = _spans(orjson.dumps(floats[:nf], option=_NUMPY), nf)
+    held = arena.objects.values
+    otxt, os_, oe = _spans(orjson.dumps([held[c] for c in codes[:nc].tolist()], option=_NUMPY), nc)
+    out = np.empty(len(ftxt) + len(otxt) + m * (2 + 22 * F) + 22 * items, dtype=np.uint8)
     bounds = np.empty(m + 1, dtype=np.int64)
     _write(P, out_k, out_b, out_x, ftxt, fs, fe, otxt, os_, oe, out, bounds, _INT64_MIN_TEXT)
-    buf = out.tobytes()
-    edges = bounds.tolist()
-    return [buf[a:b] for a, b in zip(edges[:-1], edges[1:])]
+    return pieces(out, bounds)
 
 
-__all__ = ["json_rows", "with_trailers"]
+def pieces(data: np.ndarray, edges: np.ndarray) -> list[bytes]:
+    """The bytes of ``data`` (any dtype, read as bytes) from ``edges[i]`` to ``edges[i + 1]``, for each ``i``."""
+    cut = edges.tolist()
+    raw = data.view(np.uint8)[:cut[-1]].tobytes()
+    return [raw[a:b] for a, b in zip(cut[:-1], cut[1:])]
+
+
+__all__ = ["json_rows", "pieces", "with_trailers"]

@@ -65,9 +65,9 @@ def add_derived(transforms: list, frame: pd.DataFrame, owned: bool = False) -> d
     return out
 
 
-def derived_columns(views: list[PreparedView], events: list[ValidEvent], column=None) -> dict[str, list]:
+def derived_columns(views: list[PreparedView], events: list[ValidEvent], values_of=None) -> dict[str, list]:
     """Each of the views' BatchTransforms over the batch: ``__bt_*`` column -> one value per event.
-    ``column(name)``, when given, returns the events' values of field ``name`` (a list, one per event).
+    ``values_of(name)``, when given, returns the events' values of field ``name`` (a list, one per event).
 
     Input columns get the dtypes ``validate_frame`` gives them in the batch path (``typed_column``:
     object strings with None, ``Int64`` / ``boolean`` when a value is missing), not what pandas would
@@ -76,10 +76,11 @@ def derived_columns(views: list[PreparedView], events: list[ValidEvent], column=
     if not transforms or not events:
         return {}
     schema = views[0].view.source.schema  # inputs are fields of the views' one source
-    if column is None:
-        def column(name: str) -> list:
+    if values_of is None:
+        def values_of(name: str) -> list:
             return [e.values.get(name) for e in events]
-    inputs = {c: typed_column(column(c), schema[c]) for c in dict.fromkeys(c for bt in transforms for c in bt.inputs)}
+    fields = dict.fromkeys(c for bt in transforms for c in bt.inputs)
+    inputs = {c: typed_column(values_of(c), schema[c]) for c in fields}
     derived = add_derived(transforms, pd.DataFrame(inputs, copy=False), owned=True)
     return {column: values.tolist() for column, values in derived.items()}
 

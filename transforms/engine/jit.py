@@ -86,4 +86,3 @@ def njit_inline(fn):
     if numba is None:
         return fn
     return numba.njit(cache=True, nogil=True, inline="always")(fn)
-
